@@ -1,0 +1,198 @@
+package backlog
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// FsyncPolicy says when appended bytes are forced to disk, like Redis'
+// appendfsync. The proxy acknowledges upstream only what is durable under it.
+type FsyncPolicy string
+
+const (
+	FsyncAlways   FsyncPolicy = "always"   // group commit: one fsync covers every append made while the previous one ran
+	FsyncEverySec FsyncPolicy = "everysec" // at most one second of stream is lost on a power failure
+	FsyncNo       FsyncPolicy = "no"       // the kernel decides; a process crash loses nothing, a power failure may
+)
+
+// ParseFsyncPolicy validates a config value.
+func ParseFsyncPolicy(s string) (FsyncPolicy, error) {
+	switch p := FsyncPolicy(s); p {
+	case FsyncAlways, FsyncEverySec, FsyncNo:
+		return p, nil
+	case "":
+		return FsyncEverySec, nil
+	}
+	return "", fmt.Errorf("fsync policy %q: want always, everysec or no", s)
+}
+
+// SyncStats reports fsync latency for INFO and metrics.
+type SyncStats struct {
+	Count   int64
+	Last    time.Duration
+	Max     time.Duration
+	Total   time.Duration
+	LastErr error
+	Slow    int64 // fsyncs slower than SlowSync
+}
+
+// SlowSync is the fsync duration above which a warning is logged.
+const SlowSync = 500 * time.Millisecond
+
+// syncer owns fsync for one log: it is the only goroutine that syncs or
+// closes segment files, so the writer never blocks on the disk.
+type syncer struct {
+	log    *Log
+	policy FsyncPolicy
+	wake   chan struct{}
+	done   chan struct{}
+
+	mu      sync.Mutex
+	retired []*os.File // rolled segments still to be synced and closed
+	target  int64      // end offset written so far
+	stats   SyncStats
+	stopped bool
+}
+
+func startSyncer(l *Log, policy FsyncPolicy) *syncer {
+	s := &syncer{log: l, policy: policy, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	if policy == FsyncNo {
+		close(s.done)
+		return s
+	}
+	go s.run()
+	return s
+}
+
+func (s *syncer) dirty(end int64) {
+	s.mu.Lock()
+	s.target = end
+	s.mu.Unlock()
+	if s.policy == FsyncNo {
+		s.log.durable.Store(end)
+		return
+	}
+	if s.policy == FsyncAlways {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// retire hands a rolled segment over; the caller holds the log's lock.
+func (s *syncer) retire(f *os.File) {
+	if s.policy == FsyncNo {
+		f.Close()
+		return
+	}
+	s.mu.Lock()
+	s.retired = append(s.retired, f)
+	s.mu.Unlock()
+}
+
+func (s *syncer) run() {
+	defer close(s.done)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.wake:
+		case <-tick.C:
+		}
+		s.mu.Lock()
+		stopped := s.stopped
+		s.mu.Unlock()
+		if stopped {
+			return
+		}
+		s.syncOnce()
+	}
+}
+
+// syncOnce makes everything appended before it started durable.
+func (s *syncer) syncOnce() {
+	// Take target, retired files and the active file in one view, under the
+	// log's lock, so that the bytes counted in target are all in those files.
+	s.log.mu.RLock()
+	s.mu.Lock()
+	target, retired, active := s.target, s.retired, s.log.active
+	s.retired = nil
+	s.mu.Unlock()
+	s.log.mu.RUnlock()
+	if target <= s.log.durable.Load() && len(retired) == 0 {
+		return
+	}
+	start := time.Now()
+	err := s.syncFiles(retired, active)
+	s.record(time.Since(start), err)
+	if err == nil && target > s.log.durable.Load() {
+		s.log.durable.Store(target)
+	}
+}
+
+func (s *syncer) syncFiles(retired []*os.File, active *os.File) error {
+	var firstErr error
+	for _, f := range retired {
+		if err := f.Sync(); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("fsync %s: %w", f.Name(), err)
+		}
+		f.Close()
+	}
+	if firstErr != nil {
+		return firstErr
+	}
+	if active == nil {
+		return nil
+	}
+	if err := active.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", active.Name(), err)
+	}
+	return nil
+}
+
+func (s *syncer) record(d time.Duration, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Count++
+	s.stats.Last = d
+	s.stats.Total += d
+	if d > s.stats.Max {
+		s.stats.Max = d
+	}
+	if d > SlowSync {
+		s.stats.Slow++
+	}
+	s.stats.LastErr = err
+}
+
+func (s *syncer) snapshot() SyncStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// stop syncs what remains and closes the active file.
+func (s *syncer) stop(active *os.File) error {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	<-s.done
+	var err error
+	if s.policy != FsyncNo {
+		s.syncOnce()
+		err = s.snapshot().LastErr
+	}
+	if active != nil {
+		if cerr := active.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close %s: %w", active.Name(), cerr)
+		}
+	}
+	return err
+}

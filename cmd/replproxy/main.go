@@ -1,0 +1,151 @@
+// Command replproxy is a transparent replication proxy for Redis: one replica
+// to its master, a master to any number of replicas, with a disk backlog.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+
+	"github.com/replproxy/replproxy/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "replproxy:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "replproxy",
+		Usage:   "a transparent replication proxy for Redis",
+		Version: version,
+		Commands: []*cli.Command{
+			runCommand(),
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintln(c.App.Writer, "replproxy", version)
+					return nil
+				},
+			},
+			checkConfigCommand(),
+		},
+	}
+}
+
+func configFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file"},
+		&cli.StringFlag{Name: "listen", Usage: "downstream listen address (host:port)"},
+		&cli.StringFlag{Name: "master", Usage: "master address (host:port)"},
+		&cli.StringFlag{Name: "data-dir", Usage: "directory for the backlog, snapshot and meta"},
+		&cli.StringFlag{Name: "master-user", Usage: "ACL user for AUTH to the master"},
+		&cli.StringFlag{Name: "master-password", Usage: "password for AUTH to the master", EnvVars: []string{"REPLPROXY_MASTER_PASSWORD"}},
+		&cli.StringFlag{Name: "requirepass", Usage: "password downstream clients must AUTH with", EnvVars: []string{"REPLPROXY_REQUIREPASS"}},
+		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-format", Usage: "auto, console or json"},
+		&cli.StringFlag{Name: "metrics-listen", Usage: "address for Prometheus /metrics (empty: off)"},
+	}
+}
+
+// loadConfig reads the file, if any, then lets flags override it.
+func loadConfig(c *cli.Context) (proxy.Config, error) {
+	cfg := proxy.Defaults()
+	if path := c.String("config"); path != "" {
+		var err error
+		if cfg, err = proxy.LoadConfig(path); err != nil {
+			return cfg, err
+		}
+	}
+	override := map[string]*string{
+		"listen": &cfg.Listen, "master": &cfg.Master.Addr, "data-dir": &cfg.DataDir,
+		"master-user": &cfg.Master.User, "master-password": &cfg.Master.Password,
+		"requirepass": &cfg.RequirePass, "log-level": &cfg.Log.Level, "log-format": &cfg.Log.Format,
+		"metrics-listen": &cfg.MetricsListen,
+	}
+	for name, dst := range override {
+		if c.IsSet(name) {
+			*dst = c.String(name)
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "run the proxy",
+		Flags: configFlags(),
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			logger, err := newLogger(cfg.Log, os.Stderr)
+			if err != nil {
+				return err
+			}
+			p, err := proxy.New(cfg, logger, version)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return p.Run(ctx)
+		},
+	}
+}
+
+func checkConfigCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "check-config",
+		Usage: "validate a configuration and print it with defaults filled in",
+		Flags: configFlags(),
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "ok: listen %s, master %s, data_dir %s, backlog %d bytes, fsync %s\n",
+				cfg.Listen, cfg.Master.Addr, cfg.DataDir, cfg.Backlog.MaxBytes, cfg.Backlog.Fsync)
+			return nil
+		},
+	}
+}
+
+// newLogger writes for people on a terminal and JSON for log pipelines.
+func newLogger(cfg proxy.LogConfig, w *os.File) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(strings.ToLower(cfg.Level))
+	if err != nil || cfg.Level == "" {
+		return zerolog.Logger{}, fmt.Errorf("log.level %q: want debug, info, warn or error", cfg.Level)
+	}
+	var out io.Writer = w
+	switch cfg.Format {
+	case "console":
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	case "json":
+	case "auto", "":
+		if isatty.IsTerminal(w.Fd()) {
+			out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+		}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("log.format %q: want auto, console or json", cfg.Format)
+	}
+	return zerolog.New(out).Level(level).With().Timestamp().Logger(), nil
+}
+

@@ -1,0 +1,285 @@
+package fanout
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/resp"
+)
+
+// client is one downstream connection until it issues PSYNC or SYNC, when
+// it becomes a replica.
+type client struct {
+	srv    *Server
+	conn   net.Conn
+	rd     *resp.Reader
+	out    []byte
+	log    zerolog.Logger
+	authed bool
+	name   string
+
+	listeningPort int
+	announcedIP   string
+	capaEOF       bool
+	capaPsync2    bool
+	rdbOnly       bool
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
+	s.clientCount(1)
+	defer s.clientCount(-1)
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	c := &client{
+		srv:    s,
+		conn:   conn,
+		rd:     resp.NewReader(bufio.NewReaderSize(conn, 16<<10), resp.DefaultLimits()),
+		log:    s.log.With().Str("peer", conn.RemoteAddr().String()).Logger(),
+		authed: s.cfg.RequirePass == "",
+	}
+	for {
+		args, err := c.rd.ReadCommand()
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		if len(args) == 0 {
+			continue // a bare newline: a keepalive
+		}
+		next := c.dispatch(ctx, args)
+		if len(c.out) > 0 {
+			if _, err := conn.Write(c.out); err != nil {
+				return
+			}
+			c.out = c.out[:0]
+		}
+		if next == stopConn {
+			return
+		}
+		if next == becomeReplica {
+			return // the replica's goroutines own the connection now and have finished
+		}
+	}
+}
+
+func (c *client) readFailed(err error) {
+	var pe *resp.ProtocolError
+	if errors.As(err, &pe) {
+		c.srv.stats.Rejected.Add(1)
+		c.log.Warn().Str("reason", pe.Msg).Msg("closing client after a protocol error")
+		c.conn.Write(resp.AppendError(nil, "ERR Protocol error: "+pe.Msg))
+		return
+	}
+	if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		c.log.Debug().Err(err).Msg("client connection ended")
+	}
+}
+
+type outcome int
+
+const (
+	keepConn outcome = iota
+	stopConn
+	becomeReplica
+)
+
+func (c *client) dispatch(ctx context.Context, args [][]byte) outcome {
+	cmd := strings.ToLower(string(args[0]))
+	if !c.authed && cmd != "auth" && cmd != "quit" {
+		c.out = resp.AppendError(c.out, "NOAUTH Authentication required.")
+		return keepConn
+	}
+	switch cmd {
+	case "ping":
+		c.ping(args)
+	case "auth":
+		c.auth(args)
+	case "replconf":
+		c.replconf(args)
+	case "psync", "sync":
+		return c.startReplica(ctx, cmd, args)
+	case "info":
+		c.out = resp.AppendBulkString(c.out, c.srv.infoText(sectionArgs(args[1:])))
+	case "role":
+		c.out = c.srv.appendRole(c.out)
+	case "quit":
+		c.out = resp.AppendSimple(c.out, "OK")
+		return stopConn
+	case "client":
+		c.clientCmd(args)
+	case "select":
+		c.selectDB(args)
+	case "echo":
+		if len(args) != 2 {
+			c.wrongArgs(cmd)
+			break
+		}
+		c.out = resp.AppendBulk(c.out, args[1])
+	case "command":
+		// redis-cli asks for command docs at startup; an empty answer is valid.
+		c.out = resp.AppendArrayHeader(c.out, 0)
+	default:
+		c.unknown(args)
+	}
+	return keepConn
+}
+
+func (c *client) wrongArgs(cmd string) {
+	c.out = resp.AppendError(c.out, "ERR wrong number of arguments for '"+cmd+"' command")
+}
+
+func (c *client) unknown(args [][]byte) {
+	var b strings.Builder
+	for _, a := range args[1:] {
+		if b.Len() > 128 {
+			break
+		}
+		b.WriteString("'")
+		b.Write(a)
+		b.WriteString("' ")
+	}
+	name := string(args[0])
+	if len(name) > 128 {
+		name = name[:128]
+	}
+	c.out = resp.AppendError(c.out, "ERR unknown command '"+name+"', with args beginning with: "+b.String())
+}
+
+func (c *client) ping(args [][]byte) {
+	switch len(args) {
+	case 1:
+		c.out = resp.AppendSimple(c.out, "PONG")
+	case 2:
+		c.out = resp.AppendBulk(c.out, args[1])
+	default:
+		c.wrongArgs("ping")
+	}
+}
+
+func (c *client) auth(args [][]byte) {
+	var pass []byte
+	switch len(args) {
+	case 2:
+		pass = args[1]
+	case 3:
+		if strings.ToLower(string(args[1])) != "default" {
+			c.out = resp.AppendError(c.out, "WRONGPASS invalid username-password pair or user is disabled.")
+			return
+		}
+		pass = args[2]
+	default:
+		c.wrongArgs("auth")
+		return
+	}
+	want := c.srv.cfg.RequirePass
+	if want == "" {
+		c.out = resp.AppendError(c.out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+		return
+	}
+	if subtle.ConstantTimeCompare(pass, []byte(want)) != 1 {
+		c.log.Warn().Msg("AUTH failed")
+		c.out = resp.AppendError(c.out, "WRONGPASS invalid username-password pair or user is disabled.")
+		return
+	}
+	c.authed = true
+	c.out = resp.AppendSimple(c.out, "OK")
+}
+
+// replconf follows Redis' rules: options in pairs, unknown capa ignored,
+// ACK never answered.
+func (c *client) replconf(args [][]byte) {
+	if len(args)%2 == 0 {
+		c.out = resp.AppendError(c.out, "ERR syntax error")
+		return
+	}
+	for i := 1; i < len(args); i += 2 {
+		opt, val := strings.ToLower(string(args[i])), string(args[i+1])
+		switch opt {
+		case "listening-port":
+			port, err := strconv.Atoi(val)
+			if err != nil || port < 0 || port > 65535 {
+				c.out = resp.AppendError(c.out, "ERR value is not an integer or out of range")
+				return
+			}
+			c.listeningPort = port
+		case "ip-address":
+			if len(val) >= 46 {
+				c.out = resp.AppendError(c.out, "ERR REPLCONF ip-address provided by replica instance is too long: "+strconv.Itoa(len(val))+" bytes")
+				return
+			}
+			c.announcedIP = val
+		case "capa":
+			switch strings.ToLower(val) {
+			case "eof":
+				c.capaEOF = true
+			case "psync2":
+				c.capaPsync2 = true
+			}
+		case "ack", "getack":
+			return // meaningful only on a replica connection; never answered
+		case "rdb-only":
+			c.rdbOnly = val == "1"
+		default:
+			c.out = resp.AppendError(c.out, "ERR Unrecognized REPLCONF option: "+string(args[i]))
+			return
+		}
+	}
+	c.out = resp.AppendSimple(c.out, "OK")
+}
+
+func (c *client) clientCmd(args [][]byte) {
+	if len(args) < 2 {
+		c.wrongArgs("client")
+		return
+	}
+	switch strings.ToLower(string(args[1])) {
+	case "setname":
+		if len(args) != 3 {
+			c.wrongArgs("client|setname")
+			return
+		}
+		c.name = string(args[2])
+		c.out = resp.AppendSimple(c.out, "OK")
+	case "getname":
+		if c.name == "" {
+			c.out = resp.AppendNullBulk(c.out)
+			return
+		}
+		c.out = resp.AppendBulkString(c.out, c.name)
+	case "setinfo":
+		c.out = resp.AppendSimple(c.out, "OK")
+	case "id":
+		c.out = resp.AppendInt(c.out, c.srv.stats.Connections.Load())
+	default:
+		c.out = resp.AppendError(c.out, "ERR unknown subcommand '"+string(args[1])+"'. Try CLIENT HELP.")
+	}
+}
+
+func (c *client) selectDB(args [][]byte) {
+	if len(args) != 2 {
+		c.wrongArgs("select")
+		return
+	}
+	if string(args[1]) != "0" {
+		c.out = resp.AppendError(c.out, "ERR replproxy holds no data: only SELECT 0 is accepted")
+		return
+	}
+	c.out = resp.AppendSimple(c.out, "OK")
+}
+
+func sectionArgs(args [][]byte) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = strings.ToLower(string(a))
+	}
+	return out
+}

@@ -1,0 +1,112 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/replproxy/replproxy/backlog"
+)
+
+// fullSync serves the stored snapshot and returns a cursor at the byte right
+// after it: a snapshot taken at offset S continues with the backlog at S+1.
+// A nil cursor with no error means the replica wanted the RDB only.
+func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
+	r.state.Store(StateWaitBgsave)
+	f, snap, cur, replid, err := r.waitSnapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	r.srv.stats.SyncFull.Add(1)
+	r.state.Store(StateSendBulk)
+	start := time.Now()
+	r.log.Info().Str("replid", replid).Int64("offset", snap.Offset).Int64("rdb_bytes", snap.Size).
+		Msg("replica attached with a full sync from the snapshot")
+	header := "$" + strconv.FormatInt(snap.Size, 10) + "\r\n"
+	if !r.prePsync {
+		header = "+FULLRESYNC " + replid + " " + strconv.FormatInt(snap.Offset, 10) + "\r\n" + header
+	}
+	if err := r.write([]byte(header)); err != nil {
+		cur.Close()
+		return nil, err
+	}
+	if err := r.sendFile(f, snap.Size); err != nil {
+		cur.Close()
+		return nil, fmt.Errorf("send snapshot %s: %w", snap.File, err)
+	}
+	r.log.Info().Int64("rdb_bytes", snap.Size).Dur("duration", time.Since(start)).Msg("snapshot sent to replica")
+	if r.rdbOnly {
+		cur.Close()
+		return nil, nil
+	}
+	return cur, nil
+}
+
+// waitSnapshot waits until a snapshot exists whose continuation is still in
+// the backlog. Until the preamble, Redis sends a newline a second so the
+// replica does not time out; these bytes are outside the offset space.
+func (r *replica) waitSnapshot(ctx context.Context) (*os.File, backlog.SnapshotInfo, *backlog.Cursor, string, error) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	logged := false
+	for {
+		f, snap, cur, replid, err := r.openSnapshot()
+		if err == nil {
+			return f, snap, cur, replid, nil
+		}
+		if !logged {
+			r.log.Info().Str("reason", err.Error()).Msg("replica waits for a snapshot")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, backlog.SnapshotInfo{}, nil, "", context.Cause(ctx)
+		case <-tick.C:
+			if err := r.write([]byte("\n")); err != nil {
+				return nil, backlog.SnapshotInfo{}, nil, "", err
+			}
+		}
+	}
+}
+
+func (r *replica) openSnapshot() (*os.File, backlog.SnapshotInfo, *backlog.Cursor, string, error) {
+	store := r.srv.cfg.Store
+	f, snap, err := store.OpenSnapshot()
+	if err != nil {
+		return nil, snap, nil, "", err
+	}
+	st, lg := store.View()
+	if st.Snapshot == nil || st.Snapshot.File != snap.File {
+		f.Close()
+		return nil, snap, nil, "", errors.New("snapshot replaced while opening it")
+	}
+	cur, err := lg.NewCursor(snap.Offset + 1)
+	if err != nil {
+		f.Close()
+		return nil, snap, nil, "", fmt.Errorf("snapshot at offset %d is older than the backlog: %w", snap.Offset, err)
+	}
+	return f, snap, cur, st.ReplID, nil
+}
+
+// sendFile copies the RDB in chunks, each under its own write deadline, so a
+// slow but live replica is not cut off while a dead one is.
+func (r *replica) sendFile(f *os.File, size int64) error {
+	for sent := int64(0); sent < size; {
+		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
+		n, err := io.Copy(r.conn, &io.LimitedReader{R: f, N: min(size-sent, r.srv.cfg.ChunkBytes)})
+		sent += n
+		r.sentBytes.Add(n)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+	}
+	return nil
+}

@@ -1,0 +1,314 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/resp"
+)
+
+// Replica states, named as INFO reports them.
+const (
+	StateWaitBgsave = "wait_bgsave" // waiting for a snapshot to serve
+	StateSendBulk   = "send_bulk"   // sending the snapshot
+	StateOnline     = "online"      // streaming the backlog
+)
+
+// ReplicaInfo is one replica as INFO and metrics show it.
+type ReplicaInfo struct {
+	ID        int64
+	IP        string
+	Port      int
+	State     string
+	AckOffset int64
+	AckTime   time.Time
+	SentOff   int64 // next offset the sender will send
+	SentBytes int64
+	Since     time.Time
+}
+
+type replica struct {
+	id       int64
+	srv      *Server
+	conn     net.Conn
+	log      zerolog.Logger
+	ip       string
+	port     int
+	capaEOF  bool
+	psync2   bool
+	rdbOnly  bool
+	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
+	since    time.Time
+
+	state     atomic.Value // string
+	ackOff    atomic.Int64
+	ackTime   atomic.Int64 // unix nanoseconds
+	sentOff   atomic.Int64
+	sentBytes atomic.Int64
+	cancel    context.CancelCauseFunc
+}
+
+func (r *replica) info() ReplicaInfo {
+	return ReplicaInfo{
+		ID: r.id, IP: r.ip, Port: r.port, State: r.state.Load().(string),
+		AckOffset: r.ackOff.Load(), AckTime: time.Unix(0, r.ackTime.Load()),
+		SentOff: r.sentOff.Load(), SentBytes: r.sentBytes.Load(), Since: r.since,
+	}
+}
+
+func (r *replica) drop(reason string) {
+	r.cancel(errors.New(reason))
+	r.conn.Close()
+}
+
+type psyncRequest struct {
+	replid string
+	offset int64
+}
+
+func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) outcome {
+	var req *psyncRequest
+	if cmd == "psync" {
+		if len(args) != 3 {
+			c.wrongArgs("psync")
+			return keepConn
+		}
+		off, err := strconv.ParseInt(string(args[2]), 10, 64)
+		if err != nil {
+			c.out = resp.AppendError(c.out, "ERR value is not an integer or out of range")
+			return keepConn
+		}
+		req = &psyncRequest{replid: string(args[1]), offset: off}
+	}
+	r := c.newReplica(cmd == "sync")
+	c.srv.addReplica(r)
+	defer c.srv.removeReplica(r)
+	rctx, cancel := context.WithCancelCause(ctx)
+	r.cancel = cancel
+	senderDone := make(chan error, 1)
+	go func() { senderDone <- r.serve(rctx, req) }()
+	readErr := c.readAcks(r)
+	cancel(fmt.Errorf("replica connection closed: %w", readErr))
+	r.conn.Close()
+	sendErr := <-senderDone
+	r.log.Info().Str("reason", detachReason(rctx, sendErr, readErr)).Int64("ack_offset", r.ackOff.Load()).
+		Int64("sent_bytes", r.sentBytes.Load()).Msg("replica detached")
+	return becomeReplica
+}
+
+func (c *client) newReplica(prePsync bool) *replica {
+	ip, _, _ := net.SplitHostPort(c.conn.RemoteAddr().String())
+	if c.announcedIP != "" {
+		ip = c.announcedIP
+	}
+	r := &replica{
+		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
+		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
+		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
+	}
+	r.state.Store(StateWaitBgsave)
+	r.ackTime.Store(time.Now().UnixNano())
+	return r
+}
+
+func detachReason(ctx context.Context, sendErr, readErr error) string {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		if !strings.HasPrefix(cause.Error(), "replica connection closed") || sendErr == nil {
+			return cause.Error()
+		}
+	}
+	if sendErr != nil && !errors.Is(sendErr, net.ErrClosed) {
+		return sendErr.Error()
+	}
+	if errors.Is(readErr, io.EOF) {
+		return "replica closed the connection"
+	}
+	return fmt.Sprint(readErr)
+}
+
+// readAcks consumes what a replica sends once it streams: REPLCONF ACK and
+// newlines. Nothing is ever answered: the connection carries the stream.
+func (c *client) readAcks(r *replica) error {
+	for {
+		args, err := c.rd.ReadCommand()
+		if err != nil {
+			return err
+		}
+		r.ackTime.Store(time.Now().UnixNano())
+		if len(args) < 3 || !strings.EqualFold(string(args[0]), "replconf") || !strings.EqualFold(string(args[1]), "ack") {
+			continue
+		}
+		off, err := strconv.ParseInt(string(args[2]), 10, 64)
+		if err != nil {
+			continue
+		}
+		if off > r.ackOff.Load() {
+			r.ackOff.Store(off)
+		}
+	}
+}
+
+// serve runs the sync and then the stream until the replica goes away.
+func (r *replica) serve(ctx context.Context, req *psyncRequest) error {
+	defer r.conn.Close()
+	var cur *backlog.Cursor
+	var err error
+	if req != nil {
+		cur, err = r.tryContinue(ctx, *req)
+		if err != nil {
+			return err
+		}
+	}
+	if cur == nil {
+		cur, err = r.fullSync(ctx)
+		if err != nil || cur == nil {
+			return err
+		}
+	}
+	defer cur.Close()
+	r.state.Store(StateOnline)
+	return r.stream(ctx, cur)
+}
+
+// tryContinue applies the master's partial-resync rules. It returns a nil
+// cursor (and no error) when a full sync is needed.
+func (r *replica) tryContinue(ctx context.Context, req psyncRequest) (*backlog.Cursor, error) {
+	store := r.srv.cfg.Store
+	deadline := time.Now().Add(r.srv.cfg.HoldAhead)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		st, lg := store.View()
+		verdict := judgePsync(st, req)
+		switch verdict {
+		case psyncContinue:
+			return r.acceptContinue(st, lg, req)
+		case psyncAhead:
+			if time.Now().Before(deadline) {
+				if err := r.waitAhead(ctx, lg, tick.C); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			verdict = "offset ahead of the proxy's backlog for too long"
+		}
+		if req.replid != "?" {
+			r.srv.stats.SyncPartialErr.Add(1)
+		}
+		r.log.Info().Str("replid", req.replid).Int64("offset", req.offset).Str("reason", string(verdict)).
+			Int64("backlog_first", st.First).Int64("backlog_end", st.End).Msg("partial resync refused, full sync follows")
+		return nil, nil
+	}
+}
+
+type psyncVerdict string
+
+const (
+	psyncContinue psyncVerdict = "continue"
+	psyncAhead    psyncVerdict = "ahead"
+)
+
+func judgePsync(st backlog.State, req psyncRequest) psyncVerdict {
+	switch {
+	case !st.HasHistory:
+		return "the proxy has no history yet"
+	case req.replid == "?":
+		return "replica asked for a full sync"
+	case strings.EqualFold(req.replid, st.ReplID):
+	case strings.EqualFold(req.replid, st.ReplID2) && req.offset <= st.SecondOffset:
+	default:
+		return psyncVerdict(fmt.Sprintf("replication ID mismatch (proxy has %s, and %s up to %d)", st.ReplID, st.ReplID2, st.SecondOffset))
+	}
+	switch {
+	case req.offset < st.First:
+		return "offset below the backlog"
+	case req.offset > st.End && strings.EqualFold(req.replid, st.ReplID):
+		return psyncAhead
+	case req.offset > st.End:
+		return "offset beyond the backlog"
+	}
+	return psyncContinue
+}
+
+// waitAhead waits for the upstream to bring the proxy up to a replica that
+// is ahead of it. Newlines before the PSYNC reply are skipped by the replica
+// and keep it from timing out.
+func (r *replica) waitAhead(ctx context.Context, lg *backlog.Log, tick <-chan time.Time) error {
+	var changed <-chan struct{}
+	if lg != nil {
+		changed = lg.Changed()
+	}
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-changed:
+		return nil
+	case <-tick:
+		return r.write([]byte("\n"))
+	}
+}
+
+func (r *replica) acceptContinue(st backlog.State, lg *backlog.Log, req psyncRequest) (*backlog.Cursor, error) {
+	cur, err := lg.NewCursor(req.offset)
+	if err != nil {
+		return nil, fmt.Errorf("open backlog at %d: %w", req.offset, err)
+	}
+	reply := "+CONTINUE\r\n"
+	if r.psync2 {
+		reply = "+CONTINUE " + st.ReplID + "\r\n"
+	}
+	if err := r.write([]byte(reply)); err != nil {
+		cur.Close()
+		return nil, err
+	}
+	r.srv.stats.SyncPartialOK.Add(1)
+	r.log.Info().Str("replid", req.replid).Int64("offset", req.offset).Int64("backlog_end", st.End).
+		Int64("to_send", st.End-req.offset).Msg("replica attached with a partial resync")
+	return cur, nil
+}
+
+func (r *replica) write(p []byte) error {
+	r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
+	_, err := r.conn.Write(p)
+	if err != nil {
+		return fmt.Errorf("write to replica: %w", err)
+	}
+	return nil
+}
+
+// stream sends the backlog from the cursor on, at the replica's own pace:
+// its lag lives in the segment files, not in proxy memory.
+func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
+	lg := cur.Log()
+	for {
+		changed := lg.Changed()
+		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
+		n, err := cur.Send(r.conn, r.srv.cfg.ChunkBytes)
+		r.sentBytes.Add(n)
+		r.sentOff.Store(cur.Offset())
+		if errors.Is(err, backlog.ErrClosed) {
+			return errors.New("the proxy's replication history was reset")
+		}
+		if err != nil {
+			return fmt.Errorf("send backlog at %d: %w", cur.Offset(), err)
+		}
+		if n > 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-changed:
+		}
+	}
+}

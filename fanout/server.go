@@ -1,0 +1,187 @@
+// Package fanout is the proxy's downstream side: it speaks the master half of
+// the Redis replication protocol and runs one sender per replica, each with
+// its own cursor into the backlog.
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/backlog"
+)
+
+// LinkStatus describes the upstream link for INFO and ROLE.
+type LinkStatus struct {
+	MasterHost string
+	MasterPort int
+	State      string    // as ROLE reports it: connect, connecting, handshake, sync, connected
+	LastIO     time.Time // last byte from the master
+	DownSince  time.Time // zero while the link is up
+	SyncBytes  int64     // RDB bytes received so far while State is sync
+}
+
+// Upstream is what the downstream side needs to know of the upstream link.
+type Upstream interface {
+	LinkStatus() LinkStatus
+}
+
+// Config holds what the Server needs; zero durations take Redis' defaults.
+type Config struct {
+	Store       *backlog.Store
+	Upstream    Upstream
+	RequirePass string
+	Logger      zerolog.Logger
+	Version     string
+	RunID       string
+	Port        int           // announced in INFO server
+	ReplTimeout time.Duration // a replica that accepts no byte for this long is dropped
+	// HoldAhead is how long a PSYNC for an offset the proxy has not yet
+	// received (same history, e.g. after a proxy crash) waits for the
+	// upstream to catch up before it falls back to a full sync.
+	HoldAhead time.Duration
+	// ChunkBytes bounds one send, so that a sender notices cancellation.
+	ChunkBytes int64
+	// BacklogMaxBytes and Fsync are reported by INFO.
+	BacklogMaxBytes int64
+	Fsync           string
+	// ExtraStats adds the upstream link's counters to INFO stats.
+	ExtraStats func() []KV
+}
+
+func (c *Config) setDefaults() {
+	if c.ReplTimeout == 0 {
+		c.ReplTimeout = 60 * time.Second
+	}
+	if c.HoldAhead == 0 {
+		c.HoldAhead = 10 * time.Second
+	}
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = 4 << 20
+	}
+}
+
+// Stats are the counters INFO stats reports.
+type Stats struct {
+	SyncFull       atomic.Int64
+	SyncPartialOK  atomic.Int64
+	SyncPartialErr atomic.Int64
+	Connections    atomic.Int64
+	Rejected       atomic.Int64
+}
+
+// Server accepts downstream connections: replicas, operators, Sentinel.
+type Server struct {
+	cfg     Config
+	log     zerolog.Logger
+	started time.Time
+	stats   Stats
+
+	mu       sync.Mutex
+	replicas map[int64]*replica
+	clients  int
+	nextID   int64
+}
+
+// New returns a Server; Serve runs it.
+func New(cfg Config) *Server {
+	cfg.setDefaults()
+	return &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}}
+}
+
+// SetUpstream connects the server to the link it reports on; the two are
+// built in turn because each refers to the other.
+func (s *Server) SetUpstream(up Upstream, extraStats func() []KV) {
+	s.cfg.Upstream = up
+	s.cfg.ExtraStats = extraStats
+}
+
+// Stats exposes the counters.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// Serve accepts on ln until ctx ends; it then closes every connection and
+// waits for their goroutines.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		s.stats.Connections.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) addReplica(r *replica) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextID++
+	r.id = s.nextID
+	s.replicas[r.id] = r
+}
+
+func (s *Server) removeReplica(r *replica) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.replicas, r.id)
+}
+
+// Replicas returns the attached replicas in attach order.
+func (s *Server) Replicas() []ReplicaInfo {
+	s.mu.Lock()
+	rs := make([]*replica, 0, len(s.replicas))
+	for _, r := range s.replicas {
+		rs = append(rs, r)
+	}
+	s.mu.Unlock()
+	sort.Slice(rs, func(i, j int) bool { return rs[i].id < rs[j].id })
+	out := make([]ReplicaInfo, len(rs))
+	for i, r := range rs {
+		out[i] = r.info()
+	}
+	return out
+}
+
+// DropAll disconnects every replica, as Redis does when its replication ID
+// changes: they reconnect and PSYNC again, partially where the IDs allow.
+func (s *Server) DropAll(reason string) {
+	s.mu.Lock()
+	rs := make([]*replica, 0, len(s.replicas))
+	for _, r := range s.replicas {
+		rs = append(rs, r)
+	}
+	s.mu.Unlock()
+	for _, r := range rs {
+		r.drop(reason)
+	}
+}
+
+func (s *Server) clientCount(delta int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clients += delta
+	return s.clients
+}

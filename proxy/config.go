@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/replproxy/replproxy/backlog"
+)
+
+// Config is the whole proxy configuration, as config.yaml spells it.
+type Config struct {
+	Listen        string        `yaml:"listen"`
+	DataDir       string        `yaml:"data_dir"`
+	RequirePass   string        `yaml:"requirepass"`
+	MetricsListen string        `yaml:"metrics_listen"`
+	Master        MasterConfig  `yaml:"master"`
+	Backlog       BacklogConfig `yaml:"backlog"`
+	Replicas      ReplicaConfig `yaml:"replicas"`
+	Log           LogConfig     `yaml:"log"`
+}
+
+// MasterConfig is the upstream side.
+type MasterConfig struct {
+	Addr           string   `yaml:"addr"`
+	User           string   `yaml:"user"`
+	Password       string   `yaml:"password"`
+	ReplTimeout    Duration `yaml:"repl_timeout"`
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// AnnouncePort is sent as REPLCONF listening-port; default: the listen port.
+	AnnouncePort int `yaml:"announce_port"`
+}
+
+// BacklogConfig is the disk log.
+type BacklogConfig struct {
+	MaxBytes     Size   `yaml:"max_bytes"`
+	SegmentBytes Size   `yaml:"segment_bytes"`
+	Fsync        string `yaml:"fsync"`
+}
+
+// ReplicaConfig is the downstream side.
+type ReplicaConfig struct {
+	Timeout Duration `yaml:"timeout"` // a replica that accepts no byte for this long is dropped
+}
+
+// LogConfig is the process log.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"` // auto, console or json
+}
+
+// Defaults returns a configuration with every default filled in.
+func Defaults() Config {
+	return Config{
+		Listen:  "127.0.0.1:6380",
+		DataDir: "./data",
+		Master: MasterConfig{
+			ReplTimeout:    Duration(60 * time.Second),
+			ConnectTimeout: Duration(5 * time.Second),
+		},
+		Backlog: BacklogConfig{
+			MaxBytes:     1 << 30,
+			SegmentBytes: 64 << 20,
+			Fsync:        string(backlog.FsyncEverySec),
+		},
+		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
+		Log:      LogConfig{Level: "info", Format: "auto"},
+	}
+}
+
+// LoadConfig reads a YAML file over the defaults. Unknown keys are errors:
+// a misspelt option silently ignored is worse than a refusal to start.
+func LoadConfig(path string) (Config, error) {
+	cfg := Defaults()
+	f, err := os.Open(path)
+	if err != nil {
+		return cfg, fmt.Errorf("open config: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) { // io.EOF: an empty file
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate reports the first problem an operator must fix.
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("listen %q: want host:port: %w", c.Listen, err)
+	}
+	if c.Master.Addr == "" {
+		return errors.New("master.addr is required (host:port of the Redis master)")
+	}
+	if _, _, err := net.SplitHostPort(c.Master.Addr); err != nil {
+		return fmt.Errorf("master.addr %q: want host:port: %w", c.Master.Addr, err)
+	}
+	if c.DataDir == "" {
+		return errors.New("data_dir is required")
+	}
+	if c.Master.User != "" && c.Master.Password == "" {
+		return errors.New("master.user is set but master.password is not")
+	}
+	if _, err := backlog.ParseFsyncPolicy(c.Backlog.Fsync); err != nil {
+		return fmt.Errorf("backlog.fsync: %w", err)
+	}
+	if c.Backlog.SegmentBytes < 1<<20 {
+		return fmt.Errorf("backlog.segment_bytes %d: must be at least 1MiB", c.Backlog.SegmentBytes)
+	}
+	if c.Backlog.MaxBytes < c.Backlog.SegmentBytes {
+		return fmt.Errorf("backlog.max_bytes %d: must be at least one segment (%d)", c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
+	}
+	if c.Master.ReplTimeout < Duration(time.Second) {
+		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
+	}
+	return nil
+}
+
+// Duration is a time.Duration written as "60s" or "5m" in YAML.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 60s or 5m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Size is a byte count written as "1GiB", "512MiB", "100GB" or a plain number.
+type Size int64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
+	{"kb", 1000}, {"mb", 1000 * 1000}, {"gb", 1000 * 1000 * 1000}, {"tb", 1000 * 1000 * 1000 * 1000},
+	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"t", 1 << 40}, {"b", 1},
+}
+
+// ParseSize parses a human byte count.
+func ParseSize(s string) (Size, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseFloat(t, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size like 1GiB, 512MiB or 1048576", s)
+	}
+	return Size(n * float64(mult)), nil
+}
+
+func (z *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*z = v
+	return nil
+}

@@ -1,0 +1,247 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/resp"
+)
+
+// errTransient marks a refusal the master expects us to retry later.
+var errTransient = errors.New("master asks to retry later")
+
+// handshake sends what a Redis 7 replica sends: PING alone, then AUTH and the
+// REPLCONFs back to back, then reads their replies in order.
+func (l *Link) handshake(conn net.Conn, rd *resp.Reader) error {
+	if _, err := conn.Write(resp.AppendCommand(nil, "PING")); err != nil {
+		return fmt.Errorf("send PING: %w", err)
+	}
+	line, err := readReply(rd)
+	if err != nil {
+		return fmt.Errorf("read PING reply: %w", err)
+	}
+	if !pingAccepted(line) {
+		return fmt.Errorf("master refused PING: %s", line)
+	}
+	var out []byte
+	auth := l.cfg.Password != ""
+	if auth {
+		if l.cfg.User != "" {
+			out = resp.AppendCommand(out, "AUTH", l.cfg.User, l.cfg.Password)
+		} else {
+			out = resp.AppendCommand(out, "AUTH", l.cfg.Password)
+		}
+	}
+	out = resp.AppendCommand(out, "REPLCONF", "listening-port", strconv.Itoa(l.cfg.ListenPort))
+	out = resp.AppendCommand(out, "REPLCONF", "capa", "eof", "capa", "psync2")
+	if _, err := conn.Write(out); err != nil {
+		return fmt.Errorf("send handshake: %w", err)
+	}
+	if auth {
+		line, err := readReply(rd)
+		if err != nil {
+			return fmt.Errorf("read AUTH reply: %w", err)
+		}
+		if strings.HasPrefix(line, "-") {
+			return fmt.Errorf("master refused AUTH: %s", line)
+		}
+	}
+	for _, what := range []string{"REPLCONF listening-port", "REPLCONF capa"} {
+		line, err := readReply(rd)
+		if err != nil {
+			return fmt.Errorf("read %s reply: %w", what, err)
+		}
+		if strings.HasPrefix(line, "-") {
+			l.log.Warn().Str("reply", line).Msg(what + " refused by master; continuing as Redis does")
+		}
+	}
+	return nil
+}
+
+// pingAccepted follows Redis: authentication errors are fine at this point,
+// they are settled by AUTH.
+func pingAccepted(line string) bool {
+	return strings.HasPrefix(line, "+") || strings.HasPrefix(line, "-NOAUTH") ||
+		strings.HasPrefix(line, "-NOPERM") || strings.HasPrefix(line, "-ERR operation not permitted")
+}
+
+// readReply reads one reply line, skipping the newlines a master may send
+// while it prepares.
+func readReply(rd *resp.Reader) (string, error) {
+	for {
+		line, err := rd.ReadLine()
+		if err != nil {
+			return "", err
+		}
+		if len(line) > 0 {
+			return string(line), nil
+		}
+	}
+}
+
+// psync asks to continue from the byte after the last one stored; with no
+// history it asks for a full sync.
+func (l *Link) psync(conn net.Conn, rd *resp.Reader) error {
+	st := l.store.State()
+	replid, offset := "?", "-1"
+	if st.HasHistory {
+		replid, offset = st.ReplID, strconv.FormatInt(st.End, 10)
+	}
+	if _, err := conn.Write(resp.AppendCommand(nil, "PSYNC", replid, offset)); err != nil {
+		return fmt.Errorf("send PSYNC: %w", err)
+	}
+	line, err := readReply(rd)
+	if err != nil {
+		return fmt.Errorf("read PSYNC reply: %w", err)
+	}
+	l.log.Info().Str("replid", replid).Str("offset", offset).Str("reply", line).Msg("PSYNC answered")
+	switch {
+	case strings.HasPrefix(line, "+FULLRESYNC"):
+		return l.fullSync(conn, rd, line)
+	case strings.HasPrefix(line, "+CONTINUE"):
+		return l.continued(st, strings.TrimSpace(strings.TrimPrefix(line, "+CONTINUE")))
+	case strings.HasPrefix(line, "-NOMASTERLINK"), strings.HasPrefix(line, "-LOADING"):
+		return fmt.Errorf("%w: %s", errTransient, line)
+	}
+	return fmt.Errorf("master refused PSYNC: %s", line)
+}
+
+// continued handles +CONTINUE. A new ID means the master was promoted: the
+// old ID stays valid up to here as replid2, and the replicas are dropped so
+// they PSYNC again, as a chained Redis replica does.
+func (l *Link) continued(st backlog.State, newID string) error {
+	l.partialSyncs.Add(1)
+	if newID == "" || strings.EqualFold(newID, st.ReplID) {
+		l.log.Info().Int64("offset", st.End).Msg("partial resync with master accepted")
+		return nil
+	}
+	if len(newID) != 40 {
+		return fmt.Errorf("master sent +CONTINUE with a malformed replication ID %q", newID)
+	}
+	if err := l.store.ShiftID(newID); err != nil {
+		return err
+	}
+	l.log.Info().Str("new_replid", newID).Str("replid2", st.ReplID).Int64("second_offset", st.End).
+		Msg("master changed replication ID; shifted IDs and dropping replicas so they resync")
+	l.fan.DropAll("upstream replication ID changed")
+	return nil
+}
+
+// fullSync receives the RDB into a new snapshot and starts a new history.
+func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
+	fields := strings.Fields(line)
+	if len(fields) != 3 || len(fields[1]) != 40 {
+		return fmt.Errorf("malformed FULLRESYNC line %q", line)
+	}
+	replid := fields[1]
+	offset, err := strconv.ParseInt(fields[2], 10, 64)
+	if err != nil || offset < 0 {
+		return fmt.Errorf("malformed FULLRESYNC offset in %q", line)
+	}
+	l.setState(LinkSync, "master started a full sync")
+	l.syncBytes.Store(0)
+	start := time.Now()
+	w, err := l.store.NewSnapshot()
+	if err != nil {
+		return err
+	}
+	eof, err := l.receiveRDB(rd, w)
+	if err != nil {
+		w.Abort()
+		return fmt.Errorf("receive RDB: %w", err)
+	}
+	if err := checkRDBHeader(w.Path()); err != nil {
+		w.Abort()
+		return err
+	}
+	size := w.Size()
+	if err := l.store.Reset(replid, offset, w); err != nil {
+		return fmt.Errorf("store snapshot: %w", err)
+	}
+	l.fullSyncs.Add(1)
+	l.fan.DropAll("new replication history from upstream")
+	l.log.Info().Str("replid", replid).Int64("offset", offset).Int64("rdb_bytes", size).
+		Bool("diskless", eof).Dur("duration", time.Since(start)).Msg("full sync from master done")
+	// A diskless master starts the stream only at the first ACK.
+	return l.sendAck(conn)
+}
+
+// receiveRDB reads either framing: "$<len>" then exactly len bytes, or
+// "$EOF:<mark>" then bytes up to the same 40-byte mark.
+func (l *Link) receiveRDB(rd *resp.Reader, w io.Writer) (eof bool, err error) {
+	line, err := readReply(rd)
+	if err != nil {
+		return false, fmt.Errorf("read RDB preamble: %w", err)
+	}
+	switch {
+	case strings.HasPrefix(line, "-"):
+		return false, fmt.Errorf("master aborted the transfer: %s", line)
+	case !strings.HasPrefix(line, "$"):
+		return false, fmt.Errorf("bad RDB preamble %q", line)
+	case strings.HasPrefix(line, "$EOF:"):
+		mark := []byte(line[5:])
+		if len(mark) != 40 {
+			return true, fmt.Errorf("bad EOF mark in preamble %q", line)
+		}
+		return true, copyUntilMark(w, rd.Bufio(), mark, &l.syncBytes)
+	}
+	n, err := strconv.ParseInt(line[1:], 10, 64)
+	if err != nil || n < 0 {
+		return false, fmt.Errorf("bad RDB length in preamble %q", line)
+	}
+	got, err := io.CopyN(w, &countingReader{r: rd.Bufio(), n: &l.syncBytes}, n)
+	if err != nil {
+		return false, fmt.Errorf("RDB ended after %d of %d bytes: %w", got, n, err)
+	}
+	return false, nil
+}
+
+// copyUntilMark writes everything before the trailing mark. The master sends
+// nothing after the mark until the replica ACKs, so the mark always ends a read.
+func copyUntilMark(w io.Writer, r io.Reader, mark []byte, count interface{ Add(int64) int64 }) error {
+	m := len(mark)
+	buf := make([]byte, m+64<<10)
+	held := 0
+	for {
+		n, err := r.Read(buf[held:])
+		count.Add(int64(n))
+		total := held + n
+		if total >= m && bytes.Equal(buf[total-m:total], mark) {
+			_, werr := w.Write(buf[:total-m])
+			return werr
+		}
+		if total > m {
+			if _, werr := w.Write(buf[:total-m]); werr != nil {
+				return werr
+			}
+			copy(buf, buf[total-m:total])
+			held = m
+		} else {
+			held = total
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n interface{ Add(int64) int64 }
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}

@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/resp"
+)
+
+// Link states, named as ROLE reports them.
+const (
+	LinkConnect    = "connect"    // not connected; waiting to retry
+	LinkConnecting = "connecting" // dialing
+	LinkHandshake  = "handshake"  // PING, AUTH, REPLCONF, PSYNC
+	LinkSync       = "sync"       // receiving an RDB
+	LinkConnected  = "connected"  // streaming
+)
+
+// LinkConfig configures the upstream link.
+type LinkConfig struct {
+	Addr           string
+	User           string
+	Password       string
+	ListenPort     int           // announced with REPLCONF listening-port
+	ReplTimeout    time.Duration // no byte from the master for this long drops the link
+	ConnectTimeout time.Duration
+	BackoffMin     time.Duration
+	BackoffMax     time.Duration
+}
+
+// Dropper disconnects downstream replicas when the history they follow changes.
+type Dropper interface {
+	DropAll(reason string)
+}
+
+// Link is the proxy's replica-side connection to its master. It is the only
+// writer of the store.
+type Link struct {
+	cfg   LinkConfig
+	store *backlog.Store
+	fan   Dropper
+	log   zerolog.Logger
+
+	mu     sync.Mutex
+	status fanout.LinkStatus
+
+	fullSyncs    atomic.Int64
+	partialSyncs atomic.Int64
+	syncBytes    atomic.Int64
+	lastIO       atomic.Int64 // unix nanoseconds
+}
+
+// NewLink returns a link; Run drives it.
+func NewLink(cfg LinkConfig, store *backlog.Store, fan Dropper, log zerolog.Logger) *Link {
+	host, portStr, _ := net.SplitHostPort(cfg.Addr)
+	port, _ := strconv.Atoi(portStr)
+	l := &Link{cfg: cfg, store: store, fan: fan, log: log.With().Str("master", cfg.Addr).Logger()}
+	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: LinkConnect, DownSince: time.Now()}
+	return l
+}
+
+// LinkStatus implements fanout.Upstream.
+func (l *Link) LinkStatus() fanout.LinkStatus {
+	l.mu.Lock()
+	st := l.status
+	l.mu.Unlock()
+	if n := l.lastIO.Load(); n > 0 {
+		st.LastIO = time.Unix(0, n)
+	}
+	st.SyncBytes = l.syncBytes.Load()
+	return st
+}
+
+// Stats returns the link's counters for INFO stats.
+func (l *Link) Stats() []fanout.KV {
+	return []fanout.KV{
+		{Key: "upstream_full_syncs", Value: l.fullSyncs.Load()},
+		{Key: "upstream_partial_syncs", Value: l.partialSyncs.Load()},
+	}
+}
+
+// setState records and logs a transition with its reason, as replication.c does.
+func (l *Link) setState(state, reason string) {
+	l.mu.Lock()
+	prev := l.status.State
+	l.status.State = state
+	switch {
+	case state == LinkConnected:
+		l.status.DownSince = time.Time{}
+	case prev == LinkConnected:
+		l.status.DownSince = time.Now()
+	}
+	l.mu.Unlock()
+	if prev != state {
+		l.log.Info().Str("from", prev).Str("to", state).Str("reason", reason).Msg("upstream link state")
+	}
+}
+
+// Run keeps the link up until ctx ends, reconnecting with backoff.
+func (l *Link) Run(ctx context.Context) {
+	backoff := l.cfg.BackoffMin
+	for ctx.Err() == nil {
+		started := time.Now()
+		err := l.session(ctx)
+		if ctx.Err() != nil {
+			l.setState(LinkConnect, "shutting down")
+			return
+		}
+		l.setState(LinkConnect, err.Error())
+		if time.Since(started) > 10*time.Second {
+			backoff = l.cfg.BackoffMin
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, l.cfg.BackoffMax)
+	}
+}
+
+// session is one connection's life: handshake, sync, stream.
+func (l *Link) session(ctx context.Context) error {
+	l.setState(LinkConnecting, "dialing "+l.cfg.Addr)
+	d := net.Dialer{Timeout: l.cfg.ConnectTimeout}
+	raw, err := d.DialContext(ctx, "tcp", l.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("connect to master: %w", err)
+	}
+	conn := &watchedConn{Conn: raw, timeout: l.cfg.ReplTimeout, lastIO: &l.lastIO}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	rd := resp.NewReader(bufio.NewReaderSize(conn, 64<<10), resp.DefaultLimits())
+	l.setState(LinkHandshake, "connected to "+l.cfg.Addr)
+	if err := l.handshake(conn, rd); err != nil {
+		return err
+	}
+	if err := l.psync(conn, rd); err != nil {
+		return err
+	}
+	l.setState(LinkConnected, "replication stream started")
+	return l.stream(ctx, conn, rd.Bufio())
+}
+
+// watchedConn gives every read the repl-timeout deadline and records the
+// time of the last byte, so a silent master is detected like Redis does.
+type watchedConn struct {
+	net.Conn
+	timeout time.Duration
+	lastIO  *atomic.Int64
+	wmu     sync.Mutex
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.lastIO.Store(time.Now().UnixNano())
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = fmt.Errorf("no data from master for %s (repl-timeout): %w", c.timeout, err)
+	}
+	return n, err
+}
+
+// Write serializes writers: the ACK ticker and GETACK answers share the conn.
+func (c *watchedConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(p)
+}

@@ -1,0 +1,130 @@
+// Package proxy wires replproxy together: the upstream link that acts as one
+// replica of the master, the disk backlog it feeds, and the downstream server
+// that acts as a master for any number of replicas.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
+)
+
+// Proxy is one running replproxy.
+type Proxy struct {
+	cfg   Config
+	log   zerolog.Logger
+	store *backlog.Store
+	fan   *fanout.Server
+	link  *Link
+	ln    net.Listener
+}
+
+// New opens the data dir and binds the listener, so that errors an operator
+// must fix surface before anything runs.
+func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
+	store, err := backlog.Open(cfg.DataDir, backlog.Options{
+		Log: backlog.LogOptions{
+			SegmentBytes: int64(cfg.Backlog.SegmentBytes),
+			MaxBytes:     int64(cfg.Backlog.MaxBytes),
+			Fsync:        fsync,
+		},
+		Logger: log.With().Str("component", "backlog").Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	p := &Proxy{cfg: cfg, log: log, store: store, ln: ln}
+	announce := cfg.Master.AnnouncePort
+	if announce == 0 {
+		announce = port
+	}
+	p.fan = fanout.New(fanout.Config{
+		Store:           store,
+		RequirePass:     cfg.RequirePass,
+		Logger:          log.With().Str("component", "fanout").Logger(),
+		Version:         version,
+		RunID:           backlog.RandomReplID(),
+		Port:            port,
+		ReplTimeout:     time.Duration(cfg.Replicas.Timeout),
+		BacklogMaxBytes: int64(cfg.Backlog.MaxBytes),
+		Fsync:           string(fsync),
+	})
+	p.link = NewLink(LinkConfig{
+		Addr:           cfg.Master.Addr,
+		User:           cfg.Master.User,
+		Password:       cfg.Master.Password,
+		ListenPort:     announce,
+		ReplTimeout:    time.Duration(cfg.Master.ReplTimeout),
+		ConnectTimeout: time.Duration(cfg.Master.ConnectTimeout),
+		BackoffMin:     200 * time.Millisecond,
+		BackoffMax:     5 * time.Second,
+	}, store, p.fan, log.With().Str("component", "upstream").Logger())
+	p.fan.SetUpstream(p.link, p.link.Stats)
+	return p, nil
+}
+
+// Addr is the downstream listen address.
+func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
+
+// Port is the downstream listen port.
+func (p *Proxy) Port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+// Run serves until ctx ends, then stops every goroutine and closes the store.
+func (p *Proxy) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p.log.Info().Str("listen", p.ln.Addr().String()).Str("master", p.cfg.Master.Addr).
+		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		p.link.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		if err := p.fan.Serve(ctx, p.ln); err != nil {
+			errs <- err
+			cancel()
+		}
+	}()
+	if p.cfg.MetricsListen != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.serveMetrics(ctx); err != nil {
+				errs <- err
+				cancel()
+			}
+		}()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	err := p.store.Close()
+	select {
+	case e := <-errs:
+		err = errors.Join(e, err)
+	default:
+	}
+	p.log.Info().Msg("replproxy stopped")
+	return err
+}

@@ -148,4 +148,3 @@ func newLogger(cfg proxy.LogConfig, w *os.File) (zerolog.Logger, error) {
 	}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger(), nil
 }
-

@@ -1,0 +1,35 @@
+# replproxy: make demo runs a local master, the proxy and two replicas;
+# make test runs the whole suite against real redis-server processes.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+BIN       := bin/replproxy
+
+.PHONY: build test fmt-check vet unit fuzz bench demo clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/replproxy
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# The fuzz seed corpora run as ordinary tests here; `make fuzz` explores.
+test: fmt-check vet
+	$(GO) test -race -count=1 -timeout 14m ./...
+
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzReadCommand -fuzztime 60s ./resp
+
+bench:
+	$(GO) test -run XXX -bench . -benchmem ./backlog ./resp
+	@echo "scenario benchmarks against real Redis: see bench/README.md"
+
+demo: build
+	./scripts/demo.sh
+
+clean:
+	rm -rf bin demo-data

@@ -2,7 +2,6 @@ package backlog
 
 import (
 	"fmt"
-	"os"
 	"sync"
 	"time"
 )
@@ -50,8 +49,8 @@ type syncer struct {
 	done   chan struct{}
 
 	mu      sync.Mutex
-	retired []*os.File // rolled segments still to be synced and closed
-	target  int64      // end offset written so far
+	retired []*activeSegment // rolled segments still to be synced and closed
+	target  int64            // end offset written so far
 	stats   SyncStats
 	stopped bool
 }
@@ -83,13 +82,13 @@ func (s *syncer) dirty(end int64) {
 }
 
 // retire hands a rolled segment over; the caller holds the log's lock.
-func (s *syncer) retire(f *os.File) {
+func (s *syncer) retire(a *activeSegment) {
 	if s.policy == FsyncNo {
-		f.Close()
+		a.close()
 		return
 	}
 	s.mu.Lock()
-	s.retired = append(s.retired, f)
+	s.retired = append(s.retired, a)
 	s.mu.Unlock()
 }
 
@@ -133,24 +132,37 @@ func (s *syncer) syncOnce() {
 	}
 }
 
-func (s *syncer) syncFiles(retired []*os.File, active *os.File) error {
+func (s *syncer) syncFiles(retired []*activeSegment, active *activeSegment) error {
 	var firstErr error
-	for _, f := range retired {
-		if err := f.Sync(); err != nil && firstErr == nil {
-			firstErr = fmt.Errorf("fsync %s: %w", f.Name(), err)
+	for _, a := range retired {
+		if err := a.sync(); err != nil && firstErr == nil {
+			firstErr = err
 		}
-		f.Close()
+		a.close()
 	}
-	if firstErr != nil {
+	if firstErr != nil || active == nil {
 		return firstErr
 	}
-	if active == nil {
-		return nil
+	return active.sync()
+}
+
+func (a *activeSegment) sync() error {
+	// Data first: an index record must never be durable before its bytes.
+	if err := a.data.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", a.data.Name(), err)
 	}
-	if err := active.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", active.Name(), err)
+	if err := a.idx.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", a.idx.Name(), err)
 	}
 	return nil
+}
+
+func (a *activeSegment) close() error {
+	err := a.data.Close()
+	if ierr := a.idx.Close(); err == nil {
+		err = ierr
+	}
+	return err
 }
 
 func (s *syncer) record(d time.Duration, err error) {
@@ -164,6 +176,11 @@ func (s *syncer) record(d time.Duration, err error) {
 	}
 	if d > SlowSync {
 		s.stats.Slow++
+		s.log.log.Warn().Dur("fsync_ms", d).Str("policy", string(s.policy)).
+			Msg("slow fsync: the disk is not keeping up; acknowledgements upstream are delayed")
+	}
+	if err != nil && s.stats.LastErr == nil {
+		s.log.log.Error().Err(err).Msg("fsync failed; nothing more is acknowledged upstream until it succeeds")
 	}
 	s.stats.LastErr = err
 }
@@ -174,8 +191,8 @@ func (s *syncer) snapshot() SyncStats {
 	return s.stats
 }
 
-// stop syncs what remains and closes the active file.
-func (s *syncer) stop(active *os.File) error {
+// stop syncs what remains and closes the active segment.
+func (s *syncer) stop(active *activeSegment) error {
 	s.mu.Lock()
 	s.stopped = true
 	s.mu.Unlock()
@@ -190,8 +207,8 @@ func (s *syncer) stop(active *os.File) error {
 		err = s.snapshot().LastErr
 	}
 	if active != nil {
-		if cerr := active.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close %s: %w", active.Name(), cerr)
+		if cerr := active.close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close segment %d: %w", active.seg.first, cerr)
 		}
 	}
 	return err

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,21 +22,36 @@ var ErrTrimmed = errors.New("offset no longer in the backlog")
 // ErrClosed means the log generation was closed, for a new history or shutdown.
 var ErrClosed = errors.New("log closed")
 
-const segmentSuffix = ".seg"
+const (
+	segmentSuffix  = ".seg"
+	preparedSuffix = ".prep"
+)
 
 // LogOptions bound one log generation.
 type LogOptions struct {
-	SegmentBytes int64 // a segment is rolled at this size
-	MaxBytes     int64 // retention: oldest segments go once the rest holds this much
+	SegmentBytes int64         // a segment is rolled at this size
+	MaxBytes     int64         // retention: oldest segments go once the rest holds this much
+	MaxAge       time.Duration // retention: sealed segments older than this go (0: no age limit)
 	Fsync        FsyncPolicy
+	VerifyAll    bool // check every segment's CRCs at open, not only the last one's
+	Logger       zerolog.Logger
 }
 
 type segment struct {
-	first int64
-	size  int64 // guarded by Log.mu
+	first  int64
+	size   int64     // guarded by Log.mu
+	sealed time.Time // when it stopped growing; zero for the active segment
 }
 
 func (s *segment) end() int64 { return s.first + s.size }
+
+// activeSegment is the one being written, with its index.
+type activeSegment struct {
+	seg     *segment
+	data    *os.File
+	idx     *os.File
+	idxSize int64
+}
 
 // Log is an offset-addressed, append-only byte log split into segment files
 // named by their first offset. It has one writer (the upstream link) and any
@@ -42,6 +59,7 @@ func (s *segment) end() int64 { return s.first + s.size }
 type Log struct {
 	dir string
 	opt LogOptions
+	log zerolog.Logger
 
 	mu      sync.RWMutex
 	segs    []*segment
@@ -49,10 +67,20 @@ type Log struct {
 	end     int64 // offset of the next byte to be appended
 	changed chan struct{}
 	closed  bool
+	active  *activeSegment // replaced under mu; written only by the writer
 
-	active  *os.File // writer-owned
-	durable atomic.Int64
-	syncer  *syncer
+	durable   atomic.Int64
+	syncer    *syncer
+	next      chan preparedSegment // the segment after the active one, made ahead of need
+	preparing bool
+	lastTrim  time.Time
+	recBuf    []byte
+}
+
+type preparedSegment struct {
+	first int64
+	path  string
+	err   error
 }
 
 func segmentPath(dir string, first int64) string {
@@ -60,33 +88,82 @@ func segmentPath(dir string, first int64) string {
 }
 
 // OpenLog opens the generation in dir, creating it empty at start if needed.
-// A gap between segments (a lost or torn middle segment) truncates the log at
-// the gap: bytes after it cannot be served without the missing ones.
+// Recovery keeps each segment up to its last record whose bytes are present
+// (and, for the last segment, whose CRC matches); a damaged segment ends the
+// log there, since bytes after it cannot be served without the missing ones.
 func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create log dir %s: %w", dir, err)
 	}
-	segs, err := scanSegments(dir)
+	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
+		changed: make(chan struct{}), next: make(chan preparedSegment, 1)}
+	segs, err := l.recover()
 	if err != nil {
 		return nil, err
 	}
-	segs, err = dropAfterGap(dir, segs)
-	if err != nil {
-		return nil, err
-	}
-	if len(segs) > 0 && segs[0].first > start {
-		start = segs[0].first
-	}
-	l := &Log{dir: dir, opt: opt, segs: segs, first: start, end: start, changed: make(chan struct{})}
+	l.segs = segs
 	if n := len(segs); n > 0 {
 		l.first, l.end = segs[0].first, segs[n-1].end()
-		if err := l.openActive(segs[n-1]); err != nil {
+		if err := l.reopenActive(segs[n-1]); err != nil {
 			return nil, err
 		}
 	}
 	l.durable.Store(l.end)
 	l.syncer = startSyncer(l, opt.Fsync)
 	return l, nil
+}
+
+func (l *Log) recover() ([]*segment, error) {
+	segs, err := scanSegments(l.dir)
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range segs {
+		path := segmentPath(l.dir, s.first)
+		if i > 0 && s.first != segs[i-1].end() {
+			return l.dropFrom(segs, i, fmt.Sprintf("gap: previous segment ends at %d", segs[i-1].end()))
+		}
+		chk, err := verifySegment(path, i == len(segs)-1 || l.opt.VerifyAll)
+		if err != nil {
+			return nil, err
+		}
+		if chk.problem == "" {
+			s.size = chk.valid
+			continue
+		}
+		l.log.Error().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
+			Msg("backlog segment damaged; the log ends at its last good record and upstream resends the rest")
+		if chk.unverifiable {
+			return l.dropFrom(segs, i, chk.problem)
+		}
+		if err := repairSegment(path, chk); err != nil {
+			return nil, err
+		}
+		s.size = chk.valid
+		return l.dropFrom(segs, i+1, "follows a damaged segment")
+	}
+	return segs, nil
+}
+
+// dropFrom removes segs[i:]: bytes after a damaged spot cannot be served.
+func (l *Log) dropFrom(segs []*segment, i int, why string) ([]*segment, error) {
+	for _, s := range segs[i:] {
+		path := segmentPath(l.dir, s.first)
+		l.log.Error().Str("file", path).Str("reason", why).Msg("dropping backlog segment")
+		if err := removeSegmentFiles(path); err != nil {
+			return nil, err
+		}
+	}
+	return segs[:i], nil
+}
+
+func removeSegmentFiles(path string) error {
+	for _, p := range []string{path, indexPath(path)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+	}
+	return nil
 }
 
 func scanSegments(dir string) ([]*segment, error) {
@@ -97,6 +174,10 @@ func scanSegments(dir string) ([]*segment, error) {
 	var segs []*segment
 	for _, e := range entries {
 		name := e.Name()
+		if strings.HasSuffix(name, preparedSuffix) {
+			os.Remove(filepath.Join(dir, name)) // made ahead of need, never used
+			continue
+		}
 		if !strings.HasSuffix(name, segmentSuffix) {
 			continue
 		}
@@ -108,33 +189,31 @@ func scanSegments(dir string) ([]*segment, error) {
 		if err != nil {
 			return nil, fmt.Errorf("stat segment %s: %w", filepath.Join(dir, name), err)
 		}
-		segs = append(segs, &segment{first: first, size: info.Size()})
+		segs = append(segs, &segment{first: first, size: info.Size(), sealed: info.ModTime()})
 	}
 	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
 	return segs, nil
 }
 
-func dropAfterGap(dir string, segs []*segment) ([]*segment, error) {
-	for i := 1; i < len(segs); i++ {
-		if segs[i].first == segs[i-1].end() {
-			continue
-		}
-		for _, s := range segs[i:] {
-			if err := os.Remove(segmentPath(dir, s.first)); err != nil {
-				return nil, fmt.Errorf("remove segment %d after gap at %d: %w", s.first, segs[i-1].end(), err)
-			}
-		}
-		return segs[:i], nil
-	}
-	return segs, nil
-}
-
-func (l *Log) openActive(s *segment) error {
-	f, err := os.OpenFile(segmentPath(l.dir, s.first), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+func (l *Log) reopenActive(s *segment) error {
+	path := segmentPath(l.dir, s.first)
+	data, err := os.OpenFile(path, os.O_RDWR, 0o644)
 	if err != nil {
-		return fmt.Errorf("open segment %d: %w", s.first, err)
+		return fmt.Errorf("open segment %s: %w", path, err)
 	}
-	l.active = f
+	idx, err := os.OpenFile(indexPath(path), os.O_RDWR, 0o644)
+	if err != nil {
+		data.Close()
+		return fmt.Errorf("open index of segment %s: %w", path, err)
+	}
+	info, err := idx.Stat()
+	if err != nil {
+		data.Close()
+		idx.Close()
+		return fmt.Errorf("stat index of segment %s: %w", path, err)
+	}
+	s.sealed = time.Time{}
+	l.active = &activeSegment{seg: s, data: data, idx: idx, idxSize: info.Size()}
 	return nil
 }
 
@@ -156,111 +235,186 @@ func (l *Log) Changed() <-chan struct{} {
 	return l.changed
 }
 
-// Append writes p at the end of the log. Only the owner calls it. After an
-// error the log holds exactly the bytes that reached the file, so the caller
+// Append writes p at the end of the log. Only the owner calls it. Bytes
+// count only once both they and their index record are written; after an
+// error the log is unchanged past its last complete append, and the caller
 // may retry from End.
 func (l *Log) Append(p []byte) error {
 	for len(p) > 0 {
-		seg, err := l.writable()
+		a, err := l.writable()
 		if err != nil {
 			return err
 		}
-		n := int64(len(p))
-		if room := l.opt.SegmentBytes - seg.size; n > room {
-			n = room
+		n := min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)
+		written, err := a.data.WriteAt(p[:n], a.seg.size)
+		if written > 0 {
+			l.recBuf = encodeRecord(l.recBuf[:0], p[:written])
+			if _, ierr := a.idx.WriteAt(l.recBuf, a.idxSize); ierr != nil {
+				return fmt.Errorf("append to index of segment %d: %w", a.seg.first, ierr)
+			}
+			a.idxSize += recordSize
+			l.advance(a.seg, int64(written))
 		}
-		written, err := l.active.Write(p[:n])
-		l.advance(seg, int64(written))
 		if err != nil {
-			return fmt.Errorf("append to segment %d: %w", seg.first, err)
+			return fmt.Errorf("append to segment %d: %w", a.seg.first, err)
 		}
 		p = p[n:]
+		l.maybePrepare(a)
+	}
+	if l.opt.MaxAge > 0 && time.Since(l.lastTrim) > time.Second {
+		l.trim()
 	}
 	return nil
 }
 
 // writable returns the active segment, rolling to a new one when it is full.
-func (l *Log) writable() (*segment, error) {
+func (l *Log) writable() (*activeSegment, error) {
 	l.mu.RLock()
-	closed, n := l.closed, len(l.segs)
-	var last *segment
-	if n > 0 {
-		last = l.segs[n-1]
-	}
+	closed, a := l.closed, l.active
 	l.mu.RUnlock()
 	if closed {
 		return nil, ErrClosed
 	}
-	if last != nil && last.size < l.opt.SegmentBytes {
-		return last, nil
+	if a != nil && a.seg.size < l.opt.SegmentBytes {
+		return a, nil
 	}
 	return l.roll()
 }
 
-func (l *Log) roll() (*segment, error) {
+func (l *Log) roll() (*activeSegment, error) {
 	l.mu.RLock()
 	first := l.end
 	l.mu.RUnlock()
-	f, err := os.OpenFile(segmentPath(l.dir, first), os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("create segment %d: %w", first, err)
-	}
-	// Reserve the blocks without changing the size, so the file size stays
-	// the exact end of data and a crash leaves no zero-filled tail to guess at.
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, l.opt.SegmentBytes); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("preallocate segment %d: %w", first, err)
-	}
-	if err := syncDir(l.dir); err != nil {
-		f.Close()
+	path := segmentPath(l.dir, first)
+	if err := l.takePrepared(first, path); err != nil {
 		return nil, err
 	}
-	seg := &segment{first: first}
-	l.mu.Lock()
-	if l.active != nil {
-		l.syncer.retire(l.active)
+	data, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("create segment %s: %w", path, err)
 	}
-	l.active = f
-	l.segs = append(l.segs, seg)
+	if err := preallocate(data, l.opt.SegmentBytes); err != nil {
+		data.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("preallocate segment %s: %w", path, err)
+	}
+	idx, err := createIndex(path)
+	if err != nil {
+		data.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	preallocate(idx, min(l.opt.SegmentBytes/16, 4<<20))
+	if err := syncDir(l.dir); err != nil {
+		data.Close()
+		idx.Close()
+		return nil, err
+	}
+	a := &activeSegment{seg: &segment{first: first}, data: data, idx: idx, idxSize: int64(len(indexMagic))}
+	l.mu.Lock()
+	if old := l.active; old != nil {
+		old.seg.sealed = time.Now()
+		l.syncer.retire(old)
+	}
+	l.active = a
+	l.segs = append(l.segs, a.seg)
 	l.mu.Unlock()
 	l.trim()
-	return seg, nil
+	return a, nil
+}
+
+// preallocate reserves blocks without changing the file size, so the size
+// stays the exact end of data and a full disk shows up at roll time, not in
+// the middle of a segment.
+func preallocate(f *os.File, n int64) error {
+	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, n)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return nil
+	}
+	return err
+}
+
+// maybePrepare starts making the next segment once the active one is half
+// full, so a roll finds its file created and its blocks reserved.
+func (l *Log) maybePrepare(a *activeSegment) {
+	if l.preparing || a.seg.size < l.opt.SegmentBytes/2 {
+		return
+	}
+	l.preparing = true
+	first := a.seg.first + l.opt.SegmentBytes
+	go func() {
+		path := segmentPath(l.dir, first) + preparedSuffix
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err == nil {
+			err = preallocate(f, l.opt.SegmentBytes)
+			f.Close()
+		}
+		l.next <- preparedSegment{first: first, path: path, err: err}
+	}()
+}
+
+// takePrepared moves a prepared file into place for the segment at first.
+func (l *Log) takePrepared(first int64, path string) error {
+	if !l.preparing {
+		return nil
+	}
+	p := <-l.next
+	l.preparing = false
+	if p.err != nil || p.first != first {
+		os.Remove(p.path)
+		return nil // fall back to creating it now
+	}
+	if err := os.Rename(p.path, path); err != nil {
+		return fmt.Errorf("install prepared segment %s: %w", path, err)
+	}
+	return nil
 }
 
 func (l *Log) advance(seg *segment, n int64) {
-	if n == 0 {
-		return
-	}
 	l.mu.Lock()
 	seg.size += n
 	l.end += n
 	close(l.changed)
 	l.changed = make(chan struct{})
+	end := l.end
 	l.mu.Unlock()
-	l.syncer.dirty(l.end)
+	l.syncer.dirty(end)
 }
 
-// trim removes the oldest segments while the others hold MaxBytes, so disk use
-// stays within MaxBytes plus one segment. A Cursor that has a removed segment
+// trim applies retention. Size: the oldest segments go while the others
+// hold MaxBytes, so disk use stays within MaxBytes plus one segment. Age:
+// sealed segments older than MaxAge go. A Cursor that has a removed segment
 // open keeps reading it (the inode lives on); one that must open it gets
 // ErrTrimmed.
 func (l *Log) trim() {
+	l.lastTrim = time.Now()
 	l.mu.Lock()
-	var victims []int64
+	var victims []*segment
 	total := int64(0)
 	for _, s := range l.segs {
 		total += s.size
 	}
-	for len(l.segs) > 1 && total-l.segs[0].size >= l.opt.MaxBytes {
-		total -= l.segs[0].size
-		victims = append(victims, l.segs[0].first)
+	for len(l.segs) > 1 {
+		s := l.segs[0]
+		bySize := total-s.size >= l.opt.MaxBytes
+		byAge := l.opt.MaxAge > 0 && !s.sealed.IsZero() && time.Since(s.sealed) > l.opt.MaxAge
+		if !bySize && !byAge {
+			break
+		}
+		total -= s.size
+		victims = append(victims, s)
 		l.segs = l.segs[1:]
 		l.first = l.segs[0].first
 	}
 	l.mu.Unlock()
-	for _, first := range victims {
-		os.Remove(segmentPath(l.dir, first))
+	for _, s := range victims {
+		path := segmentPath(l.dir, s.first)
+		if err := removeSegmentFiles(path); err != nil {
+			l.log.Error().Err(err).Msg("retention could not remove a segment")
+		}
+	}
+	if len(victims) > 0 {
+		l.log.Debug().Int("segments", len(victims)).Int64("first", l.first).Msg("retention removed old segments")
 	}
 }
 
@@ -290,10 +444,14 @@ func (l *Log) Close() error {
 	}
 	l.closed = true
 	close(l.changed)
+	active := l.active
 	l.mu.Unlock()
-	err := l.syncer.stop(l.active)
-	l.active = nil
-	return err
+	if l.preparing {
+		p := <-l.next
+		os.Remove(p.path)
+		l.preparing = false
+	}
+	return l.syncer.stop(active)
 }
 
 // Remove closes the log and deletes its directory: the generation is over.

@@ -96,33 +96,85 @@ func TestAppendAcrossSegmentsAndReopen(t *testing.T) {
 	}
 }
 
-func TestTornTailIsCutAtTheFileEnd(t *testing.T) {
+// Recovery keeps each segment up to its last record that is whole and, for
+// the last segment, whose checksum matches; nothing after damage is kept.
+func TestRecoveryCutsAtTheLastGoodRecord(t *testing.T) {
 	dir := t.TempDir()
+	logDir := filepath.Join(dir, "log", "1")
+	reopen := func() *Store {
+		t.Helper()
+		s, err := Open(dir, testOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
 	s := newStore(t, dir, testOptions(), 0)
-	s.Append(pattern(2500, 3))
+	data := pattern(2500, 3)
+	for i := 0; i < len(data); i += 100 {
+		s.Append(data[i : i+100])
+	}
 	s.Close()
-	// Cut bytes off the last segment and remove a middle one's successor: the
-	// log must end where the bytes end, and never past a gap.
-	last := segmentPath(filepath.Join(dir, "log", "1"), 2001)
-	if err := os.Truncate(last, 100); err != nil {
+
+	// A torn tail: bytes cut off mid-record.
+	if err := os.Truncate(segmentPath(logDir, 2001), 150); err != nil {
 		t.Fatal(err)
 	}
-	s2, err := Open(dir, testOptions())
+	s = reopen()
+	if end := s.State().End; end != 2101 {
+		t.Fatalf("after torn tail: end %d, want 2101", end)
+	}
+	if got := readAll(t, s.Log(), 1); !bytes.Equal(got, data[:2100]) {
+		t.Fatal("bytes before the torn record changed")
+	}
+	s.Close()
+
+	// A flipped byte in the last segment: cut before the bad record.
+	f, _ := os.OpenFile(segmentPath(logDir, 2001), os.O_RDWR, 0)
+	f.WriteAt([]byte{0xff}, 50)
+	f.Close()
+	s = reopen()
+	if end := s.State().End; end != 2001 {
+		t.Fatalf("after corruption: end %d, want 2001", end)
+	}
+	s.Close()
+
+	// A lost index makes its segment, and all after it, untrustworthy.
+	os.Remove(indexPath(segmentPath(logDir, 1001)))
+	s = reopen()
+	defer s.Close()
+	if end := s.State().End; end != 1001 {
+		t.Fatalf("after a lost index: end %d, want 1001", end)
+	}
+	if _, err := os.Stat(segmentPath(logDir, 2001)); !os.IsNotExist(err) {
+		t.Fatalf("segment after the damage kept: %v", err)
+	}
+}
+
+// A failed append leaves the log as it was, and a retry lands at the same
+// offset: the upstream link relies on this when the disk is full.
+func TestFailedAppendLeavesNoTrace(t *testing.T) {
+	s := newStore(t, t.TempDir(), testOptions(), 0)
+	defer s.Close()
+	s.Append([]byte("hello "))
+	a := s.Log().active
+	a.idx.Close() // the next index write fails, like ENOSPC would
+	if err := s.Append([]byte("lost")); err == nil {
+		t.Fatal("append with a failing index succeeded")
+	}
+	if end := s.State().End; end != 7 {
+		t.Fatalf("end %d after a failed append, want 7", end)
+	}
+	idx, err := os.OpenFile(a.idx.Name(), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if end := s2.State().End; end != 2101 {
-		t.Fatalf("end %d, want 2101", end)
-	}
-	s2.Close()
-	os.Remove(segmentPath(filepath.Join(dir, "log", "1"), 1001))
-	s3, err := Open(dir, testOptions())
-	if err != nil {
+	a.idx = idx
+	if err := s.Append([]byte("world")); err != nil {
 		t.Fatal(err)
 	}
-	defer s3.Close()
-	if end := s3.State().End; end != 1001 {
-		t.Fatalf("end after gap %d, want 1001", end)
+	if got := readAll(t, s.Log(), 1); string(got) != "hello world" {
+		t.Fatalf("log holds %q", got)
 	}
 }
 

@@ -176,6 +176,13 @@ func RandomReplID() string {
 
 // State returns the current replication position.
 func (s *Store) State() State {
+	st, _ := s.View()
+	return st
+}
+
+// View returns the state together with the log generation it describes, so
+// a decision taken on the state reads the same history.
+func (s *Store) View() (State, *Log) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	st := State{
@@ -189,7 +196,7 @@ func (s *Store) State() State {
 		snap := *s.meta.Snapshot
 		st.Snapshot = &snap
 	}
-	return st
+	return st, s.log
 }
 
 // Log returns the current generation, or nil before the first full sync.

@@ -1,6 +1,7 @@
 package backlog
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -116,4 +117,43 @@ func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 		return nil, SnapshotInfo{}, fmt.Errorf("open snapshot %s: %w", path, err)
 	}
 	return f, *snap, nil
+}
+
+// AdoptSnapshot replaces the snapshot with a fresher RDB of the same
+// history, taken at offset. It is accepted only if the stream continues in
+// the log (offset+1 in [first, end]), so a full sync from it is gapless;
+// retention may then trim below it.
+func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) error {
+	st := s.State()
+	switch {
+	case !st.HasHistory:
+		w.Abort()
+		return errors.New("adopt snapshot: no history yet")
+	case replid != st.ReplID:
+		w.Abort()
+		return fmt.Errorf("adopt snapshot: its replid %s is not the current history's %s", replid, st.ReplID)
+	case offset+1 < st.First || offset+1 > st.End:
+		w.Abort()
+		return fmt.Errorf("adopt snapshot: offset %d is outside the stored backlog [%d, %d]", offset, st.First-1, st.End-1)
+	}
+	snapDir := filepath.Join(s.dir, "snapshot")
+	snap, err := w.commit(snapDir, replid, offset)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	m := s.meta
+	old := m.Snapshot
+	m.Snapshot = snap
+	if err := writeMeta(s.metaPath(), m); err != nil {
+		s.mu.Unlock()
+		os.Remove(filepath.Join(snapDir, snap.File))
+		return fmt.Errorf("persist new snapshot: %w", err)
+	}
+	s.meta = m
+	s.mu.Unlock()
+	if old != nil && old.File != snap.File {
+		os.Remove(filepath.Join(snapDir, old.File))
+	}
+	return nil
 }

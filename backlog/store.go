@@ -62,6 +62,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	opt.Log.Logger = opt.Logger
 	s := &Store{dir: dir, opt: opt, lock: lock}
 	if err := s.load(); err != nil {
 		lock.Close()

@@ -39,7 +39,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		cur.Close()
 		return nil, fmt.Errorf("send snapshot %s: %w", snap.File, err)
 	}
-	r.log.Info().Int64("rdb_bytes", snap.Size).Dur("duration", time.Since(start)).Msg("snapshot sent to replica")
+	r.log.Info().Int64("rdb_bytes", snap.Size).Dur("duration_ms", time.Since(start)).Msg("snapshot sent to replica")
 	if r.rdbOnly {
 		cur.Close()
 		return nil, nil
@@ -62,6 +62,9 @@ func (r *replica) waitSnapshot(ctx context.Context) (*os.File, backlog.SnapshotI
 		if !logged {
 			r.log.Info().Str("reason", err.Error()).Msg("replica waits for a snapshot")
 			logged = true
+		}
+		if errors.Is(err, backlog.ErrTrimmed) && r.srv.cfg.NeedSnapshot != nil {
+			r.srv.cfg.NeedSnapshot()
 		}
 		select {
 		case <-ctx.Done():

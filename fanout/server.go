@@ -54,6 +54,9 @@ type Config struct {
 	Fsync           string
 	// ExtraStats adds the upstream link's counters to INFO stats.
 	ExtraStats func() []KV
+	// NeedSnapshot asks for a fresh snapshot when the stored one can no
+	// longer be continued from the backlog.
+	NeedSnapshot func()
 }
 
 func (c *Config) setDefaults() {
@@ -96,11 +99,12 @@ func New(cfg Config) *Server {
 	return &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}}
 }
 
-// SetUpstream connects the server to the link it reports on; the two are
-// built in turn because each refers to the other.
-func (s *Server) SetUpstream(up Upstream, extraStats func() []KV) {
+// SetUpstream connects the server to the upstream side it reports on and
+// asks for snapshots; the two are built in turn as each refers to the other.
+func (s *Server) SetUpstream(up Upstream, extraStats func() []KV, needSnapshot func()) {
 	s.cfg.Upstream = up
 	s.cfg.ExtraStats = extraStats
+	s.cfg.NeedSnapshot = needSnapshot
 }
 
 // Stats exposes the counters.

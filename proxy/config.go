@@ -17,14 +17,15 @@ import (
 
 // Config is the whole proxy configuration, as config.yaml spells it.
 type Config struct {
-	Listen        string        `yaml:"listen"`
-	DataDir       string        `yaml:"data_dir"`
-	RequirePass   string        `yaml:"requirepass"`
-	MetricsListen string        `yaml:"metrics_listen"`
-	Master        MasterConfig  `yaml:"master"`
-	Backlog       BacklogConfig `yaml:"backlog"`
-	Replicas      ReplicaConfig `yaml:"replicas"`
-	Log           LogConfig     `yaml:"log"`
+	Listen        string         `yaml:"listen"`
+	DataDir       string         `yaml:"data_dir"`
+	RequirePass   string         `yaml:"requirepass"`
+	MetricsListen string         `yaml:"metrics_listen"`
+	Master        MasterConfig   `yaml:"master"`
+	Backlog       BacklogConfig  `yaml:"backlog"`
+	Snapshot      SnapshotConfig `yaml:"snapshot"`
+	Replicas      ReplicaConfig  `yaml:"replicas"`
+	Log           LogConfig      `yaml:"log"`
 }
 
 // MasterConfig is the upstream side.
@@ -43,6 +44,14 @@ type BacklogConfig struct {
 	MaxBytes     Size   `yaml:"max_bytes"`
 	SegmentBytes Size   `yaml:"segment_bytes"`
 	Fsync        string `yaml:"fsync"`
+}
+
+// SnapshotConfig says when the stored RDB is renewed from the master.
+type SnapshotConfig struct {
+	// RefreshAfter bytes of stream since the snapshot trigger an rdb-only
+	// fetch; 0 means half of backlog.max_bytes.
+	RefreshAfter Size     `yaml:"refresh_after"`
+	MinInterval  Duration `yaml:"min_interval"`
 }
 
 // ReplicaConfig is the downstream side.
@@ -70,6 +79,7 @@ func Defaults() Config {
 			SegmentBytes: 64 << 20,
 			Fsync:        string(backlog.FsyncEverySec),
 		},
+		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute)},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
 		Log:      LogConfig{Level: "info", Format: "auto"},
 	}
@@ -117,6 +127,9 @@ func (c Config) Validate() error {
 	}
 	if c.Backlog.MaxBytes < c.Backlog.SegmentBytes {
 		return fmt.Errorf("backlog.max_bytes %d: must be at least one segment (%d)", c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
+	}
+	if c.Snapshot.MinInterval < 0 {
+		return fmt.Errorf("snapshot.min_interval %s: must not be negative", time.Duration(c.Snapshot.MinInterval))
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))

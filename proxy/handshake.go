@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/backlog"
@@ -19,7 +20,7 @@ var errTransient = errors.New("master asks to retry later")
 
 // handshake sends what a Redis 7 replica sends: PING alone, then AUTH and the
 // REPLCONFs back to back, then reads their replies in order.
-func (l *Link) handshake(conn net.Conn, rd *resp.Reader) error {
+func (l *Link) handshake(conn net.Conn, rd *resp.Reader, rdbOnly bool) error {
 	if _, err := conn.Write(resp.AppendCommand(nil, "PING")); err != nil {
 		return fmt.Errorf("send PING: %w", err)
 	}
@@ -41,6 +42,11 @@ func (l *Link) handshake(conn net.Conn, rd *resp.Reader) error {
 	}
 	out = resp.AppendCommand(out, "REPLCONF", "listening-port", strconv.Itoa(l.cfg.ListenPort))
 	out = resp.AppendCommand(out, "REPLCONF", "capa", "eof", "capa", "psync2")
+	replies := []string{"REPLCONF listening-port", "REPLCONF capa"}
+	if rdbOnly {
+		out = resp.AppendCommand(out, "REPLCONF", "rdb-only", "1")
+		replies = append(replies, "REPLCONF rdb-only")
+	}
 	if _, err := conn.Write(out); err != nil {
 		return fmt.Errorf("send handshake: %w", err)
 	}
@@ -53,10 +59,13 @@ func (l *Link) handshake(conn net.Conn, rd *resp.Reader) error {
 			return fmt.Errorf("master refused AUTH: %s", line)
 		}
 	}
-	for _, what := range []string{"REPLCONF listening-port", "REPLCONF capa"} {
+	for _, what := range replies {
 		line, err := readReply(rd)
 		if err != nil {
 			return fmt.Errorf("read %s reply: %w", what, err)
+		}
+		if strings.HasPrefix(line, "-") && what == "REPLCONF rdb-only" {
+			return fmt.Errorf("master does not support rdb-only transfers (Redis 6.2+ needed): %s", line)
 		}
 		if strings.HasPrefix(line, "-") {
 			l.log.Warn().Str("reply", line).Msg(what + " refused by master; continuing as Redis does")
@@ -152,12 +161,13 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	if err != nil {
 		return err
 	}
-	eof, err := l.receiveRDB(rd, w)
+	eof, err := receiveRDB(rd, w, &l.syncBytes)
 	if err != nil {
 		w.Abort()
 		return fmt.Errorf("receive RDB: %w", err)
 	}
-	if err := checkRDBHeader(w.Path()); err != nil {
+	rdb, err := checkRDB(w.Path(), offset)
+	if err != nil {
 		w.Abort()
 		return err
 	}
@@ -168,14 +178,15 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	l.fullSyncs.Add(1)
 	l.fan.DropAll("new replication history from upstream")
 	l.log.Info().Str("replid", replid).Int64("offset", offset).Int64("rdb_bytes", size).
-		Bool("diskless", eof).Dur("duration", time.Since(start)).Msg("full sync from master done")
+		Bool("diskless", eof).Dur("duration_ms", time.Since(start)).Int("rdb_version", rdb.Version).
+		Str("redis_ver", rdb.RedisVer).Bool("crc_checked", rdb.CRCChecked).Msg("full sync from master done")
 	// A diskless master starts the stream only at the first ACK.
 	return l.sendAck(conn)
 }
 
 // receiveRDB reads either framing: "$<len>" then exactly len bytes, or
 // "$EOF:<mark>" then bytes up to the same 40-byte mark.
-func (l *Link) receiveRDB(rd *resp.Reader, w io.Writer) (eof bool, err error) {
+func receiveRDB(rd *resp.Reader, w io.Writer, count *atomic.Int64) (eof bool, err error) {
 	line, err := readReply(rd)
 	if err != nil {
 		return false, fmt.Errorf("read RDB preamble: %w", err)
@@ -190,13 +201,13 @@ func (l *Link) receiveRDB(rd *resp.Reader, w io.Writer) (eof bool, err error) {
 		if len(mark) != 40 {
 			return true, fmt.Errorf("bad EOF mark in preamble %q", line)
 		}
-		return true, copyUntilMark(w, rd.Bufio(), mark, &l.syncBytes)
+		return true, copyUntilMark(w, rd.Bufio(), mark, count)
 	}
 	n, err := strconv.ParseInt(line[1:], 10, 64)
 	if err != nil || n < 0 {
 		return false, fmt.Errorf("bad RDB length in preamble %q", line)
 	}
-	got, err := io.CopyN(w, &countingReader{r: rd.Bufio(), n: &l.syncBytes}, n)
+	got, err := io.CopyN(w, &countingReader{r: rd.Bufio(), n: count}, n)
 	if err != nil {
 		return false, fmt.Errorf("RDB ended after %d of %d bytes: %w", got, n, err)
 	}

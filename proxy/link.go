@@ -144,7 +144,7 @@ func (l *Link) session(ctx context.Context) error {
 	defer stop()
 	rd := resp.NewReader(bufio.NewReaderSize(conn, 64<<10), resp.DefaultLimits())
 	l.setState(LinkHandshake, "connected to "+l.cfg.Addr)
-	if err := l.handshake(conn, rd); err != nil {
+	if err := l.handshake(conn, rd, false); err != nil {
 		return err
 	}
 	if err := l.psync(conn, rd); err != nil {

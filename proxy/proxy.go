@@ -24,6 +24,7 @@ type Proxy struct {
 	store *backlog.Store
 	fan   *fanout.Server
 	link  *Link
+	snap  *refresher
 	ln    net.Listener
 }
 
@@ -77,8 +78,25 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		BackoffMin:     200 * time.Millisecond,
 		BackoffMax:     5 * time.Second,
 	}, store, p.fan, log.With().Str("component", "upstream").Logger())
-	p.fan.SetUpstream(p.link, p.link.Stats)
+	refreshAfter := int64(cfg.Snapshot.RefreshAfter)
+	if refreshAfter == 0 {
+		refreshAfter = int64(cfg.Backlog.MaxBytes) / 2
+	}
+	p.snap = newRefresher(p.link, RefreshConfig{
+		AfterBytes:  refreshAfter,
+		MinInterval: time.Duration(cfg.Snapshot.MinInterval),
+		HoldTimeout: time.Duration(cfg.Master.ReplTimeout),
+	})
+	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
 	return p, nil
+}
+
+// stats are the upstream side's counters for INFO stats.
+func (p *Proxy) stats() []fanout.KV {
+	return append(p.link.Stats(),
+		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
+		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
+	)
 }
 
 // Addr is the downstream listen address.
@@ -95,10 +113,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		p.link.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		p.snap.run(ctx)
 	}()
 	go func() {
 		defer wg.Done()

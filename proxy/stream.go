@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"time"
 
@@ -91,24 +90,6 @@ func (l *Link) sendAck(conn net.Conn) error {
 	off := l.store.State().Durable - 1
 	if _, err := conn.Write(resp.AppendCommand(nil, "REPLCONF", "ACK", strconv.FormatInt(off, 10))); err != nil {
 		return fmt.Errorf("send REPLCONF ACK: %w", err)
-	}
-	return nil
-}
-
-// checkRDBHeader refuses a payload that is not an RDB before it can replace
-// a good snapshot.
-func checkRDBHeader(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("open received RDB: %w", err)
-	}
-	defer f.Close()
-	var hdr [9]byte
-	if _, err := io.ReadFull(f, hdr[:]); err != nil {
-		return fmt.Errorf("received RDB is too short: %w", err)
-	}
-	if !bytes.HasPrefix(hdr[:], []byte("REDIS")) {
-		return fmt.Errorf("received payload is not an RDB (header %q)", hdr[:])
 	}
 	return nil
 }

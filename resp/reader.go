@@ -1,16 +1,13 @@
 // Package resp reads and writes the Redis serialization protocol (RESP2) as
 // replication peers speak it: commands from replicas and clients, reply lines
-// from a master.
+// from a master, and the command boundaries of a replication stream.
 package resp
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
-	"strconv"
 )
 
 // Limits bound what a Reader accepts from a peer, so that a claimed length
@@ -18,11 +15,11 @@ import (
 type Limits struct {
 	MaxBulk   int64 // largest bulk string accepted in a command
 	MaxArgs   int   // most arguments in one multibulk command
-	MaxInline int   // longest line: inline command, reply or header
+	MaxInline int   // longest line: inline command, reply or header line
 }
 
 // DefaultLimits fit what replicas, Sentinel and operators send to a master:
-// small commands only. The data stream never goes through a Reader.
+// small commands only. The replication stream never goes through a Reader.
 func DefaultLimits() Limits {
 	return Limits{MaxBulk: 512 << 10, MaxArgs: 1024, MaxInline: 64 << 10}
 }
@@ -37,157 +34,271 @@ func protoErr(format string, args ...any) error {
 	return &ProtocolError{Msg: fmt.Sprintf(format, args...)}
 }
 
-// Reader reads commands or reply lines from a buffered connection.
+// retainCap is the most buffer a Reader keeps between calls, so that one
+// large command does not pin its memory for the life of a connection.
+const retainCap = 64 << 10
+
+// Reader reads commands or reply lines from a buffered connection. It is
+// not safe for concurrent use.
 type Reader struct {
 	br   *bufio.Reader
 	lim  Limits
-	buf  []byte   // holds the arguments of the last command
-	args [][]byte // reused slice header
+	buf  []byte   // bytes of the last command's arguments, or the last line
+	ends []int    // end of each argument in buf
+	args [][]byte // views into buf, handed to the caller
 }
 
-// NewReader reads from br within lim.
+// NewReader reads from br within lim. A zero field of lim takes its
+// DefaultLimits value, since a zero limit would refuse every command.
 func NewReader(br *bufio.Reader, lim Limits) *Reader {
-	return &Reader{br: br, lim: lim}
+	def := DefaultLimits()
+	if lim.MaxBulk <= 0 {
+		lim.MaxBulk = def.MaxBulk
+	}
+	if lim.MaxArgs <= 0 {
+		lim.MaxArgs = def.MaxArgs
+	}
+	if lim.MaxInline <= 0 {
+		lim.MaxInline = def.MaxInline
+	}
+	// args starts non-nil so that a keepalive yields an empty, non-nil slice.
+	return &Reader{br: br, lim: lim, args: make([][]byte, 0, 8)}
 }
 
-// Bufio returns the underlying reader, for bytes that follow a reply line
-// (an RDB payload, the replication stream).
+// Bufio returns the underlying reader, for the bytes that follow a reply
+// line (an RDB payload, the replication stream).
 func (r *Reader) Bufio() *bufio.Reader { return r.br }
 
-// ReadLine returns one line without its line ending.
+// ReadLine returns one line without its "\r\n" or "\n". A line longer than
+// MaxInline is a ProtocolError. The result is valid until the next call to
+// ReadLine or ReadCommand.
 func (r *Reader) ReadLine() ([]byte, error) {
-	line, err := r.readLine()
+	r.reset()
+	line, err := r.appendLine(r.buf, "line too long")
 	if err != nil {
 		return nil, err
 	}
-	return line, nil
+	r.buf = line
+	return trimEOL(line), nil
 }
 
-// readLine reads up to "\n" within MaxInline and strips "\r\n" or "\n".
-// The result aliases bufio's buffer when it fits, so it is valid only until
-// the next read.
-func (r *Reader) readLine() ([]byte, error) {
-	line, err := r.br.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) {
-		line, err = r.readLongLine(line)
-	}
-	if err != nil {
-		if errors.Is(err, io.EOF) && len(line) > 0 {
-			return nil, io.ErrUnexpectedEOF
-		}
-		return nil, err
-	}
-	if len(line) > r.lim.MaxInline+2 {
-		return nil, protoErr("too big inline request")
-	}
-	line = line[:len(line)-1]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
-	}
-	return line, nil
-}
-
-// readLongLine continues a line longer than bufio's buffer, within MaxInline.
-func (r *Reader) readLongLine(first []byte) ([]byte, error) {
-	buf := append([]byte(nil), first...)
-	for {
-		if len(buf) > r.lim.MaxInline+2 {
-			return nil, protoErr("too big inline request")
-		}
-		more, err := r.br.ReadSlice('\n')
-		buf = append(buf, more...)
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			return buf, err
-		}
-	}
-}
-
-// ReadCommand reads one command, multibulk or inline. An empty inline line
-// yields an empty, non-nil slice: replicas send bare newlines as keepalives.
-// The returned arguments are valid until the next call.
+// ReadCommand reads one command, multibulk or inline; the first byte
+// decides, as in Redis. An empty line, "*0" or "*-1" yields an empty,
+// non-nil slice: replicas send bare newlines as keepalives.
+//
+// The returned arguments alias a buffer that the next call to ReadCommand
+// or ReadLine reuses; copy what must outlive it. Errors from the connection
+// are returned as they are: io.EOF only between commands,
+// io.ErrUnexpectedEOF inside one.
 func (r *Reader) ReadCommand() ([][]byte, error) {
-	b, err := r.br.Peek(1)
+	r.reset()
+	first, err := r.br.Peek(1)
 	if err != nil {
 		return nil, err
 	}
-	r.buf, r.args = r.buf[:0], r.args[:0]
-	if b[0] == '*' {
-		return r.readMultibulk()
+	if first[0] == '*' {
+		args, err := r.readMultibulk()
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return args, err
 	}
 	return r.readInline()
 }
 
+func (r *Reader) reset() {
+	if cap(r.buf) > retainCap {
+		r.buf = nil
+	}
+	r.buf, r.ends, r.args = r.buf[:0], r.ends[:0], r.args[:0]
+}
+
+// readInline splits one line on blanks. Quoting is not supported: replicas
+// and tools only send plain words inline.
 func (r *Reader) readInline() ([][]byte, error) {
-	line, err := r.readLine()
+	line, err := r.appendLine(r.buf, "too big inline request")
 	if err != nil {
 		return nil, err
 	}
-	r.buf = append(r.buf, line...)
-	for _, f := range bytes.Fields(r.buf) {
-		r.args = append(r.args, f)
-	}
-	if r.args == nil {
-		r.args = [][]byte{}
+	r.buf = line
+	line = trimEOL(line)
+	for i := 0; i < len(line); {
+		for i < len(line) && isBlank(line[i]) {
+			i++
+		}
+		start := i
+		for i < len(line) && !isBlank(line[i]) {
+			i++
+		}
+		if i > start {
+			r.args = append(r.args, line[start:i:i])
+		}
 	}
 	return r.args, nil
 }
 
+func isBlank(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'
+}
+
 func (r *Reader) readMultibulk() ([][]byte, error) {
-	line, err := r.readLine()
+	n, err := r.readHeader('*', "invalid multibulk length")
 	if err != nil {
 		return nil, err
 	}
-	n, err := strconv.ParseInt(string(line[1:]), 10, 64)
-	if err != nil || n > int64(r.lim.MaxArgs) {
+	// Like Redis, any count below one is an empty command.
+	if n > int64(r.lim.MaxArgs) {
 		return nil, protoErr("invalid multibulk length")
 	}
-	if n <= 0 {
-		return [][]byte{}, nil
-	}
-	ends := make([]int, 0, n)
 	for i := int64(0); i < n; i++ {
 		if err := r.readBulk(); err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
 			return nil, err
 		}
-		ends = append(ends, len(r.buf))
+		r.ends = append(r.ends, len(r.buf))
 	}
+	// The views are taken only now because appending may move buf.
 	start := 0
-	for _, end := range ends {
+	for _, end := range r.ends {
 		r.args = append(r.args, r.buf[start:end:end])
 		start = end
 	}
 	return r.args, nil
 }
 
-// readBulk appends one "$len\r\n<payload>\r\n" to r.buf. The length is checked
-// against MaxBulk before anything is allocated.
+// readBulk appends one "$len\r\n<payload>\r\n" payload to r.buf.
 func (r *Reader) readBulk() error {
-	line, err := r.readLine()
+	n, err := r.readHeader('$', "invalid bulk length")
 	if err != nil {
 		return err
 	}
-	if len(line) == 0 || line[0] != '$' {
-		got := "end of line"
-		if len(line) > 0 {
-			got = strconv.QuoteRune(rune(line[0]))
-		}
-		return protoErr("expected '$', got %s", got)
-	}
-	n, err := strconv.ParseInt(string(line[1:]), 10, 64)
-	if err != nil || n < 0 || n > r.lim.MaxBulk {
+	if n < 0 || n > r.lim.MaxBulk {
 		return protoErr("invalid bulk length")
 	}
-	start := len(r.buf)
-	r.buf = slices.Grow(r.buf, int(n)+2)[:start+int(n)+2]
-	if _, err := io.ReadFull(r.br, r.buf[start:]); err != nil {
+	if err := r.appendPayload(int(n)); err != nil {
 		return err
 	}
-	if r.buf[len(r.buf)-2] != '\r' || r.buf[len(r.buf)-1] != '\n' {
+	return r.expectCRLF()
+}
+
+// readHeader reads a "<kind><integer>\r\n" line. The line is appended to
+// r.buf only while it is parsed.
+func (r *Reader) readHeader(kind byte, invalid string) (int64, error) {
+	start := len(r.buf)
+	line, err := r.appendLine(r.buf, "too big count string")
+	if err != nil {
+		return 0, err
+	}
+	r.buf = line[:start]
+	line = line[start:]
+	if line[0] != kind {
+		return 0, protoErr("expected %q, got %q", kind, line[0])
+	}
+	// Headers need "\r\n": a bare "\n" there means the stream is off track.
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return 0, protoErr("%s", invalid)
+	}
+	n, ok := parseInt(line[1 : len(line)-2])
+	if !ok {
+		return 0, protoErr("%s", invalid)
+	}
+	return n, nil
+}
+
+// appendPayload copies n bytes to r.buf as they arrive, so memory follows
+// what the peer actually sent rather than what it claimed.
+func (r *Reader) appendPayload(n int) error {
+	for n > 0 {
+		if r.br.Buffered() == 0 {
+			if _, err := r.br.Peek(1); err != nil {
+				return err
+			}
+		}
+		k := min(n, r.br.Buffered())
+		chunk, err := r.br.Peek(k)
+		if err != nil {
+			return err
+		}
+		r.buf = append(r.buf, chunk...)
+		if _, err := r.br.Discard(k); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+func (r *Reader) expectCRLF() error {
+	crlf, err := r.br.Peek(2)
+	if err != nil {
+		return err
+	}
+	if crlf[0] != '\r' || crlf[1] != '\n' {
 		return protoErr("bulk string not terminated by CRLF")
 	}
-	r.buf = r.buf[:len(r.buf)-2]
-	return nil
+	_, err = r.br.Discard(2)
+	return err
+}
+
+// appendLine appends one line, its "\n" included, to dst. It gives up as
+// soon as the line cannot fit MaxInline, so a peer that never sends a
+// newline costs at most MaxInline plus one bufio buffer.
+func (r *Reader) appendLine(dst []byte, tooLong string) ([]byte, error) {
+	start := len(dst)
+	for {
+		frag, err := r.br.ReadSlice('\n')
+		if len(dst)-start+len(frag) > r.lim.MaxInline+2 {
+			return dst, protoErr("%s", tooLong)
+		}
+		dst = append(dst, frag...)
+		switch {
+		case err == nil:
+			if len(trimEOL(dst[start:])) > r.lim.MaxInline {
+				return dst, protoErr("%s", tooLong)
+			}
+			return dst, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(dst) > start:
+			return dst, io.ErrUnexpectedEOF
+		default:
+			return dst, err
+		}
+	}
+}
+
+// trimEOL strips a trailing "\n" or "\r\n".
+func trimEOL(line []byte) []byte {
+	n := len(line)
+	if n > 0 && line[n-1] == '\n' {
+		n--
+	}
+	if n > 0 && line[n-1] == '\r' {
+		n--
+	}
+	return line[:n]
+}
+
+// parseInt accepts what Redis' string2ll accepts for lengths: an optional
+// minus sign and decimal digits without leading zeros. Unlike strconv it
+// rejects "+1" and "007" and does not allocate on error. Numbers beyond 18
+// digits are refused; no real length comes near that.
+func parseInt(b []byte) (int64, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 18 || (b[0] == '0' && (len(b) > 1 || neg)) {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
 }

@@ -1,0 +1,148 @@
+package redisproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// LoadOptions shapes a Load. Zero values pick the defaults.
+type LoadOptions struct {
+	DBs      int   // databases 0..DBs-1 written, one client each; default 3
+	Rate     int   // cap on total operations per second; 0 = as fast as possible
+	KeySpace int   // distinct keys per database, spread over all types; default 1000
+	Seed     int64 // seeds the operation sequence of every database
+}
+
+func (o LoadOptions) withDefaults() LoadOptions {
+	if o.DBs <= 0 {
+		o.DBs = 3
+	}
+	if o.KeySpace <= 0 {
+		o.KeySpace = 1000
+	}
+	// Every kind needs at least one key of its own.
+	o.KeySpace = max(o.KeySpace, len(keyKinds))
+	return o
+}
+
+// Load is a running write load against a master; see StartLoad.
+type Load struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	ops     atomic.Int64
+	dropped atomic.Int64
+
+	mu       sync.Mutex
+	firstErr error
+
+	stopOnce sync.Once
+}
+
+// StartLoad writes a realistic mix of commands to master until Stop or
+// until ctx is cancelled: every data type, expiring keys, transactions and
+// Lua scripts, across DBs 0..DBs-1 with one goroutine and client per DB.
+// The sequence of operations per DB is fixed by Seed; timing is not.
+func StartLoad(ctx context.Context, master *Server, opt LoadOptions) *Load {
+	opt = opt.withDefaults()
+	ctx, cancel := context.WithCancel(ctx)
+	l := &Load{cancel: cancel}
+	var interval time.Duration
+	if opt.Rate > 0 {
+		interval = time.Duration(opt.DBs) * time.Second / time.Duration(opt.Rate)
+	}
+	for db := 0; db < opt.DBs; db++ {
+		w := newWorker(l, newClient(master.Addr(), db, loadOptions), db, opt)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			w.run(ctx, interval)
+		}()
+	}
+	return l
+}
+
+// loadOptions: no retries, so a write is never applied twice behind our
+// back and a dead master shows up at once as a dropped operation; a short
+// read timeout keeps Stop prompt while the master is paused.
+func loadOptions(o *redis.Options) {
+	o.MaxRetries = -1
+	o.DialerRetries = 1
+	o.DialTimeout = time.Second
+	o.ReadTimeout = 2 * time.Second
+	o.PoolSize = 2
+}
+
+// Stop ends the load and waits for its goroutines. It returns the number of
+// operations that succeeded and the first unexpected error; failures caused
+// by cancellation or by losing the master (see Dropped) are not errors.
+// Calling Stop again returns the same result.
+func (l *Load) Stop() (ops int64, err error) {
+	l.stopOnce.Do(func() {
+		l.cancel()
+		l.wg.Wait()
+	})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ops.Load(), l.firstErr
+}
+
+// Ops returns the number of operations that succeeded so far.
+func (l *Load) Ops() int64 { return l.ops.Load() }
+
+// Dropped returns the number of operations that failed because the load was
+// stopping or the master was unreachable (killed, restarting, paused).
+func (l *Load) Dropped() int64 { return l.dropped.Load() }
+
+// record classifies the outcome of one operation and reports whether it
+// was dropped, so the worker can back off instead of spinning.
+func (l *Load) record(ctx context.Context, db int, op string, err error) (dropped bool) {
+	switch {
+	case err == nil || errors.Is(err, redis.Nil):
+		l.ops.Add(1)
+		return false
+	case isDropped(ctx, err):
+		l.dropped.Add(1)
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.firstErr == nil {
+		l.firstErr = fmt.Errorf("load db %d: %s: %w", db, op, err)
+	}
+	return false
+}
+
+// isDropped tells failures the load expects while tests stop, kill,
+// restart or pause the master apart from real errors.
+func isDropped(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	for _, target := range []error{
+		context.Canceled, context.DeadlineExceeded,
+		redis.ErrClosed, redis.ErrPoolTimeout,
+		io.EOF, io.ErrUnexpectedEOF, net.ErrClosed,
+		syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EPIPE,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	// A master restarted from its RDB refuses commands until it is loaded.
+	return strings.HasPrefix(err.Error(), "LOADING")
+}

@@ -1,0 +1,222 @@
+package resp
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// fuzzSeeds are inputs worth starting from for both fuzzers: valid
+// commands, every kind of malformation, and lengths far beyond the input.
+var fuzzSeeds = []string{
+	"",
+	"\n",
+	"\r\n",
+	"PING\r\n",
+	"REPLCONF ACK 100\n",
+	"*1\r\n$4\r\nPING\r\n",
+	"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+	"*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n$1\r\n*\r\n",
+	"*2\r\n$0\r\n\r\n$2\r\n\r\n\r\n",
+	"*0\r\n",
+	"*-1\r\n",
+	"*1\r\n$99999999999\r\n",
+	"*1\r\n$2000000000\r\n",
+	"*1\r\n$524288\r\nabc",
+	"*99999999\r\n",
+	"*2000000000\r\n$1\r\na\r\n",
+	"*99999999999999999999999\r\n",
+	"*1\r\n$-1\r\n",
+	"*1\r\n$01\r\na\r\n",
+	"*+1\r\n$1\r\na\r\n",
+	"*1\n$1\na\n",
+	"*1\r\n$1\r\nab\r\n",
+	"*1\r\n$1\r\na",
+	"*1\r\n:1\r\n",
+	"*",
+	"$",
+	"+OK\r\n",
+	"-ERR x\r\n",
+	"\x00\xff\xfe*\r\n$",
+	"SET k " + strings.Repeat("v", 300) + "\r\n",
+	strings.Repeat("a", 200),
+	"\t \t\r\n  \n",
+}
+
+// fuzzLimits are small so the fuzzer reaches every limit quickly.
+var fuzzLimits = Limits{MaxBulk: 64, MaxArgs: 8, MaxInline: 128}
+
+// splitArgs turns fuzz bytes into a command: 0x00 separates arguments, so
+// arguments hold any other byte, CR, LF, '*' and '$' included.
+func splitArgs(data []byte) []string {
+	return strings.Split(string(data), "\x00")
+}
+
+// splitCommands turns fuzz bytes into commands: 0x01 separates them.
+func splitCommands(data []byte) [][]string {
+	var cmds [][]string
+	for _, part := range bytes.Split(data, []byte{1}) {
+		cmds = append(cmds, splitArgs(part))
+	}
+	return cmds
+}
+
+func FuzzReadCommand(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkReaderOn(t, data, fuzzLimits, 16)
+		checkReaderOn(t, data, DefaultLimits(), 4096)
+		checkRoundTrip(t, splitArgs(data))
+	})
+}
+
+// checkReaderOn reads arbitrary data to the end. Whatever it holds, the
+// reader must stop with an expected error, respect lim, and hold memory in
+// proportion to the input, never to a length the input claims.
+func checkReaderOn(t *testing.T, data []byte, lim Limits, bufSize int) {
+	r := NewReader(bufio.NewReaderSize(bytes.NewReader(data), bufSize), lim)
+	for calls := 0; ; calls++ {
+		if calls > len(data) {
+			t.Fatalf("%d commands from %d bytes", calls, len(data))
+		}
+		args, err := r.ReadCommand()
+		if limit := 3*len(data) + 64; cap(r.buf) > limit || cap(r.ends) > limit || cap(r.args) > limit {
+			t.Fatalf("buffers of %d, %d, %d entries for %d input bytes",
+				cap(r.buf), cap(r.ends), cap(r.args), len(data))
+		}
+		if err != nil {
+			var pe *ProtocolError
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &pe) {
+				t.Fatalf("unexpected error %v", err)
+			}
+			return
+		}
+		if args == nil {
+			t.Fatal("nil args without error")
+		}
+		if len(args) > max(lim.MaxArgs, lim.MaxInline) {
+			t.Fatalf("%d args over the limits", len(args))
+		}
+		for _, a := range args {
+			if int64(len(a)) > max(lim.MaxBulk, int64(lim.MaxInline)) {
+				t.Fatalf("argument of %d bytes over the limits", len(a))
+			}
+		}
+	}
+}
+
+// checkRoundTrip encodes args, after a keepalive, and reads them back with
+// limits that the command meets exactly.
+func checkRoundTrip(t *testing.T, args []string) {
+	lim := Limits{MaxArgs: len(args), MaxInline: 32}
+	for _, a := range args {
+		lim.MaxBulk = max(lim.MaxBulk, int64(len(a)))
+	}
+	in := []byte("\n")
+	in = AppendCommand(in, args...)
+	r := NewReader(bufio.NewReaderSize(bytes.NewReader(in), 16), lim)
+	if got, err := r.ReadCommand(); err != nil || len(got) != 0 {
+		t.Fatalf("keepalive read as %q, %v", got, err)
+	}
+	got, err := r.ReadCommand()
+	if err != nil {
+		t.Fatalf("reading back %d args: %v", len(args), err)
+	}
+	if len(got) != len(args) {
+		t.Fatalf("read %d args, wrote %d", len(got), len(args))
+	}
+	for i := range args {
+		if string(got[i]) != args[i] {
+			t.Fatalf("arg %d: read %q, wrote %q", i, got[i], args[i])
+		}
+	}
+	if _, err := r.ReadCommand(); err != io.EOF {
+		t.Fatalf("after the command: %v, want EOF", err)
+	}
+}
+
+func FuzzScanner(f *testing.F) {
+	for i, s := range fuzzSeeds {
+		f.Add([]byte(s), []byte{byte(i), 1, 3})
+	}
+	f.Add([]byte("SET\x00k\x00v\x01PING\x01REPLCONF\x00GETACK\x00*"), []byte{0, 5, 2})
+	f.Fuzz(func(t *testing.T, data, cuts []byte) {
+		// Arbitrary input: chunking changes nothing, and the state machine
+		// agrees with the plain whole-buffer parser, errors included.
+		checkScannerOn(t, data, cuts, 64)
+		checkScannerOn(t, data, cuts, DefaultScanMaxBulk)
+
+		// Valid streams: every command boundary is found.
+		stream, want := buildStream(splitCommands(data))
+		got := scanChunks(t, 0, chunkBy(stream, cuts))
+		if got.err != "" || !reflect.DeepEqual(got.events, want) {
+			t.Fatalf("valid stream of %d bytes: got %d events, %s; want %d\nfirst difference: %s",
+				len(stream), len(got.events), got.err, len(want), firstDiff(got.events, want))
+		}
+		if got.fed != int64(len(stream)) || !got.boundary {
+			t.Fatalf("valid stream: Fed %d of %d, Boundary %v", got.fed, len(stream), got.boundary)
+		}
+	})
+}
+
+func checkScannerOn(t *testing.T, data, cuts []byte, maxBulk int64) {
+	whole := scanChunks(t, maxBulk, [][]byte{data})
+	chunked := scanChunks(t, maxBulk, chunkBy(data, cuts))
+	if !reflect.DeepEqual(whole, chunked) {
+		t.Fatalf("chunking changed the result: whole %q, chunked %q; first event difference: %s",
+			whole.err, chunked.err, firstDiff(whole.events, chunked.events))
+	}
+	events, bad := refScan(data, maxBulk)
+	if !reflect.DeepEqual(whole.events, events) || errOffset(t, whole.err) != bad {
+		t.Fatalf("scanner and reference disagree: scanner %q, reference bad at %d; first event difference: %s",
+			whole.err, bad, firstDiff(whole.events, events))
+	}
+}
+
+// chunkBy cuts p into pieces whose sizes come from cuts, cycling, so the
+// fuzzer controls every split point; a zero gives an empty chunk.
+func chunkBy(p, cuts []byte) [][]byte {
+	if len(cuts) == 0 {
+		return [][]byte{p}
+	}
+	var chunks [][]byte
+	for i := 0; len(p) > 0; i++ {
+		n := min(int(cuts[i%len(cuts)]), len(p))
+		if i > len(cuts) && n == 0 && allZero(cuts) {
+			n = len(p)
+		}
+		chunks = append(chunks, p[:n])
+		p = p[n:]
+	}
+	return chunks
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// firstDiff describes where two event lists part, keeping failure reports
+// short however long the input.
+func firstDiff(a, b []event) string {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return fmt.Sprintf("event %d: %+v vs %+v", i, a[i], b[i])
+		}
+	}
+	if len(a) != len(b) {
+		return fmt.Sprintf("%d events vs %d", len(a), len(b))
+	}
+	return "none"
+}

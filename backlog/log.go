@@ -390,9 +390,14 @@ func (l *Log) trim() {
 	l.lastTrim = time.Now()
 	l.mu.Lock()
 	var victims []*segment
+	// The active segment counts at its full size: its blocks are reserved,
+	// and it will hold that much before the next trim.
 	total := int64(0)
 	for _, s := range l.segs {
 		total += s.size
+	}
+	if l.active != nil {
+		total += l.opt.SegmentBytes - l.active.seg.size
 	}
 	for len(l.segs) > 1 {
 		s := l.segs[0]

@@ -176,7 +176,9 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 		return fmt.Errorf("store snapshot: %w", err)
 	}
 	l.fullSyncs.Add(1)
-	l.fan.DropAll("new replication history from upstream")
+	// Replicas of the old history need no explicit drop: Reset closed its
+	// log, which ends their senders, while replicas that attach from now on
+	// already follow the new history.
 	l.log.Info().Str("replid", replid).Int64("offset", offset).Int64("rdb_bytes", size).
 		Bool("diskless", eof).Dur("duration_ms", time.Since(start)).Int("rdb_version", rdb.Version).
 		Str("redis_ver", rdb.RedisVer).Bool("crc_checked", rdb.CRCChecked).Msg("full sync from master done")

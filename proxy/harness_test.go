@@ -68,7 +68,8 @@ func proxyConfig(t testing.TB, master string) proxy.Config {
 
 func startProxy(t testing.TB, cfg proxy.Config) *testProxy {
 	t.Helper()
-	tp := &testProxy{t: t, cfg: cfg, logPath: filepath.Join(filepath.Dir(cfg.DataDir), "proxy.log")}
+	// The log lives apart from the data dir, which a test may fill up.
+	tp := &testProxy{t: t, cfg: cfg, logPath: filepath.Join(t.TempDir(), "proxy.log")}
 	_, port, _ := net.SplitHostPort(cfg.Listen)
 	tp.port, _ = strconv.Atoi(port)
 	tp.start()
@@ -153,6 +154,11 @@ func (tp *testProxy) info(section string) map[string]string {
 		return map[string]string{}
 	}
 	defer c.Close()
+	if tp.cfg.RequirePass != "" {
+		if _, err := roundTrip(c, "AUTH", tp.cfg.RequirePass); err != nil {
+			return map[string]string{}
+		}
+	}
 	reply, err := roundTrip(c, "INFO", section)
 	if err != nil {
 		return map[string]string{}

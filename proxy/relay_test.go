@@ -51,7 +51,7 @@ func runLoad(t *testing.T, m *redisproc.Server, seed int64) func() {
 	t.Helper()
 	// Rate-limited: on 2 cores under -race an unbounded load starves the
 	// very processes under test.
-	load := redisproc.StartLoad(context.Background(), m, redisproc.LoadOptions{DBs: 3, Seed: seed, Rate: 1500})
+	load := redisproc.StartLoad(context.Background(), m, redisproc.LoadOptions{DBs: 3, Seed: seed, Rate: 750})
 	return func() {
 		t.Helper()
 		if _, err := load.Stop(); err != nil {

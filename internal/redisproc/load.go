@@ -17,10 +17,11 @@ import (
 
 // LoadOptions shapes a Load. Zero values pick the defaults.
 type LoadOptions struct {
-	DBs      int   // databases 0..DBs-1 written, one client each; default 3
-	Rate     int   // cap on total operations per second; 0 = as fast as possible
+	DBs      int   // databases 0..DBs-1 written by every worker; default 3
+	Rate     int   // operations per second per worker; 0 = as fast as possible
 	KeySpace int   // distinct keys per database, spread over all types; default 1000
-	Seed     int64 // seeds the operation sequence of every database
+	Seed     int64 // seeds each worker's operation sequence
+	Workers  int   // goroutines, each with a client per database; default 2
 }
 
 func (o LoadOptions) withDefaults() LoadOptions {
@@ -29,6 +30,9 @@ func (o LoadOptions) withDefaults() LoadOptions {
 	}
 	if o.KeySpace <= 0 {
 		o.KeySpace = 1000
+	}
+	if o.Workers <= 0 {
+		o.Workers = 2
 	}
 	// Every kind needs at least one key of its own.
 	o.KeySpace = max(o.KeySpace, len(keyKinds))
@@ -46,23 +50,33 @@ type Load struct {
 	mu       sync.Mutex
 	firstErr error
 
+	// groupReady[db] says the consumer group exists, so that workers
+	// sharing a database create it once: a BUSYGROUP reply would count as
+	// a failed call on the master and hide real failures in its stats.
+	groupMu    sync.Mutex
+	groupReady []bool
+
 	stopOnce sync.Once
 }
 
 // StartLoad writes a realistic mix of commands to master until Stop or
 // until ctx is cancelled: every data type, expiring keys, transactions and
-// Lua scripts, across DBs 0..DBs-1 with one goroutine and client per DB.
-// The sequence of operations per DB is fixed by Seed; timing is not.
+// Lua scripts, across DBs 0..DBs-1. Each worker's sequence of operations
+// is fixed by Seed; how the workers interleave is not.
 func StartLoad(ctx context.Context, master *Server, opt LoadOptions) *Load {
 	opt = opt.withDefaults()
 	ctx, cancel := context.WithCancel(ctx)
-	l := &Load{cancel: cancel}
+	l := &Load{cancel: cancel, groupReady: make([]bool, opt.DBs)}
 	var interval time.Duration
 	if opt.Rate > 0 {
-		interval = time.Duration(opt.DBs) * time.Second / time.Duration(opt.Rate)
+		interval = time.Second / time.Duration(opt.Rate)
 	}
-	for db := 0; db < opt.DBs; db++ {
-		w := newWorker(l, newClient(master.Addr(), db, loadOptions), db, opt)
+	for id := range opt.Workers {
+		clients := make([]*redis.Client, opt.DBs)
+		for db := range clients {
+			clients[db] = newClient(master.Addr(), db, loadOptions)
+		}
+		w := newWorker(l, id, clients, opt)
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
@@ -70,6 +84,29 @@ func StartLoad(ctx context.Context, master *Server, opt LoadOptions) *Load {
 		}()
 	}
 	return l
+}
+
+// ensureGroup creates the consumer group of db unless a worker already
+// did. It holds the lock across the round trip so only one worker tries.
+func (l *Load) ensureGroup(ctx context.Context, c *redis.Client, db int) error {
+	l.groupMu.Lock()
+	defer l.groupMu.Unlock()
+	if l.groupReady[db] {
+		return nil
+	}
+	err := c.XGroupCreateMkStream(ctx, groupStream, groupName, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return err
+	}
+	l.groupReady[db] = true
+	return nil
+}
+
+// forgetGroup is called when the group vanished with a restarted master.
+func (l *Load) forgetGroup(db int) {
+	l.groupMu.Lock()
+	defer l.groupMu.Unlock()
+	l.groupReady[db] = false
 }
 
 // loadOptions: no retries, so a write is never applied twice behind our

@@ -46,27 +46,31 @@ type weightedOp struct {
 	run    func(context.Context) error
 }
 
-// worker drives one database with one client and its own random source.
+// worker is one load goroutine. It owns a client per database and its own
+// random source, and spreads its operations over all databases.
 type worker struct {
 	load    *Load
-	c       *redis.Client
-	db      int
+	id      int
+	clients []*redis.Client // index = database
 	rng     *rand.Rand
 	perKind int
+
+	// The database of the current operation; the op methods use these.
+	c  *redis.Client
+	db int
 
 	text, binary []byte // value pools; values are slices of them
 	ops          []weightedOp
 	totalWeight  int
 	seq          int64
-	groupReady   bool
 }
 
-func newWorker(l *Load, c *redis.Client, db int, opt LoadOptions) *worker {
+func newWorker(l *Load, id int, clients []*redis.Client, opt LoadOptions) *worker {
 	w := &worker{
 		load:    l,
-		c:       c,
-		db:      db,
-		rng:     rand.New(rand.NewPCG(uint64(opt.Seed), uint64(db)+1)),
+		id:      id,
+		clients: clients,
+		rng:     rand.New(rand.NewPCG(uint64(opt.Seed), uint64(id)+1)),
 		perKind: opt.KeySpace / len(keyKinds),
 	}
 	w.text, w.binary = w.valuePools()
@@ -89,8 +93,16 @@ func newWorker(l *Load, c *redis.Client, db int, opt LoadOptions) *worker {
 	return w
 }
 
+func (w *worker) close() {
+	for _, c := range w.clients {
+		_ = c.Close() // nothing useful to do with a close error at the end of a load
+	}
+}
+
+// run issues one operation per interval (or back to back for 0) until ctx
+// is done.
 func (w *worker) run(ctx context.Context, interval time.Duration) {
-	defer w.c.Close()
+	defer w.close()
 	next := time.Now()
 	for ctx.Err() == nil {
 		if interval > 0 {
@@ -103,6 +115,8 @@ func (w *worker) run(ctx context.Context, interval time.Duration) {
 				return
 			}
 		}
+		w.db = w.rng.IntN(len(w.clients))
+		w.c = w.clients[w.db]
 		op := w.pick()
 		w.seq++
 		if w.load.record(ctx, w.db, op.name, op.run(ctx)) {
@@ -335,12 +349,8 @@ func (w *worker) xadd(ctx context.Context) error {
 // streamGroup feeds one stream that has a consumer group and consumes it,
 // so group state (last ID, pending entries, acks) must replicate too.
 func (w *worker) streamGroup(ctx context.Context) error {
-	if !w.groupReady {
-		err := w.c.XGroupCreateMkStream(ctx, groupStream, groupName, "0").Err()
-		if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
-			return err
-		}
-		w.groupReady = true
+	if err := w.load.ensureGroup(ctx, w.c, w.db); err != nil {
+		return err
 	}
 	err := w.c.XAdd(ctx, &redis.XAddArgs{
 		Stream: groupStream, MaxLen: 2 * streamKeep, Approx: true,
@@ -350,12 +360,12 @@ func (w *worker) streamGroup(ctx context.Context) error {
 		return err
 	}
 	streams, err := w.c.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: groupName, Consumer: fmt.Sprintf("c%d", w.db),
+		Group: groupName, Consumer: fmt.Sprintf("c%d", w.id),
 		Streams: []string{groupStream, ">"}, Count: 5, Block: -1,
 	}).Result()
 	if err != nil && strings.HasPrefix(err.Error(), "NOGROUP") {
 		// The master came back without the stream (restart without save).
-		w.groupReady = false
+		w.load.forgetGroup(w.db)
 		return nil
 	}
 	if err != nil {
@@ -405,7 +415,7 @@ func (w *worker) multi(ctx context.Context) error {
 
 func (w *worker) eval(ctx context.Context) error {
 	keys := []string{w.key("hash"), w.key("list"), w.key("str")}
-	tag := fmt.Sprintf("w%d-%d", w.db, w.seq)
+	tag := fmt.Sprintf("w%d-%d", w.id, w.seq)
 	return w.c.Eval(ctx, evalScript, keys, tag, listKeep).Err()
 }
 

@@ -50,7 +50,9 @@ func TestLoadReplicatesEveryType(t *testing.T) {
 	waitLinkUp(t, r1, r2)
 
 	runLoad(t, master, 3*time.Second, LoadOptions{DBs: 3, Seed: 1})
+	start := time.Now()
 	WaitInSync(t, syncTimeout, master, r1, r2)
+	t.Logf("in sync %s after the load stopped", time.Since(start).Round(time.Millisecond))
 
 	if d := master.Digest(); d == emptyDigest || d == "" {
 		t.Fatalf("master digest %q: the load wrote nothing", d)
@@ -193,6 +195,33 @@ func TestParseInfo(t *testing.T) {
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+}
+
+// fatalRecorder captures Fatalf instead of ending the test, to check what a
+// failing wait reports.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (r *fatalRecorder) Helper() {}
+
+func (r *fatalRecorder) Fatalf(format string, args ...any) {
+	r.msg = fmt.Sprintf(format, args...)
+}
+
+func TestWaitInSyncReportsEveryServer(t *testing.T) {
+	master, stranger := Start(t), Start(t)
+	if _, err := master.Do("SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	rec := &fatalRecorder{TB: t}
+	WaitInSync(rec, 300*time.Millisecond, master, stranger)
+	for _, want := range []string{master.Addr(), stranger.Addr(), "offset=", "digest=" + emptyDigest, "link=?"} {
+		if !strings.Contains(rec.msg, want) {
+			t.Errorf("report lacks %q:\n%s", want, rec.msg)
 		}
 	}
 }

@@ -239,6 +239,10 @@ func (s *Server) Shutdown(save bool) error {
 	// server just closes the socket, which go-redis would treat as a
 	// network error worth retrying.
 	reply, err := rawCommand(s.Addr(), stopTimeout, "SHUTDOWN", mode)
+	if strings.HasPrefix(reply, "-") {
+		// Refused (e.g. the RDB could not be written): it keeps running.
+		return fmt.Errorf("shutdown %s %s: %s", s.Addr(), mode, reply)
+	}
 	if p.wait(stopTimeout) {
 		return nil
 	}

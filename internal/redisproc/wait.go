@@ -2,6 +2,7 @@ package redisproc
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,14 +14,19 @@ const pollInterval = 50 * time.Millisecond
 // fails the test with what and the message from the last poll.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
+	if ok, msg := poll(timeout, cond); !ok {
+		t.Fatalf("redisproc: timed out after %s waiting for %s: %s", timeout, what, msg)
+	}
+}
+
+// poll calls cond until it returns true or timeout has passed, and returns
+// the last result.
+func poll(timeout time.Duration, cond func() (bool, string)) (bool, string) {
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, msg := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redisproc: timed out after %s waiting for %s: %s", timeout, what, msg)
+		if ok || time.Now().After(deadline) {
+			return ok, msg
 		}
 		time.Sleep(pollInterval)
 	}
@@ -28,46 +34,109 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (b
 
 // WaitInSync waits until every replica is connected (master_link_status:up),
 // has applied exactly the master's replication stream (slave_repl_offset ==
-// master_repl_offset) and holds the same data (equal DEBUG DIGEST).
+// master_repl_offset) and holds the same data (equal DEBUG DIGEST). On
+// timeout it fails the test with each server's offset and digest.
 //
 // Offsets come from the master and from each replica only, never from the
 // replica's upstream, so the replicas may hang off something that is not
 // Redis, such as the proxy, as long as it preserves offsets.
 func WaitInSync(t testing.TB, timeout time.Duration, master *Server, replicas ...*Server) {
 	t.Helper()
-	what := fmt.Sprintf("%d replica(s) in sync with master %s", len(replicas), master.Addr())
-	Eventually(t, timeout, what, func() (bool, string) {
-		return inSync(master, replicas)
+	// Digests hash the whole dataset (tens of ms per server, far more on a
+	// busy machine), so they are only worth computing once the offsets
+	// agree; polling them meanwhile would steal CPU from the replicas
+	// that are catching up.
+	ok, _ := poll(timeout, func() (bool, string) {
+		return offsetsMatch(master, replicas) && inSync(master, replicas).ok(), ""
 	})
+	if ok {
+		return
+	}
+	t.Fatalf("redisproc: timed out after %s waiting for %d replica(s) to be in sync with master %s:%s",
+		timeout, len(replicas), master.Addr(), inSync(master, replicas))
+}
+
+// offsetsMatch is the cheap precondition of inSync.
+func offsetsMatch(master *Server, replicas []*Server) bool {
+	want := master.InfoInt("replication", "master_repl_offset")
+	for _, r := range replicas {
+		if want < 0 || r.InfoInt("replication", "slave_repl_offset") != want {
+			return false
+		}
+	}
+	return want >= 0
+}
+
+// syncState is one reading of the master and its replicas.
+type syncState struct {
+	master      serverState
+	replicas    []serverState
+	masterMoved int64 // master offset after the reading; differs if it moved
+}
+
+type serverState struct {
+	addr   string
+	offset int64 // -1 when unknown
+	digest string
+	link   string // master_link_status, replicas only
 }
 
 // inSync reads the master's offset before and after the digests: if it
 // moved (a write, an expiry, a replication PING), the snapshot is not
 // consistent and the caller polls again.
-func inSync(master *Server, replicas []*Server) (bool, string) {
-	before := master.InfoInt("replication", "master_repl_offset")
-	want := master.Digest()
-	ok := before >= 0 && want != ""
-
-	var report strings.Builder
-	fmt.Fprintf(&report, "\n  master  %s offset=%d digest=%s", master.Addr(), before, want)
+func inSync(master *Server, replicas []*Server) syncState {
+	st := syncState{master: serverState{
+		addr:   master.Addr(),
+		offset: master.InfoInt("replication", "master_repl_offset"),
+		digest: master.Digest(),
+	}}
 	for _, r := range replicas {
 		info := r.Info("replication")
-		off, digest := info["slave_repl_offset"], r.Digest()
-		fmt.Fprintf(&report, "\n  replica %s offset=%s digest=%s link=%s",
-			r.Addr(), orMissing(off), digest, orMissing(info["master_link_status"]))
-		// A replica that has not reconnected yet can match the master
-		// by offset and digest (it loaded both from its RDB), so the link
-		// must be up as well.
-		if off != fmt.Sprint(before) || digest != want || info["master_link_status"] != "up" {
-			ok = false
+		st.replicas = append(st.replicas, serverState{
+			addr:   r.Addr(),
+			offset: parseOffset(info["slave_repl_offset"]),
+			digest: r.Digest(),
+			link:   info["master_link_status"],
+		})
+	}
+	st.masterMoved = master.InfoInt("replication", "master_repl_offset")
+	return st
+}
+
+func (st syncState) ok() bool {
+	m := st.master
+	if m.offset < 0 || m.digest == "" || st.masterMoved != m.offset {
+		return false
+	}
+	for _, r := range st.replicas {
+		// A restarted replica that has not reconnected yet can match the
+		// master by offset and digest (it loaded both from its RDB), so
+		// the link must be up as well.
+		if r.offset != m.offset || r.digest != m.digest || r.link != "up" {
+			return false
 		}
 	}
-	if after := master.InfoInt("replication", "master_repl_offset"); after != before {
-		fmt.Fprintf(&report, "\n  (master offset moved to %d while reading)", after)
-		ok = false
+	return true
+}
+
+func (st syncState) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n  master  %s offset=%d digest=%s", st.master.addr, st.master.offset, orMissing(st.master.digest))
+	for _, r := range st.replicas {
+		fmt.Fprintf(&b, "\n  replica %s offset=%d digest=%s link=%s", r.addr, r.offset, orMissing(r.digest), orMissing(r.link))
 	}
-	return ok, report.String()
+	if st.masterMoved != st.master.offset {
+		fmt.Fprintf(&b, "\n  (master offset moved to %d while reading)", st.masterMoved)
+	}
+	return b.String()
+}
+
+func parseOffset(s string) int64 {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 func orMissing(s string) string {

@@ -3,6 +3,7 @@ package backlog
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -70,7 +71,7 @@ func (s *syncer) dirty(end int64) {
 	s.target = end
 	s.mu.Unlock()
 	if s.policy == FsyncNo {
-		s.log.durable.Store(end)
+		storeMax(&s.log.durable, end)
 		return
 	}
 	if s.policy == FsyncAlways {
@@ -127,8 +128,8 @@ func (s *syncer) syncOnce() {
 	start := time.Now()
 	err := s.syncFiles(retired, active)
 	s.record(time.Since(start), err)
-	if err == nil && target > s.log.durable.Load() {
-		s.log.durable.Store(target)
+	if err == nil {
+		storeMax(&s.log.durable, target)
 	}
 }
 
@@ -189,6 +190,17 @@ func (s *syncer) snapshot() SyncStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.stats
+}
+
+// storeMax raises v to x; syncs may finish out of order (SyncNow runs
+// beside the syncer), and durable must never go back.
+func storeMax(v *atomic.Int64, x int64) {
+	for {
+		cur := v.Load()
+		if x <= cur || v.CompareAndSwap(cur, x) {
+			return
+		}
+	}
 }
 
 // stop syncs what remains and closes the active segment.

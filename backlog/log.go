@@ -228,6 +228,14 @@ func (l *Log) Bounds() (first, end int64) {
 // proxy may acknowledge upstream.
 func (l *Log) Durable() int64 { return l.durable.Load() }
 
+// SyncNow makes everything appended so far durable before it returns, for
+// a master waiting on WAIT; under the "no" policy there is nothing to do.
+func (l *Log) SyncNow() {
+	if l.opt.Fsync != FsyncNo {
+		l.syncer.syncOnce()
+	}
+}
+
 // Changed returns a channel closed at the next append or at Close.
 func (l *Log) Changed() <-chan struct{} {
 	l.mu.RLock()

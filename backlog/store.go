@@ -207,6 +207,13 @@ func (s *Store) Log() *Log {
 	return s.log
 }
 
+// SyncNow makes the current log durable up to its end.
+func (s *Store) SyncNow() {
+	if l := s.Log(); l != nil {
+		l.SyncNow()
+	}
+}
+
 // SyncStats reports the current log's fsync statistics.
 func (s *Store) SyncStats() SyncStats {
 	if l := s.Log(); l != nil {

@@ -17,6 +17,11 @@ import (
 // A nil cursor with no error means the replica wanted the RDB only.
 func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	r.state.Store(StateWaitBgsave)
+	release, err := r.acquireFullSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	f, snap, cur, replid, err := r.waitSnapshot(ctx)
 	if err != nil {
 		return nil, err
@@ -35,7 +40,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		cur.Close()
 		return nil, err
 	}
-	if err := r.sendFile(f, snap.Size); err != nil {
+	if err := r.sendFile(ctx, f, snap.Size); err != nil {
 		cur.Close()
 		return nil, fmt.Errorf("send snapshot %s: %w", snap.File, err)
 	}
@@ -98,13 +103,16 @@ func (r *replica) openSnapshot() (*os.File, backlog.SnapshotInfo, *backlog.Curso
 
 // sendFile copies the RDB in chunks, each under its own write deadline, so a
 // slow but live replica is not cut off while a dead one is.
-func (r *replica) sendFile(f *os.File, size int64) error {
+func (r *replica) sendFile(ctx context.Context, f *os.File, size int64) error {
 	for sent := int64(0); sent < size; {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
-		n, err := io.Copy(r.conn, &io.LimitedReader{R: f, N: min(size-sent, r.srv.cfg.ChunkBytes)})
+		n, err := io.Copy(r.conn, &io.LimitedReader{R: f, N: min(size-sent, r.chunk())})
 		sent += n
 		r.sentBytes.Add(n)
 		if err != nil {
+			return err
+		}
+		if err := r.pace(ctx, n); err != nil {
 			return err
 		}
 		if n == 0 {

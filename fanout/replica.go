@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/resp"
@@ -56,6 +57,28 @@ type replica struct {
 	sentOff   atomic.Int64
 	sentBytes atomic.Int64
 	cancel    context.CancelCauseFunc
+	limiter   *rate.Limiter // nil: no rate limit
+}
+
+// chunk is the most one send may carry: small enough to notice
+// cancellation, and within one burst of the rate limit.
+func (r *replica) chunk() int64 {
+	if r.limiter != nil {
+		return min(r.srv.cfg.ChunkBytes, int64(r.limiter.Burst()))
+	}
+	return r.srv.cfg.ChunkBytes
+}
+
+// pace pays for n bytes already sent, so the average rate holds with at
+// most one burst ahead, whatever the size of each send.
+func (r *replica) pace(ctx context.Context, n int64) error {
+	if r.limiter == nil || n == 0 {
+		return nil
+	}
+	if err := r.limiter.WaitN(ctx, int(n)); err != nil {
+		return context.Cause(ctx)
+	}
+	return nil
 }
 
 func (r *replica) info() ReplicaInfo {
@@ -118,6 +141,10 @@ func (c *client) newReplica(prePsync bool) *replica {
 	}
 	r.state.Store(StateWaitBgsave)
 	r.ackTime.Store(time.Now().UnixNano())
+	if lim := c.srv.cfg.RateLimit; lim > 0 {
+		// A tenth of a second of stream per burst keeps sends large.
+		r.limiter = rate.NewLimiter(rate.Limit(lim), int(max(lim/10, 64<<10)))
+	}
 	return r
 }
 
@@ -155,6 +182,7 @@ func (c *client) readAcks(r *replica) error {
 		if off > r.ackOff.Load() {
 			r.ackOff.Store(off)
 		}
+		c.srv.notifyAck()
 	}
 }
 
@@ -293,7 +321,7 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	for {
 		changed := lg.Changed()
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
-		n, err := cur.Send(r.conn, r.srv.cfg.ChunkBytes)
+		n, err := cur.Send(r.conn, r.chunk())
 		r.sentBytes.Add(n)
 		r.sentOff.Store(cur.Offset())
 		if errors.Is(err, backlog.ErrClosed) {
@@ -303,6 +331,9 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 			return fmt.Errorf("send backlog at %d: %w", cur.Offset(), err)
 		}
 		if n > 0 {
+			if err := r.pace(ctx, n); err != nil {
+				return err
+			}
 			continue
 		}
 		select {

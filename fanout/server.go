@@ -49,6 +49,14 @@ type Config struct {
 	HoldAhead time.Duration
 	// ChunkBytes bounds one send, so that a sender notices cancellation.
 	ChunkBytes int64
+	// MaxLagBytes and MaxLagSeconds drop an online replica that falls this
+	// far behind (0: no limit); it comes back partially if it still can.
+	MaxLagBytes   int64
+	MaxLagSeconds time.Duration
+	// MaxConcurrentFullSyncs queues further full syncs (0: no limit).
+	MaxConcurrentFullSyncs int
+	// RateLimit caps each replica's stream in bytes per second (0: none).
+	RateLimit int64
 	// BacklogMaxBytes and Fsync are reported by INFO.
 	BacklogMaxBytes int64
 	Fsync           string
@@ -91,12 +99,21 @@ type Server struct {
 	replicas map[int64]*replica
 	clients  int
 	nextID   int64
+
+	ackMu      sync.Mutex
+	ackChanged chan struct{}
+
+	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
 }
 
 // New returns a Server; Serve runs it.
 func New(cfg Config) *Server {
 	cfg.setDefaults()
-	return &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{})}
+	if cfg.MaxConcurrentFullSyncs > 0 {
+		s.fullSyncSlots = make(chan struct{}, cfg.MaxConcurrentFullSyncs)
+	}
+	return s
 }
 
 // SetUpstream connects the server to the upstream side it reports on and
@@ -117,6 +134,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.enforceLag(ctx)
+	}()
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -155,12 +177,7 @@ func (s *Server) removeReplica(r *replica) {
 
 // Replicas returns the attached replicas in attach order.
 func (s *Server) Replicas() []ReplicaInfo {
-	s.mu.Lock()
-	rs := make([]*replica, 0, len(s.replicas))
-	for _, r := range s.replicas {
-		rs = append(rs, r)
-	}
-	s.mu.Unlock()
+	rs := s.replicaList()
 	sort.Slice(rs, func(i, j int) bool { return rs[i].id < rs[j].id })
 	out := make([]ReplicaInfo, len(rs))
 	for i, r := range rs {
@@ -172,13 +189,7 @@ func (s *Server) Replicas() []ReplicaInfo {
 // DropAll disconnects every replica, as Redis does when its replication ID
 // changes: they reconnect and PSYNC again, partially where the IDs allow.
 func (s *Server) DropAll(reason string) {
-	s.mu.Lock()
-	rs := make([]*replica, 0, len(s.replicas))
-	for _, r := range s.replicas {
-		rs = append(rs, r)
-	}
-	s.mu.Unlock()
-	for _, r := range rs {
+	for _, r := range s.replicaList() {
 		r.drop(reason)
 	}
 }

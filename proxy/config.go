@@ -26,6 +26,10 @@ type Config struct {
 	Snapshot      SnapshotConfig `yaml:"snapshot"`
 	Replicas      ReplicaConfig  `yaml:"replicas"`
 	Log           LogConfig      `yaml:"log"`
+	// AckMode is what the proxy acknowledges to its master: AckStored or
+	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
+	AckMode   string `yaml:"ack_mode"`
+	AckQuorum int    `yaml:"ack_quorum"`
 }
 
 // MasterConfig is the upstream side.
@@ -56,7 +60,11 @@ type SnapshotConfig struct {
 
 // ReplicaConfig is the downstream side.
 type ReplicaConfig struct {
-	Timeout Duration `yaml:"timeout"` // a replica that accepts no byte for this long is dropped
+	Timeout                Duration `yaml:"timeout"` // a replica that accepts no byte for this long is dropped
+	MaxLagBytes            Size     `yaml:"max_lag_bytes"`
+	MaxLagSeconds          Duration `yaml:"max_lag_seconds"`
+	MaxConcurrentFullSyncs int      `yaml:"max_concurrent_full_syncs"`
+	RateLimit              Size     `yaml:"rate_limit"` // bytes per second per replica
 }
 
 // LogConfig is the process log.
@@ -82,6 +90,7 @@ func Defaults() Config {
 		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute)},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
 		Log:      LogConfig{Level: "info", Format: "auto"},
+		AckMode:  AckStored,
 	}
 }
 
@@ -127,6 +136,12 @@ func (c Config) Validate() error {
 	}
 	if c.Backlog.MaxBytes < c.Backlog.SegmentBytes {
 		return fmt.Errorf("backlog.max_bytes %d: must be at least one segment (%d)", c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
+	}
+	if c.AckMode != AckStored && c.AckMode != AckReplicas {
+		return fmt.Errorf("ack_mode %q: want stored or replicas", c.AckMode)
+	}
+	if c.AckQuorum < 0 || c.Replicas.MaxConcurrentFullSyncs < 0 {
+		return errors.New("ack_quorum and replicas.max_concurrent_full_syncs must not be negative")
 	}
 	if c.Snapshot.MinInterval < 0 {
 		return fmt.Errorf("snapshot.min_interval %s: must not be negative", time.Duration(c.Snapshot.MinInterval))

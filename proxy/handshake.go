@@ -182,8 +182,9 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	l.log.Info().Str("replid", replid).Int64("offset", offset).Int64("rdb_bytes", size).
 		Bool("diskless", eof).Dur("duration_ms", time.Since(start)).Int("rdb_version", rdb.Version).
 		Str("redis_ver", rdb.RedisVer).Bool("crc_checked", rdb.CRCChecked).Msg("full sync from master done")
-	// A diskless master starts the stream only at the first ACK.
-	return l.sendAck(conn)
+	// A diskless master starts the stream only at the first ACK, whatever
+	// the ack mode: it acknowledges nothing beyond the snapshot itself.
+	return sendAck(conn, offset)
 }
 
 // receiveRDB reads either framing: "$<len>" then exactly len bytes, or

@@ -37,19 +37,30 @@ type LinkConfig struct {
 	ConnectTimeout time.Duration
 	BackoffMin     time.Duration
 	BackoffMax     time.Duration
+	AckMode        string
+	AckQuorum      int // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
 }
 
-// Dropper disconnects downstream replicas when the history they follow changes.
-type Dropper interface {
+// Downstream is what the link needs of the replicas below the proxy: to
+// drop them when their history changes, and their acknowledgements.
+type Downstream interface {
 	DropAll(reason string)
+	AckQuorum(n int) (int64, bool)
+	AckChanged() <-chan struct{}
 }
+
+// Ack modes: what the proxy acknowledges to its master.
+const (
+	AckStored   = "stored"   // what the proxy has stored, durable under the fsync policy
+	AckReplicas = "replicas" // what the downstream replicas have acknowledged (quorum), so WAIT stays honest
+)
 
 // Link is the proxy's replica-side connection to its master. It is the only
 // writer of the store.
 type Link struct {
 	cfg   LinkConfig
 	store *backlog.Store
-	fan   Dropper
+	fan   Downstream
 	log   zerolog.Logger
 
 	mu     sync.Mutex
@@ -62,7 +73,7 @@ type Link struct {
 }
 
 // NewLink returns a link; Run drives it.
-func NewLink(cfg LinkConfig, store *backlog.Store, fan Dropper, log zerolog.Logger) *Link {
+func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.Logger) *Link {
 	host, portStr, _ := net.SplitHostPort(cfg.Addr)
 	port, _ := strconv.Atoi(portStr)
 	l := &Link{cfg: cfg, store: store, fan: fan, log: log.With().Str("master", cfg.Addr).Logger()}

@@ -67,6 +67,11 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		ReplTimeout:     time.Duration(cfg.Replicas.Timeout),
 		BacklogMaxBytes: int64(cfg.Backlog.MaxBytes),
 		Fsync:           string(fsync),
+
+		MaxLagBytes:            int64(cfg.Replicas.MaxLagBytes),
+		MaxLagSeconds:          time.Duration(cfg.Replicas.MaxLagSeconds),
+		MaxConcurrentFullSyncs: cfg.Replicas.MaxConcurrentFullSyncs,
+		RateLimit:              int64(cfg.Replicas.RateLimit),
 	})
 	p.link = NewLink(LinkConfig{
 		Addr:           cfg.Master.Addr,
@@ -77,6 +82,8 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		ConnectTimeout: time.Duration(cfg.Master.ConnectTimeout),
 		BackoffMin:     200 * time.Millisecond,
 		BackoffMax:     5 * time.Second,
+		AckMode:        cfg.AckMode,
+		AckQuorum:      cfg.AckQuorum,
 	}, store, p.fan, log.With().Str("component", "upstream").Logger())
 	refreshAfter := int64(cfg.Snapshot.RefreshAfter)
 	if refreshAfter == 0 {

@@ -17,31 +17,32 @@ import (
 // stored verbatim; this pattern only triggers an ACK, so a false match in a
 // value costs one harmless extra ACK and no parser state can go wrong after
 // resuming mid-command.
-var getack = []byte("*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n")
+var getackCmd = []byte("*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n")
 
-// stream appends the master's bytes to the backlog exactly as received and
-// acknowledges what is durable, every second and on GETACK.
+// stream appends the master's bytes to the backlog exactly as received;
+// acknowledgements go from their own goroutine, so the reader never waits.
 func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) error {
 	ackCtx, stopAcks := context.WithCancel(ctx)
 	defer stopAcks()
+	getack := make(chan struct{}, 1)
 	ackErr := make(chan error, 1)
-	go func() { ackErr <- l.ackEverySecond(ackCtx, conn) }()
+	go func() { ackErr <- l.ackLoop(ackCtx, conn, getack) }()
 
 	buf := make([]byte, 64<<10)
 	carry := 0 // bytes of the previous read kept in front, so a split GETACK is still seen
 	for {
 		n, err := br.Read(buf[carry:])
 		if n > 0 {
-			data := buf[carry : carry+n]
-			if aerr := l.store.Append(data); aerr != nil {
+			if aerr := l.store.Append(buf[carry : carry+n]); aerr != nil {
 				return fmt.Errorf("store stream: %w", aerr)
 			}
-			if bytes.Contains(buf[:carry+n], getack) {
-				if werr := l.sendAck(conn); werr != nil {
-					return werr
+			if bytes.Contains(buf[:carry+n], getackCmd) {
+				select {
+				case getack <- struct{}{}:
+				default:
 				}
 			}
-			carry = keepTail(buf, carry+n, len(getack)-1)
+			carry = keepTail(buf, carry+n, len(getackCmd)-1)
 		}
 		if err != nil {
 			select {
@@ -68,26 +69,61 @@ func keepTail(buf []byte, n, k int) int {
 	return k
 }
 
-func (l *Link) ackEverySecond(ctx context.Context, conn net.Conn) error {
+// ackLoop sends REPLCONF ACK every second, at a GETACK, and in replicas
+// mode whenever the replicas' acknowledged quorum moves.
+func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{}) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	last := int64(-1)
 	for {
+		var replicaAcks <-chan struct{}
+		if l.cfg.AckMode == AckReplicas {
+			replicaAcks = l.fan.AckChanged()
+		}
+		force := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if err := l.sendAck(conn); err != nil {
-				conn.Close()
-				return err
+			force = true
+		case <-getack:
+			if l.cfg.AckMode == AckStored {
+				// WAIT is waiting: make what is stored durable now rather
+				// than at the next scheduled fsync.
+				l.store.SyncNow()
+				force = true
 			}
+		case <-replicaAcks:
 		}
+		off, ok := l.ackOffset()
+		if !ok || (!force && off <= last) {
+			continue
+		}
+		if err := sendAck(conn, off); err != nil {
+			conn.Close()
+			return err
+		}
+		last = off
 	}
 }
 
-// sendAck acknowledges the last byte that is durable under the fsync
-// policy: never more than the proxy could give back after a crash.
-func (l *Link) sendAck(conn net.Conn) error {
+// ackOffset is what may be acknowledged upstream: what is durable under the
+// fsync policy, and in replicas mode no more than the replicas' quorum has
+// acknowledged. ok is false when the quorum is not met: then the proxy stays
+// silent, so the master's WAIT and min-replicas-to-write see no replica.
+func (l *Link) ackOffset() (int64, bool) {
 	off := l.store.State().Durable - 1
+	if l.cfg.AckMode != AckReplicas {
+		return off, true
+	}
+	q, ok := l.fan.AckQuorum(l.cfg.AckQuorum)
+	if !ok {
+		return 0, false
+	}
+	return min(off, q), true
+}
+
+func sendAck(conn net.Conn, off int64) error {
 	if _, err := conn.Write(resp.AppendCommand(nil, "REPLCONF", "ACK", strconv.FormatInt(off, 10))); err != nil {
 		return fmt.Errorf("send REPLCONF ACK: %w", err)
 	}

@@ -12,7 +12,7 @@ import (
 
 // The sections INFO knows, in output order. A plain INFO, like Redis',
 // returns all of them.
-var infoSections = []string{"server", "clients", "replication", "stats", "backlog"}
+var infoSections = []string{"server", "clients", "replication", "replicas", "stats", "backlog"}
 
 func (s *Server) infoText(args []string) string {
 	want := map[string]bool{}
@@ -35,6 +35,8 @@ func (s *Server) infoText(args []string) string {
 			s.infoClients(&b)
 		case "replication":
 			s.infoReplication(&b)
+		case "replicas":
+			s.infoReplicas(&b)
 		case "stats":
 			s.infoStats(&b)
 		case "backlog":
@@ -120,6 +122,19 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	field(b, "repl_backlog_size", s.cfg.BacklogMaxBytes)
 	field(b, "repl_backlog_first_byte_offset", st.First)
 	field(b, "repl_backlog_histlen", st.End-st.First)
+}
+
+// infoReplicas details each replica beyond what the slaveN lines carry,
+// for an operator chasing a slow one.
+func (s *Server) infoReplicas(b *strings.Builder) {
+	end := s.cfg.Store.State().End
+	now := time.Now()
+	b.WriteString("# Replicas\r\n")
+	for i, r := range s.Replicas() {
+		fmt.Fprintf(b, "replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,sent_offset=%d,lag_bytes=%d,lag_seconds=%d,sent_bytes=%d,connected_since=%d,connected_seconds=%d\r\n",
+			i, r.IP, r.Port, r.State, r.AckOffset, r.SentOff-1, max(end-r.SentOff, 0), int64(now.Sub(r.AckTime).Seconds()),
+			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()))
+	}
 }
 
 func (s *Server) infoStats(b *strings.Builder) {

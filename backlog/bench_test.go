@@ -1,0 +1,226 @@
+package backlog
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// Figures from these benchmarks are recorded in bench/README.md. They report
+// throughput; none of them fails on speed.
+
+// netReadBytes is what the upstream link reads at most per call (its buffer
+// in proxy/stream.go), so one append in production is at most this large.
+const netReadBytes = 64 << 10
+
+func benchOptions(policy FsyncPolicy) Options {
+	return Options{
+		Log: LogOptions{
+			SegmentBytes: 64 << 20,
+			// Retention never runs: the benchmarks measure the write path,
+			// and unlinking segments would add noise unrelated to it.
+			MaxBytes: 1 << 50,
+			Fsync:    policy,
+		},
+		Logger: zerolog.Nop(),
+	}
+}
+
+func openBenchStore(b *testing.B, opt Options) (*Store, string) {
+	b.Helper()
+	dir := b.TempDir()
+	s, err := Open(dir, opt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := s.NewSnapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	w.Write([]byte("REDIS0010fake"))
+	if err := s.Reset(RandomReplID(), 0, w); err != nil {
+		b.Fatal(err)
+	}
+	return s, dir
+}
+
+// closeBenchStore also deletes the files at once: the framework calls a
+// benchmark several times with growing b.N, and gigabytes from earlier
+// rounds would otherwise sit on disk and in the page cache until the end.
+func closeBenchStore(b *testing.B, s *Store, dir string) {
+	b.Helper()
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	os.RemoveAll(dir)
+}
+
+func BenchmarkAppend(b *testing.B) {
+	for _, policy := range []FsyncPolicy{FsyncAlways, FsyncEverySec, FsyncNo} {
+		b.Run("fsync="+string(policy), func(b *testing.B) {
+			benchAppend(b, policy, netReadBytes)
+		})
+	}
+}
+
+// BenchmarkAppendSmall is a quiet master: each network read brings one
+// small command, so the per-append overhead (two pwrites, the lock, waking
+// the readers) dominates rather than the bytes.
+func BenchmarkAppendSmall(b *testing.B) {
+	benchAppend(b, FsyncEverySec, 200)
+}
+
+func benchAppend(b *testing.B, policy FsyncPolicy, size int) {
+	s, dir := openBenchStore(b, benchOptions(policy))
+	defer closeBenchStore(b, s, dir)
+	chunk := pattern(size, 7)
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.Append(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	// Append never waits for the disk; the cost of durability shows up as
+	// the delay until the offset the proxy may acknowledge upstream has
+	// caught up with the last append, which is reported beside the
+	// throughput rather than hidden in it.
+	end := s.State().End
+	start := time.Now()
+	for s.State().Durable < end {
+		if time.Since(start) > 10*time.Second {
+			b.Fatalf("durable offset stuck at %d, end %d", s.State().Durable, end)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	b.ReportMetric(float64(time.Since(start).Microseconds())/1000, "ms-to-durable")
+	if n := s.SyncStats().Count; n > 0 {
+		b.ReportMetric(float64(int64(b.N)*int64(size))/float64(n)/(1<<20), "MiB/fsync")
+	}
+}
+
+// catchUpBytes is the backlog a lagging replica has to read back.
+const catchUpBytes = 256 << 20
+
+// BenchmarkCatchUp sends a filled backlog to a replica over loopback TCP, as
+// a replica that was away catches up. The peer only drains the socket, so
+// the figure is the proxy's send path (sendfile from the segment files)
+// with a consumer that costs as little as possible on the same cores.
+func BenchmarkCatchUp(b *testing.B) {
+	s, dir := openBenchStore(b, benchOptions(FsyncNo))
+	defer closeBenchStore(b, s, dir)
+	chunk := pattern(netReadBytes, 3)
+	for filled := 0; filled < catchUpBytes; filled += len(chunk) {
+		if err := s.Append(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// The sub-benchmarks share one fill: with growing b.N the framework
+	// reruns only the inner function, and refilling would dominate.
+	b.Run("cache=warm", func(b *testing.B) { benchCatchUp(b, s.Log(), false) })
+	b.Run("cache=evicted", func(b *testing.B) { benchCatchUp(b, s.Log(), true) })
+}
+
+func benchCatchUp(b *testing.B, l *Log, evict bool) {
+	conn, drained := drainingConn(b)
+	defer func() {
+		conn.Close()
+		<-drained
+	}()
+	first, end := l.Bounds()
+	b.SetBytes(end - first)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if evict {
+			b.StopTimer()
+			evictSegments(b, l)
+			b.StartTimer()
+		}
+		c, err := l.NewCursor(first)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			// 4 MiB per call, as fanout sends (its ChunkBytes default).
+			n, err := c.Send(conn, 4<<20)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+		c.Close()
+	}
+}
+
+// drainingConn returns the sending end of a loopback TCP connection whose
+// other end discards everything, and a channel closed when the drain ends.
+func drainingConn(b *testing.B) (*net.TCPConn, <-chan struct{}) {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	out, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	in, ok := <-accepted
+	if !ok {
+		b.Fatal("accept failed")
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		defer in.Close()
+		io.Copy(io.Discard, in)
+	}()
+	return out.(*net.TCPConn), drained
+}
+
+// evictSegments makes the next read come from the disk rather than the
+// page cache: POSIX_FADV_DONTNEED drops clean cached pages of a file
+// without privileges, unlike writing to /proc/sys/vm/drop_caches. The pages
+// are made clean first, as dirty ones are not dropped. On a VM the host may
+// still cache the disk, so "evicted" is a lower bound on cold-read cost.
+func evictSegments(b *testing.B, l *Log) {
+	b.Helper()
+	l.mu.RLock()
+	paths := make([]string, 0, len(l.segs))
+	for _, s := range l.segs {
+		paths = append(paths, segmentPath(l.dir, s.first))
+	}
+	l.mu.RUnlock()
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = f.Sync()
+		if err == nil {
+			err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		}
+		f.Close()
+		if err != nil {
+			b.Fatal(fmt.Errorf("evict %s: %w", p, err))
+		}
+	}
+}

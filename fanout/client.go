@@ -9,6 +9,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -26,6 +28,10 @@ type client struct {
 	authed bool
 	name   string
 
+	wmu      sync.Mutex // pub/sub pushes and replies share the connection
+	channels map[string]struct{}
+	queued   [][][]byte // non-nil inside MULTI
+
 	listeningPort int
 	announcedIP   string
 	capaEOF       bool
@@ -40,12 +46,14 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c := &client{
-		srv:    s,
-		conn:   conn,
-		rd:     resp.NewReader(bufio.NewReaderSize(conn, 16<<10), resp.DefaultLimits()),
-		log:    s.log.With().Str("peer", conn.RemoteAddr().String()).Logger(),
-		authed: s.cfg.RequirePass == "",
+		srv:      s,
+		conn:     conn,
+		rd:       resp.NewReader(bufio.NewReaderSize(conn, 16<<10), resp.DefaultLimits()),
+		log:      s.log.With().Str("peer", conn.RemoteAddr().String()).Logger(),
+		authed:   s.cfg.RequirePass == "",
+		channels: map[string]struct{}{},
 	}
+	defer c.leaveChannels()
 	for {
 		args, err := c.rd.ReadCommand()
 		if err != nil {
@@ -55,12 +63,12 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		if len(args) == 0 {
 			continue // a bare newline: a keepalive
 		}
-		next := c.dispatch(ctx, args)
-		if len(c.out) > 0 {
-			if _, err := conn.Write(c.out); err != nil {
-				return
-			}
-			c.out = c.out[:0]
+		next := keepConn
+		if !c.queue(args) {
+			next = c.dispatch(ctx, args)
+		}
+		if err := c.flush(); err != nil {
+			return
 		}
 		if next == stopConn {
 			return
@@ -69,6 +77,18 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 			return // the replica's goroutines own the connection now and have finished
 		}
 	}
+}
+
+func (c *client) flush() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.conn.Write(c.out)
+	c.out = c.out[:0]
+	return err
 }
 
 func (c *client) readFailed(err error) {
@@ -127,6 +147,18 @@ func (c *client) dispatch(ctx context.Context, args [][]byte) outcome {
 	case "command":
 		// redis-cli asks for command docs at startup; an empty answer is valid.
 		c.out = resp.AppendArrayHeader(c.out, 0)
+	case "replicaof", "slaveof":
+		c.replicaof(args)
+	case "multi", "exec", "discard":
+		c.transaction(ctx, cmd)
+	case "config":
+		c.config(args)
+	case "subscribe":
+		c.subscribeCmd(args)
+	case "unsubscribe":
+		c.unsubscribeCmd(args)
+	case "publish":
+		c.publishCmd(args)
 	default:
 		c.unknown(args)
 	}
@@ -259,6 +291,10 @@ func (c *client) clientCmd(args [][]byte) {
 		c.out = resp.AppendSimple(c.out, "OK")
 	case "id":
 		c.out = resp.AppendInt(c.out, c.srv.stats.Connections.Load())
+	case "kill":
+		// Sentinel kills normal and pub/sub clients after a reconfiguration
+		// so they reconnect to the new master; nobody here holds data.
+		c.out = resp.AppendInt(c.out, 0)
 	default:
 		c.out = resp.AppendError(c.out, "ERR unknown subcommand '"+string(args[1])+"'. Try CLIENT HELP.")
 	}

@@ -28,9 +28,11 @@ type LinkStatus struct {
 	SyncBytes  int64     // RDB bytes received so far while State is sync
 }
 
-// Upstream is what the downstream side needs to know of the upstream link.
+// Upstream is what the downstream side needs of the upstream link: its
+// status, and moving it (REPLICAOF) to another master.
 type Upstream interface {
 	LinkStatus() LinkStatus
+	Repoint(addr, why string) bool
 }
 
 // Config holds what the Server needs; zero durations take Redis' defaults.
@@ -104,6 +106,7 @@ type Server struct {
 	ackChanged chan struct{}
 
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
+	hub           hub
 }
 
 // New returns a Server; Serve runs it.

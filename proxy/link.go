@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -38,7 +39,8 @@ type LinkConfig struct {
 	BackoffMin     time.Duration
 	BackoffMax     time.Duration
 	AckMode        string
-	AckQuorum      int // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
+	AckQuorum      int         // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
+	TLS            *tls.Config // nil: plain TCP
 }
 
 // Downstream is what the link needs of the replicas below the proxy: to
@@ -63,8 +65,11 @@ type Link struct {
 	fan   Downstream
 	log   zerolog.Logger
 
-	mu     sync.Mutex
-	status fanout.LinkStatus
+	mu      sync.Mutex
+	status  fanout.LinkStatus
+	addr    string             // the master now; Repoint changes it
+	endSess context.CancelFunc // ends the current session, for a repoint
+	repoint chan struct{}      // wakes Run from its backoff
 
 	fullSyncs    atomic.Int64
 	partialSyncs atomic.Int64
@@ -76,9 +81,44 @@ type Link struct {
 func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.Logger) *Link {
 	host, portStr, _ := net.SplitHostPort(cfg.Addr)
 	port, _ := strconv.Atoi(portStr)
-	l := &Link{cfg: cfg, store: store, fan: fan, log: log.With().Str("master", cfg.Addr).Logger()}
+	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1)}
 	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: LinkConnect, DownSince: time.Now()}
 	return l
+}
+
+// Addr is the master the link follows now.
+func (l *Link) Addr() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.addr
+}
+
+// Repoint moves the link to another master, as REPLICAOF does on a Redis
+// replica: the next PSYNC offers the proxy's own replid and offset, so a
+// promoted replica of the old master accepts it partially. It reports
+// whether anything changed.
+func (l *Link) Repoint(addr, why string) bool {
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	l.mu.Lock()
+	if addr == l.addr {
+		l.mu.Unlock()
+		return false
+	}
+	old := l.addr
+	l.addr = addr
+	l.status.MasterHost, l.status.MasterPort = host, port
+	end := l.endSess
+	l.mu.Unlock()
+	l.log.Info().Str("from", old).Str("to", addr).Str("reason", why).Msg("upstream master changed")
+	if end != nil {
+		end()
+	}
+	select {
+	case l.repoint <- struct{}{}:
+	default:
+	}
+	return true
 }
 
 // LinkStatus implements fanout.Upstream.
@@ -114,19 +154,30 @@ func (l *Link) setState(state, reason string) {
 	}
 	l.mu.Unlock()
 	if prev != state {
-		l.log.Info().Str("from", prev).Str("to", state).Str("reason", reason).Msg("upstream link state")
+		l.log.Info().Str("master", l.Addr()).Str("from", prev).Str("to", state).Str("reason", reason).Msg("upstream link state")
 	}
 }
 
-// Run keeps the link up until ctx ends, reconnecting with backoff.
+// Run keeps the link up until ctx ends, reconnecting with backoff, or at
+// once after a repoint.
 func (l *Link) Run(ctx context.Context) {
 	backoff := l.cfg.BackoffMin
 	for ctx.Err() == nil {
 		started := time.Now()
-		err := l.session(ctx)
+		sctx, end := context.WithCancel(ctx)
+		l.mu.Lock()
+		l.endSess = end
+		l.mu.Unlock()
+		err := l.session(sctx)
+		end()
 		if ctx.Err() != nil {
 			l.setState(LinkConnect, "shutting down")
 			return
+		}
+		if sctx.Err() != nil {
+			l.setState(LinkConnect, "repointed to "+l.Addr())
+			backoff = l.cfg.BackoffMin
+			continue
 		}
 		l.setState(LinkConnect, err.Error())
 		if time.Since(started) > 10*time.Second {
@@ -135,6 +186,9 @@ func (l *Link) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-l.repoint:
+			backoff = l.cfg.BackoffMin
+			continue
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, l.cfg.BackoffMax)
@@ -143,18 +197,18 @@ func (l *Link) Run(ctx context.Context) {
 
 // session is one connection's life: handshake, sync, stream.
 func (l *Link) session(ctx context.Context) error {
-	l.setState(LinkConnecting, "dialing "+l.cfg.Addr)
-	d := net.Dialer{Timeout: l.cfg.ConnectTimeout}
-	raw, err := d.DialContext(ctx, "tcp", l.cfg.Addr)
+	addr := l.Addr()
+	l.setState(LinkConnecting, "dialing "+addr)
+	raw, err := l.dial(ctx, addr)
 	if err != nil {
-		return fmt.Errorf("connect to master: %w", err)
+		return fmt.Errorf("connect to master %s: %w", addr, err)
 	}
 	conn := &watchedConn{Conn: raw, timeout: l.cfg.ReplTimeout, lastIO: &l.lastIO}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	rd := resp.NewReader(bufio.NewReaderSize(conn, 64<<10), resp.DefaultLimits())
-	l.setState(LinkHandshake, "connected to "+l.cfg.Addr)
+	l.setState(LinkHandshake, "connected to "+addr)
 	if err := l.handshake(conn, rd, false); err != nil {
 		return err
 	}
@@ -163,6 +217,16 @@ func (l *Link) session(ctx context.Context) error {
 	}
 	l.setState(LinkConnected, "replication stream started")
 	return l.stream(ctx, conn, rd.Bufio())
+}
+
+// dial connects to the master, with TLS when configured.
+func (l *Link) dial(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: l.cfg.ConnectTimeout}
+	if l.cfg.TLS == nil {
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	td := tls.Dialer{NetDialer: &d, Config: l.cfg.TLS}
+	return td.DialContext(ctx, "tcp", addr)
 }
 
 // watchedConn gives every read the repl-timeout deadline and records the

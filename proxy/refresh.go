@@ -105,8 +105,7 @@ func (r *refresher) refresh(ctx context.Context, reason string) {
 
 func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
 	l := r.link
-	d := net.Dialer{Timeout: l.cfg.ConnectTimeout}
-	raw, err := d.DialContext(ctx, "tcp", l.cfg.Addr)
+	raw, err := l.dial(ctx, l.Addr())
 	if err != nil {
 		return 0, 0, fmt.Errorf("connect: %w", err)
 	}

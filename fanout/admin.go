@@ -1,0 +1,99 @@
+package fanout
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/replproxy/replproxy/resp"
+)
+
+// replicaof moves the upstream link, as REPLICAOF does on a replica. The
+// proxy holds no data of its own, so it must never become a master.
+func (c *client) replicaof(args [][]byte) {
+	if len(args) != 3 {
+		c.wrongArgs(strings.ToLower(string(args[0])))
+		return
+	}
+	host, portArg := string(args[1]), string(args[2])
+	if strings.EqualFold(host, "no") && strings.EqualFold(portArg, "one") {
+		c.log.Warn().Msg("refused REPLICAOF NO ONE: the proxy holds no data and cannot be promoted")
+		c.out = resp.AppendError(c.out, "ERR replproxy holds no data and cannot be promoted to master: REPLICAOF NO ONE is refused; promote a Redis replica instead")
+		return
+	}
+	port, err := strconv.Atoi(portArg)
+	if err != nil || port < 0 || port > 65535 {
+		c.out = resp.AppendError(c.out, "ERR Invalid master port")
+		return
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	if !c.srv.cfg.Upstream.Repoint(addr, strings.ToUpper(string(args[0]))+" from "+c.conn.RemoteAddr().String()) {
+		c.out = resp.AppendSimple(c.out, "OK Already connected to specified master")
+		return
+	}
+	c.out = resp.AppendSimple(c.out, "OK")
+}
+
+// multi queues commands until EXEC, as Sentinel's reconfiguration
+// (MULTI; SLAVEOF; CONFIG REWRITE; CLIENT KILL...; EXEC) expects.
+func (c *client) queue(args [][]byte) bool {
+	if c.queued == nil {
+		return false
+	}
+	switch strings.ToLower(string(args[0])) {
+	case "exec", "discard", "multi":
+		return false
+	}
+	cp := make([][]byte, len(args))
+	for i, a := range args {
+		cp[i] = append([]byte(nil), a...)
+	}
+	c.queued = append(c.queued, cp)
+	c.out = resp.AppendSimple(c.out, "QUEUED")
+	return true
+}
+
+func (c *client) transaction(ctx context.Context, cmd string) {
+	switch cmd {
+	case "multi":
+		if c.queued != nil {
+			c.out = resp.AppendError(c.out, "ERR MULTI calls can not be nested")
+			return
+		}
+		c.queued = [][][]byte{}
+		c.out = resp.AppendSimple(c.out, "OK")
+	case "discard", "exec":
+		if c.queued == nil {
+			c.out = resp.AppendError(c.out, "ERR "+strings.ToUpper(cmd)+" without MULTI")
+			return
+		}
+		queued := c.queued
+		c.queued = nil
+		if cmd == "discard" {
+			c.out = resp.AppendSimple(c.out, "OK")
+			return
+		}
+		c.out = resp.AppendArrayHeader(c.out, len(queued))
+		for _, args := range queued {
+			c.dispatch(ctx, args)
+		}
+	}
+}
+
+func (c *client) config(args [][]byte) {
+	if len(args) < 2 {
+		c.wrongArgs("config")
+		return
+	}
+	switch strings.ToLower(string(args[1])) {
+	case "rewrite":
+		// The proxy's configuration is its YAML file, which it never
+		// rewrites; a repoint lasts until restart (or Sentinel redoes it).
+		c.out = resp.AppendSimple(c.out, "OK")
+	case "get":
+		c.out = resp.AppendArrayHeader(c.out, 0)
+	default:
+		c.out = resp.AppendError(c.out, "ERR CONFIG "+strings.ToUpper(string(args[1]))+" is not supported by replproxy")
+	}
+}

@@ -1,0 +1,99 @@
+package proxy_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/replproxy/replproxy/internal/redisproc"
+)
+
+// Issue 5, point 1: manual failover. S, a replica of M, is promoted and the
+// proxy is pointed at it with REPLICAOF: S accepts the proxy partially
+// (through its replid2), the proxy shifts its IDs and drops its replicas,
+// and they come back partially with S's ID. Nobody full-syncs.
+func TestManualFailoverRepointsPartially(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	s := redisproc.Start(t, append(masterArgs, "--replicaof", "127.0.0.1", strconv.Itoa(m.Port))...)
+	r := &relay{master: m, proxy: startProxy(t, proxyConfig(t, m.Addr()))}
+	r.addReplica(t)
+	r.addReplica(t)
+	stopLoad := runLoad(t, m, 31)
+	waitOps(t, m, 2000)
+	stopLoad() // clients stop writing to the old master, as in any failover
+	redisproc.WaitInSync(t, syncTimeout, m, append([]*redisproc.Server{s}, r.replicas...)...)
+	proxyFull := r.proxy.infoInt("stats", "sync_full")
+
+	if err := s.ReplicaOf("", 0); err != nil { // REPLICAOF NO ONE
+		t.Fatal(err)
+	}
+	w, err := dialWire(r.proxy.cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if got, _ := w.do("REPLICAOF", "NO", "ONE"); !strings.HasPrefix(got, "-ERR replproxy holds no data") {
+		t.Fatalf("REPLICAOF NO ONE on the proxy: %q", got)
+	}
+	if got, _ := w.do("REPLICAOF", "127.0.0.1", strconv.Itoa(s.Port)); got != "+OK" {
+		t.Fatalf("REPLICAOF on the proxy: %q", got)
+	}
+	if got, _ := w.do("REPLICAOF", "127.0.0.1", strconv.Itoa(s.Port)); got != "+OK Already connected to specified master" {
+		t.Fatalf("repeated REPLICAOF: %q", got)
+	}
+	stopLoad = runLoad(t, s, 32)
+	waitOps(t, s, 2000)
+	stopLoad()
+	redisproc.WaitInSync(t, syncTimeout, s, r.replicas...)
+
+	expectInt(t, "S sync_full", s.InfoInt("stats", "sync_full"), 0)
+	if got := s.InfoInt("stats", "sync_partial_ok"); got < 1 {
+		t.Fatalf("S sync_partial_ok = %d: the proxy was not accepted partially", got)
+	}
+	expectInt(t, "proxy upstream_full_syncs", r.proxy.infoInt("stats", "upstream_full_syncs"), 1)
+	expectInt(t, "proxy sync_full", r.proxy.infoInt("stats", "sync_full"), proxyFull)
+	sID := s.Info("replication")["master_replid"]
+	for i, rep := range r.replicas {
+		if got := rep.Info("replication")["master_replid"]; got != sID {
+			t.Fatalf("replica %d master_replid %s, S's %s", i, got, sID)
+		}
+	}
+	if got := r.proxy.info("replication")["master_replid2"]; got != m.Info("replication")["master_replid"] {
+		t.Fatalf("proxy replid2 %s is not the old master's ID", got)
+	}
+}
+
+// Issue 5, point 3: a chain M → P1 → P2 → R. Restarting P1 and then P2
+// under load resyncs every hop partially.
+func TestProxyChainRestartsPartially(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	p1 := startProxy(t, proxyConfig(t, m.Addr()))
+	p2 := startProxy(t, proxyConfig(t, p1.cfg.Listen))
+	r := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(p2.port))
+	stopLoad := runLoad(t, m, 33)
+	waitOps(t, m, 2000)
+	waitCaughtUp(t, m, r)
+
+	p1.stop()
+	waitOps(t, m, 500)
+	p1.start()
+	waitOps(t, m, 1000)
+	waitCaughtUp(t, m, r)
+	expectInt(t, "P2 upstream_full_syncs after P1 restarts", p2.infoInt("stats", "upstream_full_syncs"), 1)
+	expectInt(t, "restarted P1 sync_full", p1.infoInt("stats", "sync_full"), 0)
+
+	p2.stop()
+	waitOps(t, m, 500)
+	p2.start()
+	waitOps(t, m, 1000)
+	stopLoad()
+	redisproc.WaitInSync(t, syncTimeout, m, r)
+	expectInt(t, "master sync_full", m.InfoInt("stats", "sync_full"), 1)
+	expectInt(t, "restarted P2 upstream_full_syncs", p2.infoInt("stats", "upstream_full_syncs"), 0)
+	expectInt(t, "restarted P2 sync_full", p2.infoInt("stats", "sync_full"), 0)
+	if got := p1.infoInt("stats", "sync_partial_ok"); got < 1 {
+		t.Fatalf("P1 sync_partial_ok %d: P2 did not resync partially", got)
+	}
+}

@@ -41,6 +41,8 @@ type MasterConfig struct {
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// AnnouncePort is sent as REPLCONF listening-port; default: the listen port.
 	AnnouncePort int `yaml:"announce_port"`
+	// Sentinel, when it lists sentinels, names the master instead of Addr.
+	Sentinel SentinelConfig `yaml:"sentinel"`
 }
 
 // BacklogConfig is the disk log.
@@ -81,6 +83,7 @@ func Defaults() Config {
 		Master: MasterConfig{
 			ReplTimeout:    Duration(60 * time.Second),
 			ConnectTimeout: Duration(5 * time.Second),
+			Sentinel:       SentinelConfig{Poll: Duration(5 * time.Second)},
 		},
 		Backlog: BacklogConfig{
 			MaxBytes:     1 << 30,
@@ -116,11 +119,8 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen %q: want host:port: %w", c.Listen, err)
 	}
-	if c.Master.Addr == "" {
-		return errors.New("master.addr is required (host:port of the Redis master)")
-	}
-	if _, _, err := net.SplitHostPort(c.Master.Addr); err != nil {
-		return fmt.Errorf("master.addr %q: want host:port: %w", c.Master.Addr, err)
+	if err := c.validateMaster(); err != nil {
+		return err
 	}
 	if c.DataDir == "" {
 		return errors.New("data_dir is required")
@@ -148,6 +148,27 @@ func (c Config) Validate() error {
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
+	}
+	return nil
+}
+
+func (c Config) validateMaster() error {
+	if c.Master.Sentinel.enabled() {
+		if c.Master.Sentinel.Name == "" {
+			return errors.New("master.sentinel.name is required with master.sentinel.addrs")
+		}
+		for _, a := range c.Master.Sentinel.Addrs {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return fmt.Errorf("master.sentinel.addrs entry %q: want host:port: %w", a, err)
+			}
+		}
+		return nil
+	}
+	if c.Master.Addr == "" {
+		return errors.New("master.addr is required (host:port of the Redis master), or master.sentinel")
+	}
+	if _, _, err := net.SplitHostPort(c.Master.Addr); err != nil {
+		return fmt.Errorf("master.addr %q: want host:port: %w", c.Master.Addr, err)
 	}
 	return nil
 }

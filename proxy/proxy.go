@@ -25,6 +25,7 @@ type Proxy struct {
 	fan   *fanout.Server
 	link  *Link
 	snap  *refresher
+	watch *sentinelWatch // nil without Sentinel
 	ln    net.Listener
 }
 
@@ -95,6 +96,9 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		HoldTimeout: time.Duration(cfg.Master.ReplTimeout),
 	})
 	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
+	if cfg.Master.Sentinel.enabled() {
+		p.watch = &sentinelWatch{cfg: cfg.Master.Sentinel, link: p.link, log: log.With().Str("component", "sentinel").Logger()}
+	}
 	return p, nil
 }
 
@@ -104,6 +108,25 @@ func (p *Proxy) stats() []fanout.KV {
 		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
 		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
 	)
+}
+
+// Reload applies a re-read configuration (SIGHUP). The master address takes
+// effect at once; other settings need a restart, and the log says which.
+func (p *Proxy) Reload(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	if !p.cfg.Master.Sentinel.enabled() && cfg.Master.Addr != p.cfg.Master.Addr {
+		p.link.Repoint(cfg.Master.Addr, "config reload (SIGHUP)")
+	}
+	old, next := p.cfg, cfg
+	old.Master.Addr, next.Master.Addr = "", ""
+	if fmt.Sprint(old) != fmt.Sprint(next) {
+		p.log.Warn().Msg("config reload: only master.addr changes at runtime; restart to apply the other changes")
+	}
+	p.cfg.Master.Addr = cfg.Master.Addr
+	p.log.Info().Str("master", cfg.Master.Addr).Msg("config reloaded")
+	return nil
 }
 
 // Addr is the downstream listen address.
@@ -123,6 +146,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
+		if p.watch != nil {
+			addr, err := p.watch.resolveUntil(ctx)
+			if err != nil {
+				return
+			}
+			p.link.Repoint(addr, "named by sentinel at startup")
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.watch.run(ctx)
+			}()
+		}
 		p.link.Run(ctx)
 	}()
 	go func() {

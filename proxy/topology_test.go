@@ -36,8 +36,17 @@ func TestManualFailoverRepointsPartially(t *testing.T) {
 	if got, _ := w.do("REPLICAOF", "NO", "ONE"); !strings.HasPrefix(got, "-ERR replproxy holds no data") {
 		t.Fatalf("REPLICAOF NO ONE on the proxy: %q", got)
 	}
-	if got, _ := w.do("REPLICAOF", "127.0.0.1", strconv.Itoa(s.Port)); got != "+OK" {
-		t.Fatalf("REPLICAOF on the proxy: %q", got)
+	// Repoint the way Sentinel reconfigures a replica (sentinel.c).
+	for _, cmd := range [][]string{
+		{"MULTI"}, {"SLAVEOF", "127.0.0.1", strconv.Itoa(s.Port)}, {"CONFIG", "REWRITE"},
+		{"CLIENT", "KILL", "TYPE", "normal"}, {"CLIENT", "KILL", "TYPE", "pubsub"},
+	} {
+		if got, _ := w.do(cmd...); got != "+OK" && got != "+QUEUED" {
+			t.Fatalf("%v: %q", cmd, got)
+		}
+	}
+	if got, _ := w.do("EXEC"); got != "+OK\n+OK\n:0\n:0" {
+		t.Fatalf("EXEC of Sentinel's reconfiguration: %q", got)
 	}
 	if got, _ := w.do("REPLICAOF", "127.0.0.1", strconv.Itoa(s.Port)); got != "+OK Already connected to specified master" {
 		t.Fatalf("repeated REPLICAOF: %q", got)

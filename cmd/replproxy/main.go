@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -106,8 +107,31 @@ func runCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			go reloadOnHUP(ctx, c, p, logger)
 			return p.Run(ctx)
 		},
+	}
+}
+
+// reloadOnHUP re-reads the configuration on SIGHUP; a bad file is logged
+// and ignored, and the proxy keeps running as it was.
+func reloadOnHUP(ctx context.Context, c *cli.Context, p *proxy.Proxy, log zerolog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		cfg, err := loadConfig(c)
+		if err == nil {
+			err = p.Reload(cfg)
+		}
+		if err != nil {
+			log.Error().Err(err).Msg("config reload failed; keeping the running configuration")
+		}
 	}
 }
 

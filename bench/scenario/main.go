@@ -1,0 +1,210 @@
+// Command scenario measures replproxy end to end against real redis-server
+// processes it starts on free loopback ports in a temp dir: the proxy's
+// memory with a large backlog and many replicas catching up (rss), one
+// replica catching up (catchup), and the proxy's ingest rate under each
+// fsync policy (ingest). It reports figures and never fails on speed; see
+// bench/README.md for what each scenario does and the recorded results.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	scenarios     []string
+	gib           float64
+	replicas      int
+	valueBytes    int
+	keys          int
+	segmentMiB    int
+	ingestSeconds time.Duration
+	ingestValue   int
+	interval      time.Duration
+	evict         bool
+	timeout       time.Duration
+	keep          bool
+	tmp           string
+	proxyBin      string
+}
+
+var allScenarios = []string{"rss", "catchup", "ingest"}
+
+func main() {
+	var o options
+	var scenarios string
+	fs := flag.CommandLine
+	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, or all")
+	fs.Float64Var(&o.gib, "gib", 2, "GiB written through the master (rss, catchup)")
+	fs.IntVar(&o.replicas, "replicas", 20, "replicas of the proxy (rss)")
+	fs.IntVar(&o.valueBytes, "value", 256<<10, "SET value size in bytes (rss, catchup)")
+	fs.IntVar(&o.keys, "keys", 64, "keys the SETs cycle over: Redis holds keys*value bytes")
+	fs.IntVar(&o.segmentMiB, "segment-mib", 64, "backlog.segment_bytes in MiB")
+	fs.DurationVar(&o.ingestSeconds, "ingest-time", 8*time.Second, "how long to write per fsync policy (ingest)")
+	fs.IntVar(&o.ingestValue, "ingest-value", 16<<10, "SET value size in bytes (ingest)")
+	fs.DurationVar(&o.interval, "interval", time.Second, "sampling interval")
+	fs.BoolVar(&o.evict, "evict", true, "drop the backlog from the page cache before replicas catch up (rss, catchup)")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up waiting for a catch-up after this long")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (data, logs) instead of removing it")
+	fs.StringVar(&o.tmp, "tmp", "", "parent of the temp dir (default: $TMPDIR); it holds the backlogs, gigabytes")
+	fs.StringVar(&o.proxyBin, "replproxy", "", "replproxy binary to run (default: go build ./cmd/replproxy into the temp dir)")
+	fs.Usage = func() {
+		out := fs.Output()
+		fmt.Fprintf(out, "usage: go run ./bench/scenario [flags]   (from the module root)\n\n")
+		fmt.Fprintf(out, "Starts redis-server and replproxy processes on loopback and reports:\n")
+		fmt.Fprintf(out, "  rss      proxy RSS while -gib GiB fill its backlog and -replicas stopped replicas then catch up\n")
+		fmt.Fprintf(out, "  catchup  one replica catching up -gib GiB from the backlog (evicted, then warm page cache)\n")
+		fmt.Fprintf(out, "  ingest   proxy ingest MB/s with pipelined SETs, once per fsync policy\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	flag.Parse()
+	if scenarios == "all" {
+		o.scenarios = allScenarios
+	} else {
+		for _, s := range strings.Split(scenarios, ",") {
+			s = strings.TrimSpace(s)
+			if !contains(allScenarios, s) {
+				fmt.Fprintf(os.Stderr, "unknown scenario %q: want %s or all\n", s, strings.Join(allScenarios, ", "))
+				os.Exit(2)
+			}
+			o.scenarios = append(o.scenarios, s)
+		}
+	}
+	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 {
+		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "scenario:", err)
+		os.Exit(1)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func run(o options) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		// A second Ctrl-C kills at once; the children die with us (Pdeathsig).
+		stop()
+	}()
+
+	root, err := os.MkdirTemp(o.tmp, "replproxy-bench-")
+	if err != nil {
+		return err
+	}
+	e := &env{root: root, proxyBin: o.proxyBin}
+	defer func() {
+		e.cleanup()
+		if o.keep {
+			fmt.Printf("kept %s\n", root)
+		} else {
+			os.RemoveAll(root)
+		}
+	}()
+	if e.redisBin, err = exec.LookPath("redis-server"); err != nil {
+		return err
+	}
+	if e.proxyBin == "" {
+		if e.proxyBin, err = buildProxy(ctx, root); err != nil {
+			return err
+		}
+	}
+	version, _ := exec.Command(e.redisBin, "--version").Output()
+	fmt.Printf("machine: %d CPUs, %s; %s", runtime.NumCPU(), runtime.Version(), version)
+	fmt.Printf("data in %s (loopback only; the machine may be running other work)\n", root)
+
+	b := &bench{env: e, opt: o, out: os.Stdout}
+	for _, s := range o.scenarios {
+		var err error
+		switch s {
+		case "rss":
+			err = b.rss(ctx)
+		case "catchup":
+			err = b.catchup(ctx)
+		case "ingest":
+			err = b.ingest(ctx)
+		}
+		// Each scenario starts from nothing: stop its processes and free
+		// its disk before the next one.
+		e.cleanup()
+		if !o.keep {
+			e.removeDirs()
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return errors.New("interrupted; everything started was stopped")
+			}
+			return fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	return nil
+}
+
+// buildProxy compiles the proxy from the module the current directory is in,
+// so the figures are for the code checked out here.
+func buildProxy(ctx context.Context, root string) (string, error) {
+	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	mod := strings.TrimSpace(string(gomod))
+	if err != nil || mod == "" || mod == os.DevNull {
+		return "", errors.New("run from inside the replproxy module, or pass -replproxy")
+	}
+	bin := filepath.Join(root, "replproxy")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/replproxy")
+	cmd.Dir = filepath.Dir(mod)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/replproxy: %w", err)
+	}
+	return bin, nil
+}
+
+// removeDirs deletes the per-process dirs: the scenarios write gigabytes
+// each, and the next one should not find the disk fuller.
+func (e *env) removeDirs() {
+	entries, _ := os.ReadDir(e.root)
+	for _, d := range entries {
+		if d.IsDir() {
+			os.RemoveAll(filepath.Join(e.root, d.Name()))
+		}
+	}
+}
+
+type bench struct {
+	env *env
+	opt options
+	out io.Writer
+}
+
+func (b *bench) writeBytes() int64 { return int64(b.opt.gib * (1 << 30)) }
+
+func (b *bench) printf(format string, args ...any) { fmt.Fprintf(b.out, format, args...) }
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+func mbps(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / 1e6 / d.Seconds()
+}

@@ -26,6 +26,7 @@ type Config struct {
 	Snapshot      SnapshotConfig `yaml:"snapshot"`
 	Replicas      ReplicaConfig  `yaml:"replicas"`
 	Log           LogConfig      `yaml:"log"`
+	TLS           TLSConfig      `yaml:"tls"`
 	// AckMode is what the proxy acknowledges to its master: AckStored or
 	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
 	AckMode   string `yaml:"ack_mode"`
@@ -136,6 +137,9 @@ func (c Config) Validate() error {
 	}
 	if c.Backlog.MaxBytes < c.Backlog.SegmentBytes {
 		return fmt.Errorf("backlog.max_bytes %d: must be at least one segment (%d)", c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
+	}
+	if err := c.TLS.validate(); err != nil {
+		return err
 	}
 	if c.AckMode != AckStored && c.AckMode != AckReplicas {
 		return fmt.Errorf("ack_mode %q: want stored or replicas", c.AckMode)

@@ -2,6 +2,8 @@ package proxy_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -149,7 +151,7 @@ func (tp *testProxy) host() string { return "127.0.0.1" }
 
 // info reads an INFO section of the proxy over the wire, as an operator would.
 func (tp *testProxy) info(section string) map[string]string {
-	c, err := net.DialTimeout("tcp", tp.cfg.Listen, time.Second)
+	c, err := tp.dial()
 	if err != nil {
 		return map[string]string{}
 	}
@@ -170,6 +172,26 @@ func (tp *testProxy) info(section string) map[string]string {
 		}
 	}
 	return out
+}
+
+// dial reaches the proxy's port, with the proxy's own certificate when it
+// listens with TLS.
+func (tp *testProxy) dial() (net.Conn, error) {
+	if !tp.cfg.TLS.Listen {
+		return net.DialTimeout("tcp", tp.cfg.Listen, time.Second)
+	}
+	cert, err := tls.LoadX509KeyPair(tp.cfg.TLS.Cert, tp.cfg.TLS.Key)
+	if err != nil {
+		return nil, err
+	}
+	pem, err := os.ReadFile(tp.cfg.TLS.CA)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	d := &net.Dialer{Timeout: time.Second}
+	return tls.DialWithDialer(d, "tcp", tp.cfg.Listen, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool})
 }
 
 func (tp *testProxy) infoInt(section, field string) int64 {

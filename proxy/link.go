@@ -39,8 +39,8 @@ type LinkConfig struct {
 	BackoffMin     time.Duration
 	BackoffMax     time.Duration
 	AckMode        string
-	AckQuorum      int         // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
-	TLS            *tls.Config // nil: plain TCP
+	AckQuorum      int       // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
+	TLS            TLSConfig // used when TLS.Upstream
 }
 
 // Downstream is what the link needs of the replicas below the proxy: to
@@ -222,10 +222,14 @@ func (l *Link) session(ctx context.Context) error {
 // dial connects to the master, with TLS when configured.
 func (l *Link) dial(ctx context.Context, addr string) (net.Conn, error) {
 	d := net.Dialer{Timeout: l.cfg.ConnectTimeout}
-	if l.cfg.TLS == nil {
+	if !l.cfg.TLS.Upstream {
 		return d.DialContext(ctx, "tcp", addr)
 	}
-	td := tls.Dialer{NetDialer: &d, Config: l.cfg.TLS}
+	tcfg, err := l.cfg.TLS.clientConfig(addr)
+	if err != nil {
+		return nil, err
+	}
+	td := tls.Dialer{NetDialer: &d, Config: tcfg}
 	return td.DialContext(ctx, "tcp", addr)
 }
 

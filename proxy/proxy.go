@@ -5,6 +5,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -47,10 +48,10 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := listen(cfg)
 	if err != nil {
 		store.Close()
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return nil, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	p := &Proxy{cfg: cfg, log: log, store: store, ln: ln}
@@ -85,6 +86,7 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		BackoffMax:     5 * time.Second,
 		AckMode:        cfg.AckMode,
 		AckQuorum:      cfg.AckQuorum,
+		TLS:            cfg.TLS,
 	}, store, p.fan, log.With().Str("component", "upstream").Logger())
 	refreshAfter := int64(cfg.Snapshot.RefreshAfter)
 	if refreshAfter == 0 {
@@ -108,6 +110,22 @@ func (p *Proxy) stats() []fanout.KV {
 		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
 		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
 	)
+}
+
+func listen(cfg Config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	if !cfg.TLS.Listen {
+		return ln, nil
+	}
+	tcfg, err := cfg.TLS.serverConfig()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return tls.NewListener(ln, tcfg), nil
 }
 
 // Reload applies a re-read configuration (SIGHUP). The master address takes

@@ -36,6 +36,7 @@ type client struct {
 	announcedIP   string
 	capaEOF       bool
 	capaPsync2    bool
+	capaZstd      bool
 	rdbOnly       bool
 }
 
@@ -255,6 +256,8 @@ func (c *client) replconf(args [][]byte) {
 				c.capaEOF = true
 			case "psync2":
 				c.capaPsync2 = true
+			case CapaZstd:
+				c.capaZstd = true
 			}
 		case "ack", "getack":
 			return // meaningful only on a replica connection; never answered

@@ -32,11 +32,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	start := time.Now()
 	r.log.Info().Str("replid", replid).Int64("offset", snap.Offset).Int64("rdb_bytes", snap.Size).
 		Msg("replica attached with a full sync from the snapshot")
-	header := "$" + strconv.FormatInt(snap.Size, 10) + "\r\n"
-	if !r.prePsync {
-		header = "+FULLRESYNC " + replid + " " + strconv.FormatInt(snap.Offset, 10) + "\r\n" + header
-	}
-	if err := r.write([]byte(header)); err != nil {
+	if err := r.preamble(replid, snap); err != nil {
 		cur.Close()
 		return nil, err
 	}
@@ -50,6 +46,26 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		return nil, nil
 	}
 	return cur, nil
+}
+
+// preamble writes +FULLRESYNC (unless plain SYNC) and the $<len> line; with
+// compression, the length line already goes through the encoder.
+func (r *replica) preamble(replid string, snap backlog.SnapshotInfo) error {
+	if !r.prePsync {
+		line := "+FULLRESYNC " + replid + " " + strconv.FormatInt(snap.Offset, 10) + r.marker() + "\r\n"
+		if err := r.write([]byte(line)); err != nil {
+			return err
+		}
+		if err := r.beginStream(); err != nil {
+			return err
+		}
+	}
+	r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
+	header := "$" + strconv.FormatInt(snap.Size, 10) + "\r\n"
+	if _, err := io.WriteString(r.out, header); err != nil {
+		return fmt.Errorf("write to replica: %w", err)
+	}
+	return r.flushed(int64(len(header)))
 }
 
 // waitSnapshot waits until a snapshot exists whose continuation is still in
@@ -106,9 +122,12 @@ func (r *replica) openSnapshot() (*os.File, backlog.SnapshotInfo, *backlog.Curso
 func (r *replica) sendFile(ctx context.Context, f *os.File, size int64) error {
 	for sent := int64(0); sent < size; {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
-		n, err := io.Copy(r.conn, &io.LimitedReader{R: f, N: min(size-sent, r.chunk())})
+		n, err := io.Copy(r.out, &io.LimitedReader{R: f, N: min(size-sent, r.chunk())})
 		sent += n
 		r.sentBytes.Add(n)
+		if err == nil {
+			err = r.flushed(n)
+		}
 		if err != nil {
 			return err
 		}

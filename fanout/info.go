@@ -144,6 +144,8 @@ func (s *Server) infoStats(b *strings.Builder) {
 	field(b, "sync_partial_ok", s.stats.SyncPartialOK.Load())
 	field(b, "sync_partial_err", s.stats.SyncPartialErr.Load())
 	field(b, "rejected_protocol_errors", s.stats.Rejected.Load())
+	field(b, "compressed_stream_bytes", s.stats.CompressedRaw.Load())
+	field(b, "compressed_wire_bytes", s.stats.CompressedWire.Load())
 	if s.cfg.ExtraStats != nil {
 		for _, kv := range s.cfg.ExtraStats() {
 			field(b, kv.Key, kv.Value)

@@ -49,7 +49,13 @@ type replica struct {
 	psync2   bool
 	rdbOnly  bool
 	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
+	zstd     bool // the peer (a replproxy) asked for a compressed stream
 	since    time.Time
+
+	// out carries everything after the PSYNC reply: the connection, or a
+	// zstd encoder on it.
+	out io.Writer
+	cw  *compressedWriter
 
 	state     atomic.Value // string
 	ackOff    atomic.Int64
@@ -137,6 +143,7 @@ func (c *client) newReplica(prePsync bool) *replica {
 	r := &replica{
 		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
+		zstd: c.capaZstd && !prePsync, out: c.conn,
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
 	r.state.Store(StateWaitBgsave)
@@ -189,6 +196,11 @@ func (c *client) readAcks(r *replica) error {
 // serve runs the sync and then the stream until the replica goes away.
 func (r *replica) serve(ctx context.Context, req *psyncRequest) error {
 	defer r.conn.Close()
+	defer func() {
+		if r.cw != nil {
+			r.cw.Close()
+		}
+	}()
 	var cur *backlog.Cursor
 	var err error
 	if req != nil {
@@ -291,11 +303,15 @@ func (r *replica) acceptContinue(st backlog.State, lg *backlog.Log, req psyncReq
 	if err != nil {
 		return nil, fmt.Errorf("open backlog at %d: %w", req.offset, err)
 	}
-	reply := "+CONTINUE\r\n"
+	reply := "+CONTINUE"
 	if r.psync2 {
-		reply = "+CONTINUE " + st.ReplID + "\r\n"
+		reply += " " + st.ReplID
 	}
-	if err := r.write([]byte(reply)); err != nil {
+	if err := r.write([]byte(reply + r.marker() + "\r\n")); err != nil {
+		cur.Close()
+		return nil, err
+	}
+	if err := r.beginStream(); err != nil {
 		cur.Close()
 		return nil, err
 	}
@@ -305,6 +321,42 @@ func (r *replica) acceptContinue(st backlog.State, lg *backlog.Log, req psyncReq
 	return cur, nil
 }
 
+// marker is appended to the PSYNC reply when the stream will be compressed.
+func (r *replica) marker() string {
+	if r.zstd {
+		return zstdMarker
+	}
+	return ""
+}
+
+// beginStream switches the connection to compression, if negotiated, right
+// after the PSYNC reply line.
+func (r *replica) beginStream() error {
+	if !r.zstd {
+		return nil
+	}
+	cw, err := newCompressedWriter(r.conn, &r.srv.stats.CompressedWire)
+	if err != nil {
+		return fmt.Errorf("start zstd stream: %w", err)
+	}
+	r.cw, r.out = cw, cw
+	return nil
+}
+
+// flushed ends a send: a compressed stream is flushed so the replica sees
+// the bytes now; n raw bytes went in.
+func (r *replica) flushed(n int64) error {
+	if r.cw == nil {
+		return nil
+	}
+	r.srv.stats.CompressedRaw.Add(n)
+	if err := r.cw.Flush(); err != nil {
+		return fmt.Errorf("flush zstd stream: %w", err)
+	}
+	return nil
+}
+
+// write sends bytes outside the stream: keepalives and reply lines.
 func (r *replica) write(p []byte) error {
 	r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
 	_, err := r.conn.Write(p)
@@ -321,9 +373,12 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	for {
 		changed := lg.Changed()
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
-		n, err := cur.Send(r.conn, r.chunk())
+		n, err := cur.Send(r.out, r.chunk())
 		r.sentBytes.Add(n)
 		r.sentOff.Store(cur.Offset())
+		if err == nil && n > 0 {
+			err = r.flushed(n)
+		}
 		if errors.Is(err, backlog.ErrClosed) {
 			return errors.New("the proxy's replication history was reset")
 		}

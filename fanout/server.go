@@ -88,6 +88,8 @@ type Stats struct {
 	SyncPartialErr atomic.Int64
 	Connections    atomic.Int64
 	Rejected       atomic.Int64
+	CompressedRaw  atomic.Int64 // stream bytes sent compressed to downstream replproxies
+	CompressedWire atomic.Int64 // what they took on the wire
 }
 
 // Server accepts downstream connections: replicas, operators, Sentinel.

@@ -44,6 +44,9 @@ type MasterConfig struct {
 	AnnouncePort int `yaml:"announce_port"`
 	// Sentinel, when it lists sentinels, names the master instead of Addr.
 	Sentinel SentinelConfig `yaml:"sentinel"`
+	// Compression asks an upstream replproxy for a compressed stream:
+	// "zstd" or "none". A Redis master ignores the request.
+	Compression string `yaml:"compression"`
 }
 
 // BacklogConfig is the disk log.
@@ -137,6 +140,9 @@ func (c Config) Validate() error {
 	}
 	if c.Backlog.MaxBytes < c.Backlog.SegmentBytes {
 		return fmt.Errorf("backlog.max_bytes %d: must be at least one segment (%d)", c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
+	}
+	if c.Master.Compression != "" && c.Master.Compression != "none" && c.Master.Compression != "zstd" {
+		return fmt.Errorf("master.compression %q: want zstd or none", c.Master.Compression)
 	}
 	if err := c.TLS.validate(); err != nil {
 		return err

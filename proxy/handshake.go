@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -11,7 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -41,7 +45,11 @@ func (l *Link) handshake(conn net.Conn, rd *resp.Reader, rdbOnly bool) error {
 		}
 	}
 	out = resp.AppendCommand(out, "REPLCONF", "listening-port", strconv.Itoa(l.cfg.ListenPort))
-	out = resp.AppendCommand(out, "REPLCONF", "capa", "eof", "capa", "psync2")
+	capa := []string{"REPLCONF", "capa", "eof", "capa", "psync2"}
+	if l.cfg.Compress && !rdbOnly {
+		capa = append(capa, "capa", fanout.CapaZstd)
+	}
+	out = resp.AppendCommand(out, capa...)
 	replies := []string{"REPLCONF listening-port", "REPLCONF capa"}
 	if rdbOnly {
 		out = resp.AppendCommand(out, "REPLCONF", "rdb-only", "1")
@@ -96,30 +104,48 @@ func readReply(rd *resp.Reader) (string, error) {
 }
 
 // psync asks to continue from the byte after the last one stored; with no
-// history it asks for a full sync.
-func (l *Link) psync(conn net.Conn, rd *resp.Reader) error {
+// history it asks for a full sync. It returns the reader the rest of the
+// connection is read with: decompressing, when the master is a replproxy
+// that agreed to compress.
+func (l *Link) psync(conn net.Conn, rd *resp.Reader) (*resp.Reader, error) {
 	st := l.store.State()
 	replid, offset := "?", "-1"
 	if st.HasHistory {
 		replid, offset = st.ReplID, strconv.FormatInt(st.End, 10)
 	}
 	if _, err := conn.Write(resp.AppendCommand(nil, "PSYNC", replid, offset)); err != nil {
-		return fmt.Errorf("send PSYNC: %w", err)
+		return nil, fmt.Errorf("send PSYNC: %w", err)
 	}
 	line, err := readReply(rd)
 	if err != nil {
-		return fmt.Errorf("read PSYNC reply: %w", err)
+		return nil, fmt.Errorf("read PSYNC reply: %w", err)
 	}
 	l.log.Info().Str("replid", replid).Str("offset", offset).Str("reply", line).Msg("PSYNC answered")
+	if strings.HasPrefix(line, "+") && strings.HasSuffix(line, " zstd") && l.cfg.Compress {
+		line = strings.TrimSuffix(line, " zstd")
+		if rd, err = decompressing(rd); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case strings.HasPrefix(line, "+FULLRESYNC"):
-		return l.fullSync(conn, rd, line)
+		return rd, l.fullSync(conn, rd, line)
 	case strings.HasPrefix(line, "+CONTINUE"):
-		return l.continued(st, strings.TrimSpace(strings.TrimPrefix(line, "+CONTINUE")))
+		return rd, l.continued(st, strings.TrimSpace(strings.TrimPrefix(line, "+CONTINUE")))
 	case strings.HasPrefix(line, "-NOMASTERLINK"), strings.HasPrefix(line, "-LOADING"):
-		return fmt.Errorf("%w: %s", errTransient, line)
+		return nil, fmt.Errorf("%w: %s", errTransient, line)
 	}
-	return fmt.Errorf("master refused PSYNC: %s", line)
+	return nil, fmt.Errorf("master refused PSYNC: %s", line)
+}
+
+// decompressing reads the rest of the connection through zstd. The window
+// bound keeps a hostile peer from making the proxy allocate much.
+func decompressing(rd *resp.Reader) (*resp.Reader, error) {
+	dec, err := zstd.NewReader(rd.Bufio(), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(8<<20))
+	if err != nil {
+		return nil, fmt.Errorf("start zstd stream: %w", err)
+	}
+	return resp.NewReader(bufio.NewReaderSize(dec, 64<<10), resp.DefaultLimits()), nil
 }
 
 // continued handles +CONTINUE. A new ID means the master was promoted: the
@@ -172,6 +198,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 		return err
 	}
 	size := w.Size()
+	l.rawBytes.Add(size)
 	if err := l.store.Reset(replid, offset, w); err != nil {
 		return fmt.Errorf("store snapshot: %w", err)
 	}

@@ -41,6 +41,8 @@ type LinkConfig struct {
 	AckMode        string
 	AckQuorum      int       // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
 	TLS            TLSConfig // used when TLS.Upstream
+	// Compress asks the master, if it is a replproxy, for a zstd stream.
+	Compress bool
 }
 
 // Downstream is what the link needs of the replicas below the proxy: to
@@ -75,6 +77,8 @@ type Link struct {
 	partialSyncs atomic.Int64
 	syncBytes    atomic.Int64
 	lastIO       atomic.Int64 // unix nanoseconds
+	wireBytes    atomic.Int64 // read from the master's socket
+	rawBytes     atomic.Int64 // RDB and stream bytes those carried (more when compressed)
 }
 
 // NewLink returns a link; Run drives it.
@@ -138,6 +142,8 @@ func (l *Link) Stats() []fanout.KV {
 	return []fanout.KV{
 		{Key: "upstream_full_syncs", Value: l.fullSyncs.Load()},
 		{Key: "upstream_partial_syncs", Value: l.partialSyncs.Load()},
+		{Key: "upstream_wire_bytes", Value: l.wireBytes.Load()},
+		{Key: "upstream_stream_bytes", Value: l.rawBytes.Load()},
 	}
 }
 
@@ -203,7 +209,7 @@ func (l *Link) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to master %s: %w", addr, err)
 	}
-	conn := &watchedConn{Conn: raw, timeout: l.cfg.ReplTimeout, lastIO: &l.lastIO}
+	conn := &watchedConn{Conn: raw, timeout: l.cfg.ReplTimeout, lastIO: &l.lastIO, wire: &l.wireBytes}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -212,7 +218,8 @@ func (l *Link) session(ctx context.Context) error {
 	if err := l.handshake(conn, rd, false); err != nil {
 		return err
 	}
-	if err := l.psync(conn, rd); err != nil {
+	rd, err = l.psync(conn, rd)
+	if err != nil {
 		return err
 	}
 	l.setState(LinkConnected, "replication stream started")
@@ -239,6 +246,7 @@ type watchedConn struct {
 	net.Conn
 	timeout time.Duration
 	lastIO  *atomic.Int64
+	wire    *atomic.Int64 // nil: not counted
 	wmu     sync.Mutex
 }
 
@@ -247,6 +255,9 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.lastIO.Store(time.Now().UnixNano())
+		if c.wire != nil {
+			c.wire.Add(int64(n))
+		}
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

@@ -87,6 +87,7 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		AckMode:        cfg.AckMode,
 		AckQuorum:      cfg.AckQuorum,
 		TLS:            cfg.TLS,
+		Compress:       cfg.Master.Compression == "zstd",
 	}, store, p.fan, log.With().Str("component", "upstream").Logger())
 	refreshAfter := int64(cfg.Snapshot.RefreshAfter)
 	if refreshAfter == 0 {

@@ -36,6 +36,7 @@ func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) erro
 			if aerr := l.store.Append(buf[carry : carry+n]); aerr != nil {
 				return fmt.Errorf("store stream: %w", aerr)
 			}
+			l.rawBytes.Add(int64(n))
 			if bytes.Contains(buf[:carry+n], getackCmd) {
 				select {
 				case getack <- struct{}{}:

@@ -106,3 +106,38 @@ func TestProxyChainRestartsPartially(t *testing.T) {
 		t.Fatalf("P1 sync_partial_ok %d: P2 did not resync partially", got)
 	}
 }
+
+// Issue 5, point 5: between two proxies the stream can travel zstd-
+// compressed: digests stay equal, and fewer bytes cross the link than on a
+// plain link carrying the same stream, as each proxy counts.
+func TestCompressionBetweenProxies(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	p1 := startProxy(t, proxyConfig(t, m.Addr()))
+	zcfg := proxyConfig(t, p1.cfg.Listen)
+	zcfg.Master.Compression = "zstd"
+	zipped := startProxy(t, zcfg)
+	plain := startProxy(t, proxyConfig(t, p1.cfg.Listen))
+	rz := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(zipped.port))
+	rp := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(plain.port))
+	stopLoad := runLoad(t, m, 34)
+	waitOps(t, m, 3000)
+	// A restart of the compressed hop resumes compressed and partially.
+	zipped.stop()
+	zipped.start()
+	waitOps(t, m, 2000)
+	stopLoad()
+	redisproc.WaitInSync(t, syncTimeout, m, rz, rp)
+
+	zWire, zRaw := zipped.infoInt("stats", "upstream_wire_bytes"), zipped.infoInt("stats", "upstream_stream_bytes")
+	pWire, pRaw := plain.infoInt("stats", "upstream_wire_bytes"), plain.infoInt("stats", "upstream_stream_bytes")
+	t.Logf("compressed link: %d wire bytes for %d stream bytes since restart; plain link: %d wire for %d", zWire, zRaw, pWire, pRaw)
+	if zWire >= zRaw || pWire < pRaw {
+		t.Fatalf("compressed hop %d wire / %d stream; plain hop %d wire / %d stream", zWire, zRaw, pWire, pRaw)
+	}
+	sent, wire := p1.infoInt("stats", "compressed_stream_bytes"), p1.infoInt("stats", "compressed_wire_bytes")
+	if sent == 0 || wire >= sent {
+		t.Fatalf("P1 compressed %d stream bytes into %d wire bytes", sent, wire)
+	}
+	expectInt(t, "restarted compressed hop upstream_full_syncs", zipped.infoInt("stats", "upstream_full_syncs"), 0)
+}

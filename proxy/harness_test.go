@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"gopkg.in/yaml.v3"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/proxy"
@@ -109,8 +110,16 @@ func (tp *testProxy) startProcess() {
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	tp.cmd = exec.Command(binary, "run", "--listen", tp.cfg.Listen, "--master", tp.cfg.Master.Addr,
-		"--data-dir", tp.cfg.DataDir, "--log-format", "json")
+	// The child gets the test's whole configuration, as an operator's file.
+	raw, err := yaml.Marshal(tp.cfg)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	confPath := tp.logPath + ".yaml"
+	if err := os.WriteFile(confPath, raw, 0o644); err != nil {
+		tp.t.Fatal(err)
+	}
+	tp.cmd = exec.Command(binary, "run", "--config", confPath, "--log-format", "json")
 	tp.cmd.Stdout, tp.cmd.Stderr = f, f
 	if err := tp.cmd.Start(); err != nil {
 		tp.t.Fatal(err)

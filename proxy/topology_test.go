@@ -132,7 +132,8 @@ func TestCompressionBetweenProxies(t *testing.T) {
 	zWire, zRaw := zipped.infoInt("stats", "upstream_wire_bytes"), zipped.infoInt("stats", "upstream_stream_bytes")
 	pWire, pRaw := plain.infoInt("stats", "upstream_wire_bytes"), plain.infoInt("stats", "upstream_stream_bytes")
 	t.Logf("compressed link: %d wire bytes for %d stream bytes since restart; plain link: %d wire for %d", zWire, zRaw, pWire, pRaw)
-	if zWire >= zRaw || pWire < pRaw {
+	// The counters are read a moment apart under load: compare ratios.
+	if zWire*10 >= zRaw*9 || pWire*100 < pRaw*99 {
 		t.Fatalf("compressed hop %d wire / %d stream; plain hop %d wire / %d stream", zWire, zRaw, pWire, pRaw)
 	}
 	sent, wire := p1.infoInt("stats", "compressed_stream_bytes"), p1.infoInt("stats", "compressed_wire_bytes")

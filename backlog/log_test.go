@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -249,5 +250,22 @@ func TestWaitersWakeOnAppend(t *testing.T) {
 	b, err := io.ReadAll(c)
 	if err != nil || string(b) != "x" {
 		t.Fatalf("%q %v", b, err)
+	}
+}
+
+// Retention by age removes sealed segments older than MaxAge, never the
+// active one.
+func TestRetentionByAge(t *testing.T) {
+	opt := testOptions()
+	opt.Log.MaxAge = 50 * time.Millisecond
+	s := newStore(t, t.TempDir(), opt, 0)
+	defer s.Close()
+	s.Append(pattern(2500, 1))
+	time.Sleep(100 * time.Millisecond)
+	s.Log().lastTrim = time.Time{}
+	s.Append([]byte("x"))
+	st := s.State()
+	if st.First != 2001 || st.End != 2502 {
+		t.Fatalf("after age retention: [%d, %d), want [2001, 2502)", st.First, st.End)
 	}
 }

@@ -51,9 +51,10 @@ type MasterConfig struct {
 
 // BacklogConfig is the disk log.
 type BacklogConfig struct {
-	MaxBytes     Size   `yaml:"max_bytes"`
-	SegmentBytes Size   `yaml:"segment_bytes"`
-	Fsync        string `yaml:"fsync"`
+	MaxBytes     Size     `yaml:"max_bytes"`
+	MaxAge       Duration `yaml:"max_age"` // 0: retention by size only
+	SegmentBytes Size     `yaml:"segment_bytes"`
+	Fsync        string   `yaml:"fsync"`
 }
 
 // SnapshotConfig says when the stored RDB is renewed from the master.

@@ -41,6 +41,7 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		Log: backlog.LogOptions{
 			SegmentBytes: int64(cfg.Backlog.SegmentBytes),
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
+			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
 			Fsync:        fsync,
 		},
 		Logger: log.With().Str("component", "backlog").Logger(),

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
-	"reflect"
 	"strings"
 	"testing"
 )
@@ -140,83 +138,4 @@ func checkRoundTrip(t *testing.T, args []string) {
 	if _, err := r.ReadCommand(); err != io.EOF {
 		t.Fatalf("after the command: %v, want EOF", err)
 	}
-}
-
-func FuzzScanner(f *testing.F) {
-	for i, s := range fuzzSeeds {
-		f.Add([]byte(s), []byte{byte(i), 1, 3})
-	}
-	f.Add([]byte("SET\x00k\x00v\x01PING\x01REPLCONF\x00GETACK\x00*"), []byte{0, 5, 2})
-	f.Fuzz(func(t *testing.T, data, cuts []byte) {
-		// Arbitrary input: chunking changes nothing, and the state machine
-		// agrees with the plain whole-buffer parser, errors included.
-		checkScannerOn(t, data, cuts, 64)
-		checkScannerOn(t, data, cuts, DefaultScanMaxBulk)
-
-		// Valid streams: every command boundary is found.
-		stream, want := buildStream(splitCommands(data))
-		got := scanChunks(t, 0, chunkBy(stream, cuts))
-		if got.err != "" || !reflect.DeepEqual(got.events, want) {
-			t.Fatalf("valid stream of %d bytes: got %d events, %s; want %d\nfirst difference: %s",
-				len(stream), len(got.events), got.err, len(want), firstDiff(got.events, want))
-		}
-		if got.fed != int64(len(stream)) || !got.boundary {
-			t.Fatalf("valid stream: Fed %d of %d, Boundary %v", got.fed, len(stream), got.boundary)
-		}
-	})
-}
-
-func checkScannerOn(t *testing.T, data, cuts []byte, maxBulk int64) {
-	whole := scanChunks(t, maxBulk, [][]byte{data})
-	chunked := scanChunks(t, maxBulk, chunkBy(data, cuts))
-	if !reflect.DeepEqual(whole, chunked) {
-		t.Fatalf("chunking changed the result: whole %q, chunked %q; first event difference: %s",
-			whole.err, chunked.err, firstDiff(whole.events, chunked.events))
-	}
-	events, bad := refScan(data, maxBulk)
-	if !reflect.DeepEqual(whole.events, events) || errOffset(t, whole.err) != bad {
-		t.Fatalf("scanner and reference disagree: scanner %q, reference bad at %d; first event difference: %s",
-			whole.err, bad, firstDiff(whole.events, events))
-	}
-}
-
-// chunkBy cuts p into pieces whose sizes come from cuts, cycling, so the
-// fuzzer controls every split point; a zero gives an empty chunk.
-func chunkBy(p, cuts []byte) [][]byte {
-	if len(cuts) == 0 {
-		return [][]byte{p}
-	}
-	var chunks [][]byte
-	for i := 0; len(p) > 0; i++ {
-		n := min(int(cuts[i%len(cuts)]), len(p))
-		if i > len(cuts) && n == 0 && allZero(cuts) {
-			n = len(p)
-		}
-		chunks = append(chunks, p[:n])
-		p = p[n:]
-	}
-	return chunks
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// firstDiff describes where two event lists part, keeping failure reports
-// short however long the input.
-func firstDiff(a, b []event) string {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return fmt.Sprintf("event %d: %+v vs %+v", i, a[i], b[i])
-		}
-	}
-	if len(a) != len(b) {
-		return fmt.Sprintf("%d events vs %d", len(a), len(b))
-	}
-	return "none"
 }

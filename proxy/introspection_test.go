@@ -1,6 +1,8 @@
 package proxy_test
 
 import (
+	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,6 +23,7 @@ func TestAuthAndIntrospection(t *testing.T) {
 	cfg.Master.User = "repl"
 	cfg.Master.Password = "master-secret"
 	cfg.RequirePass = "proxy-secret"
+	cfg.MetricsListen = "127.0.0.1:" + strconv.Itoa(redisproc.FreePort(t))
 	p := startProxy(t, cfg)
 	rep := redisproc.Start(t, "--masterauth", "proxy-secret", "--replicaof", "127.0.0.1", strconv.Itoa(p.port))
 	if _, err := m.Do("SET", "k", "v"); err != nil {
@@ -71,5 +74,18 @@ func TestAuthAndIntrospection(t *testing.T) {
 	parts := strings.Split(role, "\n")
 	if len(parts) != 5 || parts[0] != "slave" || parts[1] != "127.0.0.1" || parts[3] != "connected" {
 		t.Fatalf("ROLE: %q", role)
+	}
+
+	res, err := http.Get("http://" + cfg.MetricsListen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, metric := range []string{"replproxy_upstream_link_up 1", "replproxy_replicas 1", "replproxy_repl_offset ",
+		`replproxy_downstream_syncs_total{kind="full"} 1`, "replproxy_replica_lag_bytes{replica=", "process_resident_memory_bytes"} {
+		if !strings.Contains(string(body), metric) {
+			t.Errorf("/metrics lacks %q", metric)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
+	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/proxy"
 )
 
@@ -45,6 +46,7 @@ func newApp() *cli.App {
 				},
 			},
 			checkConfigCommand(),
+			verifyCommand(),
 		},
 	}
 }
@@ -147,6 +149,34 @@ func checkConfigCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "ok: listen %s, master %s, data_dir %s, backlog %d bytes, fsync %s\n",
 				cfg.Listen, cfg.Master.Addr, cfg.DataDir, cfg.Backlog.MaxBytes, cfg.Backlog.Fsync)
+			return nil
+		},
+	}
+}
+
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "verify",
+		Usage: "check a data dir offline: meta checksum, snapshot, and every backlog segment's CRCs",
+		Flags: []cli.Flag{&cli.StringFlag{Name: "data-dir", Required: true, Usage: "the proxy's data dir"}},
+		Action: func(c *cli.Context) error {
+			rep, err := backlog.Verify(c.String("data-dir"))
+			if err != nil {
+				return err
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "replid %s (replid2 %s up to %d)\n", rep.Meta.ReplID, rep.Meta.ReplID2, rep.Meta.SecondOffset)
+			if snap := rep.Meta.Snapshot; snap != nil {
+				fmt.Fprintf(w, "snapshot %s at offset %d, %d bytes\n", snap.File, snap.Offset, snap.Size)
+			}
+			fmt.Fprintf(w, "backlog: %d segments, offsets [%d, %d), %d bytes\n", rep.Segments, rep.First, rep.End, rep.End-rep.First)
+			for _, p := range rep.Problems {
+				fmt.Fprintln(w, "PROBLEM:", p)
+			}
+			if len(rep.Problems) > 0 {
+				return fmt.Errorf("%d problem(s); the proxy will cut the log at the first one when it starts", len(rep.Problems))
+			}
+			fmt.Fprintln(w, "ok")
 			return nil
 		},
 	}

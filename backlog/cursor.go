@@ -19,12 +19,21 @@ type Cursor struct {
 	fpos int64 // f's file position
 }
 
-// NewCursor positions a cursor at off, which must lie in [first, end].
+// NewCursor positions a cursor at off, which must lie in [first, end]. It
+// opens the segment holding off at once: a replica still receiving its RDB
+// keeps the bytes that must follow it, whatever retention does meanwhile.
 func (l *Log) NewCursor(off int64) (*Cursor, error) {
-	if _, _, err := l.locate(off); err != nil {
+	first, n, err := l.locate(off)
+	if err != nil {
 		return nil, err
 	}
-	return &Cursor{log: l, off: off, fseg: -1}, nil
+	c := &Cursor{log: l, off: off, fseg: -1}
+	if n > 0 || first > 0 {
+		if err := c.position(first); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // Offset is the offset of the next byte the cursor will send.
@@ -37,6 +46,9 @@ func (c *Cursor) Log() *Log { return c.log }
 // when the cursor is at the end: wait on Log.Changed and call again.
 func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 	first, n, err := c.log.locate(c.off)
+	if errors.Is(err, ErrTrimmed) {
+		first, n, err = c.held()
+	}
 	if err != nil || n == 0 {
 		return 0, err
 	}
@@ -53,6 +65,22 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 		err = fmt.Errorf("segment %d: %w", first, io.ErrUnexpectedEOF)
 	}
 	return sent, err
+}
+
+// held serves from the segment the cursor has open after retention removed
+// it: the open file still has its bytes.
+func (c *Cursor) held() (first, n int64, err error) {
+	if c.f == nil || c.off < c.fseg {
+		return 0, 0, fmt.Errorf("offset %d: %w", c.off, ErrTrimmed)
+	}
+	info, err := c.f.Stat()
+	if err != nil {
+		return 0, 0, fmt.Errorf("stat held segment %d: %w", c.fseg, err)
+	}
+	if left := info.Size() - (c.off - c.fseg); left > 0 {
+		return c.fseg, left, nil
+	}
+	return 0, 0, fmt.Errorf("offset %d past a removed segment: %w", c.off, ErrTrimmed)
 }
 
 // ReadAt-style access for small reads (tests, verification).

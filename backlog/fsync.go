@@ -49,6 +49,7 @@ type syncer struct {
 	wake   chan struct{}
 	done   chan struct{}
 
+	syncMu  sync.Mutex // one sync at a time: durable may only cover what was synced
 	mu      sync.Mutex
 	retired []*activeSegment // rolled segments still to be synced and closed
 	target  int64            // end offset written so far
@@ -114,6 +115,8 @@ func (s *syncer) run() {
 
 // syncOnce makes everything appended before it started durable.
 func (s *syncer) syncOnce() {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
 	// Take target, retired files and the active file in one view, under the
 	// log's lock, so that the bytes counted in target are all in those files.
 	s.log.mu.RLock()

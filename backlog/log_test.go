@@ -269,3 +269,32 @@ func TestRetentionByAge(t *testing.T) {
 		t.Fatalf("after age retention: [%d, %d), want [2001, 2502)", st.First, st.End)
 	}
 }
+
+// A cursor holds its segment from creation: a replica receiving its RDB
+// keeps the bytes that follow it even if retention moves on meanwhile.
+func TestCursorHoldsItsSegment(t *testing.T) {
+	opt := testOptions()
+	opt.Log.MaxBytes = 2000
+	s := newStore(t, t.TempDir(), opt, 0)
+	defer s.Close()
+	data := pattern(1000, 9)
+	s.Append(data)
+	c, err := s.Log().NewCursor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 10; i++ {
+		s.Append(pattern(1000, byte(i)))
+	}
+	if first := s.State().First; first <= 1000 {
+		t.Fatalf("retention did not move: first %d", first)
+	}
+	var buf bytes.Buffer
+	if n, err := c.Send(&buf, 1<<20); err != nil || n != 1000 || !bytes.Equal(buf.Bytes(), data) {
+		t.Fatalf("held segment: %d bytes, %v", n, err)
+	}
+	if _, err := c.Send(&buf, 1<<20); !errors.Is(err, ErrTrimmed) {
+		t.Fatalf("past the held segment: %v, want ErrTrimmed", err)
+	}
+}

@@ -49,6 +49,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // ErrNoMeta means the data directory has never held a replication history.
 var ErrNoMeta = errors.New("no meta file")
 
+// ErrCorrupt marks a meta file whose content cannot be trusted, as opposed
+// to one that could not be read at all (permissions, I/O), which an
+// operator must fix rather than have the history thrown away.
+var ErrCorrupt = errors.New("corrupt")
+
 func readMeta(path string) (Meta, error) {
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -59,7 +64,7 @@ func readMeta(path string) (Meta, error) {
 	}
 	var env metaEnvelope
 	if err := json.Unmarshal(raw, &env); err != nil {
-		return Meta{}, fmt.Errorf("meta %s is corrupt: %w", path, err)
+		return Meta{}, fmt.Errorf("meta %s is %w: %v", path, ErrCorrupt, err)
 	}
 	if env.Version != metaVersion {
 		return Meta{}, fmt.Errorf("meta %s has version %d, this build reads %d", path, env.Version, metaVersion)
@@ -67,17 +72,17 @@ func readMeta(path string) (Meta, error) {
 	// The checksum covers the compact encoding: indentation is for humans.
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, env.Meta); err != nil {
-		return Meta{}, fmt.Errorf("meta %s is corrupt: %w", path, err)
+		return Meta{}, fmt.Errorf("meta %s is %w: %v", path, ErrCorrupt, err)
 	}
 	if got := crc32.Checksum(compact.Bytes(), castagnoli); got != env.CRC32C {
-		return Meta{}, fmt.Errorf("meta %s is corrupt: checksum %08x, stored %08x", path, got, env.CRC32C)
+		return Meta{}, fmt.Errorf("meta %s is %w: checksum %08x, stored %08x", path, ErrCorrupt, got, env.CRC32C)
 	}
 	var m Meta
 	if err := json.Unmarshal(env.Meta, &m); err != nil {
-		return Meta{}, fmt.Errorf("meta %s is corrupt: %w", path, err)
+		return Meta{}, fmt.Errorf("meta %s is %w: %v", path, ErrCorrupt, err)
 	}
 	if err := m.validate(); err != nil {
-		return Meta{}, fmt.Errorf("meta %s is invalid: %w", path, err)
+		return Meta{}, fmt.Errorf("meta %s is %w: %v", path, ErrCorrupt, err)
 	}
 	return m, nil
 }

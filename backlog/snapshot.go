@@ -70,6 +70,8 @@ func (w *SnapshotWriter) commit(dir, replid string, offset int64) (*SnapshotInfo
 // offset+1. The meta write is the commit point; whatever a crash leaves of
 // the old or new generation is removed at the next Open.
 func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)
 	if err != nil {
@@ -124,6 +126,8 @@ func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 // the log (offset+1 in [first, end]), so a full sync from it is gapless;
 // retention may then trim below it.
 func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	st := s.State()
 	switch {
 	case !st.HasHistory:
@@ -135,6 +139,9 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	case offset+1 < st.First || offset+1 > st.End:
 		w.Abort()
 		return fmt.Errorf("adopt snapshot: offset %d is outside the stored backlog [%d, %d]", offset, st.First-1, st.End-1)
+	case st.Snapshot != nil && offset <= st.Snapshot.Offset:
+		w.Abort()
+		return fmt.Errorf("adopt snapshot: offset %d is not newer than the current snapshot's %d (an upstream replproxy serves its own)", offset, st.Snapshot.Offset)
 	}
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)

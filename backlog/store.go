@@ -44,9 +44,12 @@ type Store struct {
 	opt  Options
 	lock *os.File
 
-	mu   sync.RWMutex
-	meta Meta
-	log  *Log // nil until there is a history
+	// writeMu serializes the meta writers (Reset, AdoptSnapshot, ShiftID)
+	// across their whole validate, write and swap; mu guards the fields.
+	writeMu sync.Mutex
+	mu      sync.RWMutex
+	meta    Meta
+	log     *Log // nil until there is a history
 }
 
 // Open opens (or creates) the store in dir. Damage is never served: a corrupt
@@ -97,12 +100,17 @@ func (s *Store) load() error {
 	case errors.Is(err, ErrNoMeta):
 		s.meta = freshMeta(0)
 		return nil
-	case err != nil:
+	case errors.Is(err, ErrCorrupt):
 		s.quarantine(s.metaPath(), err)
 		s.meta = freshMeta(0)
 		return nil
+	case err != nil:
+		return err // unreadable, not damaged: the operator must fix it, nothing is thrown away
 	}
 	if err := checkSnapshot(filepath.Join(s.dir, "snapshot"), m.Snapshot); err != nil {
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errSnapshotSize) && m.Snapshot != nil {
+			return err
+		}
 		s.opt.Logger.Error().Err(err).Msg("snapshot unusable; the proxy will full-sync from its master")
 		s.meta = freshMeta(m.Epoch + 1)
 		return nil
@@ -142,10 +150,12 @@ func checkSnapshot(dir string, snap *SnapshotInfo) error {
 		return fmt.Errorf("snapshot %s: %w", path, err)
 	}
 	if info.Size() != snap.Size {
-		return fmt.Errorf("snapshot %s has %d bytes, meta says %d", path, info.Size(), snap.Size)
+		return fmt.Errorf("snapshot %s has %d bytes, meta says %d: %w", path, info.Size(), snap.Size, errSnapshotSize)
 	}
 	return nil
 }
+
+var errSnapshotSize = errors.New("wrong size")
 
 // removeStale deletes what a crash mid-transition may have left: log
 // generations and snapshots the meta does not name, and temp files.
@@ -235,6 +245,8 @@ func (s *Store) Append(p []byte) error {
 // valid, as replid2, for offsets up to the current end, so replicas that
 // still hold it can continue partially.
 func (s *Store) ShiftID(newID string) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.log == nil {

@@ -75,9 +75,11 @@ func (c *client) transaction(ctx context.Context, cmd string) {
 			return
 		}
 		c.out = resp.AppendArrayHeader(c.out, len(queued))
+		c.inExec = true
 		for _, args := range queued {
 			c.dispatch(ctx, args)
 		}
+		c.inExec = false
 	}
 }
 

@@ -31,6 +31,7 @@ type client struct {
 	wmu      sync.Mutex // pub/sub pushes and replies share the connection
 	channels map[string]struct{}
 	queued   [][][]byte // non-nil inside MULTI
+	inExec   bool
 
 	listeningPort int
 	announcedIP   string

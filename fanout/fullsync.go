@@ -28,6 +28,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	}
 	defer f.Close()
 	r.srv.stats.SyncFull.Add(1)
+	r.sentOff.Store(snap.Offset + 1)
 	r.state.Store(StateSendBulk)
 	start := time.Now()
 	r.log.Info().Str("replid", replid).Int64("offset", snap.Offset).Int64("rdb_bytes", snap.Size).
@@ -127,6 +128,9 @@ func (r *replica) sendFile(ctx context.Context, f *os.File, size int64) error {
 		r.sentBytes.Add(n)
 		if err == nil {
 			err = r.flushed(n)
+		}
+		if err != nil && r.alive(err) {
+			continue
 		}
 		if err != nil {
 			return err

@@ -106,6 +106,10 @@ type psyncRequest struct {
 }
 
 func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) outcome {
+	if len(c.channels) > 0 || c.inExec {
+		c.out = resp.AppendError(c.out, "ERR "+strings.ToUpper(cmd)+" is not allowed in subscribe mode or inside MULTI")
+		return keepConn
+	}
 	var req *psyncRequest
 	if cmd == "psync" {
 		if len(args) != 3 {
@@ -315,6 +319,7 @@ func (r *replica) acceptContinue(st backlog.State, lg *backlog.Log, req psyncReq
 		cur.Close()
 		return nil, err
 	}
+	r.sentOff.Store(req.offset)
 	r.srv.stats.SyncPartialOK.Add(1)
 	r.log.Info().Str("replid", req.replid).Int64("offset", req.offset).Int64("backlog_end", st.End).
 		Int64("to_send", st.End-req.offset).Msg("replica attached with a partial resync")
@@ -356,6 +361,18 @@ func (r *replica) flushed(n int64) error {
 	return nil
 }
 
+// alive says a send that timed out may go on: the replica is not reading
+// (loading an RDB, say) but still talks to us, as Redis replicas send ACKs
+// or newlines while they load. Only one silent for the whole timeout is
+// dropped, as Redis drops a replica by its ACK time.
+func (r *replica) alive(err error) bool {
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	return time.Since(time.Unix(0, r.ackTime.Load())) < r.srv.cfg.ReplTimeout
+}
+
 // write sends bytes outside the stream: keepalives and reply lines.
 func (r *replica) write(p []byte) error {
 	r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
@@ -381,6 +398,9 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 		}
 		if errors.Is(err, backlog.ErrClosed) {
 			return errors.New("the proxy's replication history was reset")
+		}
+		if err != nil && r.alive(err) {
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("send backlog at %d: %w", cur.Offset(), err)

@@ -6,7 +6,6 @@ package fanout
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"sort"
 	"sync"
@@ -144,19 +143,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.enforceLag(ctx)
 	}()
+	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+			// Out of file descriptors and the like pass: keep serving the
+			// replicas already attached, and accept again after a pause.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Error().Err(err).Dur("retry_in", delay).Msg("accept failed")
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		s.stats.Connections.Add(1)
 		wg.Add(1)
 		go func() {

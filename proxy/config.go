@@ -168,6 +168,9 @@ func (c Config) validateMaster() error {
 		if c.Master.Sentinel.Name == "" {
 			return errors.New("master.sentinel.name is required with master.sentinel.addrs")
 		}
+		if c.Master.Sentinel.Poll <= 0 {
+			return fmt.Errorf("master.sentinel.poll %s: must be positive, e.g. 5s", time.Duration(c.Master.Sentinel.Poll))
+		}
 		for _, a := range c.Master.Sentinel.Addrs {
 			if _, _, err := net.SplitHostPort(a); err != nil {
 				return fmt.Errorf("master.sentinel.addrs entry %q: want host:port: %w", a, err)

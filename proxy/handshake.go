@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -192,6 +193,10 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 		w.Abort()
 		return fmt.Errorf("receive RDB: %w", err)
 	}
+	// Checking and committing a large RDB takes a while; a newline a
+	// second tells the master we are alive, as a loading Redis replica does.
+	stopKeepalive := keepalive(conn)
+	defer stopKeepalive()
 	rdb, err := checkRDB(w.Path(), offset)
 	if err != nil {
 		w.Abort()
@@ -202,6 +207,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	if err := l.store.Reset(replid, offset, w); err != nil {
 		return fmt.Errorf("store snapshot: %w", err)
 	}
+	stopKeepalive()
 	l.fullSyncs.Add(1)
 	// Replicas of the old history need no explicit drop: Reset closed its
 	// log, which ends their senders, while replicas that attach from now on
@@ -212,6 +218,31 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	// A diskless master starts the stream only at the first ACK, whatever
 	// the ack mode: it acknowledges nothing beyond the snapshot itself.
 	return sendAck(conn, offset)
+}
+
+// keepalive writes a newline to the master every second until stopped.
+// The master counts an empty line from a replica as a sign of life and
+// never as part of the offset.
+func keepalive(conn net.Conn) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				conn.Write([]byte("\n"))
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(done); <-finished })
+	}
 }
 
 // receiveRDB reads either framing: "$<len>" then exactly len bytes, or

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
@@ -83,9 +84,27 @@ func TestAuthAndIntrospection(t *testing.T) {
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
 	for _, metric := range []string{"replproxy_upstream_link_up 1", "replproxy_replicas 1", "replproxy_repl_offset ",
-		`replproxy_downstream_syncs_total{kind="full"} 1`, "replproxy_replica_lag_bytes{replica=", "process_resident_memory_bytes"} {
+		`replproxy_downstream_syncs_total{kind="full"} 1`, "replproxy_replica_lag_bytes{id=", "process_resident_memory_bytes"} {
 		if !strings.Contains(string(body), metric) {
 			t.Errorf("/metrics lacks %q", metric)
 		}
+	}
+}
+
+// A master that is down is retried with backoff, and the log says why.
+func TestBackoffWhileMasterIsDown(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t, proxyConfig(t, "127.0.0.1:"+strconv.Itoa(redisproc.FreePort(t))))
+	time.Sleep(3 * time.Second)
+	log := tail(p.logPath, 1000)
+	attempts := strings.Count(log, `"to":"connecting"`)
+	if attempts < 2 || attempts > 6 {
+		t.Fatalf("%d connection attempts in 3s; want a few, with backoff", attempts)
+	}
+	if !strings.Contains(log, "connection refused") {
+		t.Fatalf("the log does not give the reason:\n%s", log)
+	}
+	if got := p.info("replication")["master_link_status"]; got != "down" {
+		t.Fatalf("master_link_status %q", got)
 	}
 }

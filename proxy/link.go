@@ -69,9 +69,9 @@ type Link struct {
 
 	mu      sync.Mutex
 	status  fanout.LinkStatus
-	addr    string             // the master now; Repoint changes it
-	endSess context.CancelFunc // ends the current session, for a repoint
-	repoint chan struct{}      // wakes Run from its backoff
+	addr    string                  // the master now; Repoint changes it
+	endSess context.CancelCauseFunc // ends the current session, for a repoint
+	repoint chan struct{}           // wakes Run from its backoff
 
 	fullSyncs    atomic.Int64
 	partialSyncs atomic.Int64
@@ -116,7 +116,7 @@ func (l *Link) Repoint(addr, why string) bool {
 	l.mu.Unlock()
 	l.log.Info().Str("from", old).Str("to", addr).Str("reason", why).Msg("upstream master changed")
 	if end != nil {
-		end()
+		end(errRepointed)
 	}
 	select {
 	case l.repoint <- struct{}{}:
@@ -124,6 +124,9 @@ func (l *Link) Repoint(addr, why string) bool {
 	}
 	return true
 }
+
+// errRepointed ends a session because the master changed, not because it failed.
+var errRepointed = errors.New("repointed")
 
 // LinkStatus implements fanout.Upstream.
 func (l *Link) LinkStatus() fanout.LinkStatus {
@@ -170,19 +173,24 @@ func (l *Link) Run(ctx context.Context) {
 	backoff := l.cfg.BackoffMin
 	for ctx.Err() == nil {
 		started := time.Now()
-		sctx, end := context.WithCancel(ctx)
+		sctx, end := context.WithCancelCause(ctx)
 		l.mu.Lock()
 		l.endSess = end
 		l.mu.Unlock()
 		err := l.session(sctx)
-		end()
+		repointed := errors.Is(context.Cause(sctx), errRepointed)
+		end(nil)
 		if ctx.Err() != nil {
 			l.setState(LinkConnect, "shutting down")
 			return
 		}
-		if sctx.Err() != nil {
+		if repointed {
 			l.setState(LinkConnect, "repointed to "+l.Addr())
 			backoff = l.cfg.BackoffMin
+			select { // the repoint is handled: no wake-up left for later
+			case <-l.repoint:
+			default:
+			}
 			continue
 		}
 		l.setState(LinkConnect, err.Error())

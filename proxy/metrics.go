@@ -25,8 +25,8 @@ var (
 	descSyncs     = prometheus.NewDesc("replproxy_downstream_syncs_total", "Downstream syncs by kind.", []string{"kind"}, nil)
 	descUpSyncs   = prometheus.NewDesc("replproxy_upstream_syncs_total", "Upstream syncs by kind.", []string{"kind"}, nil)
 	descReplicas  = prometheus.NewDesc("replproxy_replicas", "Attached downstream replicas.", nil, nil)
-	descLagBytes  = prometheus.NewDesc("replproxy_replica_lag_bytes", "Bytes a replica has yet to be sent.", []string{"replica"}, nil)
-	descAckOffset = prometheus.NewDesc("replproxy_replica_ack_offset", "Last offset a replica acknowledged.", []string{"replica"}, nil)
+	descLagBytes  = prometheus.NewDesc("replproxy_replica_lag_bytes", "Bytes a replica has yet to be sent.", []string{"replica", "id"}, nil)
+	descAckOffset = prometheus.NewDesc("replproxy_replica_ack_offset", "Last offset a replica acknowledged.", []string{"replica", "id"}, nil)
 	descFsyncs    = prometheus.NewDesc("replproxy_fsync_seconds_total", "Time spent in fsync.", nil, nil)
 )
 
@@ -57,9 +57,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	reps := c.p.fan.Replicas()
 	gauge(descReplicas, float64(len(reps)))
 	for _, r := range reps {
-		name := net.JoinHostPort(r.IP, fmt.Sprint(r.Port))
-		gauge(descLagBytes, float64(max(st.End-r.SentOff, 0)), name)
-		gauge(descAckOffset, float64(r.AckOffset), name)
+		// The connection id keeps the label set unique while a replica
+		// reconnects and its old session is still being torn down.
+		name, id := net.JoinHostPort(r.IP, fmt.Sprint(r.Port)), fmt.Sprint(r.ID)
+		gauge(descLagBytes, float64(max(st.End-r.SentOff, 0)), name, id)
+		gauge(descAckOffset, float64(r.AckOffset), name, id)
 	}
 	counter(descFsyncs, c.p.store.SyncStats().Total.Seconds())
 }

@@ -185,3 +185,29 @@ func proxySyncs(p *child) (full, partial int64) {
 	}
 	return infoInt(m, "sync_full"), infoInt(m, "sync_partial_ok")
 }
+
+// describeLagging prints what an operator would look at first for each
+// replica that is not in sync: whether it runs, its view of the link, and
+// the end of its log.
+func (b *bench) describeLagging(master *child, replicas []*child) {
+	m, _ := infoField(master, "replication", "master_repl_offset")
+	for _, r := range replicas {
+		info, err := r.info("replication")
+		if err == nil && info["master_link_status"] == "up" && infoInt(info, "slave_repl_offset") >= m {
+			continue
+		}
+		b.printf("   %s (pid %d, alive %v, dir %s):", r.name, r.pid(), r.alive(), r.dir)
+		if err != nil {
+			b.printf(" INFO failed: %v\n", err)
+		} else {
+			b.printf(" link %s, offset %s, sync in progress %s\n", info["master_link_status"],
+				info["slave_repl_offset"], info["master_sync_in_progress"])
+		}
+		if raw, err := os.ReadFile(filepath.Join(r.dir, "redis.log")); err == nil {
+			lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+			for _, l := range lines[max(0, len(lines)-8):] {
+				b.printf("      %s\n", l)
+			}
+		}
+	}
+}

@@ -152,6 +152,11 @@ writing:
 		behind, up, err := replicasBehind(master, replicas)
 		if err != nil {
 			b.printf("   (polling replicas: %v)\n", err)
+			for _, r := range replicas {
+				if !r.alive() {
+					b.printf("   %s has exited; its log is in %s (kept with -keep)\n", r.name, r.dir)
+				}
+			}
 			continue
 		}
 		s.row("catch-up", behind)
@@ -159,6 +164,7 @@ writing:
 			caughtUp = time.Since(resumed)
 		} else if time.Since(resumed) > o.timeout {
 			b.printf("   NOT caught up after %s: %.0f MiB still behind, %d/%d links up\n", o.timeout, mib(behind), up, len(replicas))
+			b.describeLagging(master, replicas)
 			break
 		}
 	}

@@ -83,27 +83,6 @@ func (c *Cursor) held() (first, n int64, err error) {
 	return 0, 0, fmt.Errorf("offset %d past a removed segment: %w", c.off, ErrTrimmed)
 }
 
-// ReadAt-style access for small reads (tests, verification).
-func (c *Cursor) Read(p []byte) (int, error) {
-	first, n, err := c.log.locate(c.off)
-	if err != nil {
-		return 0, err
-	}
-	if n == 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > n {
-		p = p[:n]
-	}
-	if err := c.position(first); err != nil {
-		return 0, err
-	}
-	got, err := io.ReadFull(c.f, p)
-	c.off += int64(got)
-	c.fpos += int64(got)
-	return got, err
-}
-
 func (c *Cursor) position(first int64) error {
 	if c.fseg != first {
 		c.closeFile()

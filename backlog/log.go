@@ -33,7 +33,6 @@ type LogOptions struct {
 	MaxBytes     int64         // retention: oldest segments go once the rest holds this much
 	MaxAge       time.Duration // retention: sealed segments older than this go (0: no age limit)
 	Fsync        FsyncPolicy
-	VerifyAll    bool // check every segment's CRCs at open, not only the last one's
 	Logger       zerolog.Logger
 }
 
@@ -125,7 +124,7 @@ func (l *Log) recover() ([]*segment, error) {
 		}
 		// The last two: a rolled segment is fsynced after the roll, so a
 		// power cut can tear the one before the active segment too.
-		chk, err := verifySegment(path, i >= len(segs)-2 || l.opt.VerifyAll)
+		chk, err := verifySegment(path, i >= len(segs)-2)
 		if err != nil {
 			return nil, err
 		}

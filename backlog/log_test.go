@@ -3,7 +3,6 @@ package backlog
 import (
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -245,11 +244,8 @@ func TestWaitersWakeOnAppend(t *testing.T) {
 	ch := s.Log().Changed()
 	go s.Append([]byte("x"))
 	<-ch
-	c, _ := s.Log().NewCursor(1)
-	defer c.Close()
-	b, err := io.ReadAll(c)
-	if err != nil || string(b) != "x" {
-		t.Fatalf("%q %v", b, err)
+	if got := readAll(t, s.Log(), 1); string(got) != "x" {
+		t.Fatalf("%q", got)
 	}
 }
 

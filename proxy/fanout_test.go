@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,6 +25,15 @@ func TestTwentyReplicas(t *testing.T) {
 	expectInt(t, "master connected_slaves", r.master.InfoInt("replication", "connected_slaves"), 1)
 	expectInt(t, "proxy connected_slaves", r.proxy.infoInt("replication", "connected_slaves"), 20)
 	expectInt(t, "master sync_full", r.master.InfoInt("stats", "sync_full"), 1)
+	section := r.proxy.info("replicas")
+	for i := 0; i < 20; i++ {
+		line := section["replica"+strconv.Itoa(i)]
+		for _, field := range []string{"state=online", "lag_bytes=0", "ack_offset=", "sent_bytes=", "connected_since="} {
+			if !strings.Contains(line, field) {
+				t.Fatalf("INFO replicas line %d %q lacks %s", i, line, field)
+			}
+		}
+	}
 }
 
 // writeBig pushes about total bytes of stream through the master in 1 MiB
@@ -174,6 +184,22 @@ func TestConcurrentFullSyncsShareOneSnapshot(t *testing.T) {
 	}
 	if !strings.Contains(log, "full sync queued") {
 		t.Fatal("no full sync was queued behind max_concurrent_full_syncs")
+	}
+	// rate_limit paced each transfer: no RDB went faster than the limit
+	// allows, give or take one burst.
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, "snapshot sent to replica") {
+			continue
+		}
+		var ev struct {
+			Bytes int64   `json:"rdb_bytes"`
+			MS    float64 `json:"duration_ms"`
+		}
+		json.Unmarshal([]byte(line), &ev)
+		floor := float64(ev.Bytes-int64(cfg.Replicas.RateLimit)/10) / float64(cfg.Replicas.RateLimit) * 1000
+		if ev.MS < floor*0.9 {
+			t.Fatalf("%d RDB bytes sent in %.0f ms, faster than rate_limit %d B/s allows", ev.Bytes, ev.MS, cfg.Replicas.RateLimit)
+		}
 	}
 }
 

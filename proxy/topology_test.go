@@ -1,9 +1,14 @@
 package proxy_test
 
 import (
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
@@ -141,4 +146,80 @@ func TestCompressionBetweenProxies(t *testing.T) {
 		t.Fatalf("P1 compressed %d stream bytes into %d wire bytes", sent, wire)
 	}
 	expectInt(t, "restarted compressed hop upstream_full_syncs", zipped.infoInt("stats", "upstream_full_syncs"), 0)
+}
+
+// Issue 5, point 3 (failover part): a failover at the top of a chain
+// M → P1 → P2 → R reaches every hop by the same ID shift, partially.
+func TestFailoverPropagatesDownAChain(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	s := redisproc.Start(t, append(masterArgs, "--replicaof", "127.0.0.1", strconv.Itoa(m.Port))...)
+	p1 := startProxy(t, proxyConfig(t, m.Addr()))
+	p2 := startProxy(t, proxyConfig(t, p1.cfg.Listen))
+	r := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(p2.port))
+	stopLoad := runLoad(t, m, 35)
+	waitOps(t, m, 2000)
+	stopLoad()
+	redisproc.WaitInSync(t, syncTimeout, m, s, r)
+
+	if err := s.ReplicaOf("", 0); err != nil {
+		t.Fatal(err)
+	}
+	w, err := dialWire(p1.cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if got, _ := w.do("REPLICAOF", "127.0.0.1", strconv.Itoa(s.Port)); got != "+OK" {
+		t.Fatalf("REPLICAOF on P1: %q", got)
+	}
+	stopLoad = runLoad(t, s, 36)
+	waitOps(t, s, 2000)
+	stopLoad()
+	redisproc.WaitInSync(t, syncTimeout, s, r)
+	sID := s.Info("replication")["master_replid"]
+	for name, got := range map[string]string{
+		"P1": p1.info("replication")["master_replid"], "P2": p2.info("replication")["master_replid"],
+		"R": r.Info("replication")["master_replid"],
+	} {
+		if got != sID {
+			t.Fatalf("%s master_replid %s, S's %s", name, got, sID)
+		}
+	}
+	expectInt(t, "S sync_full", s.InfoInt("stats", "sync_full"), 0)
+	expectInt(t, "P1 upstream_full_syncs", p1.infoInt("stats", "upstream_full_syncs"), 1)
+	expectInt(t, "P2 upstream_full_syncs", p2.infoInt("stats", "upstream_full_syncs"), 1)
+	expectInt(t, "P2 sync_full (R's first sync only)", p2.infoInt("stats", "sync_full"), 1)
+	if got := p2.infoInt("stats", "sync_partial_ok"); got < 1 {
+		t.Fatalf("R did not come back partially through P2 (sync_partial_ok %d)", got)
+	}
+}
+
+// A changed master.addr in the config file takes effect on SIGHUP.
+func TestReloadOnSIGHUPRepoints(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	s := redisproc.Start(t, append(masterArgs, "--replicaof", "127.0.0.1", strconv.Itoa(m.Port))...)
+	tp := newProcessProxy(t, proxyConfig(t, m.Addr()))
+	r := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
+	if _, err := m.Do("SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	redisproc.WaitInSync(t, syncTimeout, m, s, r)
+	if err := s.ReplicaOf("", 0); err != nil {
+		t.Fatal(err)
+	}
+	tp.cfg.Master.Addr = s.Addr()
+	raw, _ := yaml.Marshal(tp.cfg)
+	os.WriteFile(tp.logPath+".yaml", raw, 0o644)
+	tp.cmd.Process.Signal(syscall.SIGHUP)
+	redisproc.Eventually(t, 20*time.Second, "the proxy to follow the reloaded master", func() (bool, string) {
+		info := tp.info("replication")
+		return info["master_port"] == strconv.Itoa(s.Port) && info["master_link_status"] == "up", info["master_port"]
+	})
+	if _, err := s.Do("SET", "k", "after reload"); err != nil {
+		t.Fatal(err)
+	}
+	redisproc.WaitInSync(t, syncTimeout, s, r)
+	expectInt(t, "S sync_full", s.InfoInt("stats", "sync_full"), 0)
 }

@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 BIN       := bin/replproxy
 
-.PHONY: build test fmt-check vet unit fuzz bench demo clean
+.PHONY: build test fmt-check vet fuzz bench demo clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/replproxy

@@ -2,8 +2,10 @@
 // processes it starts on free loopback ports in a temp dir: the proxy's
 // memory with a large backlog and many replicas catching up (rss), one
 // replica catching up (catchup), and the proxy's ingest rate under each
-// fsync policy (ingest). It reports figures and never fails on speed; see
-// bench/README.md for what each scenario does and the recorded results.
+// fsync policy (ingest); when named, also the fan-out scenarios (fanout-cpu,
+// fanout-fullsync, fanout-rss) and zstd between proxies (compress). It
+// reports figures and never fails on speed; see bench/README.md for what
+// each scenario does and the recorded results.
 package main
 
 import (
@@ -37,16 +39,28 @@ type options struct {
 	keep          bool
 	tmp           string
 	proxyBin      string
+
+	gibSet         bool // -gib given: fanout-cpu then uses it instead of its own default
+	fanoutReplicas int
+	wideReplicas   int
+	fanoutTime     time.Duration
+	fanoutMBps     float64
+	populate       int
+	compressTime   time.Duration
 }
 
 var allScenarios = []string{"rss", "catchup", "ingest"}
+
+// extraScenarios run only when named: "all" keeps meaning the three above,
+// so the default run stays as long as it was.
+var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress"}
 
 func main() {
 	var o options
 	var scenarios string
 	fs := flag.CommandLine
-	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, or all")
-	fs.Float64Var(&o.gib, "gib", 2, "GiB written through the master (rss, catchup)")
+	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, or all (the first three)")
+	fs.Float64Var(&o.gib, "gib", 2, "GiB written through the master (rss, catchup; fanout-cpu, where the default is 1)")
 	fs.IntVar(&o.replicas, "replicas", 20, "replicas of the proxy (rss)")
 	fs.IntVar(&o.valueBytes, "value", 256<<10, "SET value size in bytes (rss, catchup)")
 	fs.IntVar(&o.keys, "keys", 64, "keys the SETs cycle over: Redis holds keys*value bytes")
@@ -58,6 +72,12 @@ func main() {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up waiting for a catch-up after this long")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (data, logs) instead of removing it")
 	fs.StringVar(&o.tmp, "tmp", "", "parent of the temp dir (default: $TMPDIR); it holds the backlogs, gigabytes")
+	fs.IntVar(&o.fanoutReplicas, "fanout-replicas", 20, "replicas (fanout-cpu, fanout-fullsync)")
+	fs.IntVar(&o.wideReplicas, "wide-replicas", 50, "replicas of the proxy (fanout-rss)")
+	fs.DurationVar(&o.fanoutTime, "fanout-time", 30*time.Second, "how long to write (fanout-rss)")
+	fs.Float64Var(&o.fanoutMBps, "fanout-mbps", 10, "write rate in MB/s (fanout-rss)")
+	fs.IntVar(&o.populate, "populate", 500000, "keys DEBUG POPULATE puts in the master (fanout-fullsync)")
+	fs.DurationVar(&o.compressTime, "compress-time", 30*time.Second, "how long to write the mixed load (compress)")
 	fs.StringVar(&o.proxyBin, "replproxy", "", "replproxy binary to run (default: go build ./cmd/replproxy into the temp dir)")
 	fs.Usage = func() {
 		out := fs.Output()
@@ -65,23 +85,31 @@ func main() {
 		fmt.Fprintf(out, "Starts redis-server and replproxy processes on loopback and reports:\n")
 		fmt.Fprintf(out, "  rss      proxy RSS while -gib GiB fill its backlog and -replicas stopped replicas then catch up\n")
 		fmt.Fprintf(out, "  catchup  one replica catching up -gib GiB from the backlog (evicted, then warm page cache)\n")
-		fmt.Fprintf(out, "  ingest   proxy ingest MB/s with pipelined SETs, once per fsync policy\n\nflags:\n")
+		fmt.Fprintf(out, "  ingest   proxy ingest MB/s with pipelined SETs, once per fsync policy\n")
+		fmt.Fprintf(out, "run only when named:\n")
+		fmt.Fprintf(out, "  fanout-cpu       master CPU per GB with -fanout-replicas replicas attached directly vs. behind a proxy\n")
+		fmt.Fprintf(out, "  fanout-fullsync  -fanout-replicas new replicas full-syncing from a proxy at once\n")
+		fmt.Fprintf(out, "  fanout-rss       proxy RSS with -wide-replicas replicas streaming a moderate load\n")
+		fmt.Fprintf(out, "  compress         zstd between two proxies vs. none, under a mixed write load\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	flag.Parse()
+	fs.Visit(func(f *flag.Flag) { o.gibSet = o.gibSet || f.Name == "gib" })
 	if scenarios == "all" {
 		o.scenarios = allScenarios
 	} else {
 		for _, s := range strings.Split(scenarios, ",") {
 			s = strings.TrimSpace(s)
-			if !contains(allScenarios, s) {
-				fmt.Fprintf(os.Stderr, "unknown scenario %q: want %s or all\n", s, strings.Join(allScenarios, ", "))
+			if !contains(allScenarios, s) && !contains(extraScenarios, s) {
+				fmt.Fprintf(os.Stderr, "unknown scenario %q: want %s, %s or all\n", s,
+					strings.Join(allScenarios, ", "), strings.Join(extraScenarios, ", "))
 				os.Exit(2)
 			}
 			o.scenarios = append(o.scenarios, s)
 		}
 	}
-	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 {
+	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 ||
+		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
 		os.Exit(2)
 	}
@@ -144,6 +172,14 @@ func run(o options) error {
 			err = b.catchup(ctx)
 		case "ingest":
 			err = b.ingest(ctx)
+		case "fanout-cpu":
+			err = b.fanoutCPU(ctx)
+		case "fanout-fullsync":
+			err = b.fanoutFullsync(ctx)
+		case "fanout-rss":
+			err = b.fanoutRSS(ctx)
+		case "compress":
+			err = b.compress(ctx)
 		}
 		// Each scenario starts from nothing: stop its processes and free
 		// its disk before the next one.

@@ -223,3 +223,38 @@ func TestReloadOnSIGHUPRepoints(t *testing.T) {
 	redisproc.WaitInSync(t, syncTimeout, s, r)
 	expectInt(t, "S sync_full", s.InfoInt("stats", "sync_full"), 0)
 }
+
+// Repointed to a master of another history, the proxy takes its RDB and
+// starts a new backlog; its replicas full-sync from the new snapshot and
+// end equal to the new master, with nothing left of the old data.
+func TestRepointToANewHistory(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	other := redisproc.Start(t, masterArgs...)
+	if _, err := other.Do("DEBUG", "POPULATE", "5000", "other", "32"); err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{master: m, proxy: startProxy(t, proxyConfig(t, m.Addr()))}
+	r.addReplica(t)
+	if _, err := m.Do("SET", "old-history", "x"); err != nil {
+		t.Fatal(err)
+	}
+	r.waitInSync(t)
+	w, err := dialWire(r.proxy.cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if got, _ := w.do("REPLICAOF", "127.0.0.1", strconv.Itoa(other.Port)); got != "+OK" {
+		t.Fatalf("REPLICAOF: %q", got)
+	}
+	if _, err := other.Do("SET", "new-history", "y"); err != nil {
+		t.Fatal(err)
+	}
+	redisproc.WaitInSync(t, syncTimeout, other, r.replicas...)
+	expectInt(t, "proxy upstream_full_syncs", r.proxy.infoInt("stats", "upstream_full_syncs"), 2)
+	expectInt(t, "proxy sync_full", r.proxy.infoInt("stats", "sync_full"), 2)
+	if got := r.proxy.info("replication")["master_replid"]; got != other.Info("replication")["master_replid"] {
+		t.Fatalf("proxy replid %s, the new master's %s", got, other.Info("replication")["master_replid"])
+	}
+}

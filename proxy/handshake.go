@@ -36,14 +36,23 @@ func (l *Link) handshake(conn net.Conn, rd *resp.Reader, rdbOnly bool) error {
 	if !pingAccepted(line) {
 		return fmt.Errorf("master refused PING: %s", line)
 	}
-	var out []byte
-	auth := l.cfg.Password != ""
-	if auth {
+	out, replies := l.handshakeCommands(rdbOnly)
+	if _, err := conn.Write(out); err != nil {
+		return fmt.Errorf("send handshake: %w", err)
+	}
+	return l.readHandshakeReplies(rd, replies)
+}
+
+// handshakeCommands encodes AUTH (when configured) and the REPLCONFs, and
+// names the replies to expect, in order.
+func (l *Link) handshakeCommands(rdbOnly bool) (out []byte, replies []string) {
+	if l.cfg.Password != "" {
 		if l.cfg.User != "" {
 			out = resp.AppendCommand(out, "AUTH", l.cfg.User, l.cfg.Password)
 		} else {
 			out = resp.AppendCommand(out, "AUTH", l.cfg.Password)
 		}
+		replies = append(replies, "AUTH")
 	}
 	out = resp.AppendCommand(out, "REPLCONF", "listening-port", strconv.Itoa(l.cfg.ListenPort))
 	capa := []string{"REPLCONF", "capa", "eof", "capa", "psync2"}
@@ -51,34 +60,32 @@ func (l *Link) handshake(conn net.Conn, rd *resp.Reader, rdbOnly bool) error {
 		capa = append(capa, "capa", fanout.CapaZstd)
 	}
 	out = resp.AppendCommand(out, capa...)
-	replies := []string{"REPLCONF listening-port", "REPLCONF capa"}
+	replies = append(replies, "REPLCONF listening-port", "REPLCONF capa")
 	if rdbOnly {
 		out = resp.AppendCommand(out, "REPLCONF", "rdb-only", "1")
 		replies = append(replies, "REPLCONF rdb-only")
 	}
-	if _, err := conn.Write(out); err != nil {
-		return fmt.Errorf("send handshake: %w", err)
-	}
-	if auth {
-		line, err := readReply(rd)
-		if err != nil {
-			return fmt.Errorf("read AUTH reply: %w", err)
-		}
-		if strings.HasPrefix(line, "-") {
-			return fmt.Errorf("master refused AUTH: %s", line)
-		}
-	}
+	return out, replies
+}
+
+// readHandshakeReplies follows Redis: a refused AUTH is fatal, a refused
+// REPLCONF is only logged. Without rdb-only support a refresh cannot work.
+func (l *Link) readHandshakeReplies(rd *resp.Reader, replies []string) error {
 	for _, what := range replies {
 		line, err := readReply(rd)
 		if err != nil {
 			return fmt.Errorf("read %s reply: %w", what, err)
 		}
-		if strings.HasPrefix(line, "-") && what == "REPLCONF rdb-only" {
+		if !strings.HasPrefix(line, "-") {
+			continue
+		}
+		switch what {
+		case "AUTH":
+			return fmt.Errorf("master refused AUTH: %s", line)
+		case "REPLCONF rdb-only":
 			return fmt.Errorf("master does not support rdb-only transfers (Redis 6.2+ needed): %s", line)
 		}
-		if strings.HasPrefix(line, "-") {
-			l.log.Warn().Str("reply", line).Msg(what + " refused by master; continuing as Redis does")
-		}
+		l.log.Warn().Str("reply", line).Msg(what + " refused by master; continuing as Redis does")
 	}
 	return nil
 }

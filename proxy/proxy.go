@@ -36,16 +36,7 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
-	store, err := backlog.Open(cfg.DataDir, backlog.Options{
-		Log: backlog.LogOptions{
-			SegmentBytes: int64(cfg.Backlog.SegmentBytes),
-			MaxBytes:     int64(cfg.Backlog.MaxBytes),
-			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
-			Fsync:        fsync,
-		},
-		Logger: log.With().Str("component", "backlog").Logger(),
-	})
+	store, err := openStore(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -54,13 +45,33 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		store.Close()
 		return nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
 	p := &Proxy{cfg: cfg, log: log, store: store, ln: ln}
-	announce := cfg.Master.AnnouncePort
-	if announce == 0 {
-		announce = port
+	p.fan = fanout.New(fanoutConfig(cfg, store, p.Port(), version, log))
+	p.link = NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
+	p.snap = newRefresher(p.link, refreshConfig(cfg))
+	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
+	if cfg.Master.Sentinel.enabled() {
+		p.watch = &sentinelWatch{cfg: cfg.Master.Sentinel, link: p.link, log: log.With().Str("component", "sentinel").Logger()}
 	}
-	p.fan = fanout.New(fanout.Config{
+	return p, nil
+}
+
+func openStore(cfg Config, log zerolog.Logger) (*backlog.Store, error) {
+	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
+	return backlog.Open(cfg.DataDir, backlog.Options{
+		Log: backlog.LogOptions{
+			SegmentBytes: int64(cfg.Backlog.SegmentBytes),
+			MaxBytes:     int64(cfg.Backlog.MaxBytes),
+			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
+			Fsync:        fsync,
+		},
+		Logger: log.With().Str("component", "backlog").Logger(),
+	})
+}
+
+func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, log zerolog.Logger) fanout.Config {
+	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
+	return fanout.Config{
 		Store:           store,
 		RequirePass:     cfg.RequirePass,
 		Logger:          log.With().Str("component", "fanout").Logger(),
@@ -75,8 +86,15 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		MaxLagSeconds:          time.Duration(cfg.Replicas.MaxLagSeconds),
 		MaxConcurrentFullSyncs: cfg.Replicas.MaxConcurrentFullSyncs,
 		RateLimit:              int64(cfg.Replicas.RateLimit),
-	})
-	p.link = NewLink(LinkConfig{
+	}
+}
+
+func linkConfig(cfg Config, port int) LinkConfig {
+	announce := cfg.Master.AnnouncePort
+	if announce == 0 {
+		announce = port
+	}
+	return LinkConfig{
 		Addr:           cfg.Master.Addr,
 		User:           cfg.Master.User,
 		Password:       cfg.Master.Password,
@@ -89,21 +107,19 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		AckQuorum:      cfg.AckQuorum,
 		TLS:            cfg.TLS,
 		Compress:       cfg.Master.Compression == "zstd",
-	}, store, p.fan, log.With().Str("component", "upstream").Logger())
-	refreshAfter := int64(cfg.Snapshot.RefreshAfter)
-	if refreshAfter == 0 {
-		refreshAfter = int64(cfg.Backlog.MaxBytes) / 2
 	}
-	p.snap = newRefresher(p.link, RefreshConfig{
-		AfterBytes:  refreshAfter,
+}
+
+func refreshConfig(cfg Config) RefreshConfig {
+	after := int64(cfg.Snapshot.RefreshAfter)
+	if after == 0 {
+		after = int64(cfg.Backlog.MaxBytes) / 2
+	}
+	return RefreshConfig{
+		AfterBytes:  after,
 		MinInterval: time.Duration(cfg.Snapshot.MinInterval),
 		HoldTimeout: time.Duration(cfg.Master.ReplTimeout),
-	})
-	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
-	if cfg.Master.Sentinel.enabled() {
-		p.watch = &sentinelWatch{cfg: cfg.Master.Sentinel, link: p.link, log: log.With().Str("component", "sentinel").Logger()}
 	}
-	return p, nil
 }
 
 // stats are the upstream side's counters for INFO stats.
@@ -163,43 +179,29 @@ func (p *Proxy) Run(ctx context.Context) error {
 		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
-	wg.Add(3)
+	// fatal runs a part whose failure ends the whole process.
+	fatal := func(run func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(ctx); err != nil {
+				errs <- err
+				cancel()
+			}
+		}()
+	}
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		if p.watch != nil {
-			addr, err := p.watch.resolveUntil(ctx)
-			if err != nil {
-				return
-			}
-			p.link.Repoint(addr, "named by sentinel at startup")
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.watch.run(ctx)
-			}()
-		}
-		p.link.Run(ctx)
+		p.runUpstream(ctx, &wg)
 	}()
 	go func() {
 		defer wg.Done()
 		p.snap.run(ctx)
 	}()
-	go func() {
-		defer wg.Done()
-		if err := p.fan.Serve(ctx, p.ln); err != nil {
-			errs <- err
-			cancel()
-		}
-	}()
+	fatal(func(ctx context.Context) error { return p.fan.Serve(ctx, p.ln) })
 	if p.cfg.MetricsListen != "" {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p.serveMetrics(ctx); err != nil {
-				errs <- err
-				cancel()
-			}
-		}()
+		fatal(p.serveMetrics)
 	}
 	<-ctx.Done()
 	wg.Wait()
@@ -211,4 +213,22 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.log.Info().Msg("replproxy stopped")
 	return err
+}
+
+// runUpstream drives the link; with Sentinel it first learns the master,
+// then keeps following it.
+func (p *Proxy) runUpstream(ctx context.Context, wg *sync.WaitGroup) {
+	if p.watch != nil {
+		addr, err := p.watch.resolveUntil(ctx)
+		if err != nil {
+			return
+		}
+		p.link.Repoint(addr, "named by sentinel at startup")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.watch.run(ctx)
+		}()
+	}
+	p.link.Run(ctx)
 }

@@ -88,12 +88,11 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 		case <-t.C:
 			force = true
 		case <-getack:
-			if l.cfg.AckMode == AckStored {
-				// WAIT is waiting: make what is stored durable now rather
-				// than at the next scheduled fsync.
-				l.store.SyncNow()
-				force = true
-			}
+			// WAIT is waiting: make what is stored durable now rather than
+			// at the next scheduled fsync. In replicas mode the replicas'
+			// own ACKs, answering the same GETACK, then move the quorum.
+			l.store.SyncNow()
+			force = l.cfg.AckMode == AckStored
 		case <-replicaAcks:
 		}
 		off, ok := l.ackOffset()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
@@ -103,6 +104,9 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			// go-redis (the Sentinel client) logs through a process-wide
+			// logger; route it into ours so every line has one format.
+			redis.SetLogger(redisLog{logger.With().Str("component", "sentinel-client").Logger()})
 			p, err := proxy.New(cfg, logger, version)
 			if err != nil {
 				return err
@@ -113,6 +117,12 @@ func runCommand() *cli.Command {
 			return p.Run(ctx)
 		},
 	}
+}
+
+type redisLog struct{ log zerolog.Logger }
+
+func (r redisLog) Printf(_ context.Context, format string, v ...any) {
+	r.log.Warn().Msgf(format, v...)
 }
 
 // reloadOnHUP re-reads the configuration on SIGHUP; a bad file is logged

@@ -11,7 +11,7 @@ import (
 // policy is there for operators who would rather resync a far-behind
 // replica than serve it old data for long.
 func (s *Server) enforceLag(ctx context.Context) {
-	if s.cfg.MaxLagBytes <= 0 && s.cfg.MaxLagSeconds <= 0 {
+	if s.cfg.MaxLagBytes <= 0 && s.cfg.MaxLag <= 0 {
 		return
 	}
 	tick := time.NewTicker(time.Second)
@@ -38,11 +38,11 @@ func (s *Server) lagViolation(r *replica, end int64) string {
 	if lag := end - r.sentOff.Load(); s.cfg.MaxLagBytes > 0 && lag > s.cfg.MaxLagBytes {
 		return fmt.Sprintf("lag of %d bytes exceeds replicas.max_lag_bytes %d", lag, s.cfg.MaxLagBytes)
 	}
-	if r.prePsync || s.cfg.MaxLagSeconds <= 0 {
+	if r.prePsync || s.cfg.MaxLag <= 0 {
 		return "" // plain SYNC replicas send no ACKs to time
 	}
-	if lag := time.Since(time.Unix(0, r.ackTime.Load())); lag > s.cfg.MaxLagSeconds {
-		return fmt.Sprintf("no ACK for %s, over replicas.max_lag_seconds %s", lag.Round(time.Second), s.cfg.MaxLagSeconds)
+	if lag := time.Since(time.Unix(0, r.ackTime.Load())); lag > s.cfg.MaxLag {
+		return fmt.Sprintf("no ACK for %s, over replicas.max_lag_seconds %s", lag.Round(time.Second), s.cfg.MaxLag)
 	}
 	return ""
 }

@@ -50,10 +50,10 @@ type Config struct {
 	HoldAhead time.Duration
 	// ChunkBytes bounds one send, so that a sender notices cancellation.
 	ChunkBytes int64
-	// MaxLagBytes and MaxLagSeconds drop an online replica that falls this
+	// MaxLagBytes and MaxLag drop an online replica that falls this
 	// far behind (0: no limit); it comes back partially if it still can.
-	MaxLagBytes   int64
-	MaxLagSeconds time.Duration
+	MaxLagBytes int64
+	MaxLag      time.Duration
 	// MaxConcurrentFullSyncs queues further full syncs (0: no limit).
 	MaxConcurrentFullSyncs int
 	// RateLimit caps each replica's stream in bytes per second (0: none).

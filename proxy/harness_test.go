@@ -156,8 +156,6 @@ func (tp *testProxy) stop() {
 	}
 }
 
-func (tp *testProxy) host() string { return "127.0.0.1" }
-
 // info reads an INFO section of the proxy over the wire, as an operator would.
 func (tp *testProxy) info(section string) map[string]string {
 	c, err := tp.dial()

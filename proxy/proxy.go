@@ -83,7 +83,7 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		Fsync:           string(fsync),
 
 		MaxLagBytes:            int64(cfg.Replicas.MaxLagBytes),
-		MaxLagSeconds:          time.Duration(cfg.Replicas.MaxLagSeconds),
+		MaxLag:                 time.Duration(cfg.Replicas.MaxLagSeconds),
 		MaxConcurrentFullSyncs: cfg.Replicas.MaxConcurrentFullSyncs,
 		RateLimit:              int64(cfg.Replicas.RateLimit),
 	}

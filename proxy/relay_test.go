@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,15 +47,21 @@ func (r *relay) waitInSync(t *testing.T) {
 	redisproc.WaitInSync(t, syncTimeout, r.master, r.replicas...)
 }
 
-// runLoad writes for a while and stops; the returned func waits for the stop.
+// runLoad writes until the returned func is called; a test that fails
+// before calling it still has the load stopped at cleanup.
 func runLoad(t *testing.T, m *redisproc.Server, seed int64) func() {
 	t.Helper()
 	// Rate-limited: on 2 cores under -race an unbounded load starves the
 	// very processes under test.
 	load := redisproc.StartLoad(context.Background(), m, redisproc.LoadOptions{DBs: 3, Seed: seed, Rate: 750})
+	var once sync.Once
+	var err error
+	stop := func() { once.Do(func() { _, err = load.Stop() }) }
+	t.Cleanup(stop)
 	return func() {
 		t.Helper()
-		if _, err := load.Stop(); err != nil {
+		stop()
+		if err != nil {
 			t.Fatalf("load: %v", err)
 		}
 	}

@@ -56,13 +56,6 @@ func splitArgs(data []byte) []string {
 }
 
 // splitCommands turns fuzz bytes into commands: 0x01 separates them.
-func splitCommands(data []byte) [][]string {
-	var cmds [][]string
-	for _, part := range bytes.Split(data, []byte{1}) {
-		cmds = append(cmds, splitArgs(part))
-	}
-	return cmds
-}
 
 func FuzzReadCommand(f *testing.F) {
 	for _, s := range fuzzSeeds {

@@ -43,10 +43,7 @@ func (b *bench) catchup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = waitFor(ctx, o.timeout, "the proxy to hold the whole write", func() (bool, string, error) {
-		done, lag, err := proxyCaughtUp(master, proxy)
-		return done, fmt.Sprintf("%d bytes behind the master", lag), err
-	})
+	err = waitProxyCaughtUp(ctx, o.timeout, master, proxy)
 	if err != nil {
 		return err
 	}

@@ -97,6 +97,15 @@ func infoField(c *child, section, key string) (int64, error) {
 
 // proxyCaughtUp says whether the proxy holds every byte the master had
 // produced when asked; the master is read first, so it is never behind.
+// waitProxyCaughtUp waits until the proxy holds everything the master has
+// written so far.
+func waitProxyCaughtUp(ctx context.Context, timeout time.Duration, master, proxy *child) error {
+	return waitFor(ctx, timeout, "the proxy to hold the master's writes", func() (bool, string, error) {
+		done, lag, err := proxyCaughtUp(master, proxy)
+		return done, fmt.Sprintf("%d bytes behind the master", lag), err
+	})
+}
+
 func proxyCaughtUp(master, proxy *child) (bool, int64, error) {
 	m, err := infoField(master, "replication", "master_repl_offset")
 	if err != nil {

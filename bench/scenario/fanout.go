@@ -242,10 +242,7 @@ func (b *bench) fanoutFullsync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = waitFor(ctx, time.Minute, "the proxy to hold the writes", func() (bool, string, error) {
-		done, lag, err := proxyCaughtUp(master, proxy)
-		return done, fmt.Sprintf("%d bytes behind the master", lag), err
-	})
+	err = waitProxyCaughtUp(ctx, time.Minute, master, proxy)
 	if err != nil {
 		return err
 	}

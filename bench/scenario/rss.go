@@ -69,11 +69,9 @@ func (b *bench) rss(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	replicas := make([]*child, o.replicas)
-	for i := range replicas {
-		if replicas[i], err = b.startReplica(ctx, fmt.Sprintf("rss-replica%02d", i+1), proxy); err != nil {
-			return err
-		}
+	replicas, err := b.startReplicas(ctx, "rss-replica", proxy, o.replicas)
+	if err != nil {
+		return err
 	}
 	if err := waitInSync(ctx, 2*time.Minute, master, replicas); err != nil {
 		return err
@@ -111,10 +109,7 @@ writing:
 			return ctx.Err()
 		}
 	}
-	err = waitFor(ctx, o.timeout, "the proxy to hold the whole write", func() (bool, string, error) {
-		done, lag, err := proxyCaughtUp(master, proxy)
-		return done, fmt.Sprintf("%d bytes behind the master", lag), err
-	})
+	err = waitProxyCaughtUp(ctx, o.timeout, master, proxy)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,11 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 BIN       := bin/replproxy
 
-.PHONY: build test fmt-check vet fuzz bench demo clean
+.PHONY: build deps test fmt-check vet fuzz bench demo clean
+
+# Installs the Redis packages the tests and the demo need, when any is missing.
+deps:
+	@./scripts/deps.sh
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/replproxy
@@ -18,7 +22,7 @@ vet:
 	$(GO) vet ./...
 
 # The fuzz seed corpora run as ordinary tests here; `make fuzz` explores.
-test: fmt-check vet
+test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 14m ./...
 
 fuzz:
@@ -33,7 +37,7 @@ bench:
 	$(GO) test -run XXX -bench . -benchmem ./resp
 	$(GO) run ./bench/scenario
 
-demo: build
+demo: deps build
 	./scripts/demo.sh
 
 clean:

@@ -15,7 +15,7 @@ for tool in redis-server redis-cli redis-benchmark redis-sentinel; do
   p=${pkg_of[$tool]}
   [[ " ${need[*]-} " == *" $p "* ]] || need+=("$p")
 done
-[ ${#need[@]} -eq 0 ] && exit 0
+if [ ${#need[@]} -eq 0 ]; then echo "deps: nothing to do"; exit 0; fi
 
 if [ "$(id -u)" -eq 0 ]; then
   apt=(apt-get)

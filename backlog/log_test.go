@@ -194,7 +194,7 @@ func TestCorruptMetaStartsWithoutHistory(t *testing.T) {
 	if s2.State().HasHistory {
 		t.Fatal("corrupt meta was trusted")
 	}
-	matches, _ := filepath.Glob(filepath.Join(dir, "meta.json.corrupt-*"))
+	matches, _ := filepath.Glob(filepath.Join(dir, "damaged", "*", "meta.json"))
 	if len(matches) != 1 {
 		t.Fatalf("corrupt meta not kept aside: %v", matches)
 	}

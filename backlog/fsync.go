@@ -73,8 +73,8 @@ type syncer struct {
 	stopped  bool
 }
 
-func startSyncer(l *Log, policy FsyncPolicy, sync SyncFunc) *syncer {
-	s := &syncer{log: l, policy: policy, sync: sync, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func startSyncer(l *Log, policy FsyncPolicy, sync SyncFunc, target int64) *syncer {
+	s := &syncer{log: l, policy: policy, sync: sync, target: target, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	if policy == FsyncNo {
 		close(s.done)
 		return s

@@ -137,8 +137,7 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 		}
 	}
 	l.durable.Store(l.end)
-	l.syncer = startSyncer(l, opt.Fsync, opt.Sync)
-	l.syncer.target = l.end
+	l.syncer = startSyncer(l, opt.Fsync, opt.Sync, l.end)
 	return l, nil
 }
 

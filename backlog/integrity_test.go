@@ -497,3 +497,26 @@ func TestDataDirModes(t *testing.T) {
 		t.Fatalf("walked %d entries: %v", n, err)
 	}
 }
+
+// A rolled segment is handed to the syncer at once, not at the next tick.
+func TestRollWakesTheSyncer(t *testing.T) {
+	dir := t.TempDir()
+	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, nil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	manualSyncs(l)
+	l.Append(pattern(999, 1))
+	if len(l.syncer.wake) != 0 {
+		t.Fatal("everysec syncer woken by a plain append")
+	}
+	l.Append(pattern(2, 1)) // rolls
+	if len(l.syncer.wake) != 1 {
+		t.Fatal("the roll did not wake the syncer")
+	}
+	l.SyncNow()
+	if _, sealed, _ := readIndex(indexPath(segmentPath(filepath.Join(dir, "log"), 1))); !sealed {
+		t.Fatal("the rolled segment was not sealed after its fsync")
+	}
+}

@@ -236,6 +236,9 @@ func (s *Store) verifySnapshotOnce(snap SnapshotInfo) error {
 		s.snapVerified = snap.File
 		return nil
 	}
+	if !errors.Is(err, ErrSnapshotDamaged) && !errors.Is(err, errSnapshotSize) {
+		return err // replaced meanwhile, or unreadable: not evidence of damage
+	}
 	s.snapshotDamagedLocked(snap, err)
 	return fmt.Errorf("%w: %w", ErrSnapshotDamaged, err)
 }

@@ -268,6 +268,11 @@ func TestDiskFullAndRecovery(t *testing.T) {
 		st := r.proxy.info("replication")["master_link_status"]
 		return st == "down", st
 	})
+	// Issue 8: a disk error is logged at error level, where alerting looks.
+	if log := tail(r.proxy.logPath, 400); !strings.Contains(log, `"level":"error","component":"upstream"`) ||
+		!strings.Contains(log, "disk error storing the stream") {
+		t.Fatalf("the full disk is not logged at error level")
+	}
 	acked := m.Info("replication")["slave0"]
 	proxyOffset := r.proxy.infoInt("replication", "master_repl_offset")
 	// Everything stored is sent on: the replica's line shows nothing left

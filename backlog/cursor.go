@@ -71,6 +71,7 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 			c.log.damaged(seg, d.problem)
 			return 0, fmt.Errorf("segment %s: %s: %w", c.f.Name(), d.problem, ErrDamaged)
 		}
+		c.log.log.Error().Err(err).Msg("disk error reading the backlog; the replica is dropped and may resync")
 		return 0, err
 	}
 	// Seek before every copy: after a short write the file position says

@@ -170,7 +170,7 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)
 	if err != nil {
-		return err
+		return s.diskError(err)
 	}
 	s.mu.RLock()
 	epoch := s.meta.Epoch + 1
@@ -183,7 +183,7 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
 		l.Remove()
 		os.Remove(filepath.Join(snapDir, snap.File))
-		return fmt.Errorf("persist new history: %w", err)
+		return s.diskError(fmt.Errorf("persist new history: %w", err))
 	}
 	s.mu.Lock()
 	old, oldSnap := s.log, s.meta.Snapshot
@@ -284,7 +284,7 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)
 	if err != nil {
-		return err
+		return s.diskError(err)
 	}
 	// writeMu keeps every other meta writer out, so meta cannot change
 	// between this read and the swap below.
@@ -295,7 +295,7 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	m.Snapshot = snap
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
 		os.Remove(filepath.Join(snapDir, snap.File))
-		return fmt.Errorf("persist new snapshot: %w", err)
+		return s.diskError(fmt.Errorf("persist new snapshot: %w", err))
 	}
 	s.mu.Lock()
 	s.meta = m

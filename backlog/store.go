@@ -172,6 +172,12 @@ func (s *Store) setAside(why string, cause error, file string, paths ...string) 
 	s.opt.Logger.Error().Err(cause).Str("file", file).Str("moved_to", dir).Msg(why)
 }
 
+// diskError logs err at error level, where alerting looks, and returns it.
+func (s *Store) diskError(err error) error {
+	s.opt.Logger.Error().Err(err).Msg("disk error in the data dir")
+	return err
+}
+
 // everything lists the data dir's log generations and snapshot files.
 func (s *Store) everything() []string {
 	var paths []string
@@ -306,7 +312,7 @@ func (s *Store) ShiftID(newID string) error {
 	_, end := l.Bounds()
 	m.ReplID2, m.SecondOffset, m.ReplID = m.ReplID, end, newID
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
-		return fmt.Errorf("persist replid shift: %w", err)
+		return s.diskError(fmt.Errorf("persist replid shift: %w", err))
 	}
 	s.mu.Lock()
 	s.meta = m

@@ -213,7 +213,6 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	size := w.Size()
 	l.rawBytes.Add(size)
 	if err := l.store.Reset(replid, offset, w); err != nil {
-		l.log.Error().Err(err).Msg("disk error storing the snapshot from the master")
 		return fmt.Errorf("store snapshot: %w", err)
 	}
 	stopKeepalive()

@@ -317,7 +317,7 @@ func redisprocEventually(t *testing.T, what string, ok func() bool) {
 // header or the body, is found at start; the snapshot and its backlog are
 // moved aside, not deleted, and the store starts without history.
 func TestFlippedSnapshotFoundAtStart(t *testing.T) {
-	for _, at := range []string{"header", "body"} {
+	for _, at := range []string{"header", "body", "deleted"} {
 		t.Run(at, func(t *testing.T) {
 			dir := t.TempDir()
 			s := newStore(t, dir, testOptions(), 0)
@@ -328,7 +328,11 @@ func TestFlippedSnapshotFoundAtStart(t *testing.T) {
 			if at == "body" {
 				pos = 10
 			}
-			flipByte(t, snap, pos)
+			if at == "deleted" {
+				os.Remove(snap)
+			} else {
+				flipByte(t, snap, pos)
+			}
 			s, err := Open(dir, testOptions())
 			if err != nil {
 				t.Fatal(err)
@@ -337,9 +341,10 @@ func TestFlippedSnapshotFoundAtStart(t *testing.T) {
 			if s.State().HasHistory {
 				t.Fatal("a snapshot with a flipped bit was trusted")
 			}
-			if moved, _ := filepath.Glob(filepath.Join(dir, "damaged", "*", filepath.Base(snap))); len(moved) != 1 {
+			if moved, _ := filepath.Glob(filepath.Join(dir, "damaged", "*", filepath.Base(snap))); len(moved) != 1 && at != "deleted" {
 				t.Fatalf("damaged snapshot not moved aside: %v", moved)
 			}
+			// Issue 8, point 6: the backlog of an unusable snapshot is kept.
 			if moved, _ := filepath.Glob(filepath.Join(dir, "damaged", "*", "1", "*.seg")); len(moved) != 1 {
 				t.Fatalf("its backlog not moved aside: %v", moved)
 			}

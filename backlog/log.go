@@ -158,10 +158,7 @@ func (l *Log) syncRecovered(segs []*segment) error {
 		a.seg = s
 		err = a.sync(l.opt.Sync)
 		if err == nil && i < len(segs)-1 {
-			a.idxSize, err = indexSize(a.idx)
-			if err == nil {
-				err = a.seal(l.opt.Sync)
-			}
+			err = a.sealRecovered(l.opt.Sync)
 		}
 		a.close()
 		if err != nil {
@@ -194,12 +191,18 @@ func openSegmentFiles(path string) (*activeSegment, error) {
 	return &activeSegment{data: data, idx: idx}, nil
 }
 
-func indexSize(f *os.File) (int64, error) {
-	info, err := f.Stat()
+// sealRecovered seals a recovered segment right after its last complete
+// record, whatever a torn index write left after it.
+func (a *activeSegment) sealRecovered(sync SyncFunc) error {
+	recs, _, err := readIndex(a.idx.Name())
 	if err != nil {
-		return 0, fmt.Errorf("stat index %s: %w", f.Name(), err)
+		return err
 	}
-	return info.Size(), nil
+	a.idxSize = int64(len(indexMagic) + len(recs)*recordSize)
+	if err := a.idx.Truncate(a.idxSize); err != nil {
+		return fmt.Errorf("truncate index %s: %w", a.idx.Name(), err)
+	}
+	return a.seal(sync)
 }
 
 func (l *Log) recover() ([]*segment, error) {

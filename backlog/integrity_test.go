@@ -300,6 +300,17 @@ func TestScrubFindsDamage(t *testing.T) {
 	if !strings.Contains(logs.String(), seg) || !strings.Contains(logs.String(), "checksum mismatch in bytes 0..") {
 		t.Fatalf("scrub finding not logged with file and range:\n%s", logs.String())
 	}
+	// The snapshot was checked at start; a bit flipped since is found by
+	// the scrub, and the snapshot is no longer served.
+	snap := filepath.Join(dir, "snapshot", s.State().Snapshot.File)
+	flipByte(t, snap, 5)
+	redisprocEventually(t, "the scrub to move the snapshot aside", func() bool {
+		moved, _ := filepath.Glob(filepath.Join(dir, "damaged", "*", filepath.Base(snap)))
+		return len(moved) == 1
+	})
+	if _, _, err := s.OpenSnapshot(); !errors.Is(err, ErrSnapshotDamaged) {
+		t.Fatalf("open after the scrub found the snapshot damaged: %v", err)
+	}
 }
 
 func redisprocEventually(t *testing.T, what string, ok func() bool) {

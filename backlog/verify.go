@@ -40,7 +40,7 @@ func Verify(dir string) (Report, error) {
 	}
 	rep.Meta = m
 	if err := checkSnapshot(filepath.Join(dir, "snapshot"), m.Snapshot, true, nil); err != nil {
-		rep.add(err.Error(), "at start, the proxy moves the snapshot and its backlog into damaged/ and full-syncs from its master; a running proxy stops serving it and fetches a fresh one")
+		rep.add(err.Error(), "at start, the proxy moves the snapshot and its backlog into damaged/ and full-syncs from its master; a running proxy stops serving it, and replicas that need a full sync wait for a fresh one from its master")
 	}
 	logDir := filepath.Join(dir, "log", strconv.FormatUint(m.Epoch, 10))
 	segs, err := scanSegments(logDir)

@@ -8,28 +8,30 @@ import (
 )
 
 // Cursor reads a Log from an offset at its own pace. Each cursor has its own
-// file handle, so many replicas read concurrently, and copies go from the file
-// to the writer with io.Copy, which is sendfile when the writer is a TCP
-// connection: the stream never passes through the proxy's memory.
+// file handles, so many replicas read concurrently, and copies go from the
+// file to the writer with io.Copy, which is sendfile when the writer is a TCP
+// connection: the stream never passes through the proxy's memory. Bytes are
+// verified against their index CRCs before their first send by any cursor.
 type Cursor struct {
 	log  *Log
 	off  int64
+	seg  *segment // the segment f holds; nil when none is open
 	f    *os.File
-	fseg int64 // first offset of the segment f holds
-	fpos int64 // f's file position
+	idx  *os.File
+	cuts int64 // the log's cut count when f was opened
 }
 
 // NewCursor positions a cursor at off, which must lie in [first, end]. It
 // opens the segment holding off at once: a replica still receiving its RDB
 // keeps the bytes that must follow it, whatever retention does meanwhile.
 func (l *Log) NewCursor(off int64) (*Cursor, error) {
-	first, n, err := l.locate(off)
+	c := &Cursor{log: l, off: off, cuts: l.cuts.Load()}
+	seg, _, err := l.locate(off)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cursor{log: l, off: off, fseg: -1}
-	if n > 0 || first > 0 {
-		if err := c.position(first); err != nil {
+	if seg != nil {
+		if err := c.open(seg); err != nil {
 			return nil, err
 		}
 	}
@@ -43,77 +45,101 @@ func (c *Cursor) Offset() int64 { return c.off }
 func (c *Cursor) Log() *Log { return c.log }
 
 // Send copies up to max available bytes to w and advances. It returns 0, nil
-// when the cursor is at the end: wait on Log.Changed and call again.
+// when the cursor is at the end: wait on Log.Changed and call again. Bytes
+// that fail their checksum are not sent: the log is cut before them and
+// Send returns ErrDamaged.
 func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
-	first, n, err := c.log.locate(c.off)
+	if g := c.log.cuts.Load(); g != c.cuts {
+		c.closeFile() // the files may have been truncated or moved aside
+		c.cuts = g
+	}
+	seg, n, err := c.log.locate(c.off)
 	if errors.Is(err, ErrTrimmed) {
-		first, n, err = c.held()
+		seg, n, err = c.held()
 	}
 	if err != nil || n == 0 {
 		return 0, err
 	}
-	if n > max {
-		n = max
-	}
-	if err := c.position(first); err != nil {
+	n = min(n, max)
+	if err := c.open(seg); err != nil {
 		return 0, err
+	}
+	pos := c.off - seg.first
+	if err := seg.verifyTo(pos+n, c.f, c.idx); err != nil {
+		var d *damage
+		if errors.As(err, &d) {
+			c.log.damaged(seg, d.problem)
+			return 0, fmt.Errorf("segment %s: %s: %w", c.f.Name(), d.problem, ErrDamaged)
+		}
+		c.log.log.Error().Err(err).Msg("disk error reading the backlog; the replica is dropped and may resync")
+		return 0, err
+	}
+	// Seek before every copy: after a short write the file position says
+	// nothing about what the writer took.
+	if _, err := c.f.Seek(pos, io.SeekStart); err != nil {
+		return 0, fmt.Errorf("seek segment %d to %d: %w", seg.first, pos, err)
 	}
 	sent, err := io.Copy(w, &io.LimitedReader{R: c.f, N: n})
 	c.off += sent
-	c.fpos += sent
 	if err == nil && sent < n {
-		err = fmt.Errorf("segment %d: %w", first, io.ErrUnexpectedEOF)
+		err = fmt.Errorf("segment %d: %w", seg.first, io.ErrUnexpectedEOF)
 	}
 	return sent, err
 }
 
 // held serves from the segment the cursor has open after retention removed
 // it: the open file still has its bytes.
-func (c *Cursor) held() (first, n int64, err error) {
-	if c.f == nil || c.off < c.fseg {
-		return 0, 0, fmt.Errorf("offset %d: %w", c.off, ErrTrimmed)
+func (c *Cursor) held() (*segment, int64, error) {
+	if c.f == nil || c.off < c.seg.first {
+		return nil, 0, fmt.Errorf("offset %d: %w", c.off, ErrTrimmed)
 	}
 	info, err := c.f.Stat()
 	if err != nil {
-		return 0, 0, fmt.Errorf("stat held segment %d: %w", c.fseg, err)
+		return nil, 0, fmt.Errorf("stat held segment %d: %w", c.seg.first, err)
 	}
-	if left := info.Size() - (c.off - c.fseg); left > 0 {
-		return c.fseg, left, nil
+	if left := info.Size() - (c.off - c.seg.first); left > 0 {
+		return c.seg, left, nil
 	}
-	return 0, 0, fmt.Errorf("offset %d past a removed segment: %w", c.off, ErrTrimmed)
+	return nil, 0, fmt.Errorf("offset %d past a removed segment: %w", c.off, ErrTrimmed)
 }
 
-func (c *Cursor) position(first int64) error {
-	if c.fseg != first {
-		c.closeFile()
-		f, err := os.Open(segmentPath(c.log.dir, first))
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("segment %d removed: %w", first, ErrTrimmed)
-		}
-		if err != nil {
-			return fmt.Errorf("open segment %d: %w", first, err)
-		}
-		c.f, c.fseg, c.fpos = f, first, 0
+// open makes f and idx the files of seg. The index is held open with the
+// data, as verification needs it even after retention removed both.
+func (c *Cursor) open(seg *segment) error {
+	if c.seg == seg && c.f != nil {
+		return nil
 	}
-	want := c.off - first
-	if c.fpos != want {
-		if _, err := c.f.Seek(want, io.SeekStart); err != nil {
-			return fmt.Errorf("seek segment %d to %d: %w", first, want, err)
-		}
-		c.fpos = want
+	c.closeFile()
+	path := segmentPath(c.log.dir, seg.first)
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("segment %d removed: %w", seg.first, ErrTrimmed)
 	}
+	if err != nil {
+		return fmt.Errorf("open segment %d: %w", seg.first, err)
+	}
+	idx, err := os.Open(indexPath(path))
+	if errors.Is(err, os.ErrNotExist) {
+		f.Close()
+		return fmt.Errorf("segment %d removed: %w", seg.first, ErrTrimmed)
+	}
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("open index of segment %d: %w", seg.first, err)
+	}
+	c.f, c.idx, c.seg = f, idx, seg
 	return nil
 }
 
 func (c *Cursor) closeFile() {
 	if c.f != nil {
 		c.f.Close()
-		c.f = nil
-		c.fseg = -1
+		c.idx.Close()
+		c.f, c.idx, c.seg = nil, nil, nil
 	}
 }
 
-// Close releases the cursor's file handle.
+// Close releases the cursor's file handles.
 func (c *Cursor) Close() error {
 	c.closeFile()
 	return nil

@@ -2,6 +2,7 @@ package backlog
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,12 @@ func ParseFsyncPolicy(s string) (FsyncPolicy, error) {
 	return "", fmt.Errorf("fsync policy %q: want always, everysec or no", s)
 }
 
+// SyncFunc forces a file's data to disk. Every fsync of the store goes
+// through one, so a test can make the disk fail.
+type SyncFunc func(*os.File) error
+
+func fileSync(f *os.File) error { return f.Sync() }
+
 // SyncStats reports fsync latency for INFO and metrics.
 type SyncStats struct {
 	Count   int64
@@ -36,6 +43,7 @@ type SyncStats struct {
 	Total   time.Duration
 	LastErr error
 	Slow    int64 // fsyncs slower than SlowSync
+	Failed  int64 // failed fsyncs, each followed by a cut back to the durable offset
 }
 
 // SlowSync is the fsync duration above which a warning is logged. An
@@ -43,25 +51,30 @@ type SyncStats struct {
 // that keeps up; Redis warns about AOF fsync past two seconds, and so do we.
 const SlowSync = 2 * time.Second
 
-// syncer owns fsync for one log: it is the only goroutine that syncs or
-// closes segment files, so the writer never blocks on the disk.
+// syncer owns fsync for one log, and with it the durability rule: durable
+// moves only to a target all of whose bytes were fsynced without error, by
+// this process or (see OpenLog) right after recovery. A failed fsync freezes
+// durable and cuts the log back to it, since on Linux a later fsync may
+// succeed after the kernel dropped the pages the failed one could not write.
 type syncer struct {
 	log    *Log
 	policy FsyncPolicy
+	sync   SyncFunc
 	wake   chan struct{}
 	done   chan struct{}
 
 	syncMu   sync.Mutex // one sync at a time: durable may only cover what was synced
 	mu       sync.Mutex
-	retired  []*activeSegment // rolled segments still to be synced and closed
+	retired  []*activeSegment // rolled segments still to be synced, sealed and closed
 	target   int64            // end offset written so far
+	failed   bool             // an fsync failed and the cut back to durable is not done yet
 	stats    SyncStats
 	lastWarn time.Time
 	stopped  bool
 }
 
-func startSyncer(l *Log, policy FsyncPolicy) *syncer {
-	s := &syncer{log: l, policy: policy, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func startSyncer(l *Log, policy FsyncPolicy, sync SyncFunc, target int64) *syncer {
+	s := &syncer{log: l, policy: policy, sync: sync, target: target, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	if policy == FsyncNo {
 		close(s.done)
 		return s
@@ -79,14 +92,19 @@ func (s *syncer) dirty(end int64) {
 		return
 	}
 	if s.policy == FsyncAlways {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.poke()
 	}
 }
 
-// retire hands a rolled segment over; the caller holds the log's lock.
+func (s *syncer) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// retire hands a rolled segment over, to be fsynced now rather than at the
+// next tick; the caller holds the log's lock.
 func (s *syncer) retire(a *activeSegment) {
 	if s.policy == FsyncNo {
 		a.close()
@@ -95,6 +113,7 @@ func (s *syncer) retire(a *activeSegment) {
 	s.mu.Lock()
 	s.retired = append(s.retired, a)
 	s.mu.Unlock()
+	s.poke()
 }
 
 func (s *syncer) run() {
@@ -116,19 +135,20 @@ func (s *syncer) run() {
 	}
 }
 
-// syncOnce makes everything appended before it started durable.
+// syncOnce makes everything appended before it started durable, or, if an
+// fsync fails, cuts the log back to what is.
 func (s *syncer) syncOnce() {
 	s.syncMu.Lock()
-	defer s.syncMu.Unlock()
 	// Take target, retired files and the active file in one view, under the
 	// log's lock, so that the bytes counted in target are all in those files.
 	s.log.mu.RLock()
 	s.mu.Lock()
-	target, retired, active := s.target, s.retired, s.log.active
+	target, retired, active, failed := s.target, s.retired, s.log.active, s.failed
 	s.retired = nil
 	s.mu.Unlock()
 	s.log.mu.RUnlock()
-	if target <= s.log.durable.Load() && len(retired) == 0 {
+	if failed || (target <= s.log.durable.Load() && len(retired) == 0) {
+		s.syncMu.Unlock()
 		return
 	}
 	start := time.Now()
@@ -136,13 +156,24 @@ func (s *syncer) syncOnce() {
 	s.record(time.Since(start), err)
 	if err == nil {
 		storeMax(&s.log.durable, target)
+		s.syncMu.Unlock()
+		return
 	}
+	s.mu.Lock()
+	s.failed = true
+	s.mu.Unlock()
+	s.syncMu.Unlock()
+	s.log.afterSyncFailure(err)
 }
 
 func (s *syncer) syncFiles(retired []*activeSegment, active *activeSegment) error {
 	var firstErr error
 	for _, a := range retired {
-		if err := a.sync(); err != nil && firstErr == nil {
+		err := a.sync(s.sync)
+		if err == nil {
+			err = a.seal(s.sync)
+		}
+		if err != nil && firstErr == nil {
 			firstErr = err
 		}
 		a.close()
@@ -150,17 +181,29 @@ func (s *syncer) syncFiles(retired []*activeSegment, active *activeSegment) erro
 	if firstErr != nil || active == nil {
 		return firstErr
 	}
-	return active.sync()
+	return active.sync(s.sync)
 }
 
-func (a *activeSegment) sync() error {
+func (a *activeSegment) sync(sync SyncFunc) error {
 	// Data first: an index record must never be durable before its bytes.
-	if err := a.data.Sync(); err != nil {
+	if err := sync(a.data); err != nil {
 		return fmt.Errorf("fsync %s: %w", a.data.Name(), err)
 	}
-	if err := a.idx.Sync(); err != nil {
+	if err := sync(a.idx); err != nil {
 		return fmt.Errorf("fsync %s: %w", a.idx.Name(), err)
 	}
+	return nil
+}
+
+// seal records, after a successful fsync, that the segment is on disk whole.
+func (a *activeSegment) seal(sync SyncFunc) error {
+	if _, err := a.idx.WriteAt(appendRecord(nil, sealLength, sealCRC), a.idxSize); err != nil {
+		return fmt.Errorf("seal %s: %w", a.idx.Name(), err)
+	}
+	if err := sync(a.idx); err != nil {
+		return fmt.Errorf("fsync %s: %w", a.idx.Name(), err)
+	}
+	a.seg.synced.Store(true)
 	return nil
 }
 
@@ -189,10 +232,18 @@ func (s *syncer) record(d time.Duration, err error) {
 				Msg("slow fsync: the disk is not keeping up; acknowledgements upstream are delayed")
 		}
 	}
-	if err != nil && s.stats.LastErr == nil {
-		s.log.log.Error().Err(err).Msg("fsync failed; nothing more is acknowledged upstream until it succeeds")
+	if err != nil {
+		s.stats.Failed++
 	}
 	s.stats.LastErr = err
+}
+
+// cleared ends a failure episode once the log was cut back to durable.
+func (s *syncer) cleared(end int64) {
+	s.mu.Lock()
+	s.failed = false
+	s.target = end
+	s.mu.Unlock()
 }
 
 func (s *syncer) snapshot() SyncStats {
@@ -217,15 +268,19 @@ func (s *syncer) stop(active *activeSegment) error {
 	s.mu.Lock()
 	s.stopped = true
 	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.poke()
 	<-s.done
 	var err error
 	if s.policy != FsyncNo {
 		s.syncOnce()
 		err = s.snapshot().LastErr
+	}
+	s.mu.Lock()
+	retired := s.retired
+	s.retired = nil
+	s.mu.Unlock()
+	for _, a := range retired {
+		a.close()
 	}
 	if active != nil {
 		if cerr := active.close(); cerr != nil && err == nil {

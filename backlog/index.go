@@ -14,10 +14,17 @@ import (
 // length and CRC-32C of the bytes appended. The stream itself stays raw in
 // the segment, so replicas are still served with sendfile, while recovery
 // can tell the last good byte after a crash and refuse corrupted data.
+//
+// A segment whose data and index were fsynced after it was rolled gets one
+// more record, the seal. Recovery trusts the sizes of a sealed segment and
+// checks every CRC of any other: only a segment known to be on disk may skip
+// the check (its bytes are still verified before their first send).
 const (
 	indexSuffix = ".idx"
 	indexMagic  = "RPIDX001"
 	recordSize  = 8
+	sealLength  = 0xFFFFFFFF
+	sealCRC     = 0x5EA1ED00
 )
 
 func indexPath(segPath string) string {
@@ -25,9 +32,13 @@ func indexPath(segPath string) string {
 }
 
 func encodeRecord(dst []byte, data []byte) []byte {
+	return appendRecord(dst, uint32(len(data)), crc32.Checksum(data, castagnoli))
+}
+
+func appendRecord(dst []byte, length, crc uint32) []byte {
 	var rec [recordSize]byte
-	binary.LittleEndian.PutUint32(rec[0:4], uint32(len(data)))
-	binary.LittleEndian.PutUint32(rec[4:8], crc32.Checksum(data, castagnoli))
+	binary.LittleEndian.PutUint32(rec[0:4], length)
+	binary.LittleEndian.PutUint32(rec[4:8], crc)
 	return append(dst, rec[:]...)
 }
 
@@ -36,18 +47,9 @@ type record struct {
 	crc    uint32
 }
 
-// readIndex returns the complete records of an index file; a trailing
-// partial record (a torn index write) is ignored.
-func readIndex(path string) ([]record, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read index %s: %w", path, err)
-	}
-	if len(raw) < len(indexMagic) || string(raw[:len(indexMagic)]) != indexMagic {
-		return nil, fmt.Errorf("index %s: bad header", path)
-	}
-	raw = raw[len(indexMagic):]
-	recs := make([]record, 0, len(raw)/recordSize)
+func (r record) seal() bool { return r.length == sealLength && r.crc == sealCRC }
+
+func decodeRecords(raw []byte, recs []record) []record {
 	for len(raw) >= recordSize {
 		recs = append(recs, record{
 			length: binary.LittleEndian.Uint32(raw[0:4]),
@@ -55,21 +57,42 @@ func readIndex(path string) ([]record, error) {
 		})
 		raw = raw[recordSize:]
 	}
-	return recs, nil
+	return recs
+}
+
+// readIndex returns the complete records of an index file, and whether it
+// ends with a seal; a trailing partial record (a torn index write) is ignored.
+func readIndex(path string) (recs []record, sealed bool, err error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false, fmt.Errorf("read index %s: %w", path, err)
+	}
+	if len(raw) < len(indexMagic) || string(raw[:len(indexMagic)]) != indexMagic {
+		return nil, false, fmt.Errorf("index %s: bad header", path)
+	}
+	recs = decodeRecords(raw[len(indexMagic):], make([]record, 0, len(raw)/recordSize))
+	if n := len(recs); n > 0 && recs[n-1].seal() {
+		return recs[:n-1], true, nil
+	}
+	return recs, false, nil
 }
 
 // segmentCheck is what recovery found in one segment.
 type segmentCheck struct {
 	valid        int64 // bytes up to the end of the last good record
 	records      int   // good records
+	sealed       bool  // fsynced whole after its roll
 	problem      string
 	unverifiable bool // no usable index: nothing in the segment can be trusted
+	mismatch     bool // a CRC did not match: damage, not a torn write
 }
 
-// verifySegment walks the index over the data file. With full set it checks
-// every CRC; otherwise only that the records fit in the file.
-func verifySegment(segPath string, full bool) (segmentCheck, error) {
-	recs, err := readIndex(indexPath(segPath))
+// verifySegment walks the index over the data file and checks every CRC,
+// unless trustSeal is set and the segment is sealed: then only that the
+// records fit in the file. pace, when set, is told each record's size before
+// it is read (the scrub's rate limit).
+func verifySegment(segPath string, trustSeal bool, pace func(int64) error) (segmentCheck, error) {
+	recs, sealed, err := readIndex(indexPath(segPath))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return segmentCheck{problem: "index file is missing", unverifiable: true}, nil
@@ -85,8 +108,9 @@ func verifySegment(segPath string, full bool) (segmentCheck, error) {
 	if err != nil {
 		return segmentCheck{}, fmt.Errorf("stat segment %s: %w", segPath, err)
 	}
-	var chk segmentCheck
-	buf := make([]byte, 0, 64<<10)
+	chk := segmentCheck{sealed: sealed}
+	full := !(trustSeal && sealed)
+	buf := make([]byte, 256<<10)
 	for _, r := range recs {
 		end := chk.valid + int64(r.length)
 		if end > info.Size() {
@@ -94,15 +118,18 @@ func verifySegment(segPath string, full bool) (segmentCheck, error) {
 			return chk, nil
 		}
 		if full {
-			if cap(buf) < int(r.length) {
-				buf = make([]byte, r.length)
+			if pace != nil {
+				if err := pace(int64(r.length)); err != nil {
+					return chk, err
+				}
 			}
-			b := buf[:r.length]
-			if _, err := f.ReadAt(b, chk.valid); err != nil && !errors.Is(err, io.EOF) {
+			ok, err := checkRecord(f, chk.valid, r, buf)
+			if err != nil {
 				return chk, fmt.Errorf("read segment %s at %d: %w", segPath, chk.valid, err)
 			}
-			if crc32.Checksum(b, castagnoli) != r.crc {
+			if !ok {
 				chk.problem = fmt.Sprintf("checksum mismatch in bytes %d..%d", chk.valid, end)
+				chk.mismatch = true
 				return chk, nil
 			}
 		}
@@ -115,21 +142,61 @@ func verifySegment(segPath string, full bool) (segmentCheck, error) {
 	return chk, nil
 }
 
+// checkRecord reads one record's bytes at off through buf and compares
+// their CRC-32C with the index.
+func checkRecord(f *os.File, off int64, r record, buf []byte) (bool, error) {
+	crc := uint32(0)
+	for left := int64(r.length); left > 0; {
+		b := buf[:min(left, int64(len(buf)))]
+		n, err := f.ReadAt(b, off)
+		crc = crc32.Update(crc, castagnoli, b[:n])
+		off += int64(n)
+		left -= int64(n)
+		if err != nil && (!errors.Is(err, io.EOF) || left > 0) {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return false, err
+		}
+	}
+	return crc == r.crc, nil
+}
+
 // repairSegment cuts a segment and its index to their last good record.
 func repairSegment(segPath string, chk segmentCheck) error {
-	if err := os.Truncate(segPath, chk.valid); err != nil {
-		return fmt.Errorf("truncate segment %s to %d: %w", segPath, chk.valid, err)
+	return truncateSegment(segPath, chk.valid, chk.records)
+}
+
+func truncateSegment(segPath string, size int64, records int) error {
+	if err := os.Truncate(segPath, size); err != nil {
+		return fmt.Errorf("truncate segment %s to %d: %w", segPath, size, err)
 	}
 	idx := indexPath(segPath)
-	if err := os.Truncate(idx, int64(len(indexMagic)+chk.records*recordSize)); err != nil {
+	if err := os.Truncate(idx, int64(len(indexMagic)+records*recordSize)); err != nil {
 		return fmt.Errorf("truncate index %s: %w", idx, err)
 	}
 	return nil
 }
 
+// recordsUpTo counts the index records whose bytes end at or before size.
+func recordsUpTo(segPath string, size int64) (int, error) {
+	recs, _, err := readIndex(indexPath(segPath))
+	if err != nil {
+		return 0, err
+	}
+	total := int64(0)
+	for i, r := range recs {
+		if total+int64(r.length) > size {
+			return i, nil
+		}
+		total += int64(r.length)
+	}
+	return len(recs), nil
+}
+
 func createIndex(segPath string) (*os.File, error) {
 	path := indexPath(segPath)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create index %s: %w", path, err)
 	}

@@ -22,6 +22,11 @@ var ErrTrimmed = errors.New("offset no longer in the backlog")
 // ErrClosed means the log generation was closed, for a new history or shutdown.
 var ErrClosed = errors.New("log closed")
 
+// ErrRewound means the log was cut back (a failed fsync, or damage found on
+// disk) since the writer last resumed: its next bytes would land at the
+// wrong offset. The writer must PSYNC again from End, then call Resume.
+var ErrRewound = errors.New("log cut back; resume upstream from its end")
+
 const (
 	segmentSuffix  = ".seg"
 	preparedSuffix = ".prep"
@@ -34,12 +39,19 @@ type LogOptions struct {
 	MaxAge       time.Duration // retention: sealed segments older than this go (0: no age limit)
 	Fsync        FsyncPolicy
 	Logger       zerolog.Logger
+	// Sync forces a file to disk (nil: fsync). Tests inject failures here.
+	Sync SyncFunc
+	// DamagedDir receives, under a timestamped directory, the segment
+	// files found damaged; nothing found damaged is deleted.
+	DamagedDir string
 }
 
 type segment struct {
 	first  int64
-	size   int64     // guarded by Log.mu
-	sealed time.Time // when it stopped growing; zero for the active segment
+	size   int64       // guarded by Log.mu
+	sealed time.Time   // when it stopped growing; zero for the active segment
+	synced atomic.Bool // fsynced whole after its roll, and sealed in its index
+	ver    verifier
 }
 
 func (s *segment) end() int64 { return s.first + s.size }
@@ -60,6 +72,10 @@ type Log struct {
 	opt LogOptions
 	log zerolog.Logger
 
+	// wmu is held by Append for its whole run, and by a cut, so a cut
+	// never lands in the middle of an append.
+	wmu sync.Mutex
+
 	mu      sync.RWMutex
 	segs    []*segment
 	first   int64
@@ -67,6 +83,9 @@ type Log struct {
 	changed chan struct{}
 	closed  bool
 	active  *activeSegment // replaced under mu; written only by the writer
+	rewound chan struct{}  // closed at a cut; replaced by Resume
+	resume  bool           // a cut happened and the writer has not resumed
+	broken  error          // a cut could not be carried out: nothing more is appended
 
 	durable   atomic.Int64
 	syncer    *syncer
@@ -74,6 +93,7 @@ type Log struct {
 	preparing bool
 	lastTrim  time.Time
 	recBuf    []byte
+	cuts      atomic.Int64 // cursors reopen their files after a cut
 }
 
 type preparedSegment struct {
@@ -91,13 +111,22 @@ func segmentPath(dir string, first int64) string {
 // (and, for the last segment, whose CRC matches); a damaged segment ends the
 // log there, since bytes after it cannot be served without the missing ones.
 func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create log dir %s: %w", dir, err)
 	}
+	if opt.Sync == nil {
+		opt.Sync = fileSync
+	}
 	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
-		changed: make(chan struct{}), next: make(chan preparedSegment, 1)}
+		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1)}
 	segs, err := l.recover()
 	if err != nil {
+		return nil, err
+	}
+	// A kill -9 leaves the last appends, and segments rolled just before
+	// it, possibly only in the page cache: they count as durable only once
+	// this process has fsynced them.
+	if err := l.syncRecovered(segs); err != nil {
 		return nil, err
 	}
 	l.segs = segs
@@ -108,8 +137,72 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 		}
 	}
 	l.durable.Store(l.end)
-	l.syncer = startSyncer(l, opt.Fsync)
+	l.syncer = startSyncer(l, opt.Fsync, opt.Sync, l.end)
 	return l, nil
+}
+
+// syncRecovered fsyncs every kept segment not sealed, its index, and the
+// directories, and seals all but the last: from then on they are known to
+// be on disk, and the next recovery need not re-read them.
+func (l *Log) syncRecovered(segs []*segment) error {
+	synced := 0
+	for i, s := range segs {
+		if s.synced.Load() {
+			continue
+		}
+		path := segmentPath(l.dir, s.first)
+		a, err := openSegmentFiles(path)
+		if err != nil {
+			return err
+		}
+		a.seg = s
+		err = a.sync(l.opt.Sync)
+		if err == nil && i < len(segs)-1 {
+			err = a.sealRecovered(l.opt.Sync)
+		}
+		a.close()
+		if err != nil {
+			return fmt.Errorf("make recovered segment durable: %w", err)
+		}
+		synced++
+	}
+	for _, d := range []string{l.dir, filepath.Dir(l.dir)} {
+		if err := syncDir(d, l.opt.Sync); err != nil {
+			return fmt.Errorf("make recovered segments durable: %w", err)
+		}
+	}
+	if synced > 0 {
+		l.log.Info().Int("segments", synced).Str("dir", l.dir).
+			Msg("recovered segments fsynced before anything is acknowledged upstream")
+	}
+	return nil
+}
+
+func openSegmentFiles(path string) (*activeSegment, error) {
+	data, err := os.OpenFile(path, os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open segment %s: %w", path, err)
+	}
+	idx, err := os.OpenFile(indexPath(path), os.O_RDWR, 0o600)
+	if err != nil {
+		data.Close()
+		return nil, fmt.Errorf("open index of segment %s: %w", path, err)
+	}
+	return &activeSegment{data: data, idx: idx}, nil
+}
+
+// sealRecovered seals a recovered segment right after its last complete
+// record, whatever a torn index write left after it.
+func (a *activeSegment) sealRecovered(sync SyncFunc) error {
+	recs, _, err := readIndex(a.idx.Name())
+	if err != nil {
+		return err
+	}
+	a.idxSize = int64(len(indexMagic) + len(recs)*recordSize)
+	if err := a.idx.Truncate(a.idxSize); err != nil {
+		return fmt.Errorf("truncate index %s: %w", a.idx.Name(), err)
+	}
+	return a.seal(sync)
 }
 
 func (l *Log) recover() ([]*segment, error) {
@@ -122,20 +215,28 @@ func (l *Log) recover() ([]*segment, error) {
 		if i > 0 && s.first != segs[i-1].end() {
 			return l.dropFrom(segs, i, fmt.Sprintf("gap: previous segment ends at %d", segs[i-1].end()))
 		}
-		// The last two: a rolled segment is fsynced after the roll, so a
-		// power cut can tear the one before the active segment too.
-		chk, err := verifySegment(path, i >= len(segs)-2)
+		// Only a sealed segment is known to have reached the disk whole;
+		// any other may be torn by a power cut, so all its CRCs are
+		// checked. The last one is never trusted by its seal.
+		last := i == len(segs)-1
+		chk, err := verifySegment(path, !last, nil)
 		if err != nil {
 			return nil, err
 		}
 		if chk.problem == "" {
 			s.size = chk.valid
+			s.synced.Store(chk.sealed && !last)
 			continue
 		}
 		l.log.Error().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
 			Msg("backlog segment damaged; the log ends at its last good record and upstream resends the rest")
 		if chk.unverifiable {
 			return l.dropFrom(segs, i, chk.problem)
+		}
+		if chk.mismatch {
+			if _, err := copyAside(l.opt.DamagedDir, path, indexPath(path)); err != nil {
+				return nil, err
+			}
 		}
 		if err := repairSegment(path, chk); err != nil {
 			return nil, err
@@ -146,14 +247,24 @@ func (l *Log) recover() ([]*segment, error) {
 	return segs, nil
 }
 
-// dropFrom removes segs[i:]: bytes after a damaged spot cannot be served.
+// dropFrom moves segs[i:] aside: bytes after a damaged spot cannot be
+// served, but nothing found damaged is deleted.
 func (l *Log) dropFrom(segs []*segment, i int, why string) ([]*segment, error) {
+	if i >= len(segs) {
+		return segs, nil
+	}
+	var paths []string
 	for _, s := range segs[i:] {
 		path := segmentPath(l.dir, s.first)
-		l.log.Error().Str("file", path).Str("reason", why).Msg("dropping backlog segment")
-		if err := removeSegmentFiles(path); err != nil {
-			return nil, err
-		}
+		paths = append(paths, path, indexPath(path))
+	}
+	dir, err := moveAside(l.opt.DamagedDir, paths...)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range segs[i:] {
+		l.log.Error().Str("file", segmentPath(l.dir, s.first)).Str("reason", why).Str("moved_to", dir).
+			Msg("backlog segment moved aside")
 	}
 	return segs[:i], nil
 }
@@ -196,25 +307,29 @@ func scanSegments(dir string) ([]*segment, error) {
 	return segs, nil
 }
 
+// reopenActive makes s the segment appended to. A seal at the end of its
+// index is dropped first: records are about to follow it.
 func (l *Log) reopenActive(s *segment) error {
 	path := segmentPath(l.dir, s.first)
-	data, err := os.OpenFile(path, os.O_RDWR, 0o644)
+	recs, sealed, err := readIndex(indexPath(path))
 	if err != nil {
-		return fmt.Errorf("open segment %s: %w", path, err)
+		return err
 	}
-	idx, err := os.OpenFile(indexPath(path), os.O_RDWR, 0o644)
+	a, err := openSegmentFiles(path)
 	if err != nil {
-		data.Close()
-		return fmt.Errorf("open index of segment %s: %w", path, err)
+		return err
 	}
-	info, err := idx.Stat()
-	if err != nil {
-		data.Close()
-		idx.Close()
-		return fmt.Errorf("stat index of segment %s: %w", path, err)
+	a.idxSize = int64(len(indexMagic) + len(recs)*recordSize)
+	if sealed {
+		if err := a.idx.Truncate(a.idxSize); err != nil {
+			a.close()
+			return fmt.Errorf("unseal index of segment %s: %w", path, err)
+		}
 	}
+	a.seg = s
 	s.sealed = time.Time{}
-	l.active = &activeSegment{seg: s, data: data, idx: idx, idxSize: info.Size()}
+	s.synced.Store(false)
+	l.active = a
 	return nil
 }
 
@@ -237,6 +352,24 @@ func (l *Log) SyncNow() {
 	}
 }
 
+// Rewound returns a channel closed when the log is cut back: the writer's
+// session must end, and it resumes from End.
+func (l *Log) Rewound() <-chan struct{} {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.rewound
+}
+
+// Resume tells the log that the writer now continues from End.
+func (l *Log) Resume() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.resume {
+		l.resume = false
+		l.rewound = make(chan struct{})
+	}
+}
+
 // Changed returns a channel closed at the next append or at Close.
 func (l *Log) Changed() <-chan struct{} {
 	l.mu.RLock()
@@ -247,8 +380,19 @@ func (l *Log) Changed() <-chan struct{} {
 // Append writes p at the end of the log. Only the owner calls it. Bytes
 // count only once both they and their index record are written; after an
 // error the log is unchanged past its last complete append, and the caller
-// may retry from End.
+// may retry from End. After a cut it returns ErrRewound until Resume.
 func (l *Log) Append(p []byte) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.mu.RLock()
+	resume, broken := l.resume, l.broken
+	l.mu.RUnlock()
+	if broken != nil {
+		return broken
+	}
+	if resume {
+		return ErrRewound
+	}
 	for len(p) > 0 {
 		a, err := l.writable()
 		if err != nil {
@@ -298,7 +442,7 @@ func (l *Log) roll() (*activeSegment, error) {
 	if err := l.takePrepared(first, path); err != nil {
 		return nil, err
 	}
-	data, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	data, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create segment %s: %w", path, err)
 	}
@@ -314,7 +458,7 @@ func (l *Log) roll() (*activeSegment, error) {
 		return nil, err
 	}
 	preallocate(idx, min(l.opt.SegmentBytes/16, 4<<20))
-	if err := syncDir(l.dir); err != nil {
+	if err := syncDir(l.dir, l.opt.Sync); err != nil {
 		data.Close()
 		idx.Close()
 		return nil, err
@@ -353,7 +497,7 @@ func (l *Log) maybePrepare(a *activeSegment) {
 	first := a.seg.first + l.opt.SegmentBytes
 	go func() {
 		path := segmentPath(l.dir, first) + preparedSuffix
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err == nil {
 			err = preallocate(f, l.opt.SegmentBytes)
 			f.Close()
@@ -432,21 +576,23 @@ func (l *Log) trim() {
 	}
 }
 
-// locate returns the segment holding off and how many bytes can be read there.
-func (l *Log) locate(off int64) (first, n int64, err error) {
+// locate returns the segment holding off and how many bytes can be read
+// there. An offset past the end (a cut moved the end back below a reader)
+// has nothing yet, like the end itself: the reader waits for the refill.
+func (l *Log) locate(off int64) (seg *segment, n int64, err error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
-		return 0, 0, ErrClosed
+		return nil, 0, ErrClosed
 	}
-	if off < l.first || off > l.end {
-		return 0, 0, fmt.Errorf("offset %d outside [%d, %d]: %w", off, l.first, l.end, ErrTrimmed)
+	if off < l.first {
+		return nil, 0, fmt.Errorf("offset %d outside [%d, %d]: %w", off, l.first, l.end, ErrTrimmed)
 	}
 	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].end() > off })
 	if i == len(l.segs) {
-		return 0, 0, nil // off == end: nothing yet
+		return nil, 0, nil // at or past the end: nothing yet
 	}
-	return l.segs[i].first, l.segs[i].end() - off, nil
+	return l.segs[i], l.segs[i].end() - off, nil
 }
 
 // Close stops the syncer after a last sync and wakes every waiter.

@@ -32,6 +32,9 @@ type SnapshotInfo struct {
 	ReplID string `json:"replid"`
 	Offset int64  `json:"offset"` // the FULLRESYNC offset: the stream continues at Offset+1
 	Size   int64  `json:"size"`
+	// CRC64 is the CRC-64 (Jones, as in RDB files) of the whole file, taken
+	// as it was received, whatever the transfer's framing carried.
+	CRC64 string `json:"crc64,omitempty"`
 }
 
 // metaEnvelope carries a checksum so that a torn or edited meta file is
@@ -100,7 +103,7 @@ func (m Meta) validate() error {
 	return nil
 }
 
-func writeMeta(path string, m Meta) error {
+func writeMeta(path string, m Meta, sync SyncFunc) error {
 	body, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode meta: %w", err)
@@ -110,14 +113,14 @@ func writeMeta(path string, m Meta) error {
 	if err != nil {
 		return fmt.Errorf("encode meta: %w", err)
 	}
-	return writeFileAtomic(path, append(raw, '\n'))
+	return writeFileAtomic(path, append(raw, '\n'), sync)
 }
 
 // writeFileAtomic replaces path so that a crash leaves either the old or the
 // new content, never a mix: temp file, fsync, rename, fsync of the directory.
-func writeFileAtomic(path string, data []byte) error {
+func writeFileAtomic(path string, data []byte, sync SyncFunc) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
@@ -125,7 +128,7 @@ func writeFileAtomic(path string, data []byte) error {
 		f.Close()
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
-	if err := f.Sync(); err != nil {
+	if err := sync(f); err != nil {
 		f.Close()
 		return fmt.Errorf("fsync %s: %w", tmp, err)
 	}
@@ -135,16 +138,16 @@ func writeFileAtomic(path string, data []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s: %w", tmp, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return syncDir(filepath.Dir(path), sync)
 }
 
-func syncDir(dir string) error {
+func syncDir(dir string, sync SyncFunc) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("open dir %s: %w", dir, err)
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := sync(d); err != nil {
 		return fmt.Errorf("fsync dir %s: %w", dir, err)
 	}
 	return nil

@@ -1,17 +1,28 @@
 package backlog
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/hdt3213/rdb/crc64jones"
 )
 
+// ErrSnapshotDamaged means the stored RDB failed its checksum: it is not
+// served, and a fresh one is needed from upstream.
+var ErrSnapshotDamaged = errors.New("snapshot damaged")
+
 // SnapshotWriter receives an RDB into a temp file; nothing refers to it until
-// the Store adopts it.
+// the Store adopts it. Its CRC-64 is taken as the bytes arrive.
 type SnapshotWriter struct {
 	f    *os.File
 	size int64
+	crc  hash.Hash64
+	sync SyncFunc
 }
 
 // NewSnapshot starts receiving an RDB.
@@ -20,12 +31,13 @@ func (s *Store) NewSnapshot() (*SnapshotWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot temp file: %w", err)
 	}
-	return &SnapshotWriter{f: f}, nil
+	return &SnapshotWriter{f: f, crc: crc64jones.New(), sync: s.opt.Log.Sync}, nil
 }
 
 func (w *SnapshotWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.size += int64(n)
+	w.crc.Write(p[:n])
 	if err != nil {
 		return n, fmt.Errorf("write snapshot %s: %w", w.f.Name(), err)
 	}
@@ -46,7 +58,7 @@ func (w *SnapshotWriter) Abort() {
 
 // commit makes the RDB durable under its final name.
 func (w *SnapshotWriter) commit(dir, replid string, offset int64) (*SnapshotInfo, error) {
-	if err := w.f.Sync(); err != nil {
+	if err := w.sync(w.f); err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("fsync snapshot %s: %w", w.f.Name(), err)
 	}
@@ -59,10 +71,93 @@ func (w *SnapshotWriter) commit(dir, replid string, offset int64) (*SnapshotInfo
 		os.Remove(w.f.Name())
 		return nil, fmt.Errorf("rename snapshot to %s: %w", name, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := syncDir(dir, w.sync); err != nil {
 		return nil, err
 	}
-	return &SnapshotInfo{File: name, ReplID: replid, Offset: offset, Size: w.size}, nil
+	return &SnapshotInfo{File: name, ReplID: replid, Offset: offset, Size: w.size, CRC64: formatCRC64(w.crc.Sum64())}, nil
+}
+
+func formatCRC64(v uint64) string { return fmt.Sprintf("%016x", v) }
+
+// checkSnapshot checks the stored RDB against the meta: present, of the
+// recorded size, and, with full, of the recorded CRC-64. A meta written
+// before the CRC was recorded falls back to the RDB's own trailing CRC-64.
+func checkSnapshot(dir string, snap *SnapshotInfo, full bool, pace func(int64) error) error {
+	if snap == nil {
+		return errors.New("meta names no snapshot")
+	}
+	path := filepath.Join(dir, snap.File)
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	if info.Size() != snap.Size {
+		return fmt.Errorf("snapshot %s has %d bytes, meta says %d: %w", path, info.Size(), snap.Size, errSnapshotSize)
+	}
+	if !full {
+		return nil
+	}
+	if snap.CRC64 == "" {
+		return checkRDBTrailer(f, path, snap.Size, pace)
+	}
+	got, err := fileCRC64(f, snap.Size, pace)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	if formatCRC64(got) != snap.CRC64 {
+		return fmt.Errorf("snapshot %s: CRC-64 %s, meta says %s: %w", path, formatCRC64(got), snap.CRC64, ErrSnapshotDamaged)
+	}
+	return nil
+}
+
+var errSnapshotSize = errors.New("wrong size")
+
+// checkRDBTrailer compares an RDB's trailing CRC-64 with its content; a
+// zero trailer (rdbchecksum no) cannot be checked.
+func checkRDBTrailer(f *os.File, path string, size int64, pace func(int64) error) error {
+	if size < 8 {
+		return fmt.Errorf("snapshot %s: %d bytes, too short for an RDB: %w", path, size, ErrSnapshotDamaged)
+	}
+	var tr [8]byte
+	if _, err := f.ReadAt(tr[:], size-8); err != nil {
+		return fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	want := binary.LittleEndian.Uint64(tr[:])
+	if want == 0 {
+		return nil
+	}
+	got, err := fileCRC64(f, size-8, pace)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	if got != want {
+		return fmt.Errorf("snapshot %s: CRC-64 %016x, its trailer says %016x: %w", path, got, want, ErrSnapshotDamaged)
+	}
+	return nil
+}
+
+func fileCRC64(f *os.File, n int64, pace func(int64) error) (uint64, error) {
+	h := crc64jones.New()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < n; {
+		b := buf[:min(int64(len(buf)), n-off)]
+		if pace != nil {
+			if err := pace(int64(len(b))); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("read at %d: %w", off, err)
+		}
+		h.Write(b)
+		off += int64(len(b))
+	}
+	return h.Sum64(), nil
 }
 
 // Reset starts a new history after an upstream +FULLRESYNC <replid> <offset>:
@@ -75,20 +170,20 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)
 	if err != nil {
-		return err
+		return s.diskError(err)
 	}
-	s.mu.Lock()
+	s.mu.RLock()
 	epoch := s.meta.Epoch + 1
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	l, err := OpenLog(s.logDir(epoch), offset+1, s.opt.Log)
 	if err != nil {
 		return err
 	}
 	m := Meta{ReplID: replid, ReplID2: NoReplID, SecondOffset: -1, Epoch: epoch, LogStart: offset + 1, Snapshot: snap}
-	if err := writeMeta(s.metaPath(), m); err != nil {
+	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
 		l.Remove()
 		os.Remove(filepath.Join(snapDir, snap.File))
-		return fmt.Errorf("persist new history: %w", err)
+		return s.diskError(fmt.Errorf("persist new history: %w", err))
 	}
 	s.mu.Lock()
 	old, oldSnap := s.log, s.meta.Snapshot
@@ -104,7 +199,9 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 }
 
 // OpenSnapshot opens the current snapshot for a full sync. The handle stays
-// valid even if a newer snapshot replaces it meanwhile.
+// valid even if a newer snapshot replaces it meanwhile. The first time a
+// snapshot is served in this process its CRC-64 is checked; a damaged one is
+// moved aside and ErrSnapshotDamaged returned until a fresh one is adopted.
 func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 	s.mu.RLock()
 	snap := s.meta.Snapshot
@@ -112,6 +209,9 @@ func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 	s.mu.RUnlock()
 	if !has || snap == nil {
 		return nil, SnapshotInfo{}, fmt.Errorf("no snapshot yet")
+	}
+	if err := s.verifySnapshotOnce(*snap); err != nil {
+		return nil, SnapshotInfo{}, err
 	}
 	path := filepath.Join(s.dir, "snapshot", snap.File)
 	f, err := os.Open(path)
@@ -121,10 +221,48 @@ func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 	return f, *snap, nil
 }
 
+// verifySnapshotOnce checks snap's CRC-64 unless this process already did.
+func (s *Store) verifySnapshotOnce(snap SnapshotInfo) error {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	switch snap.File {
+	case s.snapVerified:
+		return nil
+	case s.snapDamaged:
+		return fmt.Errorf("snapshot %s: %w; waiting for a fresh one from upstream", snap.File, ErrSnapshotDamaged)
+	}
+	err := checkSnapshot(filepath.Join(s.dir, "snapshot"), &snap, true, nil)
+	if err == nil {
+		s.snapVerified = snap.File
+		return nil
+	}
+	if !errors.Is(err, ErrSnapshotDamaged) && !errors.Is(err, errSnapshotSize) {
+		return err // replaced meanwhile, or unreadable: not evidence of damage
+	}
+	s.snapshotDamagedLocked(snap, err)
+	return fmt.Errorf("%w: %w", ErrSnapshotDamaged, err)
+}
+
+// snapshotDamagedLocked moves a damaged snapshot aside; the caller holds snapMu.
+func (s *Store) snapshotDamagedLocked(snap SnapshotInfo, cause error) {
+	s.snapDamaged = snap.File
+	if s.snapVerified == snap.File {
+		s.snapVerified = ""
+	}
+	path := filepath.Join(s.dir, "snapshot", snap.File)
+	dir, err := moveAside(s.damagedDir(), path)
+	if err != nil {
+		s.opt.Logger.Error().Err(err).Str("file", path).Msg("cannot move the damaged snapshot aside")
+	}
+	s.opt.Logger.Error().Err(cause).Str("file", path).Str("moved_to", dir).
+		Msg("stored snapshot damaged: it is not served; replicas needing a full sync wait for a fresh one from upstream")
+}
+
 // AdoptSnapshot replaces the snapshot with a fresher RDB of the same
 // history, taken at offset. It is accepted only if the stream continues in
 // the log (offset+1 in [first, end]), so a full sync from it is gapless;
-// retention may then trim below it.
+// retention may then trim below it. The meta write happens outside mu, so
+// appends and PSYNC decisions never wait on it.
 func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -146,21 +284,48 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)
 	if err != nil {
-		return err
+		return s.diskError(err)
 	}
-	s.mu.Lock()
+	// writeMu keeps every other meta writer out, so meta cannot change
+	// between this read and the swap below.
+	s.mu.RLock()
 	m := s.meta
+	s.mu.RUnlock()
 	old := m.Snapshot
 	m.Snapshot = snap
-	if err := writeMeta(s.metaPath(), m); err != nil {
-		s.mu.Unlock()
+	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
 		os.Remove(filepath.Join(snapDir, snap.File))
-		return fmt.Errorf("persist new snapshot: %w", err)
+		return s.diskError(fmt.Errorf("persist new snapshot: %w", err))
 	}
+	s.mu.Lock()
 	s.meta = m
 	s.mu.Unlock()
 	if old != nil && old.File != snap.File {
 		os.Remove(filepath.Join(snapDir, old.File))
+	}
+	return nil
+}
+
+// scrubSnapshot rechecks the current snapshot's CRC-64 at the scrub's pace.
+func (s *Store) scrubSnapshot(pace func(int64) error) error {
+	s.mu.RLock()
+	snap := s.meta.Snapshot
+	has := s.log != nil
+	s.mu.RUnlock()
+	if !has || snap == nil {
+		return nil
+	}
+	err := checkSnapshot(filepath.Join(s.dir, "snapshot"), snap, true, pace)
+	if err == nil || (!errors.Is(err, ErrSnapshotDamaged) && !errors.Is(err, errSnapshotSize)) {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // replaced meanwhile, or already moved aside
+		}
+		return err
+	}
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	if s.snapDamaged != snap.File {
+		s.snapshotDamagedLocked(*snap, err)
 	}
 	return nil
 }

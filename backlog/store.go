@@ -1,6 +1,7 @@
 package backlog
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -19,6 +20,11 @@ import (
 type Options struct {
 	Log    LogOptions
 	Logger zerolog.Logger
+	// ScrubRate bounds the background recheck of sealed segments and the
+	// snapshot, in bytes per second; 0 turns the scrub off.
+	ScrubRate int64
+	// ScrubPause is the rest between two scrub passes (0: a minute).
+	ScrubPause time.Duration
 }
 
 // State is one consistent view of the replication position.
@@ -45,19 +51,29 @@ type Store struct {
 	lock *os.File
 
 	// writeMu serializes the meta writers (Reset, AdoptSnapshot, ShiftID)
-	// across their whole validate, write and swap; mu guards the fields.
+	// across their whole validate, write and swap; mu guards the fields and
+	// is never held across a meta write, so appends and PSYNC decisions do
+	// not wait on the disk.
 	writeMu sync.Mutex
 	mu      sync.RWMutex
 	meta    Meta
 	log     *Log // nil until there is a history
+
+	snapMu       sync.Mutex
+	snapVerified string // snapshot file whose CRC-64 this process checked
+	snapDamaged  string // snapshot file found damaged, moved aside
+
+	stopScrub context.CancelFunc
+	scrubDone chan struct{}
 }
 
-// Open opens (or creates) the store in dir. Damage is never served: a corrupt
-// meta file or a missing snapshot is moved aside, logged with its path, and
+// Open opens (or creates) the store in dir. Damage is never served: a
+// corrupt meta file, or a missing, resized or corrupt snapshot, is moved
+// aside into damaged/ with the log it belonged to, logged with its path, and
 // the store starts without history, so the proxy full-syncs from upstream.
 func Open(dir string, opt Options) (*Store, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "snapshot"), filepath.Join(dir, "log")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
@@ -66,18 +82,27 @@ func Open(dir string, opt Options) (*Store, error) {
 		return nil, err
 	}
 	opt.Log.Logger = opt.Logger
+	if opt.Log.Sync == nil {
+		opt.Log.Sync = fileSync
+	}
+	opt.Log.DamagedDir = filepath.Join(dir, "damaged")
 	s := &Store{dir: dir, opt: opt, lock: lock}
 	if err := s.load(); err != nil {
 		lock.Close()
 		return nil, err
 	}
 	s.removeStale()
+	if opt.ScrubRate > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopScrub, s.scrubDone = cancel, make(chan struct{})
+		go s.scrub(ctx)
+	}
 	return s, nil
 }
 
 func lockDir(dir string) (*os.File, error) {
 	path := filepath.Join(dir, "LOCK")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -90,6 +115,8 @@ func lockDir(dir string) (*os.File, error) {
 
 func (s *Store) metaPath() string { return filepath.Join(s.dir, "meta.json") }
 
+func (s *Store) damagedDir() string { return s.opt.Log.DamagedDir }
+
 func (s *Store) logDir(epoch uint64) string {
 	return filepath.Join(s.dir, "log", strconv.FormatUint(epoch, 10))
 }
@@ -101,20 +128,29 @@ func (s *Store) load() error {
 		s.meta = freshMeta(0)
 		return nil
 	case errors.Is(err, ErrCorrupt):
-		s.quarantine(s.metaPath(), err)
+		s.setAside("damaged replication meta; it, the backlog and the snapshot are moved aside and the proxy will full-sync from its master rather than serve unverified bytes",
+			err, s.metaPath(), append([]string{s.metaPath()}, s.everything()...)...)
 		s.meta = freshMeta(0)
 		return nil
 	case err != nil:
 		return err // unreadable, not damaged: the operator must fix it, nothing is thrown away
 	}
-	if err := checkSnapshot(filepath.Join(s.dir, "snapshot"), m.Snapshot); err != nil {
-		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errSnapshotSize) && m.Snapshot != nil {
+	if err := checkSnapshot(filepath.Join(s.dir, "snapshot"), m.Snapshot, true, nil); err != nil {
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errSnapshotSize) && !errors.Is(err, ErrSnapshotDamaged) && m.Snapshot != nil {
 			return err
 		}
-		s.opt.Logger.Error().Err(err).Msg("snapshot unusable; the proxy will full-sync from its master")
+		paths := []string{s.logDir(m.Epoch)}
+		file := s.metaPath()
+		if m.Snapshot != nil {
+			file = filepath.Join(s.dir, "snapshot", m.Snapshot.File)
+			paths = append(paths, file)
+		}
+		s.setAside("snapshot unusable; it and its backlog are moved aside and the proxy will full-sync from its master",
+			err, file, paths...)
 		s.meta = freshMeta(m.Epoch + 1)
 		return nil
 	}
+	s.snapVerified = m.Snapshot.File
 	l, err := OpenLog(s.logDir(m.Epoch), m.LogStart, s.opt.Log)
 	if err != nil {
 		return err
@@ -126,39 +162,41 @@ func (s *Store) load() error {
 	return nil
 }
 
+// setAside moves damaged files, and the history they belong to, into
+// damaged/<time>/, and logs why, naming file.
+func (s *Store) setAside(why string, cause error, file string, paths ...string) {
+	dir, err := moveAside(s.damagedDir(), paths...)
+	if err != nil {
+		s.opt.Logger.Error().Err(err).Msg("cannot move damaged files aside")
+	}
+	s.opt.Logger.Error().Err(cause).Str("file", file).Str("moved_to", dir).Msg(why)
+}
+
+// diskError logs err at error level, where alerting looks, and returns it.
+func (s *Store) diskError(err error) error {
+	s.opt.Logger.Error().Err(err).Msg("disk error in the data dir")
+	return err
+}
+
+// everything lists the data dir's log generations and snapshot files.
+func (s *Store) everything() []string {
+	var paths []string
+	for _, sub := range []string{"log", "snapshot"} {
+		entries, _ := os.ReadDir(filepath.Join(s.dir, sub))
+		for _, e := range entries {
+			paths = append(paths, filepath.Join(s.dir, sub, e.Name()))
+		}
+	}
+	return paths
+}
+
 func freshMeta(epoch uint64) Meta {
 	return Meta{ReplID: RandomReplID(), ReplID2: NoReplID, SecondOffset: -1, Epoch: epoch, LogStart: 1}
 }
 
-// quarantine moves a damaged file aside so an operator can inspect it.
-func (s *Store) quarantine(path string, cause error) {
-	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().Unix())
-	if err := os.Rename(path, aside); err != nil {
-		s.opt.Logger.Error().Err(err).Str("file", path).Msg("cannot move damaged file aside")
-	}
-	s.opt.Logger.Error().Err(cause).Str("file", path).Str("moved_to", aside).
-		Msg("damaged replication meta; the proxy will full-sync from its master rather than serve unverified bytes")
-}
-
-func checkSnapshot(dir string, snap *SnapshotInfo) error {
-	if snap == nil {
-		return errors.New("meta names no snapshot")
-	}
-	path := filepath.Join(dir, snap.File)
-	info, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("snapshot %s: %w", path, err)
-	}
-	if info.Size() != snap.Size {
-		return fmt.Errorf("snapshot %s has %d bytes, meta says %d: %w", path, info.Size(), snap.Size, errSnapshotSize)
-	}
-	return nil
-}
-
-var errSnapshotSize = errors.New("wrong size")
-
 // removeStale deletes what a crash mid-transition may have left: log
-// generations and snapshots the meta does not name, and temp files.
+// generations and snapshots the meta does not name, and temp files. Damage
+// was moved aside before this runs; these are leftovers, not damage.
 func (s *Store) removeStale() {
 	entries, _ := os.ReadDir(filepath.Join(s.dir, "log"))
 	for _, e := range entries {
@@ -241,29 +279,53 @@ func (s *Store) Append(p []byte) error {
 	return l.Append(p)
 }
 
-// ShiftID records an upstream ID change (+CONTINUE <newid>): the old ID stays
-// valid, as replid2, for offsets up to the current end, so replicas that
-// still hold it can continue partially.
-func (s *Store) ShiftID(newID string) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.log == nil {
-		return errors.New("shift replid without history")
+// Rewound is closed when the current log is cut back: the upstream session
+// must end and PSYNC again from End. Nil (never ready) without history.
+func (s *Store) Rewound() <-chan struct{} {
+	if l := s.Log(); l != nil {
+		return l.Rewound()
 	}
-	m := s.meta
-	_, end := s.log.Bounds()
-	m.ReplID2, m.SecondOffset, m.ReplID = m.ReplID, end, newID
-	if err := writeMeta(s.metaPath(), m); err != nil {
-		return fmt.Errorf("persist replid shift: %w", err)
-	}
-	s.meta = m
 	return nil
 }
 
-// Close syncs and closes the log and releases the data dir.
+// Resume is called by the writer before it PSYNCs from End: appends are
+// accepted again after a cut.
+func (s *Store) Resume() {
+	if l := s.Log(); l != nil {
+		l.Resume()
+	}
+}
+
+// ShiftID records an upstream ID change (+CONTINUE <newid>): the old ID stays
+// valid, as replid2, for offsets up to the current end, so replicas that
+// still hold it can continue partially. The link, the only appender, calls
+// it, so the end cannot move while the meta is written outside mu.
+func (s *Store) ShiftID(newID string) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	m, l := s.meta, s.log
+	s.mu.RUnlock()
+	if l == nil {
+		return errors.New("shift replid without history")
+	}
+	_, end := l.Bounds()
+	m.ReplID2, m.SecondOffset, m.ReplID = m.ReplID, end, newID
+	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
+		return s.diskError(fmt.Errorf("persist replid shift: %w", err))
+	}
+	s.mu.Lock()
+	s.meta = m
+	s.mu.Unlock()
+	return nil
+}
+
+// Close stops the scrub, syncs and closes the log and releases the data dir.
 func (s *Store) Close() error {
+	if s.stopScrub != nil {
+		s.stopScrub()
+		<-s.scrubDone
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var err error
@@ -272,4 +334,80 @@ func (s *Store) Close() error {
 	}
 	s.lock.Close()
 	return err
+}
+
+// scrub rechecks, at ScrubRate, every sealed segment's CRCs and the
+// snapshot's CRC-64: damage that appears after a record's first verified
+// send is found before a later replica reads it.
+func (s *Store) scrub(ctx context.Context) {
+	defer close(s.scrubDone)
+	pause := s.opt.ScrubPause
+	if pause <= 0 {
+		pause = time.Minute
+	}
+	pace := newPacer(ctx, s.opt.ScrubRate)
+	for {
+		if l := s.Log(); l != nil {
+			s.scrubLog(ctx, l, pace)
+		}
+		if err := s.scrubSnapshot(pace); err != nil && ctx.Err() == nil {
+			s.opt.Logger.Error().Err(err).Msg("scrub could not read the snapshot")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+	}
+}
+
+func (s *Store) scrubLog(ctx context.Context, l *Log, pace func(int64) error) {
+	l.mu.RLock()
+	var segs []*segment
+	for _, seg := range l.segs {
+		if seg.synced.Load() {
+			segs = append(segs, seg)
+		}
+	}
+	l.mu.RUnlock()
+	for _, seg := range segs {
+		if ctx.Err() != nil {
+			return
+		}
+		path := segmentPath(l.dir, seg.first)
+		cuts := l.cuts.Load()
+		chk, err := verifySegment(path, false, pace)
+		if l.cuts.Load() != cuts {
+			return // a cut rewrote files under the check: start a new pass
+		}
+		switch {
+		case err != nil && errors.Is(err, os.ErrNotExist):
+			// removed by retention meanwhile
+		case err != nil && ctx.Err() == nil:
+			s.opt.Logger.Error().Err(err).Str("file", path).Msg("scrub could not read a backlog segment")
+		case err == nil && (chk.mismatch || chk.unverifiable):
+			l.damaged(seg, chk.problem)
+			return
+		}
+	}
+}
+
+// newPacer returns a function that sleeps so that the bytes it is told of
+// pass at no more than rate per second.
+func newPacer(ctx context.Context, rate int64) func(int64) error {
+	start, total := time.Now(), int64(0)
+	return func(n int64) error {
+		total += n
+		due := start.Add(time.Duration(float64(total) / float64(rate) * float64(time.Second)))
+		if wait := time.Until(due); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
+		} else if wait < -time.Second {
+			start, total = time.Now(), 0 // idle time earns no burst
+		}
+		return nil
+	}
 }

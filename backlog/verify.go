@@ -1,6 +1,7 @@
 package backlog
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -13,20 +14,33 @@ type Report struct {
 	First    int64
 	End      int64
 	Problems []string // each names the file at fault
+	Actions  []string // what the proxy does about each problem, in the same order
 }
 
-// Verify checks a data dir without changing it: the meta checksum, the
-// snapshot's size, and every segment's records against their CRCs. It is
-// safe beside a running proxy; recovery, not Verify, repairs.
+func (r *Report) add(problem, action string) {
+	r.Problems = append(r.Problems, problem)
+	r.Actions = append(r.Actions, action)
+}
+
+const resendNote = " (a full sync instead if the master no longer holds that offset)"
+
+// Verify checks everything the proxy relies on, without changing the data
+// dir: the meta checksum, the snapshot's size and CRC-64, and every
+// segment's records against their CRCs. It is safe beside a running proxy.
+// For each problem it says what the proxy does about it.
 func Verify(dir string) (Report, error) {
 	var rep Report
 	m, err := readMeta(filepath.Join(dir, "meta.json"))
+	if errors.Is(err, ErrCorrupt) {
+		rep.add(err.Error(), "at start, the proxy moves meta.json, the backlog and the snapshot into damaged/ and full-syncs from its master")
+		return rep, nil
+	}
 	if err != nil {
 		return rep, err
 	}
 	rep.Meta = m
-	if err := checkSnapshot(filepath.Join(dir, "snapshot"), m.Snapshot); err != nil {
-		rep.Problems = append(rep.Problems, err.Error())
+	if err := checkSnapshot(filepath.Join(dir, "snapshot"), m.Snapshot, true, nil); err != nil {
+		rep.add(err.Error(), "at start, the proxy moves the snapshot and its backlog into damaged/ and full-syncs from its master; a running proxy stops serving it, and replicas that need a full sync wait for a fresh one from its master")
 	}
 	logDir := filepath.Join(dir, "log", strconv.FormatUint(m.Epoch, 10))
 	segs, err := scanSegments(logDir)
@@ -40,18 +54,34 @@ func Verify(dir string) (Report, error) {
 			rep.First, rep.End = s.first, s.first
 		}
 		if s.first != rep.End {
-			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: gap, previous segment ends at %d", path, rep.End))
+			rep.add(fmt.Sprintf("%s: gap, previous segment ends at %d", path, rep.End),
+				fmt.Sprintf("at start, the proxy moves this segment and those after it into damaged/ and resumes with PSYNC from offset %d%s", rep.End, resendNote))
 			break
 		}
-		chk, err := verifySegment(path, true)
+		chk, err := verifySegment(path, false, nil)
 		if err != nil {
 			return rep, err
 		}
 		rep.End = s.first + chk.valid
 		if chk.problem != "" {
-			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: %s", path, chk.problem))
+			rep.add(fmt.Sprintf("%s: %s", path, chk.problem), segmentAction(s.first, chk, i == len(segs)-1))
 			break
 		}
 	}
 	return rep, nil
+}
+
+// segmentAction says what the proxy does about a damaged segment, following
+// recovery (OpenLog), the check before each first send, and the scrub.
+func segmentAction(first int64, chk segmentCheck, last bool) string {
+	cutAt := first + chk.valid
+	switch {
+	case chk.unverifiable:
+		return fmt.Sprintf("at start, the proxy moves this segment and those after it into damaged/ and resumes with PSYNC from offset %d%s", first, resendNote)
+	case chk.mismatch && chk.sealed && !last:
+		return fmt.Sprintf("this segment was fsynced whole, so recovery trusts its sizes; the proxy finds the mismatch before sending these bytes (at their first read, or by the background scrub), moves this segment and those after it into damaged/ and resumes with PSYNC from offset %d%s", first, resendNote)
+	case chk.mismatch:
+		return fmt.Sprintf("at start, the proxy keeps a copy of this segment in damaged/, cuts it at its last good record (offset %d), moves the segments after it into damaged/ and resumes with PSYNC from there%s", cutAt, resendNote)
+	}
+	return fmt.Sprintf("at start, the proxy cuts this segment at its last good record (offset %d), moves the segments after it into damaged/ and resumes with PSYNC from there%s", cutAt, resendNote)
 }

@@ -85,7 +85,8 @@ func (r *replica) waitSnapshot(ctx context.Context) (*os.File, backlog.SnapshotI
 			r.log.Info().Str("reason", err.Error()).Msg("replica waits for a snapshot")
 			logged = true
 		}
-		if errors.Is(err, backlog.ErrTrimmed) && r.srv.cfg.NeedSnapshot != nil {
+		needFresh := errors.Is(err, backlog.ErrTrimmed) || errors.Is(err, backlog.ErrSnapshotDamaged)
+		if needFresh && r.srv.cfg.NeedSnapshot != nil {
 			r.srv.cfg.NeedSnapshot()
 		}
 		select {

@@ -55,6 +55,12 @@ type BacklogConfig struct {
 	MaxAge       Duration `yaml:"max_age"` // 0: retention by size only
 	SegmentBytes Size     `yaml:"segment_bytes"`
 	Fsync        string   `yaml:"fsync"`
+	// ScrubRate bounds the background recheck of stored bytes against
+	// their checksums, per second; 0 turns it off.
+	ScrubRate Size `yaml:"scrub_rate"`
+	// Sync replaces fsync for every file of the data dir: a test's way to
+	// make the disk fail. Not configurable from a file.
+	Sync backlog.SyncFunc `yaml:"-"`
 }
 
 // SnapshotConfig says when the stored RDB is renewed from the master.
@@ -94,6 +100,7 @@ func Defaults() Config {
 			MaxBytes:     1 << 30,
 			SegmentBytes: 64 << 20,
 			Fsync:        string(backlog.FsyncEverySec),
+			ScrubRate:    16 << 20,
 		},
 		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute)},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},

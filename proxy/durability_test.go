@@ -52,6 +52,34 @@ func TestKill9AtRandomMoments(t *testing.T) {
 	stopLoad()
 	r.waitInSync(t)
 	expectInt(t, "master sync_full", m.InfoInt("stats", "sync_full"), 1)
+	expectRecoveredSyncedFirst(t, tp.logPath, 10)
+}
+
+// expectRecoveredSyncedFirst checks issue 8, point 2 in a proxy's log: after
+// each of restarts starts, what recovery kept is fsynced before the link
+// streams, so before its first ACK upstream.
+func expectRecoveredSyncedFirst(t *testing.T, logPath string, restarts int) {
+	t.Helper()
+	synced, checked, starts := false, true, 0
+	for _, line := range logLines(t, logPath) {
+		switch line["message"] {
+		case "recovered segments fsynced before anything is acknowledged upstream":
+			synced = true // logged while opening the store, before "replproxy starting"
+		case "replproxy starting":
+			starts++
+			checked = starts == 1 // the first start has nothing to recover
+		case "upstream link state":
+			if line["to"] == "connected" && !checked {
+				if !synced {
+					t.Fatalf("start %d streamed (and so acknowledged) before fsyncing what recovery kept", starts)
+				}
+				checked, synced = true, false
+			}
+		}
+	}
+	if starts < restarts+1 {
+		t.Fatalf("%d starts in the log, want %d", starts, restarts+1)
+	}
 }
 
 func lastSegment(t *testing.T, dataDir string) string {
@@ -268,6 +296,11 @@ func TestDiskFullAndRecovery(t *testing.T) {
 		st := r.proxy.info("replication")["master_link_status"]
 		return st == "down", st
 	})
+	// Issue 8: a disk error is logged at error level, where alerting looks.
+	if log := tail(r.proxy.logPath, 400); !strings.Contains(log, `"level":"error","component":"upstream"`) ||
+		!strings.Contains(log, "disk error storing the stream") {
+		t.Fatalf("the full disk is not logged at error level")
+	}
 	acked := m.Info("replication")["slave0"]
 	proxyOffset := r.proxy.infoInt("replication", "master_repl_offset")
 	// Everything stored is sent on: the replica's line shows nothing left

@@ -116,6 +116,7 @@ func readReply(rd *resp.Reader) (string, error) {
 // connection is read with: decompressing, when the master is a replproxy
 // that agreed to compress.
 func (l *Link) psync(conn net.Conn, rd *resp.Reader) (*resp.Reader, error) {
+	l.store.Resume() // after a cut of the log, appends continue from its new end
 	st := l.store.State()
 	replid, offset := "?", "-1"
 	if st.HasHistory {

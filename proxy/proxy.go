@@ -64,8 +64,10 @@ func openStore(cfg Config, log zerolog.Logger) (*backlog.Store, error) {
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
 			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
 			Fsync:        fsync,
+			Sync:         cfg.Backlog.Sync,
 		},
-		Logger: log.With().Str("component", "backlog").Logger(),
+		ScrubRate: int64(cfg.Backlog.ScrubRate),
+		Logger:    log.With().Str("component", "backlog").Logger(),
 	})
 }
 

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"time"
 
+	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -34,6 +36,9 @@ func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) erro
 		n, err := br.Read(buf[carry:])
 		if n > 0 {
 			if aerr := l.store.Append(buf[carry : carry+n]); aerr != nil {
+				if !errors.Is(aerr, backlog.ErrRewound) {
+					l.log.Error().Err(aerr).Msg("disk error storing the stream; the link stops and nothing more is acknowledged")
+				}
 				return fmt.Errorf("store stream: %w", aerr)
 			}
 			l.rawBytes.Add(int64(n))
@@ -76,6 +81,7 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	last := int64(-1)
+	rewound := l.store.Rewound()
 	for {
 		var replicaAcks <-chan struct{}
 		if l.cfg.AckMode == AckReplicas {
@@ -94,6 +100,11 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 			l.store.SyncNow()
 			force = l.cfg.AckMode == AckStored
 		case <-replicaAcks:
+		case <-rewound:
+			// The log was cut back (a failed fsync, or damage on disk):
+			// the session ends and the next one PSYNCs from the new end.
+			conn.Close()
+			return backlog.ErrRewound
 		}
 		off, ok := l.ackOffset()
 		if !ok || (!force && off <= last) {

@@ -167,7 +167,7 @@ func checkConfigCommand() *cli.Command {
 func verifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "verify",
-		Usage: "check a data dir offline: meta checksum, snapshot, and every backlog segment's CRCs",
+		Usage: "check a data dir: meta checksum, the snapshot's CRC-64, every backlog segment's CRCs, and say what the proxy does about damage",
 		Flags: []cli.Flag{&cli.StringFlag{Name: "data-dir", Required: true, Usage: "the proxy's data dir"}},
 		Action: func(c *cli.Context) error {
 			rep, err := backlog.Verify(c.String("data-dir"))
@@ -180,11 +180,12 @@ func verifyCommand() *cli.Command {
 				fmt.Fprintf(w, "snapshot %s at offset %d, %d bytes\n", snap.File, snap.Offset, snap.Size)
 			}
 			fmt.Fprintf(w, "backlog: %d segments, offsets [%d, %d), %d bytes\n", rep.Segments, rep.First, rep.End, rep.End-rep.First)
-			for _, p := range rep.Problems {
+			for i, p := range rep.Problems {
 				fmt.Fprintln(w, "PROBLEM:", p)
+				fmt.Fprintln(w, "  then:", rep.Actions[i])
 			}
 			if len(rep.Problems) > 0 {
-				return fmt.Errorf("%d problem(s); the proxy will cut the log at the first one when it starts", len(rep.Problems))
+				return fmt.Errorf("%d problem(s) found; what the proxy does about each is printed above", len(rep.Problems))
 			}
 			fmt.Fprintln(w, "ok")
 			return nil

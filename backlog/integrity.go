@@ -1,0 +1,310 @@
+package backlog
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrDamaged means stored bytes did not match their checksum. They were not
+// sent; the log was cut before them and upstream resends them.
+var ErrDamaged = errors.New("stored bytes do not match their checksum")
+
+// verifier is a segment's verified-up-to mark, shared by every cursor: each
+// record is checked against its CRC once per process lifetime, before its
+// first send, and later readers go straight to sendfile.
+type verifier struct {
+	mu   sync.Mutex
+	upTo atomic.Int64 // bytes from the segment's start checked
+	recs int64        // index records upTo covers; guarded by mu
+}
+
+var verifyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// damage is a checksum mismatch found while verifying.
+type damage struct{ problem string }
+
+func (d *damage) Error() string { return d.problem }
+
+// verifyTo checks the records of s until at least need bytes from its start
+// are verified. data and idx are the reader's own handles on its files.
+func (s *segment) verifyTo(need int64, data, idx *os.File) error {
+	if s.ver.upTo.Load() >= need {
+		return nil
+	}
+	s.ver.mu.Lock()
+	defer s.ver.mu.Unlock()
+	bp := verifyBufs.Get().(*[]byte)
+	defer verifyBufs.Put(bp)
+	var raw [512 * recordSize]byte
+	var recs []record
+	for upTo := s.ver.upTo.Load(); upTo < need; {
+		n, err := idx.ReadAt(raw[:], int64(len(indexMagic))+s.ver.recs*recordSize)
+		recs = decodeRecords(raw[:n-n%recordSize], recs[:0])
+		if len(recs) == 0 {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = fmt.Errorf("index %s ends at byte %d of the segment, %d needed", idx.Name(), upTo, need)
+			}
+			return fmt.Errorf("read index %s: %w", idx.Name(), err)
+		}
+		for _, r := range recs {
+			if r.seal() {
+				return fmt.Errorf("index %s is sealed at byte %d of the segment, %d needed", idx.Name(), upTo, need)
+			}
+			ok, err := checkRecord(data, upTo, r, *bp)
+			if err != nil {
+				return fmt.Errorf("verify segment %s at %d: %w", data.Name(), upTo, err)
+			}
+			if !ok {
+				return &damage{fmt.Sprintf("checksum mismatch in bytes %d..%d", upTo, upTo+int64(r.length))}
+			}
+			upTo += int64(r.length)
+			s.ver.recs++
+			s.ver.upTo.Store(upTo)
+			if upTo >= need {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// damaged handles a checksum mismatch in seg: nothing from the start of seg
+// on is served any more; its files and the later segments' are moved aside,
+// and the upstream link resumes with PSYNC from seg's first offset, so the
+// master resends the bytes (or, when it no longer can, full-syncs the proxy).
+func (l *Log) damaged(seg *segment, problem string) {
+	path := segmentPath(l.dir, seg.first)
+	l.mu.RLock()
+	current := false
+	for _, s := range l.segs {
+		current = current || s == seg
+	}
+	l.mu.RUnlock()
+	if !current {
+		return // already cut, by another reader or the scrub
+	}
+	l.log.Error().Str("file", path).Str("problem", problem).Int64("cut_at", seg.first).
+		Msg("backlog segment damaged: its bytes are not served; the log is cut at the segment's first offset, the files from there on are moved aside, and the upstream link resumes with PSYNC from there")
+	if err := l.cut(seg.first, true); err != nil && !errors.Is(err, ErrClosed) {
+		l.log.Error().Err(err).Msg("cutting the log at the damage failed; nothing more is appended")
+	}
+}
+
+// afterSyncFailure cuts the log back to its durable offset: the bytes after
+// it may never reach the disk, whatever a retried fsync reports.
+func (l *Log) afterSyncFailure(cause error) {
+	to := l.durable.Load()
+	l.log.Error().Err(cause).Int64("durable", to).
+		Msg("fsync failed: nothing past the durable offset is acknowledged; the log is cut back to it and the upstream link resumes with PSYNC from there")
+	if err := l.cut(to, false); err != nil && !errors.Is(err, ErrClosed) {
+		l.log.Error().Err(err).Msg("cutting the log back after a failed fsync failed; nothing more is appended")
+	}
+}
+
+// cut drops every byte from offset to on: segments starting there or later
+// are removed (moved aside when damaged), the one holding to is truncated.
+// The writer then gets ErrRewound until it resumes from the new end.
+func (l *Log) cut(to int64, damaged bool) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.syncer.syncMu.Lock()
+	defer l.syncer.syncMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	to = min(to, l.end)
+	err := l.cutFiles(to, damaged)
+	if err != nil {
+		l.broken = fmt.Errorf("log cut at %d failed: %w", to, err)
+	}
+	if l.durable.Load() > to {
+		l.durable.Store(to)
+	}
+	l.end = min(l.end, to)
+	if len(l.segs) == 0 {
+		l.first = l.end
+	}
+	l.cuts.Add(1)
+	if !l.resume {
+		l.resume = true
+		close(l.rewound)
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.syncer.cleared(l.end)
+	return err
+}
+
+// cutFiles does the file work of a cut; the caller holds every lock.
+func (l *Log) cutFiles(to int64, damaged bool) error {
+	if l.active != nil {
+		l.active.close()
+		l.active = nil
+	}
+	l.syncer.mu.Lock()
+	retired := l.syncer.retired
+	l.syncer.retired = nil
+	l.syncer.mu.Unlock()
+	for _, a := range retired {
+		a.close()
+	}
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].end() > to })
+	keep, drop := l.segs[:i], l.segs[i:]
+	var trunc *segment
+	if len(drop) > 0 && drop[0].first < to {
+		trunc, drop = drop[0], drop[1:]
+	}
+	if err := l.removeSegments(drop, damaged); err != nil {
+		return err
+	}
+	l.segs = keep
+	if trunc != nil {
+		if err := l.truncate(trunc, to-trunc.first); err != nil {
+			return err
+		}
+		l.segs = append(l.segs, trunc)
+	}
+	if err := syncDir(l.dir, l.opt.Sync); err != nil {
+		return err
+	}
+	if n := len(l.segs); n > 0 && l.segs[n-1].size < l.opt.SegmentBytes {
+		return l.reopenActive(l.segs[n-1])
+	}
+	return nil
+}
+
+func (l *Log) removeSegments(segs []*segment, damaged bool) error {
+	if len(segs) == 0 {
+		return nil
+	}
+	var paths []string
+	for _, s := range segs {
+		path := segmentPath(l.dir, s.first)
+		paths = append(paths, path, indexPath(path))
+	}
+	if damaged {
+		dir, err := moveAside(l.opt.DamagedDir, paths...)
+		if err == nil {
+			l.log.Error().Int("segments", len(segs)).Int64("from", segs[0].first).Str("moved_to", dir).
+				Msg("backlog segments moved aside")
+		}
+		return err
+	}
+	for _, s := range segs {
+		if err := removeSegmentFiles(segmentPath(l.dir, s.first)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// truncate cuts seg to size bytes (a record boundary) and makes that durable.
+func (l *Log) truncate(seg *segment, size int64) error {
+	seg.ver.mu.Lock()
+	defer seg.ver.mu.Unlock()
+	path := segmentPath(l.dir, seg.first)
+	recs, err := recordsUpTo(path, size)
+	if err != nil {
+		return err
+	}
+	if err := truncateSegment(path, size, recs); err != nil {
+		return err
+	}
+	a, err := openSegmentFiles(path)
+	if err != nil {
+		return err
+	}
+	err = a.sync(l.opt.Sync)
+	a.close()
+	if err != nil {
+		return err
+	}
+	seg.size = size
+	seg.synced.Store(false)
+	if seg.ver.upTo.Load() > size {
+		seg.ver.upTo.Store(0)
+		seg.ver.recs = 0
+	}
+	return nil
+}
+
+// moveAside moves files into a new timestamped directory under root, for an
+// operator to inspect: nothing found damaged is deleted.
+func moveAside(root string, paths ...string) (string, error) {
+	dir, err := asideDir(root)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range paths {
+		if err := os.Rename(p, filepath.Join(dir, filepath.Base(p))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return dir, fmt.Errorf("move %s aside to %s: %w", p, dir, err)
+		}
+	}
+	return dir, nil
+}
+
+// copyAside keeps a copy of files that are then repaired in place.
+func copyAside(root string, paths ...string) (string, error) {
+	dir, err := asideDir(root)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range paths {
+		if err := copyFile(p, filepath.Join(dir, filepath.Base(p))); err != nil {
+			return dir, err
+		}
+	}
+	return dir, nil
+}
+
+func asideDir(root string) (string, error) {
+	if root == "" {
+		return "", errors.New("no directory for damaged files configured")
+	}
+	base := filepath.Join(root, time.Now().UTC().Format("20060102T150405.000000000Z"))
+	for i := 0; ; i++ {
+		dir := base
+		if i > 0 {
+			dir = fmt.Sprintf("%s-%d", base, i)
+		}
+		if err := os.MkdirAll(root, 0o700); err != nil {
+			return "", fmt.Errorf("create %s: %w", root, err)
+		}
+		err := os.Mkdir(dir, 0o700)
+		if err == nil {
+			return dir, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return fmt.Errorf("copy %s aside: %w", from, err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("copy %s aside: %w", from, err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s to %s: %w", from, to, err)
+	}
+	return nil
+}

@@ -34,6 +34,7 @@ type LogOptions struct {
 	MaxAge       time.Duration // retention: sealed segments older than this go (0: no age limit)
 	Fsync        FsyncPolicy
 	Logger       zerolog.Logger
+	OnFsync      func(time.Duration) // observes each fsync's latency (metrics); nil: none
 }
 
 type segment struct {
@@ -74,6 +75,7 @@ type Log struct {
 	preparing bool
 	lastTrim  time.Time
 	recBuf    []byte
+	times     *timeIndex // offset -> wall clock, for operators (timeindex.go)
 }
 
 type preparedSegment struct {
@@ -108,6 +110,7 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 		}
 	}
 	l.durable.Store(l.end)
+	l.times = openTimeIndex(dir)
 	l.syncer = startSyncer(l, opt.Fsync)
 	return l, nil
 }
@@ -249,6 +252,7 @@ func (l *Log) Changed() <-chan struct{} {
 // error the log is unchanged past its last complete append, and the caller
 // may retry from End.
 func (l *Log) Append(p []byte) error {
+	l.times.note(l.end, time.Now())
 	for len(p) > 0 {
 		a, err := l.writable()
 		if err != nil {
@@ -428,6 +432,7 @@ func (l *Log) trim() {
 		}
 	}
 	if len(victims) > 0 {
+		l.times.compact(l.first)
 		l.log.Debug().Int("segments", len(victims)).Int64("first", l.first).Msg("retention removed old segments")
 	}
 }
@@ -460,6 +465,7 @@ func (l *Log) Close() error {
 	close(l.changed)
 	active := l.active
 	l.mu.Unlock()
+	defer l.times.close()
 	if l.preparing {
 		p := <-l.next
 		os.Remove(p.path)

@@ -27,6 +27,7 @@ type Config struct {
 	Replicas      ReplicaConfig  `yaml:"replicas"`
 	Log           LogConfig      `yaml:"log"`
 	TLS           TLSConfig      `yaml:"tls"`
+	Health        HealthConfig   `yaml:"health"`
 	// AckMode is what the proxy acknowledges to its master: AckStored or
 	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
 	AckMode   string `yaml:"ack_mode"`
@@ -78,6 +79,9 @@ type ReplicaConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"` // auto, console or json
+	// ProgressInterval is how often long work (full syncs, catch-ups) logs
+	// its progress.
+	ProgressInterval Duration `yaml:"progress_interval"`
 }
 
 // Defaults returns a configuration with every default filled in.
@@ -97,7 +101,8 @@ func Defaults() Config {
 		},
 		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute)},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
-		Log:      LogConfig{Level: "info", Format: "auto"},
+		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
+		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
 		AckMode:  AckStored,
 	}
 }

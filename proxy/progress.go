@@ -267,11 +267,11 @@ func (pg *progress) logStart(w *workState) {
 
 func (pg *progress) logProgress(w Work) {
 	pg.event(w).Float64("percent", round1(w.Percent())).Int64("rate_bytes_per_sec", int64(w.Rate)).
-		Float64("eta_seconds", round1(w.ETA)).Dur("elapsed", time.Since(w.Started).Round(time.Second)).Msg("progress")
+		Float64("eta_seconds", round1(w.ETA)).Int64("elapsed_seconds", int64(time.Since(w.Started).Seconds())).Msg("progress")
 }
 
 func (pg *progress) logEnd(w *workState, now time.Time) {
-	pg.event(w.Work).Dur("elapsed", now.Sub(w.Started).Round(time.Second)).Msg("long work ended")
+	pg.event(w.Work).Int64("elapsed_seconds", int64(now.Sub(w.Started).Seconds())).Msg("long work ended")
 }
 
 func round1(x float64) float64 { return float64(int64(x*10)) / 10 }

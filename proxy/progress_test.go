@@ -1,0 +1,133 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/redisproc"
+	"github.com/replproxy/replproxy/proxy"
+)
+
+// workLine finds the INFO proxy section's line for a kind of work and
+// returns its fields.
+func workLine(info map[string]string, kind string) (map[string]string, bool) {
+	for k, v := range info {
+		if !strings.HasPrefix(k, "work") || !strings.Contains(v, "kind="+kind+",") {
+			continue
+		}
+		out := map[string]string{}
+		for _, kv := range strings.Split(v, ",") {
+			if a, b, ok := strings.Cut(kv, "="); ok {
+				out[a] = b
+			}
+		}
+		return out, true
+	}
+	return nil, false
+}
+
+func atoi(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+// rising says the samples grow at least twice and end above the first.
+func rising(xs []int64) bool {
+	ups := 0
+	for i := 1; i < len(xs); i++ {
+		if xs[i] < xs[i-1] {
+			return false
+		}
+		if xs[i] > xs[i-1] {
+			ups++
+		}
+	}
+	return ups >= 2
+}
+
+// Point 3: a 200 MB full sync, upstream (paced by a narrow link) and
+// downstream (paced by rate_limit), shows rising progress in INFO and in
+// the log.
+func TestProgressOf200MBFullSync(t *testing.T) {
+	// A disk-based sync announces its size; no compression keeps it 200 MB.
+	m := redisproc.Start(t, "--repl-diskless-sync", "no", "--rdbcompression", "no")
+	if _, err := m.Do("DEBUG", "POPULATE", "200000", "key", "1000"); err != nil {
+		t.Fatal(err)
+	}
+	_, up := toxicLink(t, m.Addr(), `{"type":"bandwidth","stream":"downstream","attributes":{"rate":40000}}`)
+	cfg := proxyConfig(t, up)
+	cfg.Log.ProgressInterval = proxy.Duration(time.Second)
+	cfg.Replicas.RateLimit = 40 << 20
+	p := startProxy(t, cfg)
+
+	var read, done []int64
+	var total int64
+	redisproc.Eventually(t, syncTimeout, "upstream full sync", func() (bool, string) {
+		info := p.info("all")
+		if info["master_sync_in_progress"] == "1" {
+			read = append(read, atoi(info["master_sync_read_bytes"]))
+			total = max(total, atoi(info["master_sync_total_bytes"]))
+			if w, ok := workLine(info, "upstream_full_sync"); ok {
+				done = append(done, atoi(w["done"]))
+			}
+		}
+		return info["master_link_status"] == "up", info["master_sync_read_bytes"]
+	})
+	if total < 200e6 || !rising(read) || !rising(done) {
+		t.Fatalf("upstream sync: total %d, master_sync_read_bytes %v, work done %v: want 200 MB and rising", total, read, done)
+	}
+
+	rep := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(p.port))
+	var sent []int64
+	var sentTotal int64
+	redisproc.Eventually(t, syncTimeout, "downstream full sync", func() (bool, string) {
+		if w, ok := workLine(p.info("proxy"), "replica_full_sync"); ok {
+			sent = append(sent, atoi(w["done"]))
+			sentTotal = atoi(w["total"])
+		}
+		return rep.Info("replication")["master_link_status"] == "up", ""
+	})
+	if sentTotal < 200e6 || !rising(sent) {
+		t.Fatalf("downstream sync: total %d, done %v: want 200 MB and rising", sentTotal, sent)
+	}
+	checkProgressLog(t, p.logPath, "upstream_full_sync")
+	checkProgressLog(t, p.logPath, "replica_full_sync")
+}
+
+// checkProgressLog wants at least two progress lines for a kind of work,
+// with bytes done rising, a total, a rate and an ETA.
+func checkProgressLog(t *testing.T, path, kind string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done []int64
+	for _, line := range strings.Split(string(raw), "\n") {
+		var ev struct {
+			Msg   string  `json:"message"`
+			Work  string  `json:"work"`
+			Done  int64   `json:"bytes_done"`
+			Total int64   `json:"bytes_total"`
+			Rate  int64   `json:"rate_bytes_per_sec"`
+			ETA   float64 `json:"eta_seconds"`
+			Pct   float64 `json:"percent"`
+		}
+		// Before the first byte (a master still saving its RDB) there is
+		// nothing to rate yet.
+		if json.Unmarshal([]byte(line), &ev) != nil || ev.Msg != "progress" || ev.Work != kind || ev.Done == 0 {
+			continue
+		}
+		if ev.Total < 200e6 || ev.Rate <= 0 || ev.ETA < 0 || ev.Pct <= 0 {
+			t.Errorf("%s progress line lacks total, rate, ETA or percent: %s", kind, line)
+		}
+		done = append(done, ev.Done)
+	}
+	if len(done) < 2 || !rising(append([]int64{0}, done...)) {
+		t.Fatalf("%s: log progress %v: want two lines or more, rising", kind, done)
+	}
+}

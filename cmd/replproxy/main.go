@@ -48,6 +48,8 @@ func newApp() *cli.App {
 			},
 			checkConfigCommand(),
 			verifyCommand(),
+			statusCommand(),
+			inspectCommand(),
 		},
 	}
 }

@@ -165,6 +165,17 @@ func (c Config) Validate() error {
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
 	}
+	return c.validateOps()
+}
+
+// validateOps checks the health and progress settings.
+func (c Config) validateOps() error {
+	if c.Health.ReadyMaxLag < 0 || c.Health.ReadyLinkDownGrace < 0 {
+		return errors.New("health.ready_max_lag and health.ready_link_down_grace must not be negative")
+	}
+	if c.Log.ProgressInterval != 0 && c.Log.ProgressInterval < Duration(time.Second) {
+		return fmt.Errorf("log.progress_interval %s: must be at least 1s", time.Duration(c.Log.ProgressInterval))
+	}
 	return nil
 }
 

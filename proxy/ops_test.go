@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -221,6 +222,11 @@ func TestReadyzFollowsTheMaster(t *testing.T) {
 	if code, body := httpGet(lenient.MetricsListen, "/readyz"); code != http.StatusOK || !strings.Contains(body, "backlog") {
 		t.Fatalf("/readyz within ready_link_down_grace: %d %s", code, body)
 	}
+	// The probe subcommand, as the systemd timer runs it, agrees.
+	if out, err := exec.Command(binary, "probe", "--ready", "--addr", strict.MetricsListen).CombinedOutput(); err == nil || !strings.Contains(string(out), "503") {
+		t.Fatalf("probe --ready with the master down: %v %s", err, out)
+	}
+	runBinary(t, "probe", "--addr", strict.MetricsListen)
 	m.Restart(t)
 	redisproc.Eventually(t, syncTimeout, "ready again with the master back", ready(strict.MetricsListen, http.StatusOK))
 }

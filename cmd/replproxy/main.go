@@ -50,6 +50,7 @@ func newApp() *cli.App {
 			verifyCommand(),
 			statusCommand(),
 			inspectCommand(),
+			probeCommand(),
 		},
 	}
 }

@@ -154,6 +154,16 @@ func TestMetricsUnderLoad(t *testing.T) {
 			t.Errorf("%s = %v", series, v)
 		}
 	}
+	// The INFO fields redis_exporter reads for a replica's dashboard.
+	info := p.info("all")
+	for _, f := range []string{"total_net_repl_input_bytes", "total_net_repl_output_bytes", "master_repl_offset", "slave_repl_offset", "master_last_io_seconds_ago"} {
+		if n, err := strconv.ParseInt(info[f], 10, 64); err != nil || (n <= 0 && f != "master_last_io_seconds_ago") {
+			t.Errorf("INFO %s = %q", f, info[f])
+		}
+	}
+	if info["ready"] != "1" || !strings.Contains(info["replica0"], "addr=127.0.0.1:"+strconv.Itoa(rep.Port)+",state=online") {
+		t.Errorf("INFO proxy section: ready %q, replica0 %q", info["ready"], info["replica0"])
+	}
 	for series := range got {
 		if strings.Contains(series, "id=") {
 			t.Errorf("series with a per-connection id: %s", series)

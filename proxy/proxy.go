@@ -135,6 +135,9 @@ func (p *Proxy) stats() []fanout.KV {
 	return append(p.link.Stats(),
 		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
 		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
+		// Redis 7's names, so redis_exporter's net_repl_*_bytes_total work.
+		fanout.KV{Key: "total_net_repl_input_bytes", Value: p.link.wireBytes.Load()},
+		fanout.KV{Key: "total_net_repl_output_bytes", Value: p.fan.BytesSent()},
 	)
 }
 

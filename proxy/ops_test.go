@@ -96,7 +96,7 @@ func TestMetricsUnderLoad(t *testing.T) {
 		got := scrape(t, cfg.MetricsListen)
 		ok := got[`replproxy_replica_state{`+name+`,state="online"}`] == 1 &&
 			got["replproxy_fsync_duration_seconds_count"] > 0 && got["replproxy_upstream_last_ack_offset"] > 0 &&
-			got["replproxy_downstream_bytes_sent_total"] > 0
+			got["replproxy_downstream_bytes_sent_total"] > 0 && got[`replproxy_replica_ack_offset{`+name+`}`] > 0
 		return ok, strings.Join(ownSeries(got), "\n")
 	})
 	got := scrape(t, cfg.MetricsListen)

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"encoding/json"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -84,15 +85,22 @@ func TestProgressOf200MBFullSync(t *testing.T) {
 	rep := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(p.port))
 	var sent []int64
 	var sentTotal int64
+	var status string
 	redisproc.Eventually(t, syncTimeout, "downstream full sync", func() (bool, string) {
 		if w, ok := workLine(p.info("proxy"), "replica_full_sync"); ok {
 			sent = append(sent, atoi(w["done"]))
 			sentTotal = atoi(w["total"])
+			if status == "" {
+				status = runBinary(t, "status", "--addr", cfg.Listen)
+			}
 		}
 		return rep.Info("replication")["master_link_status"] == "up", ""
 	})
 	if sentTotal < 200e6 || !rising(sent) {
 		t.Fatalf("downstream sync: total %d, done %v: want 200 MB and rising", sentTotal, sent)
+	}
+	if !regexp.MustCompile(`127\.0\.0\.1:` + strconv.Itoa(rep.Port) + ` +send_bulk .* full sync: .* of 19\d\.\d MiB \(`).MatchString(status) {
+		t.Errorf("status does not show the replica's full sync progress:\n%s", status)
 	}
 	checkProgressLog(t, p.logPath, "upstream_full_sync")
 	checkProgressLog(t, p.logPath, "replica_full_sync")

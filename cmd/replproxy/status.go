@@ -169,7 +169,7 @@ func renderStatus(w io.Writer, addr string, info map[string]string, now time.Tim
 		line := fmt.Sprintf("  %-21s %-11s lag %s, %ss", r["addr"], r["state"], human(num(r["lag_bytes"])), r["lag_seconds"])
 		for _, kind := range []string{"replica_full_sync", "replica_catchup"} {
 			if wk, ok := works[kind+" "+r["addr"]]; ok {
-				line += "  " + progressText(strings.TrimPrefix(kind, "replica_"), wk)
+				line += "  " + progressText(strings.ReplaceAll(strings.TrimPrefix(kind, "replica_"), "_", " "), wk)
 			}
 		}
 		fmt.Fprintln(w, line)

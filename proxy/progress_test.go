@@ -139,3 +139,54 @@ func checkProgressLog(t *testing.T, path, kind string) {
 		t.Fatalf("%s: log progress %v: want two lines or more, rising", kind, done)
 	}
 }
+
+// A replica that comes back far behind catches up from the backlog, and
+// the catch-up shows its progress in INFO and in the log.
+func TestProgressOfACatchUp(t *testing.T) {
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Log.ProgressInterval = proxy.Duration(time.Second)
+	cfg.Replicas.RateLimit = 8 << 20
+	p := startProxy(t, cfg)
+	rep := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(p.port))
+	redisproc.WaitInSync(t, syncTimeout, m, rep)
+	if err := rep.Shutdown(true); err != nil { // saved with its offset: it will continue partially
+		t.Fatal(err)
+	}
+	value := strings.Repeat("v", 1<<20)
+	for i := range 48 {
+		if _, err := m.Do("SET", "big"+strconv.Itoa(i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep.Restart(t)
+	var done []int64
+	redisproc.Eventually(t, syncTimeout, "replica caught up", func() (bool, string) {
+		if w, ok := workLine(p.info("proxy"), "replica_catchup"); ok {
+			done = append(done, atoi(w["done"]))
+		}
+		return rep.InfoInt("replication", "slave_repl_offset") >= m.InfoInt("replication", "master_repl_offset"), ""
+	})
+	if !rising(done) {
+		t.Fatalf("catch-up progress in INFO: %v", done)
+	}
+	if n := p.infoInt("stats", "sync_partial_ok"); n != 1 {
+		t.Fatalf("sync_partial_ok %d: the replica did not continue partially", n)
+	}
+	checkCatchupLog(t, p.logPath)
+}
+
+func checkCatchupLog(t *testing.T, path string) {
+	t.Helper()
+	raw, _ := os.ReadFile(path)
+	lines := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.Contains(line, `"work":"replica_catchup"`) && strings.Contains(line, `"message":"progress"`) &&
+			strings.Contains(line, `"eta_seconds"`) && strings.Contains(line, `"rate_bytes_per_sec"`) {
+			lines++
+		}
+	}
+	if lines < 2 {
+		t.Fatalf("%d catch-up progress lines in the log, want 2 or more", lines)
+	}
+}

@@ -110,7 +110,7 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 		}
 	}
 	l.durable.Store(l.end)
-	l.times = openTimeIndex(dir)
+	l.times = openTimeIndex(dir, l.end)
 	l.syncer = startSyncer(l, opt.Fsync)
 	return l, nil
 }

@@ -45,8 +45,10 @@ type timeIndex struct {
 
 func timeIndexPath(logDir string) string { return filepath.Join(logDir, timeIndexName) }
 
-// openTimeIndex loads the index of a log dir, creating it if needed.
-func openTimeIndex(logDir string) *timeIndex {
+// openTimeIndex loads the index of a log dir, creating it if needed. Points
+// at or past end date bytes that recovery cut off, or that a crash kept
+// from being written: they go, so offsets stay in order as appends resume.
+func openTimeIndex(logDir string, end int64) *timeIndex {
 	ti := &timeIndex{path: timeIndexPath(logDir)}
 	ti.points, _ = ReadTimeIndex(logDir)
 	f, err := os.OpenFile(ti.path, os.O_RDWR|os.O_CREATE, 0o644)
@@ -54,13 +56,14 @@ func openTimeIndex(logDir string) *timeIndex {
 		return ti
 	}
 	ti.f = f
-	if len(ti.points) == 0 || len(ti.points) >= timeIndexMax {
-		ti.rewrite(ti.thin(ti.points))
-		return ti
+	keep := sort.Search(len(ti.points), func(i int) bool { return ti.points[i].Offset >= end })
+	if len(ti.points) == 0 || len(ti.points) >= timeIndexMax || keep < len(ti.points) {
+		ti.rewrite(ti.thin(ti.points[:keep]))
+	} else {
+		// Drop a torn trailing record so that appends stay aligned.
+		f.Truncate(int64(len(timeIndexMagic) + len(ti.points)*timeRecordSize))
+		f.Seek(0, io.SeekEnd)
 	}
-	// Drop a torn trailing record so that appends stay aligned.
-	f.Truncate(int64(len(timeIndexMagic) + len(ti.points)*timeRecordSize))
-	f.Seek(0, io.SeekEnd)
 	if n := len(ti.points); n > 0 {
 		ti.last = ti.points[n-1].Time
 	}

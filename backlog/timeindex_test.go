@@ -72,4 +72,14 @@ func TestTimeIndex(t *testing.T) {
 	if points[0].Offset != 1 || points[len(points)-1].Offset != int64(1000+3*timeIndexMax-1) {
 		t.Fatalf("thinning lost the ends: first %+v last %+v", points[0], points[len(points)-1])
 	}
+
+	// Points past the recovered end (a segment cut at recovery) go.
+	if cut := openTimeIndex(dir, 201); len(cut.points) != 1 || cut.points[0].Offset != 1 {
+		t.Fatalf("after a cut to 201: %+v", cut.points)
+	} else {
+		cut.close()
+	}
+	if points, _ := ReadTimeIndex(dir); len(points) != 1 {
+		t.Fatalf("file after a cut: %+v", points)
+	}
 }

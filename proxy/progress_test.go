@@ -63,10 +63,12 @@ func TestProgressOf200MBFullSync(t *testing.T) {
 	cfg := proxyConfig(t, up)
 	cfg.Log.ProgressInterval = proxy.Duration(time.Second)
 	cfg.Replicas.RateLimit = 40 << 20
+	cfg.MetricsListen = "127.0.0.1:" + strconv.Itoa(redisproc.FreePort(t))
 	p := startProxy(t, cfg)
 
 	var read, done []int64
 	var total int64
+	var upMetrics map[string]float64
 	redisproc.Eventually(t, syncTimeout, "upstream full sync", func() (bool, string) {
 		info := p.info("all")
 		if info["master_sync_in_progress"] == "1" {
@@ -74,6 +76,9 @@ func TestProgressOf200MBFullSync(t *testing.T) {
 			total = max(total, atoi(info["master_sync_total_bytes"]))
 			if w, ok := workLine(info, "upstream_full_sync"); ok {
 				done = append(done, atoi(w["done"]))
+				if atoi(w["done"]) > 0 && upMetrics == nil {
+					upMetrics = scrape(t, cfg.MetricsListen)
+				}
 			}
 		}
 		return info["master_link_status"] == "up", info["master_sync_read_bytes"]
@@ -86,18 +91,29 @@ func TestProgressOf200MBFullSync(t *testing.T) {
 	var sent []int64
 	var sentTotal int64
 	var status string
+	var downMetrics map[string]float64
 	redisproc.Eventually(t, syncTimeout, "downstream full sync", func() (bool, string) {
 		if w, ok := workLine(p.info("proxy"), "replica_full_sync"); ok {
 			sent = append(sent, atoi(w["done"]))
 			sentTotal = atoi(w["total"])
 			if status == "" {
 				status = runBinary(t, "status", "--addr", cfg.Listen)
+				downMetrics = scrape(t, cfg.MetricsListen)
 			}
 		}
 		return rep.Info("replication")["master_link_status"] == "up", ""
 	})
 	if sentTotal < 200e6 || !rising(sent) {
 		t.Fatalf("downstream sync: total %d, done %v: want 200 MB and rising", sentTotal, sent)
+	}
+	const upSync = `{transfer="upstream_full_sync"}`
+	if upMetrics["replproxy_upstream_sync_bytes_done"+upSync] <= 0 || upMetrics["replproxy_upstream_sync_bytes_total"+upSync] < 200e6 {
+		t.Errorf("upstream sync metrics: done %v, total %v", upMetrics["replproxy_upstream_sync_bytes_done"+upSync], upMetrics["replproxy_upstream_sync_bytes_total"+upSync])
+	}
+	name := `{replica="127.0.0.1:` + strconv.Itoa(rep.Port) + `"}`
+	if downMetrics[`replproxy_replica_state{replica="127.0.0.1:`+strconv.Itoa(rep.Port)+`",state="send_bulk"}`] != 1 ||
+		downMetrics["replproxy_replica_sync_bytes_total"+name] < 200e6 {
+		t.Errorf("replica sync metrics: state send_bulk %v, total %v", downMetrics[`replproxy_replica_state{replica="127.0.0.1:`+strconv.Itoa(rep.Port)+`",state="send_bulk"}`], downMetrics["replproxy_replica_sync_bytes_total"+name])
 	}
 	if !regexp.MustCompile(`127\.0\.0\.1:` + strconv.Itoa(rep.Port) + ` +send_bulk .* full sync: .* of 19\d\.\d MiB \(`).MatchString(status) {
 		t.Errorf("status does not show the replica's full sync progress:\n%s", status)

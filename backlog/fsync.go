@@ -153,7 +153,11 @@ func (s *syncer) syncOnce() {
 	}
 	start := time.Now()
 	err := s.syncFiles(retired, active)
-	s.record(time.Since(start), err)
+	d := time.Since(start)
+	s.record(d, err)
+	if s.log.opt.OnFsync != nil {
+		s.log.opt.OnFsync(d)
+	}
 	if err == nil {
 		storeMax(&s.log.durable, target)
 		s.syncMu.Unlock()

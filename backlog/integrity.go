@@ -141,6 +141,7 @@ func (l *Log) cut(to int64, damaged bool) error {
 	close(l.changed)
 	l.changed = make(chan struct{})
 	l.syncer.cleared(l.end)
+	l.times.cutFrom(l.end)
 	return err
 }
 

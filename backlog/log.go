@@ -44,6 +44,7 @@ type LogOptions struct {
 	// DamagedDir receives, under a timestamped directory, the segment
 	// files found damaged; nothing found damaged is deleted.
 	DamagedDir string
+	OnFsync    func(time.Duration) // observes each fsync's latency (metrics); nil: none
 }
 
 type segment struct {
@@ -94,6 +95,7 @@ type Log struct {
 	lastTrim  time.Time
 	recBuf    []byte
 	cuts      atomic.Int64 // cursors reopen their files after a cut
+	times     *timeIndex   // offset -> wall clock, for operators (timeindex.go)
 }
 
 type preparedSegment struct {
@@ -137,6 +139,7 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 		}
 	}
 	l.durable.Store(l.end)
+	l.times = openTimeIndex(dir, l.end)
 	l.syncer = startSyncer(l, opt.Fsync, opt.Sync, l.end)
 	return l, nil
 }
@@ -393,6 +396,7 @@ func (l *Log) Append(p []byte) error {
 	if resume {
 		return ErrRewound
 	}
+	l.times.note(l.end, time.Now())
 	for len(p) > 0 {
 		a, err := l.writable()
 		if err != nil {
@@ -572,6 +576,7 @@ func (l *Log) trim() {
 		}
 	}
 	if len(victims) > 0 {
+		l.times.compact(l.first)
 		l.log.Debug().Int("segments", len(victims)).Int64("first", l.first).Msg("retention removed old segments")
 	}
 }
@@ -606,6 +611,7 @@ func (l *Log) Close() error {
 	close(l.changed)
 	active := l.active
 	l.mu.Unlock()
+	defer l.times.close()
 	if l.preparing {
 		p := <-l.next
 		os.Remove(p.path)

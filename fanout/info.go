@@ -12,7 +12,7 @@ import (
 
 // The sections INFO knows, in output order. A plain INFO, like Redis',
 // returns all of them.
-var infoSections = []string{"server", "clients", "replication", "replicas", "stats", "backlog"}
+var infoSections = []string{"server", "clients", "replication", "replicas", "stats", "backlog", "proxy"}
 
 func (s *Server) infoText(args []string) string {
 	want := map[string]bool{}
@@ -41,6 +41,8 @@ func (s *Server) infoText(args []string) string {
 			s.infoStats(&b)
 		case "backlog":
 			s.infoBacklog(&b)
+		case "proxy":
+			s.infoProxy(&b)
 		}
 	}
 	return b.String()
@@ -96,7 +98,7 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	syncing := link.State == "sync"
 	field(b, "master_sync_in_progress", map[bool]int{true: 1, false: 0}[syncing])
 	if syncing {
-		field(b, "master_sync_read_bytes", link.SyncBytes)
+		infoSyncProgress(b, link)
 	}
 	field(b, "slave_read_repl_offset", st.MasterReplOffset())
 	field(b, "slave_repl_offset", st.MasterReplOffset())

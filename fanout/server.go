@@ -25,6 +25,7 @@ type LinkStatus struct {
 	LastIO     time.Time // last byte from the master
 	DownSince  time.Time // zero while the link is up
 	SyncBytes  int64     // RDB bytes received so far while State is sync
+	SyncTotal  int64     // the RDB's size, -1 while unknown (a diskless $EOF transfer)
 }
 
 // Upstream is what the downstream side needs of the upstream link: its
@@ -66,6 +67,8 @@ type Config struct {
 	// NeedSnapshot asks for a fresh snapshot when the stored one can no
 	// longer be continued from the backlog.
 	NeedSnapshot func()
+	// ProxyInfo fills INFO's proxy section: ages, last ACK and progress.
+	ProxyInfo func() []KV
 }
 
 func (c *Config) setDefaults() {
@@ -102,6 +105,7 @@ type Server struct {
 	replicas map[int64]*replica
 	clients  int
 	nextID   int64
+	departed int64 // bytes sent to replicas that have detached
 
 	ackMu      sync.Mutex
 	ackChanged chan struct{}
@@ -179,7 +183,22 @@ func (s *Server) removeReplica(r *replica) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.replicas, r.id)
+	s.departed += r.sentBytes.Load()
 }
+
+// BytesSent is every RDB and stream byte sent to replicas so far.
+func (s *Server) BytesSent() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.departed
+	for _, r := range s.replicas {
+		n += r.sentBytes.Load()
+	}
+	return n
+}
+
+// SetProxyInfo installs what INFO's proxy section reports.
+func (s *Server) SetProxyInfo(f func() []KV) { s.cfg.ProxyInfo = f }
 
 // Replicas returns the attached replicas in attach order.
 func (s *Server) Replicas() []ReplicaInfo {

@@ -27,6 +27,7 @@ type Config struct {
 	Replicas      ReplicaConfig  `yaml:"replicas"`
 	Log           LogConfig      `yaml:"log"`
 	TLS           TLSConfig      `yaml:"tls"`
+	Health        HealthConfig   `yaml:"health"`
 	// AckMode is what the proxy acknowledges to its master: AckStored or
 	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
 	AckMode   string `yaml:"ack_mode"`
@@ -84,6 +85,9 @@ type ReplicaConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"` // auto, console or json
+	// ProgressInterval is how often long work (full syncs, catch-ups) logs
+	// its progress.
+	ProgressInterval Duration `yaml:"progress_interval"`
 }
 
 // Defaults returns a configuration with every default filled in.
@@ -104,7 +108,8 @@ func Defaults() Config {
 		},
 		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute)},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
-		Log:      LogConfig{Level: "info", Format: "auto"},
+		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
+		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
 		AckMode:  AckStored,
 	}
 }
@@ -166,6 +171,17 @@ func (c Config) Validate() error {
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
+	}
+	return c.validateOps()
+}
+
+// validateOps checks the health and progress settings.
+func (c Config) validateOps() error {
+	if c.Health.ReadyMaxLag < 0 || c.Health.ReadyLinkDownGrace < 0 {
+		return errors.New("health.ready_max_lag and health.ready_link_down_grace must not be negative")
+	}
+	if c.Log.ProgressInterval != 0 && c.Log.ProgressInterval < Duration(time.Second) {
+		return fmt.Errorf("log.progress_interval %s: must be at least 1s", time.Duration(c.Log.ProgressInterval))
 	}
 	return nil
 }

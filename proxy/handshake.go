@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -190,13 +189,14 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 		return fmt.Errorf("malformed FULLRESYNC offset in %q", line)
 	}
 	l.setState(LinkSync, "master started a full sync")
-	l.syncBytes.Store(0)
+	l.sync.begin()
+	defer l.sync.end()
 	start := time.Now()
 	w, err := l.store.NewSnapshot()
 	if err != nil {
 		return err
 	}
-	eof, err := receiveRDB(rd, w, &l.syncBytes)
+	eof, err := receiveRDB(rd, w, &l.sync)
 	if err != nil {
 		w.Abort()
 		return fmt.Errorf("receive RDB: %w", err)
@@ -255,7 +255,7 @@ func keepalive(conn net.Conn) (stop func()) {
 
 // receiveRDB reads either framing: "$<len>" then exactly len bytes, or
 // "$EOF:<mark>" then bytes up to the same 40-byte mark.
-func receiveRDB(rd *resp.Reader, w io.Writer, count *atomic.Int64) (eof bool, err error) {
+func receiveRDB(rd *resp.Reader, w io.Writer, count *transfer) (eof bool, err error) {
 	line, err := readReply(rd)
 	if err != nil {
 		return false, fmt.Errorf("read RDB preamble: %w", err)
@@ -276,6 +276,7 @@ func receiveRDB(rd *resp.Reader, w io.Writer, count *atomic.Int64) (eof bool, er
 	if err != nil || n < 0 {
 		return false, fmt.Errorf("bad RDB length in preamble %q", line)
 	}
+	count.total.Store(n)
 	got, err := io.CopyN(w, &countingReader{r: rd.Bufio(), n: count}, n)
 	if err != nil {
 		return false, fmt.Errorf("RDB ended after %d of %d bytes: %w", got, n, err)

@@ -84,7 +84,7 @@ func TestAuthAndIntrospection(t *testing.T) {
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
 	for _, metric := range []string{"replproxy_upstream_link_up 1", "replproxy_replicas 1", "replproxy_repl_offset ",
-		`replproxy_downstream_syncs_total{kind="full"} 1`, "replproxy_replica_lag_bytes{id=", "process_resident_memory_bytes"} {
+		`replproxy_downstream_syncs_total{kind="full"} 1`, "replproxy_replica_lag_bytes{replica=", "process_resident_memory_bytes"} {
 		if !strings.Contains(string(body), metric) {
 			t.Errorf("/metrics lacks %q", metric)
 		}

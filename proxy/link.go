@@ -75,7 +75,8 @@ type Link struct {
 
 	fullSyncs    atomic.Int64
 	partialSyncs atomic.Int64
-	syncBytes    atomic.Int64
+	sync         transfer // the RDB of an upstream full sync
+	lastAck      ackRecord
 	lastIO       atomic.Int64 // unix nanoseconds
 	wireBytes    atomic.Int64 // read from the master's socket
 	rawBytes     atomic.Int64 // RDB and stream bytes those carried (more when compressed)
@@ -136,7 +137,8 @@ func (l *Link) LinkStatus() fanout.LinkStatus {
 	if n := l.lastIO.Load(); n > 0 {
 		st.LastIO = time.Unix(0, n)
 	}
-	st.SyncBytes = l.syncBytes.Load()
+	st.SyncBytes = l.sync.done.Load()
+	st.SyncTotal = l.sync.total.Load()
 	return st
 }
 

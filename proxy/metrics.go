@@ -6,71 +6,256 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
+
+	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 )
 
 // collector reads the live state at scrape time, so the hot path keeps no
-// metric bookkeeping of its own.
+// metric bookkeeping of its own. Replica series carry replica="ip:port"
+// only: a reconnecting replica keeps its series.
 type collector struct{ p *Proxy }
 
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("replproxy_"+name, help, labels, nil)
+}
+
 var (
-	descOffset    = prometheus.NewDesc("replproxy_repl_offset", "master_repl_offset of the stored stream.", nil, nil)
-	descDurable   = prometheus.NewDesc("replproxy_durable_offset", "Last offset durable under the fsync policy (what is acknowledged upstream).", nil, nil)
-	descBacklog   = prometheus.NewDesc("replproxy_backlog_bytes", "Bytes of stream held in the backlog.", nil, nil)
-	descLinkUp    = prometheus.NewDesc("replproxy_upstream_link_up", "1 when the upstream link streams.", nil, nil)
-	descSyncs     = prometheus.NewDesc("replproxy_downstream_syncs_total", "Downstream syncs by kind.", []string{"kind"}, nil)
-	descUpSyncs   = prometheus.NewDesc("replproxy_upstream_syncs_total", "Upstream syncs by kind.", []string{"kind"}, nil)
-	descReplicas  = prometheus.NewDesc("replproxy_replicas", "Attached downstream replicas.", nil, nil)
-	descLagBytes  = prometheus.NewDesc("replproxy_replica_lag_bytes", "Bytes a replica has yet to be sent.", []string{"replica", "id"}, nil)
-	descAckOffset = prometheus.NewDesc("replproxy_replica_ack_offset", "Last offset a replica acknowledged.", []string{"replica", "id"}, nil)
-	descFsyncs    = prometheus.NewDesc("replproxy_fsync_seconds_total", "Time spent in fsync.", nil, nil)
+	descOffset        = desc("repl_offset", "master_repl_offset of the stored stream.")
+	descDurable       = desc("durable_offset", "Last offset durable under the fsync policy (what is acknowledged upstream).")
+	descBacklog       = desc("backlog_bytes", "Bytes of stream held in the backlog.")
+	descBacklogFirst  = desc("backlog_first_offset", "First offset held in the backlog.")
+	descBacklogAge    = desc("backlog_age_seconds", "Age of the oldest byte held in the backlog.")
+	descLinkUp        = desc("upstream_link_up", "1 when the upstream link streams.")
+	descLinkState     = desc("upstream_link_state", "1 for the upstream link's current state.", "state")
+	descLastIO        = desc("upstream_last_io_seconds", "Seconds since the last byte from the master.")
+	descLastAck       = desc("upstream_last_ack_offset", "Offset in the last REPLCONF ACK sent upstream.")
+	descLastAckAge    = desc("upstream_last_ack_age_seconds", "Seconds since the last REPLCONF ACK sent upstream (-1: none yet).")
+	descBytesIn       = desc("upstream_bytes_received_total", "Bytes read from the master's socket.")
+	descStreamIn      = desc("upstream_stream_bytes_total", "RDB and stream bytes received from the master (more than the wire when compressed).")
+	descBytesOut      = desc("downstream_bytes_sent_total", "RDB and stream bytes sent to replicas.")
+	descSyncs         = desc("downstream_syncs_total", "Downstream syncs by kind.", "kind")
+	descUpSyncs       = desc("upstream_syncs_total", "Upstream syncs by kind.", "kind")
+	descUpProgress    = desc("upstream_sync_bytes_done", "Bytes of the RDB received so far, by transfer (0 when none runs).", "transfer")
+	descUpTotal       = desc("upstream_sync_bytes_total", "Size of the RDB being received (-1: unknown, as with a diskless master; 0 when none runs).", "transfer")
+	descUpRate        = desc("upstream_sync_rate_bytes", "Bytes per second of the RDB being received.", "transfer")
+	descUpETA         = desc("upstream_sync_eta_seconds", "Seconds until the RDB is received (-1: unknown).", "transfer")
+	descReplicas      = desc("replicas", "Attached downstream replicas.")
+	descRepState      = desc("replica_state", "1 for each replica's current state.", "replica", "state")
+	descLagBytes      = desc("replica_lag_bytes", "Bytes a replica has yet to be sent.", "replica")
+	descLagSeconds    = desc("replica_lag_seconds", "Age of the oldest byte a replica has not acknowledged.", "replica")
+	descAckOffset     = desc("replica_ack_offset", "Last offset a replica acknowledged.", "replica")
+	descRepSent       = desc("replica_sent_bytes", "Bytes sent to a replica in its current session.", "replica")
+	descRepDone       = desc("replica_sync_bytes_done", "Bytes done of a replica's full sync or catch-up (0 when none runs).", "replica")
+	descRepTotal      = desc("replica_sync_bytes_total", "Bytes to do in a replica's full sync or catch-up (-1: unknown).", "replica")
+	descRepRate       = desc("replica_sync_rate_bytes", "Bytes per second of a replica's full sync or catch-up.", "replica")
+	descRepETA        = desc("replica_sync_eta_seconds", "Seconds until a replica's full sync or catch-up ends (-1: unknown).", "replica")
+	descSnapOffset    = desc("snapshot_offset", "Replication offset of the stored snapshot.")
+	descSnapBytes     = desc("snapshot_bytes", "Size of the stored snapshot.")
+	descSnapAge       = desc("snapshot_age_seconds", "Seconds since the stored snapshot was written.")
+	descRefreshes     = desc("snapshot_refreshes_total", "Snapshot refreshes that succeeded.")
+	descRefreshFails  = desc("snapshot_refresh_failures_total", "Snapshot refreshes that failed.")
+	descFsyncs        = desc("fsync_seconds_total", "Time spent in fsync.")
+	descFsyncSlow     = desc("fsync_slow_total", "Fsyncs slower than 2 s.")
+	descDiskFree      = desc("data_dir_free_bytes", "Free bytes on the data dir's filesystem (for unprivileged users).")
+	descDiskSize      = desc("data_dir_size_bytes", "Size of the data dir's filesystem.")
+	descReady         = desc("ready", "1 when /readyz answers ready.")
+	replicaStates     = []string{fanout.StateWaitBgsave, fanout.StateSendBulk, fanout.StateOnline}
+	linkStates        = []string{LinkConnect, LinkConnecting, LinkHandshake, LinkSync, LinkConnected}
+	upstreamTransfers = []string{workUpstreamSync, workSnapshotRefresh}
 )
+
+// fsyncBuckets span a page-cache hit to a disk that stalls.
+var fsyncBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+func newFsyncHistogram() prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "replproxy_fsync_duration_seconds", Help: "Latency of each backlog fsync.", Buckets: fsyncBuckets,
+	})
+}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
 
+type emitter chan<- prometheus.Metric
+
+func (e emitter) gauge(d *prometheus.Desc, v float64, labels ...string) {
+	e <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+}
+
+func (e emitter) counter(d *prometheus.Desc, v float64, labels ...string) {
+	e <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+}
+
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	st := c.p.store.State()
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	e := emitter(ch)
+	now := time.Now()
+	st, lg := c.p.store.View()
+	c.collectBacklog(e, st, lg, now)
+	c.collectUpstream(e, now)
+	c.collectReplicas(e, st, lg, now)
+	c.collectSnapshot(e, st, now)
+	sync := c.p.store.SyncStats()
+	e.counter(descFsyncs, sync.Total.Seconds())
+	e.counter(descFsyncSlow, float64(sync.Slow))
+	var fs unix.Statfs_t
+	if err := unix.Statfs(c.p.cfg.DataDir, &fs); err == nil {
+		e.gauge(descDiskFree, float64(fs.Bavail)*float64(fs.Bsize))
+		e.gauge(descDiskSize, float64(fs.Blocks)*float64(fs.Bsize))
 	}
-	counter := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	ready, _ := c.p.readiness(now)
+	e.gauge(descReady, boolFloat(ready))
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
 	}
-	gauge(descOffset, float64(st.MasterReplOffset()))
-	gauge(descDurable, float64(st.Durable-1))
-	gauge(descBacklog, float64(st.End-st.First))
-	up := 0.0
-	if c.p.link.LinkStatus().State == LinkConnected {
-		up = 1
+	return 0
+}
+
+func (c collector) collectBacklog(e emitter, st backlog.State, lg *backlog.Log, now time.Time) {
+	e.gauge(descOffset, float64(st.MasterReplOffset()))
+	e.gauge(descDurable, float64(st.Durable-1))
+	e.gauge(descBacklog, float64(st.End-st.First))
+	e.gauge(descBacklogFirst, float64(st.First))
+	age := 0.0
+	if lg != nil && st.End > st.First {
+		if t, ok := lg.TimeAt(st.First); ok {
+			age = now.Sub(t).Seconds()
+		}
 	}
-	gauge(descLinkUp, up)
+	e.gauge(descBacklogAge, age)
+}
+
+func (c collector) collectUpstream(e emitter, now time.Time) {
+	link := c.p.link.LinkStatus()
+	e.gauge(descLinkUp, boolFloat(link.State == LinkConnected))
+	for _, s := range linkStates {
+		e.gauge(descLinkState, boolFloat(link.State == s), s)
+	}
+	lastIO := -1.0
+	if !link.LastIO.IsZero() {
+		lastIO = now.Sub(link.LastIO).Seconds()
+	}
+	e.gauge(descLastIO, lastIO)
+	ackAge := -1.0
+	if at := c.p.link.lastAck.at.Load(); at > 0 {
+		ackAge = now.Sub(time.Unix(0, at)).Seconds()
+	}
+	e.gauge(descLastAck, float64(c.p.link.lastAck.off.Load()))
+	e.gauge(descLastAckAge, ackAge)
+	e.counter(descBytesIn, float64(c.p.link.wireBytes.Load()))
+	e.counter(descStreamIn, float64(c.p.link.rawBytes.Load()))
+	e.counter(descUpSyncs, float64(c.p.link.fullSyncs.Load()), "full")
+	e.counter(descUpSyncs, float64(c.p.link.partialSyncs.Load()), "partial")
+	master := c.p.link.Addr()
+	for _, kind := range upstreamTransfers {
+		w, ok := c.p.progress.find(kind, master)
+		if !ok {
+			w.ETA = -1
+		}
+		e.gauge(descUpProgress, float64(w.Done), kind)
+		e.gauge(descUpTotal, float64(w.Total), kind)
+		e.gauge(descUpRate, w.Rate, kind)
+		e.gauge(descUpETA, w.ETA, kind)
+	}
+}
+
+func (c collector) collectReplicas(e emitter, st backlog.State, lg *backlog.Log, now time.Time) {
 	stats := c.p.fan.Stats()
-	counter(descSyncs, float64(stats.SyncFull.Load()), "full")
-	counter(descSyncs, float64(stats.SyncPartialOK.Load()), "partial_ok")
-	counter(descSyncs, float64(stats.SyncPartialErr.Load()), "partial_err")
-	counter(descUpSyncs, float64(c.p.link.fullSyncs.Load()), "full")
-	counter(descUpSyncs, float64(c.p.link.partialSyncs.Load()), "partial")
-	reps := c.p.fan.Replicas()
-	gauge(descReplicas, float64(len(reps)))
+	e.counter(descSyncs, float64(stats.SyncFull.Load()), "full")
+	e.counter(descSyncs, float64(stats.SyncPartialOK.Load()), "partial_ok")
+	e.counter(descSyncs, float64(stats.SyncPartialErr.Load()), "partial_err")
+	e.counter(descBytesOut, float64(c.p.fan.BytesSent()))
+	reps := latestReplicas(c.p.fan.Replicas())
+	e.gauge(descReplicas, float64(len(reps)))
 	for _, r := range reps {
-		// The connection id keeps the label set unique while a replica
-		// reconnects and its old session is still being torn down.
-		name, id := net.JoinHostPort(r.IP, fmt.Sprint(r.Port)), fmt.Sprint(r.ID)
-		gauge(descLagBytes, float64(max(st.End-r.SentOff, 0)), name, id)
-		gauge(descAckOffset, float64(r.AckOffset), name, id)
+		name := replicaName(r)
+		for _, s := range replicaStates {
+			e.gauge(descRepState, boolFloat(r.State == s), name, s)
+		}
+		e.gauge(descLagBytes, float64(max(st.End-r.SentOff, 0)), name)
+		e.gauge(descLagSeconds, replicaLag(r, st, lg, now).Seconds(), name)
+		e.gauge(descAckOffset, float64(r.AckOffset), name)
+		e.gauge(descRepSent, float64(r.SentBytes), name)
+		w := replicaWork(c.p.progress, name)
+		e.gauge(descRepDone, float64(w.Done), name)
+		e.gauge(descRepTotal, float64(w.Total), name)
+		e.gauge(descRepRate, w.Rate, name)
+		e.gauge(descRepETA, w.ETA, name)
 	}
-	counter(descFsyncs, c.p.store.SyncStats().Total.Seconds())
+}
+
+// replicaWork is the replica's running full sync or catch-up, or a zero
+// Work with an unknown ETA.
+func replicaWork(pg *progress, name string) Work {
+	for _, kind := range []string{workReplicaSync, workReplicaCatchup} {
+		if w, ok := pg.find(kind, name); ok {
+			return w
+		}
+	}
+	return Work{ETA: -1}
+}
+
+// replicaLag is the age of the oldest byte the replica has not yet
+// acknowledged: zero when it has everything, the age of its snapshot's
+// position while it full-syncs, and its wait while it waits for one.
+func replicaLag(r fanout.ReplicaInfo, st backlog.State, lg *backlog.Log, now time.Time) time.Duration {
+	pos := r.SentOff
+	if r.State == fanout.StateOnline && r.AckOffset > 0 {
+		pos = r.AckOffset + 1
+	}
+	if r.State == fanout.StateOnline && pos >= st.End {
+		return 0
+	}
+	if lg != nil && pos > 0 {
+		if t, ok := lg.TimeAt(pos); ok {
+			return max(0, now.Sub(t))
+		}
+	}
+	return now.Sub(r.Since)
+}
+
+func (c collector) collectSnapshot(e emitter, st backlog.State, now time.Time) {
+	e.counter(descRefreshes, float64(c.p.snap.count.Load()))
+	e.counter(descRefreshFails, float64(c.p.snap.failed.Load()))
+	if st.Snapshot == nil {
+		return
+	}
+	e.gauge(descSnapOffset, float64(st.Snapshot.Offset))
+	e.gauge(descSnapBytes, float64(st.Snapshot.Size))
+	if t, ok := c.p.snapshotTime(st); ok {
+		e.gauge(descSnapAge, now.Sub(t).Seconds())
+	}
+}
+
+// snapshotTime is when the stored snapshot was written.
+func (p *Proxy) snapshotTime(st backlog.State) (time.Time, bool) {
+	if st.Snapshot == nil {
+		return time.Time{}, false
+	}
+	info, err := os.Stat(filepath.Join(p.cfg.DataDir, "snapshot", st.Snapshot.File))
+	if err != nil {
+		return time.Time{}, false
+	}
+	return info.ModTime(), true
 }
 
 func (p *Proxy) serveMetrics(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{p}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collector{p}, p.fsyncHist, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", p.serveHealthz)
+	mux.HandleFunc("/readyz", p.serveReadyz)
 	srv := &http.Server{Addr: p.cfg.MetricsListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", p.cfg.MetricsListen)
 	if err != nil {

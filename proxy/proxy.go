@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
@@ -28,6 +29,9 @@ type Proxy struct {
 	snap  *refresher
 	watch *sentinelWatch // nil without Sentinel
 	ln    net.Listener
+
+	progress  *progress
+	fsyncHist prometheus.Histogram
 }
 
 // New opens the data dir and binds the listener, so that errors an operator
@@ -36,7 +40,8 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store, err := openStore(cfg, log)
+	fsyncHist := newFsyncHistogram()
+	store, err := openStore(cfg, log, fsyncHist.Observe)
 	if err != nil {
 		return nil, err
 	}
@@ -45,18 +50,20 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		store.Close()
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg, log: log, store: store, ln: ln}
+	p := &Proxy{cfg: cfg, log: log, store: store, ln: ln, fsyncHist: fsyncHist}
 	p.fan = fanout.New(fanoutConfig(cfg, store, p.Port(), version, log))
 	p.link = NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
 	p.snap = newRefresher(p.link, refreshConfig(cfg))
 	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
+	p.progress = newProgress(p, time.Duration(cfg.Log.ProgressInterval))
+	p.fan.SetProxyInfo(p.proxyInfo)
 	if cfg.Master.Sentinel.enabled() {
 		p.watch = &sentinelWatch{cfg: cfg.Master.Sentinel, link: p.link, log: log.With().Str("component", "sentinel").Logger()}
 	}
 	return p, nil
 }
 
-func openStore(cfg Config, log zerolog.Logger) (*backlog.Store, error) {
+func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.Store, error) {
 	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
 	return backlog.Open(cfg.DataDir, backlog.Options{
 		Log: backlog.LogOptions{
@@ -65,6 +72,7 @@ func openStore(cfg Config, log zerolog.Logger) (*backlog.Store, error) {
 			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
 			Fsync:        fsync,
 			Sync:         cfg.Backlog.Sync,
+			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
 		},
 		ScrubRate: int64(cfg.Backlog.ScrubRate),
 		Logger:    log.With().Str("component", "backlog").Logger(),
@@ -129,6 +137,9 @@ func (p *Proxy) stats() []fanout.KV {
 	return append(p.link.Stats(),
 		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
 		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
+		// Redis 7's names, so redis_exporter's net_repl_*_bytes_total work.
+		fanout.KV{Key: "total_net_repl_input_bytes", Value: p.link.wireBytes.Load()},
+		fanout.KV{Key: "total_net_repl_output_bytes", Value: p.fan.BytesSent()},
 	)
 }
 
@@ -200,6 +211,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		p.snap.run(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.progress.run(ctx)
 	}()
 	fatal(func(ctx context.Context) error { return p.fan.Serve(ctx, p.ln) })
 	if p.cfg.MetricsListen != "" {

@@ -30,7 +30,7 @@ type refresher struct {
 	link   *Link
 	cfg    RefreshConfig
 	demand chan struct{}
-	bytes  atomic.Int64
+	bytes  transfer
 	count  atomic.Int64
 	failed atomic.Int64
 }
@@ -126,7 +126,8 @@ func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	r.bytes.Store(0)
+	r.bytes.begin()
+	defer r.bytes.end()
 	if _, err := receiveRDB(rd, w, &r.bytes); err != nil {
 		w.Abort()
 		return 0, 0, fmt.Errorf("receive RDB: %w", err)

@@ -114,6 +114,7 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 			conn.Close()
 			return err
 		}
+		l.lastAck.note(off)
 		last = off
 	}
 }

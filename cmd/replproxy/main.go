@@ -48,6 +48,9 @@ func newApp() *cli.App {
 			},
 			checkConfigCommand(),
 			verifyCommand(),
+			statusCommand(),
+			inspectCommand(),
+			probeCommand(),
 		},
 	}
 }

@@ -25,7 +25,7 @@ func TestVersionAndHelp(t *testing.T) {
 	if out, err := runCLI(t, "version"); err != nil || !strings.HasPrefix(out, "replproxy ") {
 		t.Fatalf("version: %q %v", out, err)
 	}
-	for _, cmd := range []string{"run", "check-config", "verify"} {
+	for _, cmd := range []string{"run", "check-config", "verify", "status", "inspect", "probe"} {
 		if out, err := runCLI(t, cmd, "--help"); err != nil || !strings.Contains(out, "USAGE") {
 			t.Fatalf("%s --help: %q %v", cmd, out, err)
 		}

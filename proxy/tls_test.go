@@ -73,7 +73,7 @@ func TestTLSBothSides(t *testing.T) {
 	m := redisproc.Start(t, append(append(masterArgs, "--tls-port", strconv.Itoa(tlsPort)), pki.redisArgs()...)...)
 	cfg := proxyConfig(t, "127.0.0.1:"+strconv.Itoa(tlsPort))
 	cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA = pki.cert, pki.key, pki.ca
-	cfg.TLS.Listen, cfg.TLS.Upstream, cfg.TLS.AuthClients = true, true, true
+	cfg.TLS.Listen, cfg.TLS.Upstream = true, true
 	r := &relay{master: m, proxy: startProxy(t, cfg)}
 	for i := 0; i < 2; i++ {
 		s := redisproc.Start(t, append(pki.redisArgs(), "--tls-replication", "yes",

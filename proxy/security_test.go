@@ -17,6 +17,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/resp"
 )
 
 // externalIPv4 is an address of this machine that is not loopback by
@@ -447,4 +448,81 @@ func TestMaxClientsAndAuthDeadline(t *testing.T) {
 	stopLoad()
 	r.waitInSync(t)
 	expectInt(t, "proxy connected_slaves", tp.infoInt("replication", "connected_slaves"), 1)
+}
+
+// Issue 10: AUTH failures are logged at most once a second, with a count;
+// a MULTI queue is capped, and EXEC then aborts the transaction.
+func TestAuthFailureLogAndMultiCap(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.RequirePass = "proxy-secret"
+	tp := startProxy(t, cfg)
+	w, err := dialWire(cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+
+	const guesses = 300
+	var raw []byte
+	for i := 0; i < guesses; i++ {
+		raw = resp.AppendCommand(raw, "AUTH", fmt.Sprintf("guess-%d", i))
+	}
+	start := time.Now()
+	w.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := w.Write(raw); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < guesses; i++ {
+		if got, err := readReply(w.br); !strings.HasPrefix(got, "-WRONGPASS") {
+			t.Fatalf("guess %d: %q %v", i, got, err)
+		}
+	}
+	elapsed := time.Since(start)
+	expectInt(t, "acl_access_denied_auth", tp.infoInt("stats", "acl_access_denied_auth"), guesses)
+	logged := strings.Count(tail(tp.logPath, 1000), `"AUTH failed`)
+	if limit := int(elapsed/time.Second) + 2; logged < 1 || logged > limit {
+		t.Fatalf("%d AUTH failure lines for %d failures in %s", logged, guesses, elapsed)
+	}
+
+	if got, err := w.do("AUTH", "proxy-secret"); got != "+OK" {
+		t.Fatalf("AUTH: %q %v", got, err)
+	}
+	// By count: 1000 commands queue, the next one is refused.
+	raw = resp.AppendCommand(nil, "MULTI")
+	for i := 0; i < 1001; i++ {
+		raw = resp.AppendCommand(raw, "PING")
+	}
+	raw = resp.AppendCommand(raw, "EXEC")
+	if _, err := w.Write(raw); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append([]string{"+OK"}, repeat("+QUEUED", 1000)...),
+		"-ERR MULTI queue limit reached", "-EXECABORT Transaction discarded because of previous errors.")
+	for i, prefix := range want {
+		if got, err := readReply(w.br); !strings.HasPrefix(got, prefix) {
+			t.Fatalf("reply %d: %q %v, want %q", i, got, err, prefix)
+		}
+	}
+	// By size: three arguments of 400 KB pass 1 MiB.
+	big := strings.Repeat("x", 400<<10)
+	for i, step := range []struct{ args []string }{{[]string{"MULTI"}}, {[]string{"ECHO", big}}, {[]string{"ECHO", big}}, {[]string{"ECHO", big}}, {[]string{"EXEC"}}} {
+		got, err := w.do(step.args...)
+		if prefix := []string{"+OK", "+QUEUED", "+QUEUED", "-ERR MULTI queue limit", "-EXECABORT"}[i]; !strings.HasPrefix(got, prefix) {
+			t.Fatalf("step %d: %.40q %v, want %q", i, got, err, prefix)
+		}
+	}
+	// The client is in a clean state afterwards.
+	if got, err := w.do("PING"); got != "+PONG" {
+		t.Fatalf("PING after EXECABORT: %q %v", got, err)
+	}
+}
+
+func repeat(s string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
 }

@@ -334,8 +334,7 @@ func TestUnauthenticatedFloodIsCheap(t *testing.T) {
 }
 
 // dialIdle opens n connections that send nothing, a few at a time.
-func dialIdle(t *testing.T, addr string, n int) []net.Conn {
-	t.Helper()
+func dialIdle(addr string, n int) ([]net.Conn, error) {
 	conns := make([]net.Conn, n)
 	errs := make(chan error, 8)
 	for w := 0; w < 8; w++ {
@@ -357,44 +356,55 @@ func dialIdle(t *testing.T, addr string, n int) []net.Conn {
 			first = err
 		}
 	}
-	t.Cleanup(func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	})
-	if first != nil {
-		t.Fatal(first)
-	}
-	return conns
+	return conns, first
 }
 
-// Issue 10, point 4: with the defaults (maxclients 10000, auth_timeout
-// 10s) and a password, 10 000 idle connections fill the proxy: one more
-// gets Redis' "max number of clients reached". The idle ones, and a client
-// that sends one byte a second, are closed at the deadline; then clients
-// are served again and replication never stopped.
+// Issue 10, point 4: with a password, 10 000 idle unauthenticated
+// connections fill the proxy up to maxclients: one more gets Redis' "max
+// number of clients reached". At the AUTH deadline (the default, 10s) the
+// idle ones are closed, and so is a client that sends one byte a second;
+// then clients are served again, and replication never stopped.
 func TestMaxClientsAndAuthDeadline(t *testing.T) {
 	t.Parallel()
+	const idleConns = 10000
 	m := redisproc.Start(t, masterArgs...)
 	cfg := proxyConfig(t, m.Addr())
 	cfg.RequirePass = "proxy-secret"
 	if cfg.MaxClients != 10000 || cfg.AuthTimeout != proxy.Duration(10*time.Second) {
 		t.Fatalf("defaults: maxclients %d, auth_timeout %s", cfg.MaxClients, time.Duration(cfg.AuthTimeout))
 	}
+	// Room for the idle ones besides the replica, an operator and the slow client.
+	cfg.MaxClients = idleConns + 3
 	tp := newProcessProxy(t, cfg)
 	r := &relay{master: m, proxy: tp}
 	r.replicas = append(r.replicas, redisproc.Start(t, "--masterauth", "proxy-secret", "--replicaof", "127.0.0.1", strconv.Itoa(tp.port)))
 	stopLoad := runLoad(t, m, 105)
 	r.waitInSyncWhileLoading(t)
+	admin, err := dialWire(cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if got, err := admin.do("AUTH", "proxy-secret"); got != "+OK" {
+		t.Fatalf("AUTH: %q %v", got, err)
+	}
+	// waitClients waits for the proxy to have accepted n connections: a
+	// burst overflows the kernel's accept queue, which then completes
+	// handshakes out of order, seconds late.
+	waitClients := func(n int) {
+		redisproc.Eventually(t, 10*time.Second, "the proxy to accept the connections", func() (bool, string) {
+			got, err := admin.do("INFO", "clients")
+			return strings.Contains(got, "connected_clients:"+strconv.Itoa(n)+"\r\n"), fmt.Sprint(got, err)
+		})
+	}
 
-	// One byte a second: each one would reset an idle timeout.
+	// One byte a second: each would reset an idle timeout.
 	slow, err := net.Dial("tcp", cfg.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer slow.Close()
+	waitClients(3)
 	slowStart := time.Now()
 	slowClosed := make(chan time.Duration, 1)
 	go func() {
@@ -409,16 +419,31 @@ func TestMaxClientsAndAuthDeadline(t *testing.T) {
 	}()
 
 	start := time.Now()
-	idle := dialIdle(t, cfg.Listen, 10000-2) // the replica and the slow client hold two slots
+	var idle []net.Conn
+	t.Cleanup(func() {
+		for _, c := range idle {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	for len(idle) < idleConns {
+		batch, err := dialIdle(cfg.Listen, min(1000, idleConns-len(idle)))
+		idle = append(idle, batch...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitClients(3 + len(idle))
+	}
 	t.Logf("%d idle connections in %s", len(idle), time.Since(start))
 	extra, err := dialWire(cfg.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer extra.Close()
-	extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if got, err := readReply(extra.br); got != "-ERR max number of clients reached" {
-		t.Fatalf("connection 10001: %q %v", got, err)
+		t.Fatalf("connection %d: %q %v", idleConns+4, got, err)
 	}
 
 	select {
@@ -442,7 +467,7 @@ func TestMaxClientsAndAuthDeadline(t *testing.T) {
 			t.Fatalf("%v after the deadline: %q %v", args, got, err)
 		}
 	}
-	expectInt(t, "auth_timeouts", tp.infoInt("stats", "auth_timeouts"), int64(len(idle)+1))
+	expectInt(t, "auth_timeouts", tp.infoInt("stats", "auth_timeouts"), idleConns+1)
 	expectInt(t, "rejected_connections", tp.infoInt("stats", "rejected_connections"), 1)
 	waitOps(t, m, 1000)
 	stopLoad()

@@ -27,6 +27,7 @@ test: deps fmt-check vet
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzReadCommand -fuzztime 60s ./resp
+	$(GO) test -run XXX -fuzz FuzzDispatch -fuzztime 60s ./fanout
 
 # Fixed iteration counts: the default 1s benchtime makes Append write
 # gigabytes per round and swing with the page cache (bench/README.md).

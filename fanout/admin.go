@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -35,8 +36,10 @@ func (c *client) replicaof(args [][]byte) {
 	c.out = resp.AppendSimple(c.out, "OK")
 }
 
-// multi queues commands until EXEC, as Sentinel's reconfiguration
-// (MULTI; SLAVEOF; CONFIG REWRITE; CLIENT KILL...; EXEC) expects.
+// queue holds commands until EXEC, as Sentinel's reconfiguration
+// (MULTI; SLAVEOF; CONFIG REWRITE; CLIENT KILL...; EXEC) expects. The queue
+// is capped: it is a copy of what the client sent. As in Redis, a command
+// refused while queueing makes EXEC abort the whole transaction.
 func (c *client) queue(args [][]byte) bool {
 	if c.queued == nil {
 		return false
@@ -45,11 +48,37 @@ func (c *client) queue(args [][]byte) bool {
 	case "exec", "discard", "multi":
 		return false
 	}
+	if c.dirty {
+		c.out = resp.AppendError(c.out, "ERR transaction already failed: EXEC will abort it")
+		return true
+	}
+	if c.user == nil {
+		c.out = resp.AppendError(c.out, "NOAUTH Authentication required.")
+		c.dirty = true
+		return true
+	}
+	if msg := c.user.denied(args); msg != "" {
+		c.srv.stats.PermDenied.Add(1)
+		c.out = resp.AppendError(c.out, msg)
+		c.dirty = true
+		return true
+	}
+	size := 0
+	for _, a := range args {
+		size += len(a)
+	}
+	if len(c.queued) >= c.srv.cfg.MultiMaxCommands || c.queuedSz+size > c.srv.cfg.MultiMaxBytes {
+		c.out = resp.AppendError(c.out, fmt.Sprintf("ERR MULTI queue limit reached (%d commands, %d bytes): the transaction will be aborted",
+			c.srv.cfg.MultiMaxCommands, c.srv.cfg.MultiMaxBytes))
+		c.queued, c.queuedSz, c.dirty = [][][]byte{}, 0, true
+		return true
+	}
 	cp := make([][]byte, len(args))
 	for i, a := range args {
 		cp[i] = append([]byte(nil), a...)
 	}
 	c.queued = append(c.queued, cp)
+	c.queuedSz += size
 	c.out = resp.AppendSimple(c.out, "QUEUED")
 	return true
 }
@@ -68,10 +97,14 @@ func (c *client) transaction(ctx context.Context, cmd string) {
 			c.out = resp.AppendError(c.out, "ERR "+strings.ToUpper(cmd)+" without MULTI")
 			return
 		}
-		queued := c.queued
-		c.queued = nil
+		queued, dirty := c.queued, c.dirty
+		c.queued, c.queuedSz, c.dirty = nil, 0, false
 		if cmd == "discard" {
 			c.out = resp.AppendSimple(c.out, "OK")
+			return
+		}
+		if dirty {
+			c.out = resp.AppendError(c.out, "EXECABORT Transaction discarded because of previous errors.")
 			return
 		}
 		c.out = resp.AppendArrayHeader(c.out, len(queued))

@@ -3,7 +3,6 @@ package fanout
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"io"
 	"net"
@@ -20,17 +19,19 @@ import (
 // client is one downstream connection until it issues PSYNC or SYNC, when
 // it becomes a replica.
 type client struct {
-	srv    *Server
-	conn   net.Conn
-	rd     *resp.Reader
-	out    []byte
-	log    zerolog.Logger
-	authed bool
-	name   string
+	srv  *Server
+	conn net.Conn
+	rd   *resp.Reader
+	out  []byte
+	log  zerolog.Logger
+	user *User // nil until the client authenticates
+	name string
 
 	wmu      sync.Mutex // pub/sub pushes and replies share the connection
 	channels map[string]struct{}
 	queued   [][][]byte // non-nil inside MULTI
+	queuedSz int        // bytes held by queued
+	dirty    bool       // a queued command was refused: EXEC aborts
 	inExec   bool
 
 	listeningPort int
@@ -42,18 +43,34 @@ type client struct {
 }
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
-	s.clientCount(1)
-	defer s.clientCount(-1)
 	defer conn.Close()
+	if !s.admit() {
+		s.stats.RejectedConns.Add(1)
+		refuse(conn, "ERR max number of clients reached")
+		return
+	}
+	defer s.clientCount(-1)
+	if s.protectedModeDenies(conn) {
+		s.stats.ProtectedDenied.Add(1)
+		refuse(conn, deniedMsg)
+		return
+	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c := &client{
 		srv:      s,
 		conn:     conn,
-		rd:       resp.NewReader(bufio.NewReaderSize(conn, 16<<10), resp.DefaultLimits()),
 		log:      s.log.With().Str("peer", conn.RemoteAddr().String()).Logger(),
-		authed:   s.cfg.RequirePass == "",
+		user:     s.initialUser(),
 		channels: map[string]struct{}{},
+	}
+	// A small buffer: idle connections are cheap, and commands are small.
+	br := bufio.NewReaderSize(conn, 4<<10)
+	if c.user == nil {
+		c.rd = resp.NewReader(br, resp.UnauthenticatedLimits())
+		conn.SetReadDeadline(time.Now().Add(s.cfg.AuthTimeout))
+	} else {
+		c.rd = resp.NewReader(br, resp.DefaultLimits())
 	}
 	defer c.leaveChannels()
 	for {
@@ -101,6 +118,12 @@ func (c *client) readFailed(err error) {
 		c.conn.Write(resp.AppendError(nil, "ERR Protocol error: "+pe.Msg))
 		return
 	}
+	var ne net.Error
+	if c.user == nil && errors.As(err, &ne) && ne.Timeout() {
+		c.srv.stats.AuthTimeouts.Add(1)
+		c.log.Debug().Dur("auth_timeout", c.srv.cfg.AuthTimeout).Msg("closing a client that did not authenticate in time")
+		return
+	}
 	if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		c.log.Debug().Err(err).Msg("client connection ended")
 	}
@@ -116,8 +139,14 @@ const (
 
 func (c *client) dispatch(ctx context.Context, args [][]byte) outcome {
 	cmd := strings.ToLower(string(args[0]))
-	if !c.authed && cmd != "auth" && cmd != "quit" {
-		c.out = resp.AppendError(c.out, "NOAUTH Authentication required.")
+	if c.user == nil {
+		if cmd != "auth" && cmd != "quit" {
+			c.out = resp.AppendError(c.out, "NOAUTH Authentication required.")
+			return keepConn
+		}
+	} else if msg := c.user.denied(args); msg != "" {
+		c.srv.stats.PermDenied.Add(1)
+		c.out = resp.AppendError(c.out, msg)
 		return keepConn
 	}
 	switch cmd {
@@ -197,35 +226,6 @@ func (c *client) ping(args [][]byte) {
 	default:
 		c.wrongArgs("ping")
 	}
-}
-
-func (c *client) auth(args [][]byte) {
-	var pass []byte
-	switch len(args) {
-	case 2:
-		pass = args[1]
-	case 3:
-		if strings.ToLower(string(args[1])) != "default" {
-			c.out = resp.AppendError(c.out, "WRONGPASS invalid username-password pair or user is disabled.")
-			return
-		}
-		pass = args[2]
-	default:
-		c.wrongArgs("auth")
-		return
-	}
-	want := c.srv.cfg.RequirePass
-	if want == "" {
-		c.out = resp.AppendError(c.out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
-		return
-	}
-	if subtle.ConstantTimeCompare(pass, []byte(want)) != 1 {
-		c.log.Warn().Msg("AUTH failed")
-		c.out = resp.AppendError(c.out, "WRONGPASS invalid username-password pair or user is disabled.")
-		return
-	}
-	c.authed = true
-	c.out = resp.AppendSimple(c.out, "OK")
 }
 
 // replconf follows Redis' rules: options in pairs, unknown capa ignored,

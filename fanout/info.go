@@ -78,6 +78,7 @@ func executable() string {
 func (s *Server) infoClients(b *strings.Builder) {
 	b.WriteString("# Clients\r\n")
 	field(b, "connected_clients", s.clientCount(0))
+	field(b, "maxclients", s.cfg.MaxClients)
 }
 
 func (s *Server) infoReplication(b *strings.Builder) {
@@ -148,6 +149,11 @@ func (s *Server) infoStats(b *strings.Builder) {
 	field(b, "rejected_protocol_errors", s.stats.Rejected.Load())
 	field(b, "compressed_stream_bytes", s.stats.CompressedRaw.Load())
 	field(b, "compressed_wire_bytes", s.stats.CompressedWire.Load())
+	field(b, "rejected_connections", s.stats.RejectedConns.Load())
+	field(b, "protected_mode_denied", s.stats.ProtectedDenied.Load())
+	field(b, "acl_access_denied_auth", s.stats.AuthFailures.Load())
+	field(b, "acl_access_denied_cmd", s.stats.PermDenied.Load())
+	field(b, "auth_timeouts", s.stats.AuthTimeouts.Load())
 	if s.cfg.ExtraStats != nil {
 		for _, kv := range s.cfg.ExtraStats() {
 			field(b, kv.Key, kv.Value)

@@ -37,14 +37,24 @@ type Upstream interface {
 
 // Config holds what the Server needs; zero durations take Redis' defaults.
 type Config struct {
-	Store       *backlog.Store
-	Upstream    Upstream
-	RequirePass string
-	Logger      zerolog.Logger
-	Version     string
-	RunID       string
-	Port        int           // announced in INFO server
-	ReplTimeout time.Duration // a replica that accepts no byte for this long is dropped
+	Store    *backlog.Store
+	Upstream Upstream
+	// Users may AUTH; with none, every client is the unrestricted default
+	// user, and ProtectedMode limits them to loopback.
+	Users         []User
+	ProtectedMode bool
+	// MaxClients caps connections (Redis' maxclients); AuthTimeout closes
+	// a connection that has not authenticated by then.
+	MaxClients  int
+	AuthTimeout time.Duration
+	// MultiMaxCommands and MultiMaxBytes cap one client's MULTI queue.
+	MultiMaxCommands int
+	MultiMaxBytes    int
+	Logger           zerolog.Logger
+	Version          string
+	RunID            string
+	Port             int           // announced in INFO server
+	ReplTimeout      time.Duration // a replica that accepts no byte for this long is dropped
 	// HoldAhead is how long a PSYNC for an offset the proxy has not yet
 	// received (same history, e.g. after a proxy crash) waits for the
 	// upstream to catch up before it falls back to a full sync.
@@ -81,6 +91,18 @@ func (c *Config) setDefaults() {
 	if c.ChunkBytes == 0 {
 		c.ChunkBytes = 4 << 20
 	}
+	if c.MaxClients == 0 {
+		c.MaxClients = 10000
+	}
+	if c.AuthTimeout == 0 {
+		c.AuthTimeout = 10 * time.Second
+	}
+	if c.MultiMaxCommands == 0 {
+		c.MultiMaxCommands = 1000
+	}
+	if c.MultiMaxBytes == 0 {
+		c.MultiMaxBytes = 1 << 20
+	}
 }
 
 // Stats are the counters INFO stats reports.
@@ -92,6 +114,12 @@ type Stats struct {
 	Rejected       atomic.Int64
 	CompressedRaw  atomic.Int64 // stream bytes sent compressed to downstream replproxies
 	CompressedWire atomic.Int64 // what they took on the wire
+
+	AuthFailures    atomic.Int64 // wrong AUTH
+	PermDenied      atomic.Int64 // -NOPERM
+	RejectedConns   atomic.Int64 // over maxclients
+	ProtectedDenied atomic.Int64 // -DENIED by protected mode
+	AuthTimeouts    atomic.Int64 // closed for not authenticating in time
 }
 
 // Server accepts downstream connections: replicas, operators, Sentinel.
@@ -112,12 +140,19 @@ type Server struct {
 
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
 	hub           hub
+
+	users     map[string]*User
+	authFails failureLog
 }
 
 // New returns a Server; Serve runs it.
 func New(cfg Config) *Server {
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{})}
+	s.users = make(map[string]*User, len(cfg.Users))
+	for _, u := range cfg.Users {
+		s.users[u.Name] = &u
+	}
 	if cfg.MaxConcurrentFullSyncs > 0 {
 		s.fullSyncSlots = make(chan struct{}, cfg.MaxConcurrentFullSyncs)
 	}

@@ -17,17 +17,32 @@ import (
 
 // Config is the whole proxy configuration, as config.yaml spells it.
 type Config struct {
-	Listen        string         `yaml:"listen"`
-	DataDir       string         `yaml:"data_dir"`
-	RequirePass   string         `yaml:"requirepass"`
-	MetricsListen string         `yaml:"metrics_listen"`
-	Master        MasterConfig   `yaml:"master"`
-	Backlog       BacklogConfig  `yaml:"backlog"`
-	Snapshot      SnapshotConfig `yaml:"snapshot"`
-	Replicas      ReplicaConfig  `yaml:"replicas"`
-	Log           LogConfig      `yaml:"log"`
-	TLS           TLSConfig      `yaml:"tls"`
-	Health        HealthConfig   `yaml:"health"`
+	Listen  string `yaml:"listen"`
+	DataDir string `yaml:"data_dir"`
+	// ProtectedMode serves only loopback clients while no password and no
+	// user is configured, as Redis' protected-mode does.
+	ProtectedMode bool `yaml:"protected_mode"`
+	// RequirePass is the default user's password (AUTH <password>); that
+	// user has the admin role. RequirePassFile reads it from a file.
+	RequirePass     string       `yaml:"requirepass"`
+	RequirePassFile string       `yaml:"requirepass_file"`
+	Users           []UserConfig `yaml:"users"`
+	// MaxClients caps downstream connections, replicas included.
+	MaxClients int `yaml:"maxclients"`
+	// AuthTimeout closes a connection that has not authenticated by then
+	// (only when a password or user is configured).
+	AuthTimeout Duration `yaml:"auth_timeout"`
+	// MultiMaxCommands and MultiMaxBytes cap what one MULTI may queue.
+	MultiMaxCommands int            `yaml:"multi_max_commands"`
+	MultiMaxBytes    Size           `yaml:"multi_max_bytes"`
+	MetricsListen    string         `yaml:"metrics_listen"`
+	Master           MasterConfig   `yaml:"master"`
+	Backlog          BacklogConfig  `yaml:"backlog"`
+	Snapshot         SnapshotConfig `yaml:"snapshot"`
+	Replicas         ReplicaConfig  `yaml:"replicas"`
+	Log              LogConfig      `yaml:"log"`
+	TLS              TLSConfig      `yaml:"tls"`
+	Health           HealthConfig   `yaml:"health"`
 	// AckMode is what the proxy acknowledges to its master: AckStored or
 	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
 	AckMode   string `yaml:"ack_mode"`
@@ -39,6 +54,7 @@ type MasterConfig struct {
 	Addr           string   `yaml:"addr"`
 	User           string   `yaml:"user"`
 	Password       string   `yaml:"password"`
+	PasswordFile   string   `yaml:"password_file"`
 	ReplTimeout    Duration `yaml:"repl_timeout"`
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// AnnouncePort is sent as REPLCONF listening-port; default: the listen port.
@@ -93,8 +109,13 @@ type LogConfig struct {
 // Defaults returns a configuration with every default filled in.
 func Defaults() Config {
 	return Config{
-		Listen:  "127.0.0.1:6380",
-		DataDir: "./data",
+		Listen:           "127.0.0.1:6380",
+		DataDir:          "./data",
+		ProtectedMode:    true,
+		MaxClients:       10000,
+		AuthTimeout:      Duration(10 * time.Second),
+		MultiMaxCommands: 1000,
+		MultiMaxBytes:    1 << 20,
 		Master: MasterConfig{
 			ReplTimeout:    Duration(60 * time.Second),
 			ConnectTimeout: Duration(5 * time.Second),
@@ -158,6 +179,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("master.compression %q: want zstd or none", c.Master.Compression)
 	}
 	if err := c.TLS.validate(); err != nil {
+		return err
+	}
+	if err := c.validateClients(); err != nil {
 		return err
 	}
 	if c.AckMode != AckStored && c.AckMode != AckReplicas {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -58,5 +60,113 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("config %q: error %v, want it to mention %q", c.body, err, c.want)
 		}
+	}
+}
+
+// Issue 10: users with roles, password files and hashes, and the secure
+// defaults (protected mode, maxclients, AUTH deadline, TLS client certs).
+func TestSecurityConfig(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "req"), []byte("from-file\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "repl"), []byte("replica-secret"), 0o600)
+	cfg, err := LoadConfig(writeConfig(t, `master:
+  addr: 10.0.0.1:6379
+requirepass_file: `+filepath.Join(dir, "req")+`
+users:
+  - {name: repl, password_file: `+filepath.Join(dir, "repl")+`, role: replica}
+  - {name: mon, password: "#`+strings.Repeat("ab", 32)+`", role: monitor}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.ProtectedMode || cfg.MaxClients != 10000 || time.Duration(cfg.AuthTimeout) != 10*time.Second {
+		t.Fatalf("defaults: protected %v, maxclients %d, auth_timeout %s", cfg.ProtectedMode, cfg.MaxClients, time.Duration(cfg.AuthTimeout))
+	}
+	if err := cfg.LoadSecrets(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	users, _ := cfg.fanoutUsers()
+	if len(users) != 3 || users[0].Name != "default" || users[0].Role != "admin" || users[1].Role != "replica" || users[2].PassHash[0] != 0xab {
+		t.Fatalf("users: %+v", users)
+	}
+	if cfg.RequirePass != "from-file" || cfg.Users[0].Password != "replica-secret" {
+		t.Fatalf("secrets read: %q %q", cfg.RequirePass, cfg.Users[0].Password)
+	}
+
+	bad := []struct{ body, want string }{
+		{"users:\n  - {name: a, password: x, role: root}\n", `role "root": want replica, monitor or admin`},
+		{"users:\n  - {name: a, password: x, role: admin}\n  - {name: a, password: y, role: admin}\n", `user "a" is defined twice`},
+		{"requirepass: x\nusers:\n  - {name: default, password: y, role: admin}\n", `user "default" is defined twice`},
+		{"users:\n  - {name: a, password: '#abc', role: admin}\n", "64 hex digits"},
+		{"users:\n  - {name: a, role: admin}\n", "password (or password_file) is required"},
+		{"requirepass: x\nrequirepass_file: " + filepath.Join(dir, "req") + "\n", "requirepass is set both directly"},
+		{"requirepass_file: " + filepath.Join(dir, "missing") + "\n", "read password file"},
+		{"maxclients: 0\n", "maxclients 0"},
+		{"tls:\n  listen: true\n  cert: c\n  key: k\n", "tls.auth_clients yes (the default, as in Redis)"},
+		{"tls:\n  auth_clients: maybe\n", `tls.auth_clients "maybe"`},
+	}
+	for _, c := range bad {
+		cfg, err := LoadConfig(writeConfig(t, "master:\n  addr: x:1\n"+c.body))
+		if err == nil {
+			err = cfg.LoadSecrets()
+		}
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("config %q: error %v, want it to mention %q", c.body, err, c.want)
+		}
+	}
+}
+
+// Issue 10: the deploy examples are safe as shipped. The container keeps
+// protected mode on; Kubernetes requires the Secret and gives replicas a
+// user that cannot repoint the proxy.
+func TestDeployExamplesAreSafe(t *testing.T) {
+	cfg, err := LoadConfig("../deploy/container/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.ProtectedMode || cfg.RequirePass != "" || len(cfg.Users) != 0 {
+		t.Fatalf("container config: protected_mode %v with a password baked in: %q %v", cfg.ProtectedMode, cfg.RequirePass, cfg.Users)
+	}
+
+	raw, err := os.ReadFile("../deploy/kubernetes/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(raw, &cm); err != nil {
+		t.Fatal(err)
+	}
+	secrets := t.TempDir()
+	for _, k := range []string{"replica-password", "admin-password"} {
+		os.WriteFile(filepath.Join(secrets, k), []byte(k+"-value\n"), 0o600)
+	}
+	cfg, err = LoadConfig(writeConfig(t, strings.ReplaceAll(cm.Data["config.yaml"], "/run/secrets/replproxy", secrets)))
+	if err == nil {
+		err = cfg.LoadSecrets()
+	}
+	if err == nil {
+		err = cfg.Validate()
+	}
+	if err != nil {
+		t.Fatalf("kubernetes config: %v", err)
+	}
+	users, _ := cfg.fanoutUsers()
+	if !cfg.ProtectedMode || len(users) != 2 || users[0].Role != "replica" || users[1].Role != "admin" {
+		t.Fatalf("kubernetes users: %+v", users)
+	}
+	sts, err := os.ReadFile("../deploy/kubernetes/statefulset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(sts), "optional: true") {
+		t.Fatal("statefulset.yaml marks a secret optional")
 	}
 }

@@ -163,8 +163,8 @@ func (tp *testProxy) info(section string) map[string]string {
 		return map[string]string{}
 	}
 	defer c.Close()
-	if tp.cfg.RequirePass != "" {
-		if _, err := roundTrip(c, "AUTH", tp.cfg.RequirePass); err != nil {
+	if auth := tp.adminAuth(); auth != nil {
+		if _, err := roundTrip(c, auth...); err != nil {
 			return map[string]string{}
 		}
 	}
@@ -179,6 +179,19 @@ func (tp *testProxy) info(section string) map[string]string {
 		}
 	}
 	return out
+}
+
+// adminAuth is the AUTH command of an admin, or nil when none is needed.
+func (tp *testProxy) adminAuth() []string {
+	if tp.cfg.RequirePass != "" {
+		return []string{"AUTH", tp.cfg.RequirePass}
+	}
+	for _, u := range tp.cfg.Users {
+		if u.Role == "admin" {
+			return []string{"AUTH", u.Name, u.Password}
+		}
+	}
+	return nil
 }
 
 // dial reaches the proxy's port, with the proxy's own certificate when it

@@ -32,11 +32,15 @@ type Proxy struct {
 
 	progress  *progress
 	fsyncHist prometheus.Histogram
+	tls       *serverTLS // nil without tls.listen
 }
 
 // New opens the data dir and binds the listener, so that errors an operator
 // must fix surface before anything runs.
 func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
+	if err := cfg.LoadSecrets(); err != nil {
+		return nil, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -45,12 +49,11 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := listen(cfg)
-	if err != nil {
+	p := &Proxy{cfg: cfg, log: log, store: store, fsyncHist: fsyncHist}
+	if p.ln, p.tls, err = listen(cfg); err != nil {
 		store.Close()
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg, log: log, store: store, ln: ln, fsyncHist: fsyncHist}
 	p.fan = fanout.New(fanoutConfig(cfg, store, p.Port(), version, log))
 	p.link = NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
 	p.snap = newRefresher(p.link, refreshConfig(cfg))
@@ -81,16 +84,22 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 
 func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, log zerolog.Logger) fanout.Config {
 	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
+	users, _ := cfg.fanoutUsers() // Validate has checked them
 	return fanout.Config{
-		Store:           store,
-		RequirePass:     cfg.RequirePass,
-		Logger:          log.With().Str("component", "fanout").Logger(),
-		Version:         version,
-		RunID:           backlog.RandomReplID(),
-		Port:            port,
-		ReplTimeout:     time.Duration(cfg.Replicas.Timeout),
-		BacklogMaxBytes: int64(cfg.Backlog.MaxBytes),
-		Fsync:           string(fsync),
+		Store:            store,
+		Users:            users,
+		ProtectedMode:    cfg.ProtectedMode,
+		MaxClients:       cfg.MaxClients,
+		AuthTimeout:      time.Duration(cfg.AuthTimeout),
+		MultiMaxCommands: cfg.MultiMaxCommands,
+		MultiMaxBytes:    int(cfg.MultiMaxBytes),
+		Logger:           log.With().Str("component", "fanout").Logger(),
+		Version:          version,
+		RunID:            backlog.RandomReplID(),
+		Port:             port,
+		ReplTimeout:      time.Duration(cfg.Replicas.Timeout),
+		BacklogMaxBytes:  int64(cfg.Backlog.MaxBytes),
+		Fsync:            string(fsync),
 
 		MaxLagBytes:            int64(cfg.Replicas.MaxLagBytes),
 		MaxLag:                 time.Duration(cfg.Replicas.MaxLagSeconds),
@@ -143,35 +152,47 @@ func (p *Proxy) stats() []fanout.KV {
 	)
 }
 
-func listen(cfg Config) (net.Listener, error) {
+func listen(cfg Config) (net.Listener, *serverTLS, error) {
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return nil, nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	if !cfg.TLS.Listen {
-		return ln, nil
+		return ln, nil, nil
 	}
-	tcfg, err := cfg.TLS.serverConfig()
+	st, err := newServerTLS(cfg.TLS)
 	if err != nil {
 		ln.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return tls.NewListener(ln, tcfg), nil
+	return tls.NewListener(ln, st.config()), st, nil
 }
 
 // Reload applies a re-read configuration (SIGHUP). The master address takes
-// effect at once; other settings need a restart, and the log says which.
+// effect at once, and the TLS certificate, key and CA are read again for new
+// connections; other settings need a restart, and the log says which.
 func (p *Proxy) Reload(cfg Config) error {
+	if err := cfg.LoadSecrets(); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("reload: %w", err)
+	}
+	if p.tls != nil && cfg.TLS.Listen {
+		if err := p.tls.reload(cfg.TLS); err != nil {
+			return fmt.Errorf("reload: %w", err)
+		}
+		p.log.Info().Str("cert", cfg.TLS.Cert).Msg("TLS certificate reloaded")
 	}
 	if !p.cfg.Master.Sentinel.enabled() && cfg.Master.Addr != p.cfg.Master.Addr {
 		p.link.Repoint(cfg.Master.Addr, "config reload (SIGHUP)")
 	}
 	old, next := p.cfg, cfg
 	old.Master.Addr, next.Master.Addr = "", ""
+	old.TLS.Cert, old.TLS.Key, old.TLS.CA = next.TLS.Cert, next.TLS.Key, next.TLS.CA
+	// The upstream link reads its TLS files again at each connection.
 	if fmt.Sprint(old) != fmt.Sprint(next) {
-		p.log.Warn().Msg("config reload: only master.addr changes at runtime; restart to apply the other changes")
+		p.log.Warn().Msg("config reload: only master.addr and the TLS files change at runtime; restart to apply the other changes")
 	}
 	p.cfg.Master.Addr = cfg.Master.Addr
 	p.log.Info().Str("master", cfg.Master.Addr).Msg("config reloaded")
@@ -190,6 +211,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer cancel()
 	p.log.Info().Str("listen", p.ln.Addr().String()).Str("master", p.cfg.Master.Addr).
 		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
+	p.warnIfOpen()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	// fatal runs a part whose failure ends the whole process.
@@ -249,4 +271,21 @@ func (p *Proxy) runUpstream(ctx context.Context, wg *sync.WaitGroup) {
 		}()
 	}
 	p.link.Run(ctx)
+}
+
+// warnIfOpen says at startup what a port without credentials means.
+func (p *Proxy) warnIfOpen() {
+	if p.cfg.RequirePass != "" || len(p.cfg.Users) > 0 {
+		return
+	}
+	ip := p.ln.Addr().(*net.TCPAddr).IP
+	if ip.IsLoopback() {
+		return
+	}
+	if p.cfg.ProtectedMode {
+		p.log.Warn().Msg("protected mode: no password and no users are configured, so only loopback clients are served; " +
+			"set requirepass (or users) to serve replicas on other hosts")
+		return
+	}
+	p.log.Warn().Msg("protected_mode is off and no password is set: anyone who reaches this port can read the whole dataset and repoint the proxy")
 }

@@ -17,6 +17,8 @@ type SentinelConfig struct {
 	Name     string   `yaml:"name"`
 	User     string   `yaml:"user"`
 	Password string   `yaml:"password"`
+	// PasswordFile reads Password from a file (a mounted secret).
+	PasswordFile string `yaml:"password_file"`
 	// Poll is how often the master is asked for, should a +switch-master
 	// message be missed.
 	Poll Duration `yaml:"poll"`

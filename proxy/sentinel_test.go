@@ -14,8 +14,9 @@ import (
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
 
-// startSentinel runs redis-sentinel monitoring the master as "mymaster".
-func startSentinel(t *testing.T, masterPort int) string {
+// startSentinel runs redis-sentinel monitoring the master as "mymaster";
+// extra lines are appended to its configuration.
+func startSentinel(t *testing.T, masterPort int, extra ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	port := redisproc.FreePort(t)
@@ -29,6 +30,9 @@ sentinel down-after-milliseconds mymaster 1000
 sentinel failover-timeout mymaster 10000
 sentinel parallel-syncs mymaster 5
 `, port, dir, filepath.Join(dir, "sentinel.log"), masterPort)
+	for _, line := range extra {
+		body += line + "\n"
+	}
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -4,21 +4,28 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
 
-type testPKI struct{ ca, cert, key string }
+type testPKI struct {
+	ca, cert, key string
+	caCert        *x509.Certificate
+	caKey         *ecdsa.PrivateKey
+}
 
 // makePKI writes a CA and one certificate for 127.0.0.1, good for serving
 // and as a client certificate, as Redis' own test suite does.
@@ -36,28 +43,36 @@ func makePKI(t *testing.T) testPKI {
 		t.Fatal(err)
 	}
 	caCert, _ := x509.ParseCertificate(caDER)
+	p := testPKI{ca: filepath.Join(dir, "ca.crt"), cert: filepath.Join(dir, "redis.crt"), key: filepath.Join(dir, "redis.key"), caCert: caCert, caKey: caKey}
+	writePEM(t, p.ca, "CERTIFICATE", caDER)
+	p.issue(t, 2)
+	return p
+}
+
+// issue writes a new certificate and key, signed by the CA, over the old.
+func (p testPKI) issue(t *testing.T, serial int64) {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	keyDER, _ := x509.MarshalECPrivateKey(key)
-	p := testPKI{ca: filepath.Join(dir, "ca.crt"), cert: filepath.Join(dir, "redis.crt"), key: filepath.Join(dir, "redis.key")}
-	write := func(path, typ string, der []byte) {
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	writePEM(t, p.cert, "CERTIFICATE", der)
+	writePEM(t, p.key, "EC PRIVATE KEY", keyDER)
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	write(p.ca, "CERTIFICATE", caDER)
-	write(p.cert, "CERTIFICATE", der)
-	write(p.key, "EC PRIVATE KEY", keyDER)
-	return p
 }
 
 func (p testPKI) redisArgs() []string {
@@ -73,7 +88,7 @@ func TestTLSBothSides(t *testing.T) {
 	m := redisproc.Start(t, append(append(masterArgs, "--tls-port", strconv.Itoa(tlsPort)), pki.redisArgs()...)...)
 	cfg := proxyConfig(t, "127.0.0.1:"+strconv.Itoa(tlsPort))
 	cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA = pki.cert, pki.key, pki.ca
-	cfg.TLS.Listen, cfg.TLS.Upstream, cfg.TLS.AuthClients = true, true, true
+	cfg.TLS.Listen, cfg.TLS.Upstream = true, true
 	r := &relay{master: m, proxy: startProxy(t, cfg)}
 	for i := 0; i < 2; i++ {
 		s := redisproc.Start(t, append(pki.redisArgs(), "--tls-replication", "yes",
@@ -95,4 +110,53 @@ func TestTLSBothSides(t *testing.T) {
 	if got, err := w.do("PING"); err == nil && got == "+PONG" {
 		t.Fatal("a plain-text PING was answered on the TLS port")
 	}
+}
+
+// Issue 10: client certificates are required by default downstream, as
+// Redis' tls-auth-clients yes; a renewed certificate is served after SIGHUP
+// without a restart.
+func TestTLSClientCertsByDefaultAndReloadOnSIGHUP(t *testing.T) {
+	t.Parallel()
+	pki := makePKI(t)
+	m := redisproc.Start(t)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA = pki.cert, pki.key, pki.ca
+	cfg.TLS.Listen = true // auth_clients left to its default
+	tp := newProcessProxy(t, cfg)
+	pool := x509.NewCertPool()
+	pool.AddCert(pki.caCert)
+
+	// ping returns the serial of the certificate served, or an error.
+	ping := func(withCert bool) (int64, error) {
+		tc := &tls.Config{RootCAs: pool}
+		if withCert {
+			cert, err := tls.LoadX509KeyPair(pki.cert, pki.key)
+			if err != nil {
+				return 0, err
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", cfg.Listen, tc)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		got, err := roundTrip(c, "PING")
+		if err != nil || got != "+PONG" {
+			return 0, fmt.Errorf("PING: %q %v", got, err)
+		}
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64(), nil
+	}
+	if _, err := ping(false); err == nil {
+		t.Fatal("a client without a certificate was served")
+	}
+	if serial, err := ping(true); err != nil || serial != 2 {
+		t.Fatalf("with a certificate: serial %d, %v", serial, err)
+	}
+	pki.issue(t, 3)
+	tp.cmd.Process.Signal(syscall.SIGHUP)
+	redisproc.Eventually(t, 10*time.Second, "the renewed certificate to be served", func() (bool, string) {
+		serial, err := ping(true)
+		return serial == 3, fmt.Sprint(serial, err)
+	})
 }

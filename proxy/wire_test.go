@@ -24,8 +24,10 @@ func dialWire(addr string) (*wire, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &wire{Conn: c, br: bufio.NewReader(c)}, nil
+	return newWire(c), nil
 }
+
+func newWire(c net.Conn) *wire { return &wire{Conn: c, br: bufio.NewReader(c)} }
 
 func (w *wire) do(args ...string) (string, error) {
 	return w.send(resp.AppendCommand(nil, args...))

@@ -16,12 +16,22 @@ type Limits struct {
 	MaxBulk   int64 // largest bulk string accepted in a command
 	MaxArgs   int   // most arguments in one multibulk command
 	MaxInline int   // longest line: inline command, reply or header line
+	// Unauthenticated words the errors as Redis 7 does for a client that
+	// has not authenticated yet, so the peer learns why it was cut off.
+	Unauthenticated bool
 }
 
 // DefaultLimits fit what replicas, Sentinel and operators send to a master:
 // small commands only. The replication stream never goes through a Reader.
 func DefaultLimits() Limits {
 	return Limits{MaxBulk: 512 << 10, MaxArgs: 1024, MaxInline: 64 << 10}
+}
+
+// UnauthenticatedLimits are Redis 7's limits before AUTH: a client that has
+// not proved anything may not make the server buffer more than a few
+// hundred kilobytes.
+func UnauthenticatedLimits() Limits {
+	return Limits{MaxBulk: 16 << 10, MaxArgs: 10, MaxInline: 16 << 10, Unauthenticated: true}
 }
 
 // ProtocolError is malformed input from the peer. Like Redis, the caller
@@ -51,6 +61,15 @@ type Reader struct {
 // NewReader reads from br within lim. A zero field of lim takes its
 // DefaultLimits value, since a zero limit would refuse every command.
 func NewReader(br *bufio.Reader, lim Limits) *Reader {
+	// args starts non-nil so that a keepalive yields an empty, non-nil slice.
+	return &Reader{br: br, lim: withDefaults(lim), args: make([][]byte, 0, 8)}
+}
+
+// SetLimits replaces the limits for the following commands, e.g. once the
+// client has authenticated.
+func (r *Reader) SetLimits(lim Limits) { r.lim = withDefaults(lim) }
+
+func withDefaults(lim Limits) Limits {
 	def := DefaultLimits()
 	if lim.MaxBulk <= 0 {
 		lim.MaxBulk = def.MaxBulk
@@ -61,8 +80,7 @@ func NewReader(br *bufio.Reader, lim Limits) *Reader {
 	if lim.MaxInline <= 0 {
 		lim.MaxInline = def.MaxInline
 	}
-	// args starts non-nil so that a keepalive yields an empty, non-nil slice.
-	return &Reader{br: br, lim: lim, args: make([][]byte, 0, 8)}
+	return lim
 }
 
 // Bufio returns the underlying reader, for the bytes that follow a reply
@@ -148,6 +166,9 @@ func (r *Reader) readMultibulk() ([][]byte, error) {
 	}
 	// Like Redis, any count below one is an empty command.
 	if n > int64(r.lim.MaxArgs) {
+		if r.lim.Unauthenticated {
+			return nil, protoErr("unauthenticated multibulk length")
+		}
 		return nil, protoErr("invalid multibulk length")
 	}
 	for i := int64(0); i < n; i++ {
@@ -172,6 +193,9 @@ func (r *Reader) readBulk() error {
 		return err
 	}
 	if n < 0 || n > r.lim.MaxBulk {
+		if n > 0 && r.lim.Unauthenticated {
+			return protoErr("unauthenticated bulk length")
+		}
 		return protoErr("invalid bulk length")
 	}
 	if err := r.appendPayload(int(n)); err != nil {

@@ -316,3 +316,28 @@ func BenchmarkReadCommand(b *testing.B) {
 		}
 	}
 }
+
+// Issue 10: before AUTH, Redis 7's limits (10 arguments, 16 KiB per bulk),
+// worded as Redis words them; SetLimits lifts them after AUTH.
+func TestUnauthenticatedLimits(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"*11\r\n", "unauthenticated multibulk length"},
+		{"*1\r\n$16385\r\n", "unauthenticated bulk length"},
+		{strings.Repeat("a", 17<<10) + "\r\n", "too big inline request"},
+	} {
+		r := NewReader(bufio.NewReader(strings.NewReader(c.in)), UnauthenticatedLimits())
+		var pe *ProtocolError
+		if _, err := r.ReadCommand(); !errors.As(err, &pe) || pe.Msg != c.want {
+			t.Errorf("%.20q: %v, want %q", c.in, err, c.want)
+		}
+	}
+	in := "*10\r\n" + strings.Repeat("$16384\r\n"+strings.Repeat("x", 16384)+"\r\n", 10) + "*11\r\n" + strings.Repeat("$1\r\nx\r\n", 11)
+	r := NewReader(bufio.NewReader(strings.NewReader(in)), UnauthenticatedLimits())
+	if args, err := r.ReadCommand(); err != nil || len(args) != 10 {
+		t.Fatalf("at the limits: %d args, %v", len(args), err)
+	}
+	r.SetLimits(DefaultLimits())
+	if args, err := r.ReadCommand(); err != nil || len(args) != 11 {
+		t.Fatalf("after SetLimits: %d args, %v", len(args), err)
+	}
+}

@@ -90,7 +90,30 @@ func loadConfig(c *cli.Context) (proxy.Config, error) {
 			*dst = c.String(name)
 		}
 	}
+	if err := cfg.LoadSecrets(); err != nil {
+		return cfg, err
+	}
 	return cfg, cfg.Validate()
+}
+
+// passwordFlagWarnings names the passwords given as flags: every local
+// user can read a command line (ps, /proc/PID/cmdline).
+func passwordFlagWarnings(c *cli.Context) []string {
+	var out []string
+	for _, f := range []struct{ flag, env, key string }{
+		{"requirepass", "REPLPROXY_REQUIREPASS", "requirepass_file"},
+		{"master-password", "REPLPROXY_MASTER_PASSWORD", "master.password_file"},
+	} {
+		if !c.IsSet(f.flag) {
+			continue
+		}
+		if env, ok := os.LookupEnv(f.env); ok && env == c.String(f.flag) {
+			continue // from the environment, not from the command line
+		}
+		out = append(out, fmt.Sprintf("--%s on the command line is visible to every local user (ps, /proc); set %s or %s in the config instead",
+			f.flag, f.env, f.key))
+	}
+	return out
 }
 
 func runCommand() *cli.Command {
@@ -106,6 +129,9 @@ func runCommand() *cli.Command {
 			logger, err := newLogger(cfg.Log, os.Stderr)
 			if err != nil {
 				return err
+			}
+			for _, w := range passwordFlagWarnings(c) {
+				logger.Warn().Msg(w)
 			}
 			// go-redis (the Sentinel client) logs through a process-wide
 			// logger; route it into ours so every line has one format.
@@ -159,6 +185,9 @@ func checkConfigCommand() *cli.Command {
 			cfg, err := loadConfig(c)
 			if err != nil {
 				return err
+			}
+			for _, w := range passwordFlagWarnings(c) {
+				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
 			}
 			fmt.Fprintf(c.App.Writer, "ok: listen %s, master %s, data_dir %s, backlog %d bytes, fsync %s\n",
 				cfg.Listen, cfg.Master.Addr, cfg.DataDir, cfg.Backlog.MaxBytes, cfg.Backlog.Fsync)

@@ -127,3 +127,30 @@ func TestVerifyReportsSnapshotAndSegmentDamage(t *testing.T) {
 		}
 	}
 }
+
+// Issue 10: a password given as a flag is visible in ps; the proxy warns.
+// The same password from the environment or a file gets no warning.
+func TestPasswordFlagWarns(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "pass")
+	os.WriteFile(secret, []byte("from-a-file\n"), 0o600)
+	conf := filepath.Join(dir, "c.yaml")
+	os.WriteFile(conf, []byte("master:\n  addr: 127.0.0.1:6379\nrequirepass_file: "+secret+"\n"), 0o600)
+	out, err := runCLI(t, "check-config", "--master", "127.0.0.1:6379", "--requirepass", "on-the-command-line")
+	if err != nil || !strings.Contains(out, "--requirepass on the command line is visible to every local user") {
+		t.Fatalf("flag: %q %v", out, err)
+	}
+	t.Setenv("REPLPROXY_REQUIREPASS", "from-the-environment")
+	out, err = runCLI(t, "check-config", "--master", "127.0.0.1:6379")
+	if err != nil || strings.Contains(out, "warning") {
+		t.Fatalf("environment: %q %v", out, err)
+	}
+	// The environment and a password_file at once: which one wins is no guess.
+	if _, err := runCLI(t, "check-config", "--config", conf); err == nil || !strings.Contains(err.Error(), "set both") {
+		t.Fatalf("environment and file: %v", err)
+	}
+	os.Unsetenv("REPLPROXY_REQUIREPASS")
+	if out, err := runCLI(t, "check-config", "--config", conf); err != nil || strings.Contains(out, "warning") {
+		t.Fatalf("file: %q %v", out, err)
+	}
+}

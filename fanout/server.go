@@ -108,6 +108,7 @@ type Server struct {
 
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
 	hub           hub
+	cluster       clusterHooks
 }
 
 // New returns a Server; Serve runs it.

@@ -20,14 +20,15 @@ import (
 
 // Proxy is one running replproxy.
 type Proxy struct {
-	cfg   Config
-	log   zerolog.Logger
-	store *backlog.Store
-	fan   *fanout.Server
-	link  *Link
-	snap  *refresher
-	watch *sentinelWatch // nil without Sentinel
-	ln    net.Listener
+	cfg     Config
+	log     zerolog.Logger
+	store   *backlog.Store
+	fan     *fanout.Server
+	link    *Link
+	snap    *refresher
+	watch   *sentinelWatch // nil without Sentinel
+	cluster *clusterWatch  // nil without master.cluster
+	ln      net.Listener
 }
 
 // New opens the data dir and binds the listener, so that errors an operator
@@ -45,6 +46,9 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		store.Close()
 		return nil, err
 	}
+	if cfg.Master.Cluster.enabled() {
+		log = log.With().Str("shard", cfg.Master.Cluster.Shard).Logger()
+	}
 	p := &Proxy{cfg: cfg, log: log, store: store, ln: ln}
 	p.fan = fanout.New(fanoutConfig(cfg, store, p.Port(), version, log))
 	p.link = NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
@@ -52,6 +56,11 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
 	if cfg.Master.Sentinel.enabled() {
 		p.watch = &sentinelWatch{cfg: cfg.Master.Sentinel, link: p.link, log: log.With().Str("component", "sentinel").Logger()}
+	}
+	if cfg.Master.Cluster.enabled() {
+		p.cluster = &clusterWatch{cfg: cfg.Master.Cluster, link: p.link, log: log.With().Str("component", "cluster").Logger()}
+		p.fan.SetShardInfo(p.cluster.info)
+		p.fan.SetSlotMap(func() []fanout.SlotShard { return slotMap([]*Proxy{p}) })
 	}
 	return p, nil
 }
@@ -152,7 +161,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	if !p.cfg.Master.Sentinel.enabled() && cfg.Master.Addr != p.cfg.Master.Addr {
+	if !p.cfg.Master.Sentinel.enabled() && !p.cfg.Master.Cluster.enabled() && cfg.Master.Addr != p.cfg.Master.Addr {
 		p.link.Repoint(cfg.Master.Addr, "config reload (SIGHUP)")
 	}
 	old, next := p.cfg, cfg
@@ -228,6 +237,18 @@ func (p *Proxy) runUpstream(ctx context.Context, wg *sync.WaitGroup) {
 		go func() {
 			defer wg.Done()
 			p.watch.run(ctx)
+		}()
+	}
+	if p.cluster != nil {
+		addr, err := p.cluster.resolveUntil(ctx)
+		if err != nil {
+			return
+		}
+		p.link.Repoint(addr, "cluster shard primary at startup")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.cluster.run(ctx)
 		}()
 	}
 	p.link.Run(ctx)

@@ -156,6 +156,7 @@ func TestClusterShardsAcrossFailoversAndReshard(t *testing.T) {
 		redisproc.WaitInSync(t, syncTimeout, rep, r.far[i])
 	}
 	victim := r.primary(t, 0)
+	victimID := victim.NodeID()
 	heir := r.cl.ReplicasOf(victim)[0]
 	redisproc.WaitInSync(t, syncTimeout, victim, heir, r.far[0])
 	victim.Kill()
@@ -176,6 +177,21 @@ func TestClusterShardsAcrossFailoversAndReshard(t *testing.T) {
 			t.Fatalf("pipeline %d shard_primary_changes %d", i, got)
 		}
 	}
+
+	// The shard's membership changes: the node pipeline 0 was configured
+	// with is forgotten, a new node joins and takes over. The pipeline
+	// follows by the members it saw last.
+	if victimID != r.cfg.Pipelines[0].Shard {
+		t.Fatalf("pipeline 0 names %s, the test meant to kill it but killed %s", r.cfg.Pipelines[0].Shard, victimID)
+	}
+	r.cl.ForgetNode(t, victim, victimID)
+	joiner := r.cl.AddReplica(t, heir)
+	redisproc.WaitInSync(t, syncTimeout, heir, joiner, r.far[0])
+	takeOver(t, heir, joiner)
+	r.waitFollows(t, 0, joiner)
+	runClusterLoad(cc, 300*time.Millisecond, 25)
+	redisproc.WaitInSync(t, syncTimeout, joiner, r.far[0])
+	expectInt(t, "pipeline 0 upstream_full_syncs after the new member", r.pipelineInt(0, "stats", "upstream_full_syncs"), 1)
 
 	// Point 3: a slot migration between two shards under load; the far
 	// side stays equal per shard, and the pipelines' slot maps follow.
@@ -215,6 +231,35 @@ func TestClusterShardsAcrossFailoversAndReshard(t *testing.T) {
 	// Point 5: a cluster client seeded with a pipeline's port reads every
 	// key from the far side.
 	checkFarSideReads(t, r, cc)
+}
+
+// takeOver runs CLUSTER FAILOVER on a replica once its primary knows it,
+// again should the first attempt time out (a node that has just joined).
+func takeOver(t *testing.T, primary, replica *redisproc.Server) {
+	t.Helper()
+	id := replica.NodeID()
+	redisproc.Eventually(t, 30*time.Second, "the primary to know its new replica", func() (bool, string) {
+		res, _ := primary.Do("CLUSTER", "NODES")
+		for _, l := range strings.Split(fmt.Sprint(res), "\n") {
+			if f := strings.Fields(l); len(f) > 3 && f[0] == id && strings.Contains(f[2], "slave") && f[3] == primary.NodeID() {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(res)
+	})
+	var asked time.Time
+	redisproc.Eventually(t, 40*time.Second, "the new node to take over", func() (bool, string) {
+		if replica.Info("replication")["role"] == "master" {
+			return true, ""
+		}
+		if time.Since(asked) > 7*time.Second {
+			asked = time.Now()
+			if _, err := replica.Do("CLUSTER", "FAILOVER"); err != nil {
+				return false, err.Error()
+			}
+		}
+		return false, replica.LogTail(3)
+	})
 }
 
 // runClusterLoad writes through the cluster client for d.

@@ -21,6 +21,45 @@ const clusterNodeTimeout = "3000"
 type Cluster struct {
 	Nodes []*Server
 	tb    testing.TB
+	args  []string // every node's extra arguments
+}
+
+func (c *Cluster) startNode(t testing.TB) *Server {
+	// The bus port is given explicitly: port+10000 may exceed 65535.
+	a := append([]string{
+		"--cluster-enabled", "yes",
+		"--cluster-config-file", "nodes.conf",
+		"--cluster-node-timeout", clusterNodeTimeout,
+		"--cluster-port", strconv.Itoa(FreePort(t)),
+	}, c.args...)
+	return Start(t, a...)
+}
+
+// AddReplica starts a new node and joins it to the cluster as a replica
+// of primary, with redis-cli --cluster add-node.
+func (c *Cluster) AddReplica(t testing.TB, primary *Server) *Server {
+	t.Helper()
+	n := c.startNode(t)
+	cmd := []string{"--cluster", "add-node", n.Addr(), primary.Addr(), "--cluster-slave", "--cluster-master-id", primary.NodeID()}
+	if out, err := exec.Command("redis-cli", cmd...).CombinedOutput(); err != nil {
+		t.Fatalf("redisproc: redis-cli %s: %v\n%s", strings.Join(cmd, " "), err, out)
+	}
+	c.Nodes = append(c.Nodes, n)
+	c.WaitOK(t, 60*time.Second)
+	return n
+}
+
+// ForgetNode removes a dead node: CLUSTER FORGET id on every live node,
+// and from the harness.
+func (c *Cluster) ForgetNode(t testing.TB, dead *Server, id string) {
+	t.Helper()
+	c.Forget(dead)
+	for _, n := range c.Live() {
+		if _, err := n.Do("CLUSTER", "FORGET", id); err != nil {
+			t.Fatalf("redisproc: %v", err)
+		}
+	}
+	c.WaitOK(t, 60*time.Second)
 }
 
 // StartCluster starts primaries*(1+replicasEach) cluster-enabled servers,
@@ -31,16 +70,9 @@ func StartCluster(t testing.TB, primaries, replicasEach int, args ...string) *Cl
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		t.Fatalf("redisproc: %v", err)
 	}
-	c := &Cluster{tb: t}
+	c := &Cluster{tb: t, args: args}
 	for range primaries * (1 + replicasEach) {
-		// The bus port is given explicitly: port+10000 may exceed 65535.
-		a := append([]string{
-			"--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", clusterNodeTimeout,
-			"--cluster-port", strconv.Itoa(FreePort(t)),
-		}, args...)
-		c.Nodes = append(c.Nodes, Start(t, a...))
+		c.Nodes = append(c.Nodes, c.startNode(t))
 	}
 	cmd := []string{"--cluster", "create"}
 	for _, n := range c.Nodes {

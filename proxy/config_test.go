@@ -49,6 +49,14 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		{"master:\n  addr: x:1\nbacklog:\n  fsync: sometimes\n", `fsync policy "sometimes"`},
 		{"listen: 6380\nmaster:\n  addr: x:1\n", "listen \"6380\": want host:port"},
 		{"backlog:\n  fsync: always\n", "master.addr is required"},
+		{"master:\n  cluster:\n    seeds: [h:1]\n    shard: \"5460\"\n", "a slot number cannot name a shard"},
+		{"master:\n  cluster:\n    seeds: [h:1]\n    shard: primary-a\n", "40-hex-digit node ID"},
+		{"master:\n  addr: x:1\n  cluster:\n    seeds: [h:1]\n    shard: " + nodeID('a') + "\n", "master.cluster excludes master.addr"},
+		{"master:\n  cluster:\n    seeds: [h]\n    shard: " + nodeID('a') + "\n", `seeds entry "h": want host:port`},
+		{"pipelines:\n  - {name: a, listen: 'x:1', shard: " + nodeID('a') + "}\n", "pipelines need master.cluster.seeds"},
+		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: a, listen: 'x:1', shard: " + nodeID('a') + "}\n  - {name: b, listen: 'x:1', shard: " + nodeID('b') + "}\n", "pipelines a and b have the same listen x:1"},
+		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: ../a, listen: 'x:1', shard: " + nodeID('a') + "}\n", `pipelines[0].name "../a"`},
+		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: a, listen: 'x:1', shard: '12'}\n", "pipeline a: master.cluster.shard \"12\": a slot number"},
 	}
 	for _, c := range cases {
 		cfg, err := LoadConfig(writeConfig(t, c.body))
@@ -60,3 +68,5 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		}
 	}
 }
+
+func nodeID(c byte) string { return strings.Repeat(string(c), 40) }

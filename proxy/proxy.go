@@ -58,7 +58,11 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		p.watch = &sentinelWatch{cfg: cfg.Master.Sentinel, link: p.link, log: log.With().Str("component", "sentinel").Logger()}
 	}
 	if cfg.Master.Cluster.enabled() {
-		p.cluster = &clusterWatch{cfg: cfg.Master.Cluster, link: p.link, log: log.With().Str("component", "cluster").Logger()}
+		ccfg := cfg.Master.Cluster
+		if ccfg.Password == "" { // the cluster's nodes usually share one set of credentials
+			ccfg.User, ccfg.Password = cfg.Master.User, cfg.Master.Password
+		}
+		p.cluster = &clusterWatch{cfg: ccfg, link: p.link, log: log.With().Str("component", "cluster").Logger()}
 		p.fan.SetShardInfo(p.cluster.info)
 		p.fan.SetSlotMap(func() []fanout.SlotShard { return slotMap([]*Proxy{p}) })
 	}

@@ -218,6 +218,10 @@ func (w *clusterWatch) resolveAt(ctx context.Context, addr string) (shardView, e
 	if !ok {
 		return shardView{}, errors.New("the shard has no serving primary (a failover may be in progress)")
 	}
+	if len(shard.Slots) == 0 {
+		// Also how a node that is joining as a replica looks for a moment.
+		return shardView{}, fmt.Errorf("the shard of %s owns no slots", p.ID)
+	}
 	return shardView{Shard: shard, Primary: p, All: all, From: addr, At: time.Now()}, nil
 }
 
@@ -422,8 +426,8 @@ func (w *clusterWatch) run(ctx context.Context) {
 	const urgent = 250 * time.Millisecond
 	timer := time.NewTimer(time.Duration(w.cfg.Poll))
 	defer timer.Stop()
+	why := "poll"
 	for {
-		why := "poll"
 		select {
 		case <-ctx.Done():
 			return
@@ -442,8 +446,9 @@ func (w *clusterWatch) run(ctx context.Context) {
 			w.changes.Add(1)
 		}
 		next := time.Duration(w.cfg.Poll)
+		why = "poll"
 		if w.link.LinkStatus().State != LinkConnected {
-			next = min(next, urgent)
+			next, why = min(next, urgent), "link down"
 		}
 		timer.Reset(next)
 	}

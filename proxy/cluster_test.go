@@ -86,7 +86,8 @@ func startClusterRelay(t *testing.T) *clusterRelay {
 	r.cfg = proxyConfig(t, "")
 	r.cfg.MetricsListen = "127.0.0.1:" + strconv.Itoa(redisproc.FreePort(t))
 	r.cfg.Master.Cluster.Seeds = []string{r.cl.Nodes[0].Addr(), r.cl.Nodes[1].Addr()}
-	r.cfg.Master.Cluster.Poll = proxy.Duration(time.Second)
+	// A slow poll: failovers must be followed because the link broke.
+	r.cfg.Master.Cluster.Poll = proxy.Duration(5 * time.Second)
 	// Each shard is named by its replica's node ID: any member will do.
 	for i, p := range r.cl.Primaries() {
 		r.cfg.Pipelines = append(r.cfg.Pipelines, proxy.PipelineConfig{
@@ -179,6 +180,12 @@ func TestClusterShardsAcrossFailoversAndReshard(t *testing.T) {
 		if got := r.pipelineInt(i, "shard", "shard_primary_changes"); got < 1 {
 			t.Fatalf("pipeline %d shard_primary_changes %d", i, got)
 		}
+	}
+
+	// Each repoint came from the broken link, not from a poll.
+	logs, _ := os.ReadFile(r.logPath)
+	if n := bytes.Count(logs, []byte("(link broke)")) + bytes.Count(logs, []byte("(link down)")); n < 4 {
+		t.Fatalf("%d repoints were driven by a broken link, want 4:\n%s", n, grepLines(string(logs), "upstream master changed"))
 	}
 
 	// The shard's membership changes: the node pipeline 0 was configured

@@ -83,6 +83,16 @@ func StartCluster(t testing.TB, primaries, replicasEach int, args ...string) *Cl
 		t.Fatalf("redisproc: redis-cli %s: %v\n%s", strings.Join(cmd, " "), err, out)
 	}
 	c.WaitOK(t, 60*time.Second)
+	// Every node starts as a master; wait until all agree on the roles.
+	Eventually(t, 60*time.Second, "every node to see the replicas", func() (bool, string) {
+		for _, n := range c.Nodes {
+			nodes := fmt.Sprint(must(n.Do("CLUSTER", "NODES")))
+			if got := strings.Count(nodes, "master"); got != primaries {
+				return false, nodes
+			}
+		}
+		return true, ""
+	})
 	return c
 }
 

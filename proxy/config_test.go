@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -70,3 +72,23 @@ func TestConfigErrorsAreClear(t *testing.T) {
 }
 
 func nodeID(c byte) string { return strings.Repeat(string(c), 40) }
+
+// The cluster's nodes usually share one password: without its own,
+// master.cluster uses the master's for CLUSTER SHARDS.
+func TestClusterCredentialsDefaultToTheMasters(t *testing.T) {
+	cfg := Defaults()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Master.User, cfg.Master.Password = "repl", "secret"
+	cfg.Master.Cluster.Seeds = []string{"127.0.0.1:1"}
+	cfg.Master.Cluster.Shard = nodeID('d')
+	p, err := New(cfg, zerolog.Nop(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.store.Close()
+	defer p.ln.Close()
+	if got := p.cluster.cfg; got.User != "repl" || got.Password != "secret" {
+		t.Fatalf("cluster credentials %q/%q, want the master's", got.User, got.Password)
+	}
+}

@@ -494,3 +494,33 @@ func checkFarSideReads(t *testing.T, r *clusterRelay, cc *redis.ClusterClient) {
 		t.Fatalf("CLUSTER SHARDS on the proxy: %v %v", shards, err)
 	}
 }
+
+// On Redis 7.2+ a shard may be named by its shard ID (CLUSTER MYSHARDID),
+// which no CLUSTER SHARDS or NODES reply of that version carries.
+func TestClusterShardByShardID(t *testing.T) {
+	dir := os.Getenv("REPLPROXY_REDIS_VERSIONS")
+	if dir == "" {
+		home, _ := os.UserHomeDir()
+		dir = filepath.Join(home, ".cache", "replproxy", "redis-versions")
+	}
+	bin := filepath.Join(dir, "redis-7.2.6", "src")
+	if _, err := os.Stat(filepath.Join(bin, "redis-server")); err != nil {
+		t.Skipf("Redis 7.2 is not built (%v)", err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cl := redisproc.StartCluster(t, 3, 1)
+	primary := cl.Primaries()[1]
+	sid, err := primary.Do("CLUSTER", "MYSHARDID")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := proxyConfig(t, "")
+	cfg.Master.Cluster = proxy.ClusterConfig{Seeds: []string{cl.Nodes[0].Addr()}, Shard: sid.(string), Poll: proxy.Duration(time.Second)}
+	tp := startProxy(t, cfg)
+	far := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
+	runClusterLoad(cl.ClusterClient(), 500*time.Millisecond, 1)
+	redisproc.WaitInSync(t, syncTimeout, primary, far)
+	if got := tp.info("shard")["shard_primary_id"]; got != primary.NodeID() {
+		t.Fatalf("INFO shard_primary_id %s, want %s", got, primary.NodeID())
+	}
+}

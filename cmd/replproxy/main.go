@@ -105,9 +105,9 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			// go-redis (the Sentinel client) logs through a process-wide
+			// go-redis (the Sentinel and cluster lookups) logs through a process-wide
 			// logger; route it into ours so every line has one format.
-			redis.SetLogger(redisLog{logger.With().Str("component", "sentinel-client").Logger()})
+			redis.SetLogger(redisLog{logger.With().Str("component", "redis-client").Logger()})
 			p, err := proxy.NewGroup(cfg, logger, version)
 			if err != nil {
 				return err

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
@@ -206,7 +207,7 @@ func (w *clusterWatch) resolveAt(ctx context.Context, addr string) (shardView, e
 	if !slices.ContainsFunc(all, func(s clusterShard) bool { return s.has(ids) }) {
 		// On 7.2+ the configured name may be a shard ID, which only the
 		// nodes themselves report.
-		if id, ok := shardIDMember(ctx, w, all); ok {
+		if id, ok := w.shardIDMember(ctx, all); ok {
 			ids = append(ids, id)
 		}
 	}
@@ -250,7 +251,7 @@ func pickShard(all []clusterShard, ids []string) (clusterShard, bool) {
 
 // shardIDMember asks each node for CLUSTER MYSHARDID (7.2+) and returns the
 // node ID of one whose shard ID is the configured name.
-func shardIDMember(ctx context.Context, w *clusterWatch, all []clusterShard) (string, bool) {
+func (w *clusterWatch) shardIDMember(ctx context.Context, all []clusterShard) (string, bool) {
 	for _, s := range all {
 		for _, n := range s.Nodes {
 			if n.Failed {
@@ -487,6 +488,18 @@ func nodeIDs(s clusterShard) []string {
 		out[i] = n.ID
 	}
 	return out
+}
+
+var (
+	descShard      = prometheus.NewDesc("replproxy_cluster_shard_info", "The cluster shard relayed: its followed name, primary and slots (always 1).", []string{"shard", "primary_id", "primary", "slots"}, nil)
+	descShardMoves = prometheus.NewDesc("replproxy_cluster_primary_changes_total", "Times the proxy followed the shard to a new primary.", nil, nil)
+)
+
+// collect adds the shard's metrics, so that the far side can be mapped back.
+func (w *clusterWatch) collect(gauge, counter func(*prometheus.Desc, float64, ...string)) {
+	v := w.current()
+	gauge(descShard, 1, w.cfg.Shard, v.Primary.ID, v.Primary.Addr, v.Shard.slotsText())
+	counter(descShardMoves, float64(w.changes.Load()))
 }
 
 // info is the INFO shard section: enough to map the far side back to the

@@ -18,18 +18,16 @@ import (
 type collector struct{ p *Proxy }
 
 var (
-	descOffset     = prometheus.NewDesc("replproxy_repl_offset", "master_repl_offset of the stored stream.", nil, nil)
-	descDurable    = prometheus.NewDesc("replproxy_durable_offset", "Last offset durable under the fsync policy (what is acknowledged upstream).", nil, nil)
-	descBacklog    = prometheus.NewDesc("replproxy_backlog_bytes", "Bytes of stream held in the backlog.", nil, nil)
-	descLinkUp     = prometheus.NewDesc("replproxy_upstream_link_up", "1 when the upstream link streams.", nil, nil)
-	descSyncs      = prometheus.NewDesc("replproxy_downstream_syncs_total", "Downstream syncs by kind.", []string{"kind"}, nil)
-	descUpSyncs    = prometheus.NewDesc("replproxy_upstream_syncs_total", "Upstream syncs by kind.", []string{"kind"}, nil)
-	descReplicas   = prometheus.NewDesc("replproxy_replicas", "Attached downstream replicas.", nil, nil)
-	descLagBytes   = prometheus.NewDesc("replproxy_replica_lag_bytes", "Bytes a replica has yet to be sent.", []string{"replica", "id"}, nil)
-	descAckOffset  = prometheus.NewDesc("replproxy_replica_ack_offset", "Last offset a replica acknowledged.", []string{"replica", "id"}, nil)
-	descFsyncs     = prometheus.NewDesc("replproxy_fsync_seconds_total", "Time spent in fsync.", nil, nil)
-	descShard      = prometheus.NewDesc("replproxy_cluster_shard_info", "The cluster shard relayed: its followed name, primary and slots (always 1).", []string{"shard", "primary_id", "primary", "slots"}, nil)
-	descShardMoves = prometheus.NewDesc("replproxy_cluster_primary_changes_total", "Times the proxy followed the shard to a new primary.", nil, nil)
+	descOffset    = prometheus.NewDesc("replproxy_repl_offset", "master_repl_offset of the stored stream.", nil, nil)
+	descDurable   = prometheus.NewDesc("replproxy_durable_offset", "Last offset durable under the fsync policy (what is acknowledged upstream).", nil, nil)
+	descBacklog   = prometheus.NewDesc("replproxy_backlog_bytes", "Bytes of stream held in the backlog.", nil, nil)
+	descLinkUp    = prometheus.NewDesc("replproxy_upstream_link_up", "1 when the upstream link streams.", nil, nil)
+	descSyncs     = prometheus.NewDesc("replproxy_downstream_syncs_total", "Downstream syncs by kind.", []string{"kind"}, nil)
+	descUpSyncs   = prometheus.NewDesc("replproxy_upstream_syncs_total", "Upstream syncs by kind.", []string{"kind"}, nil)
+	descReplicas  = prometheus.NewDesc("replproxy_replicas", "Attached downstream replicas.", nil, nil)
+	descLagBytes  = prometheus.NewDesc("replproxy_replica_lag_bytes", "Bytes a replica has yet to be sent.", []string{"replica", "id"}, nil)
+	descAckOffset = prometheus.NewDesc("replproxy_replica_ack_offset", "Last offset a replica acknowledged.", []string{"replica", "id"}, nil)
+	descFsyncs    = prometheus.NewDesc("replproxy_fsync_seconds_total", "Time spent in fsync.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -67,9 +65,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descFsyncs, c.p.store.SyncStats().Total.Seconds())
 	if w := c.p.cluster; w != nil {
-		v := w.current()
-		gauge(descShard, 1, w.cfg.Shard, v.Primary.ID, v.Primary.Addr, v.Shard.slotsText())
-		counter(descShardMoves, float64(w.changes.Load()))
+		w.collect(gauge, counter)
 	}
 }
 

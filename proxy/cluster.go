@@ -120,18 +120,29 @@ type clusterWatch struct {
 	link *Link
 	log  zerolog.Logger
 
+	// tls, when the upstream side uses TLS, secures the lookups too (they
+	// carry the password) and makes the nodes' tls-port the address.
+	tls *TLSConfig
+
 	mu      sync.Mutex
 	view    shardView
 	lastErr string
 	changes atomic.Int64 // primary changes followed
 }
 
-func (w *clusterWatch) client(addr string) *redis.Client {
-	return redis.NewClient(&redis.Options{
+func (w *clusterWatch) client(addr string) (*redis.Client, error) {
+	opt := &redis.Options{
 		Addr: addr, Username: w.cfg.User, Password: w.cfg.Password,
 		Protocol: 2, DisableIdentity: true,
 		DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1,
-	})
+	}
+	if w.tls != nil {
+		var err error
+		if opt.TLSConfig, err = w.tls.clientConfig(addr); err != nil {
+			return nil, fmt.Errorf("cluster lookup TLS: %w", err)
+		}
+	}
+	return redis.NewClient(opt), nil
 }
 
 // current is the last successful lookup.
@@ -195,11 +206,14 @@ func (w *clusterWatch) resolve(ctx context.Context) (shardView, error) {
 }
 
 func (w *clusterWatch) resolveAt(ctx context.Context, addr string) (shardView, error) {
-	c := w.client(addr)
+	c, err := w.client(addr)
+	if err != nil {
+		return shardView{}, err
+	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	all, err := clusterTopology(ctx, c)
+	all, err := clusterTopology(ctx, c, w.tls != nil)
 	if err != nil {
 		return shardView{}, err
 	}
@@ -257,7 +271,10 @@ func (w *clusterWatch) shardIDMember(ctx context.Context, all []clusterShard) (s
 			if n.Failed {
 				continue
 			}
-			c := w.client(n.Addr)
+			c, err := w.client(n.Addr)
+			if err != nil {
+				return "", false
+			}
 			id, err := c.Do(ctx, "CLUSTER", "MYSHARDID").Text()
 			c.Close()
 			if err != nil {
@@ -273,10 +290,10 @@ func (w *clusterWatch) shardIDMember(ctx context.Context, all []clusterShard) (s
 
 // clusterTopology reads CLUSTER SHARDS, or CLUSTER NODES where SHARDS is
 // missing (before 7.0).
-func clusterTopology(ctx context.Context, c *redis.Client) ([]clusterShard, error) {
+func clusterTopology(ctx context.Context, c *redis.Client, useTLS bool) ([]clusterShard, error) {
 	res, err := c.Do(ctx, "CLUSTER", "SHARDS").Result()
 	if err == nil {
-		return parseClusterShards(res)
+		return parseClusterShards(res, useTLS)
 	}
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
@@ -290,7 +307,8 @@ func clusterTopology(ctx context.Context, c *redis.Client) ([]clusterShard, erro
 }
 
 // parseClusterShards reads the RESP2 form: maps as flat key/value arrays.
-func parseClusterShards(res any) ([]clusterShard, error) {
+// With useTLS, a node's tls-port is its address where it has one.
+func parseClusterShards(res any, useTLS bool) ([]clusterShard, error) {
 	list, ok := res.([]any)
 	if !ok {
 		return nil, fmt.Errorf("cluster shards: unexpected reply %T", res)
@@ -313,8 +331,8 @@ func parseClusterShards(res any) ([]clusterShard, error) {
 				host = fmt.Sprint(n["ip"])
 			}
 			port, _ := n["port"].(int64)
-			if port == 0 {
-				port, _ = n["tls-port"].(int64)
+			if tlsPort, ok := n["tls-port"].(int64); ok && (useTLS || port == 0) {
+				port = tlsPort
 			}
 			s.Nodes = append(s.Nodes, clusterNode{
 				ID:      fmt.Sprint(n["id"]),

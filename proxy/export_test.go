@@ -8,7 +8,7 @@ import (
 // ClusterTopologies parses both replies, so that a test can check the
 // CLUSTER NODES fallback against CLUSTER SHARDS on a live cluster.
 func ClusterTopologies(shards any, nodes string) (fromShards, fromNodes [][]string, err error) {
-	a, err := parseClusterShards(shards)
+	a, err := parseClusterShards(shards, false)
 	if err != nil {
 		return nil, nil, err
 	}

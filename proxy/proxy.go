@@ -63,6 +63,9 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 			ccfg.User, ccfg.Password = cfg.Master.User, cfg.Master.Password
 		}
 		p.cluster = &clusterWatch{cfg: ccfg, link: p.link, log: log.With().Str("component", "cluster").Logger()}
+		if cfg.TLS.Upstream {
+			p.cluster.tls = &p.cfg.TLS
+		}
 		p.fan.SetShardInfo(p.cluster.info)
 		p.fan.SetSlotMap(func() []fanout.SlotShard { return slotMap([]*Proxy{p}) })
 	}

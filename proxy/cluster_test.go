@@ -393,7 +393,13 @@ func checkMigrationStream(t *testing.T, r *clusterRelay) {
 // streamCommands parses everything pipeline i holds in its backlog.
 func streamCommands(t *testing.T, r *clusterRelay, i int) [][]string {
 	t.Helper()
-	rd := resp.NewReader(bufio.NewReader(bytes.NewReader(streamBytes(t, r, i))), resp.DefaultLimits())
+	return streamCommandsIn(t, r.cfg.Expand()[i].DataDir)
+}
+
+// streamCommandsIn parses the stream in a data dir's backlog.
+func streamCommandsIn(t *testing.T, dataDir string) [][]string {
+	t.Helper()
+	rd := resp.NewReader(bufio.NewReader(bytes.NewReader(streamBytes(t, dataDir))), resp.DefaultLimits())
 	var out [][]string
 	for {
 		args, err := rd.ReadCommand()
@@ -401,7 +407,7 @@ func streamCommands(t *testing.T, r *clusterRelay, i int) [][]string {
 			return out
 		}
 		if err != nil {
-			t.Fatalf("pipeline %d backlog: %v", i, err)
+			t.Fatalf("backlog in %s: %v", dataDir, err)
 		}
 		if len(args) > 1 {
 			c := make([]string, len(args))
@@ -413,11 +419,11 @@ func streamCommands(t *testing.T, r *clusterRelay, i int) [][]string {
 	}
 }
 
-// streamBytes is everything pipeline i has in its backlog.
-func streamBytes(t *testing.T, r *clusterRelay, i int) []byte {
+// streamBytes is everything a data dir's backlog holds, in offset order.
+func streamBytes(t *testing.T, dataDir string) []byte {
 	t.Helper()
 	var all []byte
-	err := filepath.Walk(filepath.Join(r.cfg.Expand()[i].DataDir, "log"), func(path string, fi os.FileInfo, err error) error {
+	err := filepath.Walk(filepath.Join(dataDir, "log"), func(path string, fi os.FileInfo, err error) error {
 		if err != nil || fi.IsDir() || !strings.HasSuffix(path, ".seg") {
 			return err
 		}
@@ -498,12 +504,7 @@ func checkFarSideReads(t *testing.T, r *clusterRelay, cc *redis.ClusterClient) {
 // On Redis 7.2+ a shard may be named by its shard ID (CLUSTER MYSHARDID),
 // which no CLUSTER SHARDS or NODES reply of that version carries.
 func TestClusterShardByShardID(t *testing.T) {
-	dir := os.Getenv("REPLPROXY_REDIS_VERSIONS")
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".cache", "replproxy", "redis-versions")
-	}
-	bin := filepath.Join(dir, "redis-7.2.6", "src")
+	bin := filepath.Join(redisVersionsDir(), "redis-7.2.6", "src")
 	if _, err := os.Stat(filepath.Join(bin, "redis-server")); err != nil {
 		t.Skipf("Redis 7.2 is not built (%v)", err)
 	}
@@ -523,4 +524,57 @@ func TestClusterShardByShardID(t *testing.T) {
 	if got := tp.info("shard")["shard_primary_id"]; got != primary.NodeID() {
 		t.Fatalf("INFO shard_primary_id %s, want %s", got, primary.NodeID())
 	}
+}
+
+// Valkey 8 replicates CLUSTER SETSLOT during a slot migration. The proxy
+// relays it unchanged; a standalone far-side replica rejects it, logs the
+// rejection, and stays equal to its shard's primary.
+func TestClusterSetslotReachesStandaloneReplicas(t *testing.T) {
+	bin := filepath.Join(redisVersionsDir(), "valkey-8.0.1", "src")
+	if _, err := os.Stat(filepath.Join(bin, "valkey-server")); err != nil {
+		t.Skipf("Valkey 8 is not built (%v)", err)
+	}
+	// redisproc starts "redis-server": point that name at Valkey.
+	shim := t.TempDir()
+	if err := os.Symlink(filepath.Join(bin, "valkey-server"), filepath.Join(shim, "redis-server")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", shim+string(os.PathListSeparator)+os.Getenv("PATH"))
+	// Valkey replicates SETSLOT only to a primary that has cluster replicas.
+	cl := redisproc.StartCluster(t, 3, 1)
+	from, to := cl.Primaries()[1], cl.Primaries()[2]
+	cfg := proxyConfig(t, "")
+	cfg.Master.Cluster = proxy.ClusterConfig{Seeds: []string{cl.Nodes[0].Addr()}, Shard: from.NodeID(), Poll: proxy.Duration(time.Second)}
+	tp := startProxy(t, cfg)
+	far := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
+	cc := cl.ClusterClient()
+	runClusterLoad(cc, 500*time.Millisecond, 1)
+	redisproc.WaitInSync(t, syncTimeout, from, far)
+
+	if out, err := exec.Command("redis-cli", "--cluster", "reshard", from.Addr(), "--cluster-from", from.NodeID(),
+		"--cluster-to", to.NodeID(), "--cluster-slots", "50", "--cluster-yes").CombinedOutput(); err != nil {
+		t.Fatalf("reshard: %v\n%s", err, out)
+	}
+	runClusterLoad(cc, 300*time.Millisecond, 2)
+	redisproc.WaitInSync(t, syncTimeout, from, far)
+	setslots := 0
+	for _, c := range streamCommandsIn(t, cfg.DataDir) {
+		if strings.EqualFold(c[0], "CLUSTER") && strings.EqualFold(c[1], "SETSLOT") {
+			setslots++
+		}
+	}
+	if setslots == 0 {
+		t.Fatal("no CLUSTER SETSLOT in the source shard's stream")
+	}
+	if log := far.LogTail(400); !strings.Contains(log, "sending an error to its") {
+		t.Fatalf("the far-side replica did not log the rejection:\n%s", far.LogTail(20))
+	}
+}
+
+func redisVersionsDir() string {
+	if dir := os.Getenv("REPLPROXY_REDIS_VERSIONS"); dir != "" {
+		return dir
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "replproxy", "redis-versions")
 }

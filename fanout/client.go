@@ -190,6 +190,8 @@ func (c *client) dispatch(ctx context.Context, args [][]byte) outcome {
 		c.unsubscribeCmd(args)
 	case "publish":
 		c.publishCmd(args)
+	case "cluster":
+		c.cluster(args)
 	default:
 		c.unknown(args)
 	}

@@ -12,7 +12,7 @@ import (
 
 // The sections INFO knows, in output order. A plain INFO, like Redis',
 // returns all of them.
-var infoSections = []string{"server", "clients", "replication", "replicas", "stats", "backlog", "proxy"}
+var infoSections = []string{"server", "clients", "replication", "replicas", "stats", "backlog", "proxy", "shard"}
 
 func (s *Server) infoText(args []string) string {
 	want := map[string]bool{}
@@ -22,7 +22,7 @@ func (s *Server) infoText(args []string) string {
 	all := len(args) == 0 || want["all"] || want["everything"] || want["default"]
 	var b strings.Builder
 	for _, sec := range infoSections {
-		if !all && !want[sec] {
+		if (!all && !want[sec]) || (sec == "shard" && s.cluster.shardInfo == nil) {
 			continue
 		}
 		if b.Len() > 0 {
@@ -43,6 +43,8 @@ func (s *Server) infoText(args []string) string {
 			s.infoBacklog(&b)
 		case "proxy":
 			s.infoProxy(&b)
+		case "shard":
+			s.infoShard(&b)
 		}
 	}
 	return b.String()

@@ -143,6 +143,7 @@ type Server struct {
 
 	users     map[string]*User
 	authFails failureLog
+	cluster   clusterHooks
 }
 
 // New returns a Server; Serve runs it.

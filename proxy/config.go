@@ -47,6 +47,8 @@ type Config struct {
 	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
 	AckMode   string `yaml:"ack_mode"`
 	AckQuorum int    `yaml:"ack_quorum"`
+	// Pipelines relays several cluster shards from one process.
+	Pipelines []PipelineConfig `yaml:"pipelines"`
 }
 
 // MasterConfig is the upstream side.
@@ -61,6 +63,8 @@ type MasterConfig struct {
 	AnnouncePort int `yaml:"announce_port"`
 	// Sentinel, when it lists sentinels, names the master instead of Addr.
 	Sentinel SentinelConfig `yaml:"sentinel"`
+	// Cluster, when it lists seeds, names a Redis Cluster shard to follow.
+	Cluster ClusterConfig `yaml:"cluster"`
 	// Compression asks an upstream replproxy for a compressed stream:
 	// "zstd" or "none". A Redis master ignores the request.
 	Compression string `yaml:"compression"`
@@ -120,6 +124,7 @@ func Defaults() Config {
 			ReplTimeout:    Duration(60 * time.Second),
 			ConnectTimeout: Duration(5 * time.Second),
 			Sentinel:       SentinelConfig{Poll: Duration(5 * time.Second)},
+			Cluster:        ClusterConfig{Poll: Duration(2 * time.Second)},
 		},
 		Backlog: BacklogConfig{
 			MaxBytes:     1 << 30,
@@ -154,6 +159,9 @@ func LoadConfig(path string) (Config, error) {
 
 // Validate reports the first problem an operator must fix.
 func (c Config) Validate() error {
+	if len(c.Pipelines) > 0 {
+		return c.validatePipelines()
+	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen %q: want host:port: %w", c.Listen, err)
 	}
@@ -211,6 +219,12 @@ func (c Config) validateOps() error {
 }
 
 func (c Config) validateMaster() error {
+	if c.Master.Cluster.enabled() {
+		if c.Master.Sentinel.enabled() || c.Master.Addr != "" {
+			return errors.New("master.cluster excludes master.addr and master.sentinel: give one way to find the master")
+		}
+		return c.Master.Cluster.validate()
+	}
 	if c.Master.Sentinel.enabled() {
 		if c.Master.Sentinel.Name == "" {
 			return errors.New("master.sentinel.name is required with master.sentinel.addrs")

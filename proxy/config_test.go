@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 )
 
@@ -51,6 +52,14 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		{"master:\n  addr: x:1\nbacklog:\n  fsync: sometimes\n", `fsync policy "sometimes"`},
 		{"listen: 6380\nmaster:\n  addr: x:1\n", "listen \"6380\": want host:port"},
 		{"backlog:\n  fsync: always\n", "master.addr is required"},
+		{"master:\n  cluster:\n    seeds: [h:1]\n    shard: \"5460\"\n", "a slot number cannot name a shard"},
+		{"master:\n  cluster:\n    seeds: [h:1]\n    shard: primary-a\n", "40-hex-digit node ID"},
+		{"master:\n  addr: x:1\n  cluster:\n    seeds: [h:1]\n    shard: " + nodeID('a') + "\n", "master.cluster excludes master.addr"},
+		{"master:\n  cluster:\n    seeds: [h]\n    shard: " + nodeID('a') + "\n", `seeds entry "h": want host:port`},
+		{"pipelines:\n  - {name: a, listen: 'x:1', shard: " + nodeID('a') + "}\n", "pipelines need master.cluster.seeds"},
+		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: a, listen: 'x:1', shard: " + nodeID('a') + "}\n  - {name: b, listen: 'x:1', shard: " + nodeID('b') + "}\n", "pipelines a and b have the same listen x:1"},
+		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: ../a, listen: 'x:1', shard: " + nodeID('a') + "}\n", `pipelines[0].name "../a"`},
+		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: a, listen: 'x:1', shard: '12'}\n", "pipeline a: master.cluster.shard \"12\": a slot number"},
 	}
 	for _, c := range cases {
 		cfg, err := LoadConfig(writeConfig(t, c.body))
@@ -168,5 +177,27 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 	}
 	if strings.Contains(string(sts), "optional: true") {
 		t.Fatal("statefulset.yaml marks a secret optional")
+	}
+}
+
+func nodeID(c byte) string { return strings.Repeat(string(c), 40) }
+
+// The cluster's nodes usually share one password: without its own,
+// master.cluster uses the master's for CLUSTER SHARDS.
+func TestClusterCredentialsDefaultToTheMasters(t *testing.T) {
+	cfg := Defaults()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.Master.User, cfg.Master.Password = "repl", "secret"
+	cfg.Master.Cluster.Seeds = []string{"127.0.0.1:1"}
+	cfg.Master.Cluster.Shard = nodeID('d')
+	p, err := New(cfg, zerolog.Nop(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.store.Close()
+	defer p.ln.Close()
+	if got := p.cluster.cfg; got.User != "repl" || got.Password != "secret" {
+		t.Fatalf("cluster credentials %q/%q, want the master's", got.User, got.Password)
 	}
 }

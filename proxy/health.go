@@ -42,14 +42,18 @@ func (p *Proxy) readiness(now time.Time) (bool, string) {
 }
 
 // serveHealthz answers while the process serves: liveness.
-func (p *Proxy) serveHealthz(w http.ResponseWriter, _ *http.Request) {
+func serveHealthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintln(w, "ok")
 }
 
-// serveReadyz answers 200 when ready and 503 when not, with the reason.
-func (p *Proxy) serveReadyz(w http.ResponseWriter, _ *http.Request) {
-	ready, why := p.readiness(time.Now())
+// readyzHandler answers 200 when ready and 503 when not, with the reason.
+func readyzHandler(readiness func(time.Time) (bool, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) { serveReadyz(w, readiness) }
+}
+
+func serveReadyz(w http.ResponseWriter, readiness func(time.Time) (bool, string)) {
+	ready, why := readiness(time.Now())
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)

@@ -72,6 +72,7 @@ type Link struct {
 	addr    string                  // the master now; Repoint changes it
 	endSess context.CancelCauseFunc // ends the current session, for a repoint
 	repoint chan struct{}           // wakes Run from its backoff
+	down    chan struct{}           // signalled when a streaming link breaks
 
 	fullSyncs    atomic.Int64
 	partialSyncs atomic.Int64
@@ -86,7 +87,7 @@ type Link struct {
 func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.Logger) *Link {
 	host, portStr, _ := net.SplitHostPort(cfg.Addr)
 	port, _ := strconv.Atoi(portStr)
-	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1)}
+	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1), down: make(chan struct{}, 1)}
 	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: LinkConnect, DownSince: time.Now()}
 	return l
 }
@@ -126,6 +127,10 @@ func (l *Link) Repoint(addr, why string) bool {
 	return true
 }
 
+// Down is signalled when a streaming link breaks, so that a watcher of
+// the topology can look for a new master at once.
+func (l *Link) Down() <-chan struct{} { return l.down }
+
 // errRepointed ends a session because the master changed, not because it failed.
 var errRepointed = errors.New("repointed")
 
@@ -162,6 +167,10 @@ func (l *Link) setState(state, reason string) {
 		l.status.DownSince = time.Time{}
 	case prev == LinkConnected:
 		l.status.DownSince = time.Now()
+		select {
+		case l.down <- struct{}{}:
+		default:
+		}
 	}
 	l.mu.Unlock()
 	if prev != state {

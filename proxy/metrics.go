@@ -105,6 +105,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	sync := c.p.store.SyncStats()
 	e.counter(descFsyncs, sync.Total.Seconds())
 	e.counter(descFsyncSlow, float64(sync.Slow))
+	if w := c.p.cluster; w != nil {
+		w.collect(e.gauge, e.counter)
+	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(c.p.cfg.DataDir, &fs); err == nil {
 		e.gauge(descDiskFree, float64(fs.Bavail)*float64(fs.Bsize))
@@ -252,14 +255,20 @@ func (p *Proxy) snapshotTime(st backlog.State) (time.Time, bool) {
 func (p *Proxy) serveMetrics(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{p}, p.fsyncHist, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return serveRegistry(ctx, p.cfg.MetricsListen, reg, p.readiness)
+}
+
+// serveRegistry serves /metrics from reg, and /healthz and /readyz, the
+// latter as ready says.
+func serveRegistry(ctx context.Context, addr string, reg *prometheus.Registry, ready func(time.Time) (bool, string)) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", p.serveHealthz)
-	mux.HandleFunc("/readyz", p.serveReadyz)
-	srv := &http.Server{Addr: p.cfg.MetricsListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	ln, err := net.Listen("tcp", p.cfg.MetricsListen)
+	mux.HandleFunc("/healthz", serveHealthz)
+	mux.HandleFunc("/readyz", readyzHandler(ready))
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("metrics listen on %s: %w", p.cfg.MetricsListen, err)
+		return fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()

@@ -21,14 +21,15 @@ import (
 
 // Proxy is one running replproxy.
 type Proxy struct {
-	cfg   Config
-	log   zerolog.Logger
-	store *backlog.Store
-	fan   *fanout.Server
-	link  *Link
-	snap  *refresher
-	watch *sentinelWatch // nil without Sentinel
-	ln    net.Listener
+	cfg     Config
+	log     zerolog.Logger
+	store   *backlog.Store
+	fan     *fanout.Server
+	link    *Link
+	snap    *refresher
+	watch   *sentinelWatch // nil without Sentinel
+	cluster *clusterWatch  // nil without master.cluster
+	ln      net.Listener
 
 	progress  *progress
 	fsyncHist prometheus.Histogram
@@ -54,6 +55,9 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 		store.Close()
 		return nil, err
 	}
+	if cfg.Master.Cluster.enabled() {
+		log = log.With().Str("shard", cfg.Master.Cluster.Shard).Logger()
+	}
 	p.fan = fanout.New(fanoutConfig(cfg, store, p.Port(), version, log))
 	p.link = NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
 	p.snap = newRefresher(p.link, refreshConfig(cfg))
@@ -62,6 +66,18 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 	p.fan.SetProxyInfo(p.proxyInfo)
 	if cfg.Master.Sentinel.enabled() {
 		p.watch = &sentinelWatch{cfg: cfg.Master.Sentinel, link: p.link, log: log.With().Str("component", "sentinel").Logger()}
+	}
+	if cfg.Master.Cluster.enabled() {
+		ccfg := cfg.Master.Cluster
+		if ccfg.Password == "" { // the cluster's nodes usually share one set of credentials
+			ccfg.User, ccfg.Password = cfg.Master.User, cfg.Master.Password
+		}
+		p.cluster = &clusterWatch{cfg: ccfg, link: p.link, log: log.With().Str("component", "cluster").Logger()}
+		if cfg.TLS.Upstream {
+			p.cluster.tls = &p.cfg.TLS
+		}
+		p.fan.SetShardInfo(p.cluster.info)
+		p.fan.SetSlotMap(func() []fanout.SlotShard { return slotMap([]*Proxy{p}) })
 	}
 	return p, nil
 }
@@ -184,7 +200,7 @@ func (p *Proxy) Reload(cfg Config) error {
 		}
 		p.log.Info().Str("cert", cfg.TLS.Cert).Msg("TLS certificate reloaded")
 	}
-	if !p.cfg.Master.Sentinel.enabled() && cfg.Master.Addr != p.cfg.Master.Addr {
+	if !p.cfg.Master.Sentinel.enabled() && !p.cfg.Master.Cluster.enabled() && cfg.Master.Addr != p.cfg.Master.Addr {
 		p.link.Repoint(cfg.Master.Addr, "config reload (SIGHUP)")
 	}
 	old, next := p.cfg, cfg
@@ -268,6 +284,18 @@ func (p *Proxy) runUpstream(ctx context.Context, wg *sync.WaitGroup) {
 		go func() {
 			defer wg.Done()
 			p.watch.run(ctx)
+		}()
+	}
+	if p.cluster != nil {
+		addr, err := p.cluster.resolveUntil(ctx)
+		if err != nil {
+			return
+		}
+		p.link.Repoint(addr, "cluster shard primary at startup")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.cluster.run(ctx)
 		}()
 	}
 	p.link.Run(ctx)

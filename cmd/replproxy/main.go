@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -133,10 +134,10 @@ func runCommand() *cli.Command {
 			for _, w := range passwordFlagWarnings(c) {
 				logger.Warn().Msg(w)
 			}
-			// go-redis (the Sentinel client) logs through a process-wide
+			// go-redis (the Sentinel and cluster lookups) logs through a process-wide
 			// logger; route it into ours so every line has one format.
-			redis.SetLogger(redisLog{logger.With().Str("component", "sentinel-client").Logger()})
-			p, err := proxy.New(cfg, logger, version)
+			redis.SetLogger(redisLog{logger.With().Str("component", "redis-client").Logger()})
+			p, err := proxy.NewGroup(cfg, logger, version)
 			if err != nil {
 				return err
 			}
@@ -156,7 +157,7 @@ func (r redisLog) Printf(_ context.Context, format string, v ...any) {
 
 // reloadOnHUP re-reads the configuration on SIGHUP; a bad file is logged
 // and ignored, and the proxy keeps running as it was.
-func reloadOnHUP(ctx context.Context, c *cli.Context, p *proxy.Proxy, log zerolog.Logger) {
+func reloadOnHUP(ctx context.Context, c *cli.Context, p *proxy.Group, log zerolog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -191,6 +192,9 @@ func checkConfigCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "ok: listen %s, master %s, data_dir %s, backlog %d bytes, fsync %s\n",
 				cfg.Listen, cfg.Master.Addr, cfg.DataDir, cfg.Backlog.MaxBytes, cfg.Backlog.Fsync)
+			for _, p := range cfg.Pipelines {
+				fmt.Fprintf(c.App.Writer, "pipeline %s: listen %s, shard %s, data_dir %s\n", p.Name, p.Listen, p.Shard, filepath.Join(cfg.DataDir, p.Name))
+			}
 			return nil
 		},
 	}

@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
+	"gopkg.in/yaml.v3"
 
 	"github.com/replproxy/replproxy/backlog"
 )
@@ -152,5 +154,48 @@ func TestPasswordFlagWarns(t *testing.T) {
 	os.Unsetenv("REPLPROXY_REQUIREPASS")
 	if out, err := runCLI(t, "check-config", "--config", conf); err != nil || strings.Contains(out, "warning") {
 		t.Fatalf("file: %q %v", out, err)
+	}
+}
+
+// One process, several cluster shards: check-config lists each pipeline
+// with its own port and data subdirectory.
+func TestCheckConfigListsPipelines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cluster.yaml")
+	body := "data_dir: /var/lib/replproxy\nmaster:\n  cluster:\n    seeds: [10.0.0.1:6379]\npipelines:\n" +
+		"  - {name: shard-a, listen: '0.0.0.0:6380', shard: " + strings.Repeat("a", 40) + "}\n" +
+		"  - {name: shard-b, listen: '0.0.0.0:6381', shard: " + strings.Repeat("b", 40) + "}\n"
+	os.WriteFile(path, []byte(body), 0o644)
+	out, err := runCLI(t, "check-config", "--config", path)
+	if err != nil || !strings.Contains(out, "pipeline shard-b: listen 0.0.0.0:6381, shard "+strings.Repeat("b", 40)+", data_dir /var/lib/replproxy/shard-b") {
+		t.Fatalf("check-config with pipelines: %q %v", out, err)
+	}
+}
+
+// The Kubernetes recipe for N shards writes a config.yaml per shard that
+// the proxy accepts, and refuses a slot number where a node ID belongs.
+func TestKubernetesShardRecipe(t *testing.T) {
+	out := t.TempDir()
+	id := strings.Repeat("c", 40)
+	gen := exec.Command("sh", "../../deploy/kubernetes/cluster/generate.sh", out, "n0:6379,n1:6379", "shard-a="+id)
+	if b, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("generate.sh: %v\n%s", err, b)
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "shard-a", "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(raw, &cm); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(out, "proxy.yaml")
+	os.WriteFile(path, []byte(cm.Data["config.yaml"]), 0o644)
+	if _, err := runCLI(t, "check-config", "--config", path); err != nil {
+		t.Fatalf("the generated config: %v\n%s", err, cm.Data["config.yaml"])
+	}
+	if b, err := exec.Command("sh", "../../deploy/kubernetes/cluster/generate.sh", out, "n0:6379", "shard-b=5460").CombinedOutput(); err == nil || !strings.Contains(string(b), "not a 40-hex-digit node ID") {
+		t.Fatalf("generate.sh with a slot number: %v %s", err, b)
 	}
 }

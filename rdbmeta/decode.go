@@ -140,4 +140,3 @@ func (d *decoder) bytes(n uint64) ([]byte, error) {
 	_, err := io.ReadFull(d.r, b)
 	return b, err
 }
-

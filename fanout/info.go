@@ -110,8 +110,8 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	field(b, "connected_slaves", len(reps))
 	for i, r := range reps {
 		lag := int64(now.Sub(r.AckTime).Seconds())
-		fmt.Fprintf(b, "slave%d:ip=%s,port=%d,state=%s,offset=%d,lag=%d,lag_bytes=%d,sent_bytes=%d,connected_seconds=%d\r\n",
-			i, r.IP, r.Port, r.State, r.AckOffset, lag, max(st.End-r.SentOff, 0), r.SentBytes, int64(now.Sub(r.Since).Seconds()))
+		fmt.Fprintf(b, "slave%d:ip=%s,port=%d,state=%s,offset=%d,lag=%d,lag_bytes=%d,sent_bytes=%d,connected_seconds=%d%s\r\n",
+			i, r.IP, r.Port, r.State, r.AckOffset, lag, max(st.End-r.SentOff, 0), r.SentBytes, int64(now.Sub(r.Since).Seconds()), versionField(r))
 	}
 	field(b, "master_failover_state", "no-failover")
 	field(b, "master_replid", st.ReplID)
@@ -124,6 +124,15 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	field(b, "repl_backlog_histlen", st.End-st.First)
 }
 
+// versionField appends the version a replica announced (Valkey does);
+// Redis replicas announce none, and the field is left out.
+func versionField(r ReplicaInfo) string {
+	if r.Version == "" {
+		return ""
+	}
+	return ",version=" + r.Version
+}
+
 // infoReplicas details each replica beyond what the slaveN lines carry,
 // for an operator chasing a slow one.
 func (s *Server) infoReplicas(b *strings.Builder) {
@@ -131,9 +140,9 @@ func (s *Server) infoReplicas(b *strings.Builder) {
 	now := time.Now()
 	b.WriteString("# Replicas\r\n")
 	for i, r := range s.Replicas() {
-		fmt.Fprintf(b, "replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,sent_offset=%d,lag_bytes=%d,lag_seconds=%d,sent_bytes=%d,connected_since=%d,connected_seconds=%d\r\n",
+		fmt.Fprintf(b, "replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,sent_offset=%d,lag_bytes=%d,lag_seconds=%d,sent_bytes=%d,connected_since=%d,connected_seconds=%d%s\r\n",
 			i, r.IP, r.Port, r.State, r.AckOffset, r.SentOff-1, max(end-r.SentOff, 0), int64(now.Sub(r.AckTime).Seconds()),
-			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()))
+			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()), versionField(r))
 	}
 }
 

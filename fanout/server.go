@@ -107,13 +107,14 @@ type Server struct {
 	ackChanged chan struct{}
 
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
+	pacer         *pacer
 	hub           hub
 }
 
 // New returns a Server; Serve runs it.
 func New(cfg Config) *Server {
 	cfg.setDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer()}
 	if cfg.MaxConcurrentFullSyncs > 0 {
 		s.fullSyncSlots = make(chan struct{}, cfg.MaxConcurrentFullSyncs)
 	}

@@ -158,7 +158,9 @@ func TestNewerRDBFormatsRelayed(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer w.Close()
-			for _, cmd := range [][]string{{"REPLCONF", "listening-port", "7777"}, {"REPLCONF", "capa", "eof", "capa", "psync2"}} {
+			// As a Valkey 8 replica announces itself: it cannot load any
+			// of these, and the proxy says so before sending.
+			for _, cmd := range [][]string{{"REPLCONF", "listening-port", "7777"}, {"REPLCONF", "capa", "eof", "capa", "psync2"}, {"REPLCONF", "version", "8.0.1"}} {
 				if reply, err := w.do(cmd...); err != nil || reply != "+OK" {
 					t.Fatalf("%v: %q %v", cmd, reply, err)
 				}
@@ -181,8 +183,12 @@ func TestNewerRDBFormatsRelayed(t *testing.T) {
 			if n := m.psyncs.Load(); n != 1 {
 				t.Fatalf("the proxy sent %d PSYNCs to the master, want 1", n)
 			}
-			if !strings.Contains(tail(p.logPath, 40), `"rdb_header":"`+spec.Header+`"`) {
+			log := tail(p.logPath, 40)
+			if !strings.Contains(log, `"rdb_header":"`+spec.Header+`"`) {
 				t.Fatalf("the log does not name the RDB header %s", spec.Header)
+			}
+			if !strings.Contains(log, "replica Valkey 8.0.1 loads RDB versions up to 11, the snapshot is "+spec.Header) {
+				t.Fatalf("no up-front warning that a Valkey 8.0.1 replica cannot load %s", spec.Header)
 			}
 		})
 	}

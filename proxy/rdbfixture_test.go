@@ -132,6 +132,7 @@ func (m *fakeMaster) fullSync(c net.Conn) {
 // stored and served byte for byte to a replica, after one full sync with
 // the master: no retry loop.
 func TestNewerRDBFormatsRelayed(t *testing.T) {
+	t.Parallel()
 	replid := strings.Repeat("ab", 20)
 	const offset = 1000
 	stream := resp.AppendCommand(nil, "SET", "after", "snapshot")

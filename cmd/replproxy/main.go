@@ -48,6 +48,7 @@ func newApp() *cli.App {
 			},
 			checkConfigCommand(),
 			verifyCommand(),
+			inspectCommand(),
 		},
 	}
 }

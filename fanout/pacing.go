@@ -48,7 +48,24 @@ type peerPacing struct {
 	failures  int
 	delay     time.Duration
 	notBefore time.Time
+	last      *fullSyncAttempt // the latest full sync, judged when its session ends
 }
+
+// peer returns key's entry, creating it. Called with p.mu held.
+func (p *pacer) peer(key string) *peerPacing {
+	pp := p.peers[key]
+	if pp == nil {
+		p.forgetIdle()
+		pp = &peerPacing{}
+		p.peers[key] = pp
+	}
+	return pp
+}
+
+// judgementWait bounds how long a new session waits for the verdict on
+// the previous one: a replica that failed reconnects at once, and its old
+// session may be judged a moment after the new one asks.
+const judgementWait = time.Second
 
 func newPacer() *pacer {
 	return &pacer{peers: map[string]*peerPacing{}}
@@ -71,9 +88,21 @@ func (r *replica) waitPacing(ctx context.Context) error {
 		return nil
 	}
 	p := r.srv.pacer
+	key := r.pacingKey()
+	p.mu.Lock()
+	var prev *fullSyncAttempt
+	if pp := p.peers[key]; pp != nil {
+		prev = pp.last
+	}
+	p.mu.Unlock()
+	if prev != nil {
+		if err := prev.awaitJudgement(ctx); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	var until time.Time
-	if pp := p.peers[r.pacingKey()]; pp != nil {
+	if pp := p.peers[key]; pp != nil {
 		until = pp.notBefore
 	}
 	p.mu.Unlock()
@@ -106,19 +135,45 @@ type fullSyncAttempt struct {
 	r    *replica
 	snap backlog.SnapshotInfo
 	meta rdbmeta.Info
-	sent atomic.Bool // the whole snapshot went out
+	sent atomic.Bool   // the whole snapshot went out
+	done chan struct{} // closed once judged
+}
+
+func (a *fullSyncAttempt) awaitJudgement(ctx context.Context) error {
+	t := time.NewTimer(judgementWait)
+	defer t.Stop()
+	select {
+	case <-a.done:
+	case <-t.C: // the old session lives on (a half-open connection, say)
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+func (a *fullSyncAttempt) judged() bool {
+	select {
+	case <-a.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // beginFullSync reads the snapshot's metadata, warns when the replica
 // announced a version that cannot load it, and judges the attempt when the
 // session ends.
 func (r *replica) beginFullSync(ctx context.Context, f *os.File, snap backlog.SnapshotInfo) *fullSyncAttempt {
-	a := &fullSyncAttempt{r: r, snap: snap, meta: r.srv.pacer.snapshotMeta(f, snap)}
+	p := r.srv.pacer
+	a := &fullSyncAttempt{r: r, snap: snap, meta: p.snapshotMeta(f, snap), done: make(chan struct{})}
 	if why := olderThanProducer(r.version, a.meta); why != "" {
 		r.log.Warn().Str("replica_version", r.version).Str("rdb_header", a.meta.Header()).
 			Str("producer", a.meta.Producer()).Msg("replica " + why + "; it will likely fail to load the snapshot")
 	}
 	if r.paced() {
+		p.mu.Lock()
+		p.peer(r.pacingKey()).last = a
+		p.mu.Unlock()
 		context.AfterFunc(ctx, func() { a.ended(context.Cause(ctx)) })
 	}
 	return a
@@ -129,6 +184,7 @@ func (a *fullSyncAttempt) snapshotSent() { a.sent.Store(true) }
 // ended runs once the session is over. A Redis replica ACKs the snapshot's
 // offset as soon as it has loaded it; one that left without doing so failed.
 func (a *fullSyncAttempt) ended(cause error) {
+	defer close(a.done)
 	r := a.r
 	if !errors.Is(cause, errReplicaGone) {
 		return // the proxy stopped or dropped it: nothing learned
@@ -136,15 +192,10 @@ func (a *fullSyncAttempt) ended(cause error) {
 	p := r.srv.pacer
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	key := r.pacingKey()
+	pp := p.peer(r.pacingKey())
 	if ack := r.ackOff.Load(); ack > 0 && ack >= a.snap.Offset {
-		delete(p.peers, key)
+		pp.failures, pp.delay, pp.notBefore = 0, 0, time.Time{}
 		return
-	}
-	pp := p.peers[key]
-	if pp == nil {
-		pp = &peerPacing{}
-		p.peers[key] = pp
 	}
 	pp.failures++
 	pp.delay = min(max(2*pp.delay, pacingMin), pacingMax)
@@ -155,6 +206,17 @@ func (a *fullSyncAttempt) ended(cause error) {
 	}
 	a.explain(ev, cause).Dur("next_full_sync_in", pp.delay).Int("failed_full_syncs", pp.failures).
 		Msg(a.cause() + "; its next full syncs are paced, 1s doubling to 1m")
+}
+
+// forgetIdle drops replicas that have not failed for a while, so that
+// many that never come back do not pile up. Called with p.mu held.
+func (p *pacer) forgetIdle() {
+	cutoff := time.Now().Add(-2 * pacingMax)
+	for key, pp := range p.peers {
+		if pp.notBefore.Before(cutoff) && (pp.last == nil || pp.last.judged()) {
+			delete(p.peers, key)
+		}
+	}
 }
 
 func (a *fullSyncAttempt) explain(ev *zerolog.Event, cause error) *zerolog.Event {

@@ -152,6 +152,7 @@ func (s *Server) infoStats(b *strings.Builder) {
 	field(b, "sync_full", s.stats.SyncFull.Load())
 	field(b, "sync_partial_ok", s.stats.SyncPartialOK.Load())
 	field(b, "sync_partial_err", s.stats.SyncPartialErr.Load())
+	field(b, "sync_full_paced", s.stats.SyncFullPaced.Load())
 	field(b, "rejected_protocol_errors", s.stats.Rejected.Load())
 	field(b, "compressed_stream_bytes", s.stats.CompressedRaw.Load())
 	field(b, "compressed_wire_bytes", s.stats.CompressedWire.Load())

@@ -110,6 +110,7 @@ func (r *replica) waitPacing(ctx context.Context) error {
 	if wait <= 0 {
 		return nil
 	}
+	r.srv.stats.SyncFullPaced.Add(1)
 	r.log.Debug().Dur("wait", wait).Msg("full sync paced after a failed one")
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()

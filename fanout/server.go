@@ -85,6 +85,7 @@ type Stats struct {
 	SyncFull       atomic.Int64
 	SyncPartialOK  atomic.Int64
 	SyncPartialErr atomic.Int64
+	SyncFullPaced  atomic.Int64 // full syncs held back after a replica failed one
 	Connections    atomic.Int64
 	Rejected       atomic.Int64
 	CompressedRaw  atomic.Int64 // stream bytes sent compressed to downstream replproxies

@@ -82,6 +82,9 @@ func TestFailedFullSyncsPaced(t *testing.T) {
 	if n < 3 || n > 5 {
 		t.Fatalf("%d full syncs in %s, want 3 to 5", n, window)
 	}
+	if paced := r.proxy.infoInt("stats", "sync_full_paced"); paced < n-1 {
+		t.Fatalf("INFO stats sync_full_paced %d after %d full syncs", paced, n)
+	}
 	want := "the replica dropped the connection right after an RDB version 10 snapshot (from Redis " +
 		r.master.Info("server")["redis_version"] + ") without loading it; a replica older than the master cannot load it"
 	if got := strings.Count(tail(r.proxy.logPath, 500), want); got != 1 {

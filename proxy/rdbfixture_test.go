@@ -142,6 +142,7 @@ func TestNewerRDBFormatsRelayed(t *testing.T) {
 		{Header: "REDIS0014", RedisVer: "8.8.0", SlotInfo: true},
 		{Header: "VALKEY080", RedisVer: "7.2.4", ValkeyVer: "9.0.0"},
 		{Header: "VALKEY081", RedisVer: "7.2.4", ValkeyVer: "9.2.0", KeyMeta: true},
+		{Header: "REDIS0099", RedisVer: "99.0.0", SlotInfo: true}, // one day's format
 	}
 	for i, spec := range cases {
 		t.Run(spec.Header, func(t *testing.T) {
@@ -191,6 +192,10 @@ func TestNewerRDBFormatsRelayed(t *testing.T) {
 			if !strings.Contains(log, "replica Valkey 8.0.1 loads RDB versions up to 11, the snapshot is "+spec.Header) {
 				t.Fatalf("no up-front warning that a Valkey 8.0.1 replica cannot load %s", spec.Header)
 			}
+			newer := strings.Contains(log, "RDB format newer than this proxy knows")
+			if newer != (spec.Header == "REDIS0099") {
+				t.Fatalf("%s: warned of a format newer than the proxy knows: %v", spec.Header, newer)
+			}
 		})
 	}
 }
@@ -234,21 +239,35 @@ func readFullSync(t *testing.T, w *wire, args ...string) fullSyncReply {
 }
 
 // What the RDB check still refuses: bytes damaged in transit, shown by a
-// CRC-64 mismatch in a known format. The proxy keeps nothing and asks again.
-func TestCorruptRDBRefused(t *testing.T) {
+// CRC-64 mismatch in a known format, and a repl-offset that contradicts
+// +FULLRESYNC. The proxy keeps nothing and asks again.
+func TestBadRDBRefused(t *testing.T) {
 	t.Parallel()
 	replid := strings.Repeat("cd", 20)
-	rdb := rdbfixture.Build(rdbfixture.Spec{Header: "REDIS0013", RedisVer: "8.6.0", ReplID: replid, ReplOffset: 10, Key: "k", Value: "v"})
-	rdb[len(rdb)-12] ^= 1
-	m := startFakeMaster(t, rdb, replid, 10, false, nil)
-	p := startProxy(t, proxyConfig(t, m.addr()))
-	redisproc.Eventually(t, 20*time.Second, "the proxy to ask again", func() (bool, string) {
-		return m.psyncs.Load() >= 2, fmt.Sprint(m.psyncs.Load(), " PSYNCs")
-	})
-	if off := p.infoInt("replication", "master_repl_offset"); off > 0 {
-		t.Fatalf("the proxy adopted a corrupt RDB (offset %d)", off)
+	corrupt := rdbfixture.Build(rdbfixture.Spec{Header: "REDIS0013", RedisVer: "8.6.0", ReplID: replid, ReplOffset: 10, Key: "k", Value: "v"})
+	corrupt[len(corrupt)-12] ^= 1
+	cases := []struct {
+		name string
+		rdb  []byte
+		want string
+	}{
+		{"checksum", corrupt, "RDB checksum mismatch"},
+		{"offset", rdbfixture.Build(rdbfixture.Spec{Header: "REDIS0013", RedisVer: "8.6.0", ReplID: replid, ReplOffset: 11}),
+			"says repl-offset 11, the master announced 10"},
 	}
-	if !strings.Contains(tail(p.logPath, 40), "RDB checksum mismatch") {
-		t.Fatal("the log does not say the checksum did not match")
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := startFakeMaster(t, c.rdb, replid, 10, false, nil)
+			p := startProxy(t, proxyConfig(t, m.addr()))
+			redisproc.Eventually(t, 20*time.Second, "the proxy to ask again", func() (bool, string) {
+				return m.psyncs.Load() >= 2, fmt.Sprint(m.psyncs.Load(), " PSYNCs")
+			})
+			if off := p.infoInt("replication", "master_repl_offset"); off > 0 {
+				t.Fatalf("the proxy adopted the RDB (offset %d)", off)
+			}
+			if !strings.Contains(tail(p.logPath, 40), c.want) {
+				t.Fatalf("the log does not say %q", c.want)
+			}
+		})
 	}
 }

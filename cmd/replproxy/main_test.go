@@ -98,4 +98,23 @@ func TestInspect(t *testing.T) {
 	if _, err := runCLI(t, "inspect"); err == nil {
 		t.Fatal("inspect with no file: no error")
 	}
+
+	// --data-dir finds the stored snapshot.
+	data := filepath.Join(dir, "data")
+	st, err := backlog.Open(data, backlog.Options{
+		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
+		Logger: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := st.NewSnapshot()
+	w.Write(rdbfixture.Build(rdbfixture.Spec{Header: "VALKEY081", ValkeyVer: "9.2.0"}))
+	if err := st.Reset(backlog.RandomReplID(), 0, w); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if out, err := runCLI(t, "inspect", "--data-dir", data); err != nil || !strings.Contains(out, "producer Valkey 9.2.0") {
+		t.Fatalf("inspect --data-dir: %v\n%s", err, out)
+	}
 }

@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 BIN       := bin/replproxy
 
-.PHONY: build deps test fmt-check vet fuzz bench demo clean
+.PHONY: build deps test compat fmt-check vet fuzz bench demo clean
 
 # Installs the Redis packages the tests and the demo need, when any is missing.
 deps:
@@ -24,6 +24,12 @@ vet:
 # The fuzz seed corpora run as ordinary tests here; `make fuzz` explores.
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 14m ./...
+
+# The version matrix: Redis 6.2, 7.0, 7.2, 7.4 and Valkey 8.0, built once
+# from ../shared/redis-versions into ~/.cache/replproxy/redis-versions.
+compat: deps
+	@./scripts/build-versions.sh
+	$(GO) test -race -count=1 -timeout 20m -tags compat -run 'TestCompat' ./proxy
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzReadCommand -fuzztime 60s ./resp

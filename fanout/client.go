@@ -40,6 +40,9 @@ type client struct {
 	capaPsync2    bool
 	capaZstd      bool
 	rdbOnly       bool
+	// replicaVersion is what a Valkey replica announces; shown in INFO
+	// and compared with the snapshot's producer.
+	replicaVersion string
 }
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
@@ -266,6 +269,12 @@ func (c *client) replconf(args [][]byte) {
 			return // meaningful only on a replica connection; never answered
 		case "rdb-only":
 			c.rdbOnly = val == "1"
+		case "version":
+			if _, ok := parseVersion(val); !ok {
+				c.out = resp.AppendError(c.out, "ERR Unrecognized version format: "+val[:min(len(val), 64)])
+				return
+			}
+			c.replicaVersion = val
 		default:
 			c.out = resp.AppendError(c.out, "ERR Unrecognized REPLCONF option: "+string(args[i]))
 			return

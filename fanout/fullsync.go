@@ -17,6 +17,9 @@ import (
 // A nil cursor with no error means the replica wanted the RDB only.
 func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	r.state.Store(StateWaitBgsave)
+	if err := r.waitPacing(ctx); err != nil {
+		return nil, err
+	}
 	release, err := r.acquireFullSync(ctx)
 	if err != nil {
 		return nil, err
@@ -27,6 +30,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		return nil, err
 	}
 	defer f.Close()
+	attempt := r.beginFullSync(ctx, f, snap)
 	r.srv.stats.SyncFull.Add(1)
 	r.sentOff.Store(snap.Offset + 1)
 	r.state.Store(StateSendBulk)
@@ -41,6 +45,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		cur.Close()
 		return nil, fmt.Errorf("send snapshot %s: %w", snap.File, err)
 	}
+	attempt.snapshotSent()
 	r.log.Info().Int64("rdb_bytes", snap.Size).Dur("duration_ms", time.Since(start)).Msg("snapshot sent to replica")
 	if r.rdbOnly {
 		cur.Close()

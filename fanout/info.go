@@ -115,8 +115,8 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	field(b, "connected_slaves", len(reps))
 	for i, r := range reps {
 		lag := int64(now.Sub(r.AckTime).Seconds())
-		fmt.Fprintf(b, "slave%d:ip=%s,port=%d,state=%s,offset=%d,lag=%d,lag_bytes=%d,sent_bytes=%d,connected_seconds=%d\r\n",
-			i, r.IP, r.Port, r.State, r.AckOffset, lag, max(st.End-r.SentOff, 0), r.SentBytes, int64(now.Sub(r.Since).Seconds()))
+		fmt.Fprintf(b, "slave%d:ip=%s,port=%d,state=%s,offset=%d,lag=%d,lag_bytes=%d,sent_bytes=%d,connected_seconds=%d%s\r\n",
+			i, r.IP, r.Port, r.State, r.AckOffset, lag, max(st.End-r.SentOff, 0), r.SentBytes, int64(now.Sub(r.Since).Seconds()), versionField(r))
 	}
 	field(b, "master_failover_state", "no-failover")
 	field(b, "master_replid", st.ReplID)
@@ -129,6 +129,15 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	field(b, "repl_backlog_histlen", st.End-st.First)
 }
 
+// versionField appends the version a replica announced (Valkey does);
+// Redis replicas announce none, and the field is left out.
+func versionField(r ReplicaInfo) string {
+	if r.Version == "" {
+		return ""
+	}
+	return ",version=" + r.Version
+}
+
 // infoReplicas details each replica beyond what the slaveN lines carry,
 // for an operator chasing a slow one.
 func (s *Server) infoReplicas(b *strings.Builder) {
@@ -136,9 +145,9 @@ func (s *Server) infoReplicas(b *strings.Builder) {
 	now := time.Now()
 	b.WriteString("# Replicas\r\n")
 	for i, r := range s.Replicas() {
-		fmt.Fprintf(b, "replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,sent_offset=%d,lag_bytes=%d,lag_seconds=%d,sent_bytes=%d,connected_since=%d,connected_seconds=%d\r\n",
+		fmt.Fprintf(b, "replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,sent_offset=%d,lag_bytes=%d,lag_seconds=%d,sent_bytes=%d,connected_since=%d,connected_seconds=%d%s\r\n",
 			i, r.IP, r.Port, r.State, r.AckOffset, r.SentOff-1, max(end-r.SentOff, 0), int64(now.Sub(r.AckTime).Seconds()),
-			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()))
+			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()), versionField(r))
 	}
 }
 
@@ -148,6 +157,7 @@ func (s *Server) infoStats(b *strings.Builder) {
 	field(b, "sync_full", s.stats.SyncFull.Load())
 	field(b, "sync_partial_ok", s.stats.SyncPartialOK.Load())
 	field(b, "sync_partial_err", s.stats.SyncPartialErr.Load())
+	field(b, "sync_full_paced", s.stats.SyncFullPaced.Load())
 	field(b, "rejected_protocol_errors", s.stats.Rejected.Load())
 	field(b, "compressed_stream_bytes", s.stats.CompressedRaw.Load())
 	field(b, "compressed_wire_bytes", s.stats.CompressedWire.Load())

@@ -36,6 +36,7 @@ type ReplicaInfo struct {
 	SentOff   int64 // next offset the sender will send
 	SentBytes int64
 	Since     time.Time
+	Version   string // announced with REPLCONF version (Valkey); "" if not
 }
 
 type replica struct {
@@ -50,6 +51,7 @@ type replica struct {
 	rdbOnly  bool
 	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
 	zstd     bool // the peer (a replproxy) asked for a compressed stream
+	version  string
 	since    time.Time
 
 	// out carries everything after the PSYNC reply: the connection, or a
@@ -91,7 +93,7 @@ func (r *replica) info() ReplicaInfo {
 	return ReplicaInfo{
 		ID: r.id, IP: r.ip, Port: r.port, State: r.state.Load().(string),
 		AckOffset: r.ackOff.Load(), AckTime: time.Unix(0, r.ackTime.Load()),
-		SentOff: r.sentOff.Load(), SentBytes: r.sentBytes.Load(), Since: r.since,
+		SentOff: r.sentOff.Load(), SentBytes: r.sentBytes.Load(), Since: r.since, Version: r.version,
 	}
 }
 
@@ -131,7 +133,7 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 	senderDone := make(chan error, 1)
 	go func() { senderDone <- r.serve(rctx, req) }()
 	readErr := c.readAcks(r)
-	cancel(fmt.Errorf("replica connection closed: %w", readErr))
+	cancel(fmt.Errorf("%w: %w", errReplicaGone, readErr))
 	r.conn.Close()
 	sendErr := <-senderDone
 	r.log.Info().Str("reason", detachReason(rctx, sendErr, readErr)).Int64("ack_offset", r.ackOff.Load()).
@@ -147,7 +149,7 @@ func (c *client) newReplica(prePsync bool) *replica {
 	r := &replica{
 		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
-		zstd: c.capaZstd && !prePsync, out: c.conn,
+		zstd: c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
 	r.state.Store(StateWaitBgsave)

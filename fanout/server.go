@@ -110,6 +110,7 @@ type Stats struct {
 	SyncFull       atomic.Int64
 	SyncPartialOK  atomic.Int64
 	SyncPartialErr atomic.Int64
+	SyncFullPaced  atomic.Int64 // full syncs held back after a replica failed one
 	Connections    atomic.Int64
 	Rejected       atomic.Int64
 	CompressedRaw  atomic.Int64 // stream bytes sent compressed to downstream replproxies
@@ -139,6 +140,7 @@ type Server struct {
 	ackChanged chan struct{}
 
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
+	pacer         *pacer
 	hub           hub
 
 	users     map[string]*User
@@ -149,7 +151,7 @@ type Server struct {
 // New returns a Server; Serve runs it.
 func New(cfg Config) *Server {
 	cfg.setDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer()}
 	s.users = make(map[string]*User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		s.users[u.Name] = &u

@@ -221,8 +221,13 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	// log, which ends their senders, while replicas that attach from now on
 	// already follow the new history.
 	l.log.Info().Str("replid", replid).Int64("offset", offset).Int64("rdb_bytes", size).
-		Bool("diskless", eof).Dur("duration_ms", time.Since(start)).Int("rdb_version", rdb.Version).
-		Str("redis_ver", rdb.RedisVer).Bool("crc_checked", rdb.CRCChecked).Msg("full sync from master done")
+		Bool("diskless", eof).Dur("duration_ms", time.Since(start)).Str("rdb_header", rdb.Header()).
+		Int("rdb_version", rdb.Version).Str("producer", rdb.Producer()).Str("redis_ver", rdb.RedisVer).
+		Str("valkey_ver", rdb.ValkeyVer).Bool("crc_checked", rdb.CRCChecked).Msg("full sync from master done")
+	if rdb.Note != "" || !rdb.Known {
+		l.log.Warn().Str("rdb_header", rdb.Header()).Str("note", rdb.Note).
+			Msg("RDB format newer than this proxy knows; relayed as received, the replicas will judge it")
+	}
 	// A diskless master starts the stream only at the first ACK, whatever
 	// the ack mode: it acknowledges nothing beyond the snapshot itself.
 	return sendAck(conn, offset)

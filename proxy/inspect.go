@@ -3,11 +3,11 @@ package proxy
 import (
 	"bufio"
 	"fmt"
+	"github.com/replproxy/replproxy/rdbmeta"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/hdt3213/rdb/core"
@@ -37,7 +37,8 @@ type SnapshotReport struct {
 	Bytes       int64             `json:"bytes"`
 	WrittenAt   time.Time         `json:"written_at"`
 	RDBVersion  int               `json:"rdb_version"`
-	Aux         map[string]string `json:"aux"` // redis-ver, redis-bits, ctime, used-mem...
+	RDBHeader   string            `json:"rdb_header"` // REDIS0012, VALKEY080, ...
+	Aux         map[string]string `json:"aux"`        // redis-ver, redis-bits, ctime, used-mem...
 	Keys        int64             `json:"keys"`
 	Expiring    int64             `json:"expiring_keys"`
 	MemoryBytes int64             `json:"memory_estimate_bytes"`
@@ -138,9 +139,13 @@ func inspectSnapshot(dataDir string, info backlog.SnapshotInfo, top int) (*Snaps
 		return nil, fmt.Errorf("stat snapshot %s: %w", path, err)
 	}
 	snap := &SnapshotReport{File: info.File, Offset: info.Offset, Bytes: st.Size(), WrittenAt: st.ModTime(), Aux: map[string]string{}}
-	var hdr [9]byte
-	if _, err := f.ReadAt(hdr[:], 0); err == nil {
-		snap.RDBVersion, _ = strconv.Atoi(string(hdr[5:]))
+	if meta, err := rdbmeta.Read(io.NewSectionReader(f, 0, st.Size())); meta.Magic != "" || err == nil {
+		snap.RDBVersion, snap.RDBHeader = meta.Version, meta.Header()
+		// Our reader knows every header; the pinned decoder may stop
+		// before the aux fields of a newer format.
+		for k, v := range meta.Aux {
+			snap.Aux[k] = v
+		}
 	}
 	byDB := map[int]*DBStats{}
 	dec := core.NewDecoder(bufio.NewReaderSize(io.NewSectionReader(f, 0, st.Size()), 1<<20)).WithSpecialOpCode()

@@ -97,7 +97,7 @@ func TestStatusAndInspectOnARealRun(t *testing.T) {
 	if b.FirstByteTime.Before(started.Add(-time.Second)) || b.LastByteTime.Sub(*b.FirstByteTime) < 2*time.Second || b.LastByteTime.After(time.Now()) {
 		t.Errorf("backlog times %s .. %s: want within the run (started %s) and spanning the load", b.FirstByteTime, b.LastByteTime, started)
 	}
-	for _, want := range []string{"RDB version 10, produced by redis 7.0.15 (64 bits)", "db1: 4 keys (hash 1, list 1, set 1, zset 1)", `"big"`, "first byte "} {
+	for _, want := range []string{"RDB REDIS0010 (version 10), produced by redis 7.0.15 (64 bits)", "db1: 4 keys (hash 1, list 1, set 1, zset 1)", `"big"`, "first byte "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("inspect lacks %q", want)
 		}

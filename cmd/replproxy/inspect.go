@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -15,15 +16,25 @@ import (
 
 func inspectCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "inspect",
-		Usage: "describe a data dir offline: the snapshot's keys and memory, the backlog's offsets and times",
+		Name:      "inspect",
+		Usage:     "describe a data dir offline (the snapshot's keys and memory, the backlog's offsets and times), or one RDB file",
+		ArgsUsage: "[RDB file]",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "data-dir", Required: true, Usage: "the proxy's data dir"},
+			&cli.StringFlag{Name: "data-dir", Usage: "the proxy's data dir"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON, for scripts"},
 			&cli.IntFlag{Name: "top", Value: 10, Usage: "how many of the biggest keys to list"},
 		},
 		Action: func(c *cli.Context) error {
-			rep, err := proxy.Inspect(c.String("data-dir"), c.Int("top"))
+			dir := c.String("data-dir")
+			switch {
+			case dir != "" && c.NArg() > 0:
+				return errors.New("give an RDB file or --data-dir, not both")
+			case c.NArg() == 1:
+				return inspectRDB(c.App.Writer, c.Args().First())
+			case dir == "":
+				return errors.New("give an RDB file or --data-dir")
+			}
+			rep, err := proxy.Inspect(dir, c.Int("top"))
 			if err != nil {
 				return err
 			}
@@ -45,7 +56,7 @@ func printInspect(w io.Writer, rep proxy.InspectReport) {
 	if s := rep.Snapshot; s != nil {
 		fmt.Fprintf(w, "snapshot   %s at offset %d, %s, written %s (%s ago)\n",
 			s.File, s.Offset, human(s.Bytes), s.WrittenAt.UTC().Format(time.RFC3339), ago(now, s.WrittenAt))
-		fmt.Fprintf(w, "  RDB version %d, produced by %s\n", s.RDBVersion, producer(s.Aux))
+		fmt.Fprintf(w, "  RDB %s (version %d), produced by %s\n", s.RDBHeader, s.RDBVersion, producer(s.Aux))
 		fmt.Fprintf(w, "  %d keys (%d with a TTL), memory estimate %s\n", s.Keys, s.Expiring, human(s.MemoryBytes))
 		for _, db := range s.DBs {
 			fmt.Fprintf(w, "  db%d: %d keys (%s), %s\n", db.DB, db.Keys, typeCounts(db.Types), human(db.MemoryBytes))

@@ -50,7 +50,7 @@ type Server struct {
 	Dir  string
 
 	tb    testing.TB // owner: its cleanup kills the process and prints logs
-	bin   string
+	bin   Binary
 	extra []string // caller's arguments, appended after the defaults
 
 	mu      sync.Mutex
@@ -71,10 +71,16 @@ type process struct {
 // registers a cleanup that kills it.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
+	path, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redisproc: %v", err)
 	}
+	return StartBinary(t, Binary{Path: path}, args...)
+}
+
+// StartBinary is Start with a given server build, such as one from Built.
+func StartBinary(t testing.TB, bin Binary, args ...string) *Server {
+	t.Helper()
 	s := &Server{Host: loopback, Dir: t.TempDir(), tb: t, bin: bin, extra: slices.Clone(args)}
 	t.Cleanup(s.cleanup)
 
@@ -117,12 +123,14 @@ func (s *Server) argv() []string {
 		"--port", strconv.Itoa(s.Port),
 		"--bind", s.Host,
 		"--dir", s.Dir,
-		"--enable-debug-command", "yes",
 		"--save", "",
 		"--appendonly", "no",
 		"--repl-diskless-sync-delay", "0",
 		"--logfile", filepath.Join(s.Dir, logName),
 		"--daemonize", "no",
+	}
+	if !s.bin.NoDebugFlag {
+		base = append(base, "--enable-debug-command", "yes")
 	}
 	return append(base, s.extra...)
 }
@@ -136,12 +144,12 @@ func (s *Server) launch() error {
 	// The child keeps its own descriptor; ours is not needed after Start.
 	defer out.Close()
 
-	cmd := exec.Command(s.bin, s.argv()...)
+	cmd := exec.Command(s.bin.Path, s.argv()...)
 	cmd.Dir = s.Dir
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("exec %s: %w", s.bin, err)
+		return fmt.Errorf("exec %s: %w", s.bin.Path, err)
 	}
 	p := &process{cmd: cmd, exited: make(chan struct{})}
 	go func() {

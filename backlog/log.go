@@ -45,6 +45,9 @@ type LogOptions struct {
 	// files found damaged; nothing found damaged is deleted.
 	DamagedDir string
 	OnFsync    func(time.Duration) // observes each fsync's latency (metrics); nil: none
+	// OnTrim is told the new first offset after retention removed
+	// segments, so that what depends on them (kept snapshots) goes too.
+	OnTrim func(first int64)
 }
 
 type segment struct {
@@ -577,6 +580,9 @@ func (l *Log) trim() {
 	}
 	if len(victims) > 0 {
 		l.times.compact(l.first)
+		if l.opt.OnTrim != nil {
+			l.opt.OnTrim(l.first)
+		}
 		l.log.Debug().Int("segments", len(victims)).Int64("first", l.first).Msg("retention removed old segments")
 	}
 }

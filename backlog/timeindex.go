@@ -86,7 +86,10 @@ func (ti *timeIndex) note(off int64, now time.Time) {
 	ti.mu.Lock()
 	defer ti.mu.Unlock()
 	ti.last = now
-	if n := len(ti.points); n > 0 && now.Sub(ti.points[n-1].Time) < timeResolution {
+	// One point per wall-clock second with appends, its first append: the
+	// bytes before it are exactly those appended before that second, which
+	// is what a restore --to-time needs.
+	if n := len(ti.points); n > 0 && now.Truncate(timeResolution).Equal(ti.points[n-1].Time.Truncate(timeResolution)) {
 		return
 	}
 	p := TimePoint{Offset: off, Time: now}

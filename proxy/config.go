@@ -70,6 +70,9 @@ type SnapshotConfig struct {
 	// fetch; 0 means half of backlog.max_bytes.
 	RefreshAfter Size     `yaml:"refresh_after"`
 	MinInterval  Duration `yaml:"min_interval"`
+	// Keep is how many snapshots are kept, the current one included, as
+	// bases for replproxy restore (0 or 1: only the current one).
+	Keep int `yaml:"keep"`
 }
 
 // ReplicaConfig is the downstream side.
@@ -165,6 +168,9 @@ func (c Config) Validate() error {
 	}
 	if c.AckQuorum < 0 || c.Replicas.MaxConcurrentFullSyncs < 0 {
 		return errors.New("ack_quorum and replicas.max_concurrent_full_syncs must not be negative")
+	}
+	if c.Snapshot.Keep < 0 {
+		return fmt.Errorf("snapshot.keep %d: must not be negative", c.Snapshot.Keep)
 	}
 	if c.Snapshot.MinInterval < 0 {
 		return fmt.Errorf("snapshot.min_interval %s: must not be negative", time.Duration(c.Snapshot.MinInterval))

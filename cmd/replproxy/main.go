@@ -51,6 +51,8 @@ func newApp() *cli.App {
 			statusCommand(),
 			inspectCommand(),
 			probeCommand(),
+			restoreCommand(),
+			exportCommand(),
 		},
 	}
 }

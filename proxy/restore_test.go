@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/internal/redisproc"
+	"github.com/replproxy/replproxy/proxy"
 )
 
 // quiesce stops nothing but waits for a master without load to settle: the
@@ -81,8 +83,16 @@ func TestRestoreUndoesAFlushall(t *testing.T) {
 	waitOps(t, m, 1500)
 	stopLoad()
 	digest, offset := quiesce(t, m, tp)
-	// at is a second boundary after every byte up to offset, before FLUSHALL.
-	at := time.Now().Truncate(time.Second).Add(time.Second)
+	// at is a second boundary after every byte up to offset, before
+	// FLUSHALL. A PUBLISH (in the stream, no data) just before it makes
+	// the FLUSHALL follow other bytes within the second: a time index
+	// with a point per second of elapsed time, rather than per wall-clock
+	// second, would have none for it and date it before at.
+	at := time.Now().Truncate(time.Second).Add(3 * time.Second)
+	time.Sleep(time.Until(at) - 300*time.Millisecond)
+	if _, err := m.Do("PUBLISH", "restore-test", "ping"); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(time.Until(at) + 100*time.Millisecond)
 	if _, err := m.Do("FLUSHALL"); err != nil {
 		t.Fatal(err)
@@ -174,4 +184,53 @@ func runBinaryStdout(t *testing.T, args ...string) string {
 	}
 	t.Logf("replproxy %s: %s", strings.Join(args, " "), stderr.String())
 	return string(out)
+}
+
+var snapshotLine = regexp.MustCompile(`(?m)^snapshot +(\S+) at offset (\d+)$`)
+
+// Issue 15, point 6: with snapshot.keep: 3, a target older than the newest
+// snapshot is reached from an older kept one; without the history there
+// would be no base before it.
+func TestRestoreFromAnOlderKeptSnapshot(t *testing.T) {
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Snapshot.Keep = 3
+	cfg.Snapshot.RefreshAfter = 1 // renew whenever the stream moved...
+	cfg.Snapshot.MinInterval = proxy.Duration(2 * time.Second)
+	tp := startProxy(t, cfg)
+	refreshes := func() int64 { return tp.infoInt("stats", "snapshot_refreshes") }
+	stopLoad := runLoad(t, m, 161)
+	redisproc.Eventually(t, syncTimeout, "a first snapshot refresh", func() (bool, string) {
+		return refreshes() >= 1, ""
+	})
+	stopLoad()
+	digest, offset := quiesce(t, m, tp)
+
+	stopLoad = runLoad(t, m, 162)
+	redisproc.Eventually(t, syncTimeout, "a snapshot past the recorded offset", func() (bool, string) {
+		got := tp.infoInt("backlog", "snapshot_offset")
+		return got > offset, strconv.FormatInt(got, 10)
+	})
+	stopLoad()
+
+	out := restoreRDB(t, cfg.DataDir, digest, "--to-offset", strconv.FormatInt(offset, 10))
+	used := snapshotLine.FindStringSubmatch(out)
+	if used == nil {
+		t.Fatal("restore names no snapshot")
+	}
+	meta, err := backlog.ReadMeta(cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := meta.Snapshots()
+	if len(kept) < 2 || len(kept) > 3 {
+		t.Fatalf("%d kept snapshots, want 2 or 3 with keep: 3", len(kept))
+	}
+	if base, _ := strconv.ParseInt(used[2], 10, 64); base > offset || used[1] == meta.Snapshot.File {
+		t.Fatalf("restore to %d used snapshot %s at %d; the newest is %s at %d", offset, used[1], base, meta.Snapshot.File, meta.Snapshot.Offset)
+	}
+	files, _ := filepath.Glob(filepath.Join(cfg.DataDir, "snapshot", "*.rdb"))
+	if len(files) > 3 {
+		t.Fatalf("%d snapshot files with keep: 3", len(files))
+	}
 }

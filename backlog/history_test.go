@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func snapshotFiles(t *testing.T, dir string) int {
@@ -133,4 +134,42 @@ func equalInts(a, b []int64) bool {
 		}
 	}
 	return true
+}
+
+// Readers beside a live proxy change nothing in its log dir: the segment
+// the writer prepared ahead of its next roll survives them, and the roll
+// succeeds. (Listing segments used to delete it, failing the roll.)
+func TestReadersLeavePreparedSegment(t *testing.T) {
+	dir := t.TempDir()
+	s := newStore(t, dir, testOptions(), 0)
+	defer s.Close()
+	if err := s.Append(pattern(600, 5)); err != nil {
+		t.Fatal(err)
+	}
+	logDir := LogDir(dir, s.State().Epoch)
+	prep := segmentPath(logDir, 1001) + preparedSuffix
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(prep); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no segment prepared ahead of the roll")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r, err := OpenStream(logDir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if _, err := ReadExtent(logDir, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(pattern(600, 6)); err != nil {
+		t.Fatalf("append across the roll after readers listed the log: %v", err)
+	}
 }

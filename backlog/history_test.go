@@ -173,3 +173,35 @@ func TestReadersLeavePreparedSegment(t *testing.T) {
 		t.Fatalf("append across the roll after readers listed the log: %v", err)
 	}
 }
+
+// A StreamReader hands out no byte of a record that fails its CRC, and
+// holds only whole records: a torn tail is not part of the stream.
+func TestStreamReaderVerifies(t *testing.T) {
+	dir := t.TempDir()
+	s := newStore(t, dir, testOptions(), 0)
+	defer s.Close()
+	s.Append(pattern(300, 7))
+	s.Append(pattern(300, 8))
+	logDir := LogDir(dir, s.State().Epoch)
+	seg := segmentPath(logDir, 1)
+	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("torn")) // bytes without an index record
+	f.Close()
+	r, err := OpenStream(logDir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, end := r.Bounds(); end != 601 {
+		t.Fatalf("held end %d, want 601 (whole records only)", end)
+	}
+	flipByte(t, seg, 400)
+	rr, _ := r.Range(1, 601)
+	got, err := io.ReadAll(rr)
+	if !errors.Is(err, ErrDamaged) || len(got) != 300 {
+		t.Fatalf("read %d bytes, err %v; want the first record and ErrDamaged", len(got), err)
+	}
+}

@@ -109,7 +109,7 @@ func Defaults() Config {
 			Fsync:        string(backlog.FsyncEverySec),
 			ScrubRate:    16 << 20,
 		},
-		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute)},
+		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},

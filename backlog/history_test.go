@@ -205,3 +205,27 @@ func TestStreamReaderVerifies(t *testing.T) {
 		t.Fatalf("read %d bytes, err %v; want the first record and ErrDamaged", len(got), err)
 	}
 }
+
+// Thinning keeps the newest half of the time index whole: recent times
+// stay exact to the second however long the log lives.
+func TestTimeIndexThinningKeepsRecentSeconds(t *testing.T) {
+	ti := openTimeIndex(t.TempDir(), 0)
+	defer ti.close()
+	start := time.Unix(1_700_000_000, 0)
+	for i := range 2*timeIndexMax + 123 {
+		ti.note(int64(1+i), start.Add(time.Duration(i)*time.Second))
+	}
+	n := len(ti.points)
+	if n > timeIndexMax {
+		t.Fatalf("%d points, cap %d", n, timeIndexMax)
+	}
+	recent := ti.points[n-timeIndexMax/2:]
+	for i := 1; i < len(recent); i++ {
+		if recent[i].Time.Sub(recent[i-1].Time) != time.Second {
+			t.Fatalf("recent points %d and %d are %s apart", i-1, i, recent[i].Time.Sub(recent[i-1].Time))
+		}
+	}
+	if ti.points[0].Offset != 1 {
+		t.Fatalf("thinning lost the first point: %+v", ti.points[0])
+	}
+}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/replproxy/replproxy/resp"
@@ -48,9 +47,7 @@ func startTempServer(ctx context.Context, bin, dir string) (*tempServer, error) 
 		"--daemonize", "no",
 	}
 	cmd := exec.Command(bin, args...)
-	// Its own process group: a Ctrl-C to restore does not reach it before
-	// restore has stopped it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}

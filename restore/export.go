@@ -38,7 +38,7 @@ func Export(dataDir string, from, to int64, w io.Writer) (ExportResult, error) {
 	}
 	snap, err := src.newestAtOrBefore(from - 1)
 	if err != nil {
-		return ExportResult{}, err
+		return ExportResult{}, fmt.Errorf("an export starts after a kept snapshot, where a command boundary is known: the earliest --from is %d", src.snaps[0].info.Offset+1)
 	}
 	db, _, err := streamDB(io.NewSectionReader(snap.f, 0, snap.info.Size))
 	if err != nil {

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ type tempServer struct {
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when the process is gone
 	waitErr error
+	output  *bytes.Buffer // stdout and stderr, read only after exited
 	conn    net.Conn
 	br      *bufio.Reader
 	bw      *bufio.Writer
@@ -42,16 +44,24 @@ func startTempServer(ctx context.Context, bin, dir string) (*tempServer, error) 
 		"--dbfilename", baseRDB,
 		"--save", "",
 		"--appendonly", "no",
-		"--enable-debug-command", "local",
 		"--logfile", filepath.Join(dir, "redis.log"),
 		"--daemonize", "no",
 	}
+	if major, err := serverMajor(bin); err != nil {
+		return nil, err
+	} else if major >= 7 {
+		// Redis 7 turned DEBUG off by default; before, it is always on.
+		args = append(args, "--enable-debug-command", "local")
+	}
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = sysProcAttr()
+	// A bad option is reported on stdout before the log file is opened.
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &tempServer{dir: dir, cmd: cmd, exited: make(chan struct{})}
+	s := &tempServer{dir: dir, cmd: cmd, exited: make(chan struct{}), output: &out}
 	go func() {
 		s.waitErr = cmd.Wait()
 		close(s.exited)
@@ -72,7 +82,7 @@ func (s *tempServer) connect(ctx context.Context, sock string) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.exited:
-			return fmt.Errorf("temporary redis-server exited (%v); its log:\n%s", s.waitErr, s.logTail())
+			return fmt.Errorf("temporary redis-server exited (%v): %s%s", s.waitErr, strings.TrimSpace(s.output.String()), s.logTail())
 		case <-tick.C:
 		}
 		if s.conn == nil {
@@ -95,12 +105,15 @@ func (s *tempServer) connect(ctx context.Context, sock string) error {
 }
 
 func (s *tempServer) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	b, err := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	if err != nil {
+		return ""
+	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if len(lines) > 20 {
 		lines = lines[len(lines)-20:]
 	}
-	return strings.Join(lines, "\n")
+	return "\nits log:\n" + strings.Join(lines, "\n")
 }
 
 // do sends one command and reads its reply.
@@ -184,4 +197,22 @@ func readReply(br *bufio.Reader) (string, error) {
 		return fmt.Sprintf("array of %d", n), nil
 	}
 	return "", fmt.Errorf("read reply: unexpected %q", line)
+}
+
+// serverMajor asks a redis-server (or valkey-server) for its major version.
+func serverMajor(bin string) (int, error) {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return 0, fmt.Errorf("%s --version: %w", bin, err)
+	}
+	_, v, ok := strings.Cut(string(out), " v=")
+	if !ok {
+		return 0, fmt.Errorf("%s --version: no version in %q", bin, strings.TrimSpace(string(out)))
+	}
+	major, _, _ := strings.Cut(v, ".")
+	n, err := strconv.Atoi(major)
+	if err != nil {
+		return 0, fmt.Errorf("%s --version: bad version in %q", bin, strings.TrimSpace(string(out)))
+	}
+	return n, nil
 }

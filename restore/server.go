@@ -92,7 +92,7 @@ func (s *tempServer) connect(ctx context.Context, sock string) error {
 			}
 			s.conn, s.br, s.bw = c, bufio.NewReaderSize(c, 64<<10), bufio.NewWriterSize(c, 256<<10)
 		}
-		reply, err := s.do("PING")
+		_, err := s.do("PING")
 		if err == nil {
 			return nil
 		}
@@ -100,7 +100,6 @@ func (s *tempServer) connect(ctx context.Context, sock string) error {
 		if !errors.As(err, &re) || !strings.HasPrefix(string(re), "LOADING") {
 			return fmt.Errorf("temporary redis-server: %w", err)
 		}
-		_ = reply
 	}
 }
 

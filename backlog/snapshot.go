@@ -332,7 +332,10 @@ func keepHistory(snaps []SnapshotInfo, first int64, keep int) (kept, dropped []S
 
 // pruneHistory deletes the kept snapshots whose stream retention removed:
 // a snapshot is kept only while the log continues it. It runs on the
-// writer's goroutine after a trim; the meta is written before any file goes.
+// writer's goroutine after a trim, holding the log's append lock: Reset and
+// ShiftID run on that same goroutine, and AdoptSnapshot never waits on the
+// log's locks, so taking writeMu here cannot deadlock. The meta is written
+// before any file goes.
 func (s *Store) pruneHistory(first int64) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()

@@ -45,6 +45,9 @@ type LogOptions struct {
 	// files found damaged; nothing found damaged is deleted.
 	DamagedDir string
 	OnFsync    func(time.Duration) // observes each fsync's latency (metrics); nil: none
+	// OnTrim is told the new first offset after retention removed
+	// segments, so that what depends on them (kept snapshots) goes too.
+	OnTrim func(first int64)
 }
 
 type segment struct {
@@ -209,6 +212,7 @@ func (a *activeSegment) sealRecovered(sync SyncFunc) error {
 }
 
 func (l *Log) recover() ([]*segment, error) {
+	removePrepared(l.dir)
 	segs, err := scanSegments(l.dir)
 	if err != nil {
 		return nil, err
@@ -281,6 +285,19 @@ func removeSegmentFiles(path string) error {
 	return nil
 }
 
+// removePrepared deletes segment files made ahead of need and never used.
+// Only the log's owner does this: readers beside a live proxy (inspect,
+// verify, restore) list segments without touching the one it prepares.
+func removePrepared(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), preparedSuffix) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// scanSegments lists the segments of a log dir, changing nothing.
 func scanSegments(dir string) ([]*segment, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -289,10 +306,6 @@ func scanSegments(dir string) ([]*segment, error) {
 	var segs []*segment
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasSuffix(name, preparedSuffix) {
-			os.Remove(filepath.Join(dir, name)) // made ahead of need, never used
-			continue
-		}
 		if !strings.HasSuffix(name, segmentSuffix) {
 			continue
 		}
@@ -577,6 +590,9 @@ func (l *Log) trim() {
 	}
 	if len(victims) > 0 {
 		l.times.compact(l.first)
+		if l.opt.OnTrim != nil {
+			l.opt.OnTrim(l.first)
+		}
 		l.log.Debug().Int("segments", len(victims)).Int64("first", l.first).Msg("retention removed old segments")
 	}
 }

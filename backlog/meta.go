@@ -24,6 +24,19 @@ type Meta struct {
 	Epoch        uint64        `json:"epoch"`         // log generation: a new history gets a new directory
 	LogStart     int64         `json:"log_start"`     // offset of the first byte of this generation
 	Snapshot     *SnapshotInfo `json:"snapshot,omitempty"`
+	// History holds the older snapshots of this generation kept under
+	// snapshot.keep, oldest first, for point-in-time restores. Each still
+	// continues in the log: retention deletes a snapshot with its stream.
+	History []SnapshotInfo `json:"history,omitempty"`
+}
+
+// Snapshots lists every kept snapshot, oldest first, the current one last.
+func (m Meta) Snapshots() []SnapshotInfo {
+	out := append([]SnapshotInfo(nil), m.History...)
+	if m.Snapshot != nil {
+		out = append(out, *m.Snapshot)
+	}
+	return out
 }
 
 // SnapshotInfo names a stored RDB and the replication position it represents.

@@ -186,14 +186,17 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 		return s.diskError(fmt.Errorf("persist new history: %w", err))
 	}
 	s.mu.Lock()
-	old, oldSnap := s.log, s.meta.Snapshot
+	old, oldSnaps := s.log, s.meta.Snapshots()
 	s.meta, s.log = m, l
 	s.mu.Unlock()
 	if old != nil {
 		old.Remove()
 	}
-	if oldSnap != nil && oldSnap.File != snap.File {
-		os.Remove(filepath.Join(snapDir, oldSnap.File))
+	// The old generation's snapshots cannot continue in the new log.
+	for _, o := range oldSnaps {
+		if o.File != snap.File {
+			os.Remove(filepath.Join(snapDir, o.File))
+		}
 	}
 	return nil
 }
@@ -291,7 +294,8 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	s.mu.RLock()
 	m := s.meta
 	s.mu.RUnlock()
-	old := m.Snapshot
+	var dropped []SnapshotInfo
+	m.History, dropped = keepHistory(m.Snapshots(), st.First, s.opt.SnapshotKeep)
 	m.Snapshot = snap
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
 		os.Remove(filepath.Join(snapDir, snap.File))
@@ -300,10 +304,85 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	s.mu.Lock()
 	s.meta = m
 	s.mu.Unlock()
-	if old != nil && old.File != snap.File {
-		os.Remove(filepath.Join(snapDir, old.File))
+	for _, o := range dropped {
+		if o.File != snap.File {
+			os.Remove(filepath.Join(snapDir, o.File))
+		}
 	}
 	return nil
+}
+
+// keepHistory splits the snapshots that become history when a newer one is
+// adopted: at most keep-1 of the newest that still continue in the log
+// (offset+1 >= first) are kept; the rest are returned to be deleted.
+func keepHistory(snaps []SnapshotInfo, first int64, keep int) (kept, dropped []SnapshotInfo) {
+	for _, o := range snaps {
+		if o.Offset+1 >= first {
+			kept = append(kept, o)
+		} else {
+			dropped = append(dropped, o)
+		}
+	}
+	if n := len(kept) - max(keep-1, 0); n > 0 {
+		dropped = append(dropped, kept[:n]...)
+		kept = kept[n:]
+	}
+	return kept, dropped
+}
+
+// pruneHistory deletes the kept snapshots whose stream retention removed:
+// a snapshot is kept only while the log continues it. It runs on the
+// writer's goroutine after a trim, holding the log's append lock: Reset and
+// ShiftID run on that same goroutine, and AdoptSnapshot never waits on the
+// log's locks, so taking writeMu here cannot deadlock. The meta is written
+// before any file goes.
+func (s *Store) pruneHistory(first int64) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	m := s.meta
+	s.mu.RUnlock()
+	kept, dropped := keepHistory(m.History, first, len(m.History)+1)
+	if len(dropped) == 0 {
+		return
+	}
+	m.History = kept
+	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
+		s.diskError(fmt.Errorf("persist snapshot history after retention: %w", err))
+		return
+	}
+	s.mu.Lock()
+	s.meta = m
+	s.mu.Unlock()
+	for _, o := range dropped {
+		os.Remove(filepath.Join(s.dir, "snapshot", o.File))
+		s.opt.Logger.Info().Str("file", o.File).Int64("offset", o.Offset).Int64("backlog_first", first).
+			Msg("kept snapshot deleted: retention removed the stream that continues it")
+	}
+}
+
+// presentHistory drops, at start, history entries whose file is missing or
+// resized; a restore checks the CRC-64 of the one it uses.
+func (s *Store) presentHistory(h []SnapshotInfo) []SnapshotInfo {
+	var out []SnapshotInfo
+	for _, o := range h {
+		if err := checkSnapshot(filepath.Join(s.dir, "snapshot"), &o, false, nil); err != nil {
+			s.opt.Logger.Warn().Err(err).Str("file", o.File).Msg("kept snapshot unusable; dropped from the history")
+			continue
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// keeps says whether name is a snapshot file the meta names.
+func (s *Store) keeps(name string) bool {
+	for _, o := range s.meta.Snapshots() {
+		if o.File == name {
+			return true
+		}
+	}
+	return false
 }
 
 // scrubSnapshot rechecks the current snapshot's CRC-64 at the scrub's pace.

@@ -25,6 +25,9 @@ type Options struct {
 	ScrubRate int64
 	// ScrubPause is the rest between two scrub passes (0: a minute).
 	ScrubPause time.Duration
+	// SnapshotKeep is how many snapshots of the current generation are
+	// kept, the current one included (0 or 1: only the current one).
+	SnapshotKeep int
 }
 
 // State is one consistent view of the replication position.
@@ -87,6 +90,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 	opt.Log.DamagedDir = filepath.Join(dir, "damaged")
 	s := &Store{dir: dir, opt: opt, lock: lock}
+	s.opt.Log.OnTrim = s.pruneHistory
 	if err := s.load(); err != nil {
 		lock.Close()
 		return nil, err
@@ -151,6 +155,7 @@ func (s *Store) load() error {
 		return nil
 	}
 	s.snapVerified = m.Snapshot.File
+	m.History = s.presentHistory(m.History)
 	l, err := OpenLog(s.logDir(m.Epoch), m.LogStart, s.opt.Log)
 	if err != nil {
 		return err
@@ -207,7 +212,7 @@ func (s *Store) removeStale() {
 	}
 	entries, _ = os.ReadDir(filepath.Join(s.dir, "snapshot"))
 	for _, e := range entries {
-		if s.meta.Snapshot != nil && s.log != nil && e.Name() == s.meta.Snapshot.File {
+		if s.log != nil && s.keeps(e.Name()) {
 			continue
 		}
 		os.Remove(filepath.Join(s.dir, "snapshot", e.Name()))

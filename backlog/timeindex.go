@@ -18,7 +18,8 @@ import (
 // (offset, unix nanoseconds), each written with a single write: a kill -9
 // loses nothing the kernel has, and a torn last record is ignored on read.
 // One record is kept per second at most, and the file is compacted when it
-// reaches timeIndexMax records, so its size stays bounded.
+// reaches timeIndexMax records, so its size stays bounded; the newest
+// timeIndexMax/2 records are never thinned.
 const (
 	timeIndexName  = "timeindex"
 	timeIndexMagic = "RPTIM001"
@@ -86,7 +87,10 @@ func (ti *timeIndex) note(off int64, now time.Time) {
 	ti.mu.Lock()
 	defer ti.mu.Unlock()
 	ti.last = now
-	if n := len(ti.points); n > 0 && now.Sub(ti.points[n-1].Time) < timeResolution {
+	// One point per wall-clock second with appends, its first append: the
+	// bytes before it are exactly those appended before that second, which
+	// is what a restore --to-time needs.
+	if n := len(ti.points); n > 0 && now.Truncate(timeResolution).Equal(ti.points[n-1].Time.Truncate(timeResolution)) {
 		return
 	}
 	p := TimePoint{Offset: off, Time: now}
@@ -113,17 +117,20 @@ func (ti *timeIndex) trimBelow(first int64) []TimePoint {
 	return ti.points[i:]
 }
 
-// thin halves the points, keeping the first and last, when trimming alone
-// does not bound the file: the granularity coarsens, the range stays exact.
+// thin drops every other point of the older half, keeping the first, when
+// trimming alone does not bound the file: the newest timeIndexMax/2
+// points always stay, so recent times (what a restore --to-time mostly
+// wants) stay exact to the second, and older ones coarsen step by step.
 func (ti *timeIndex) thin(points []TimePoint) []TimePoint {
 	if len(points) < timeIndexMax/2 {
 		return points
 	}
-	out := make([]TimePoint, 0, len(points)/2+1)
-	for i := 0; i < len(points)-1; i += 2 {
+	mid := len(points) - timeIndexMax/2
+	out := make([]TimePoint, 0, mid/2+1+timeIndexMax/2)
+	for i := 0; i < mid; i += 2 {
 		out = append(out, points[i])
 	}
-	return append(out, points[len(points)-1])
+	return append(out, points[mid:]...)
 }
 
 // rewrite replaces the file with points, via temp+rename so a crash leaves

@@ -90,6 +90,9 @@ type SnapshotConfig struct {
 	// fetch; 0 means half of backlog.max_bytes.
 	RefreshAfter Size     `yaml:"refresh_after"`
 	MinInterval  Duration `yaml:"min_interval"`
+	// Keep is how many snapshots are kept, the current one included, as
+	// bases for replproxy restore (0 or 1: only the current one).
+	Keep int `yaml:"keep"`
 }
 
 // ReplicaConfig is the downstream side.
@@ -132,7 +135,7 @@ func Defaults() Config {
 			Fsync:        string(backlog.FsyncEverySec),
 			ScrubRate:    16 << 20,
 		},
-		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute)},
+		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
@@ -197,6 +200,9 @@ func (c Config) Validate() error {
 	}
 	if c.AckQuorum < 0 || c.Replicas.MaxConcurrentFullSyncs < 0 {
 		return errors.New("ack_quorum and replicas.max_concurrent_full_syncs must not be negative")
+	}
+	if c.Snapshot.Keep < 0 {
+		return fmt.Errorf("snapshot.keep %d: must not be negative", c.Snapshot.Keep)
 	}
 	if c.Snapshot.MinInterval < 0 {
 		return fmt.Errorf("snapshot.min_interval %s: must not be negative", time.Duration(c.Snapshot.MinInterval))

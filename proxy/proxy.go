@@ -93,8 +93,9 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 			Sync:         cfg.Backlog.Sync,
 			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
 		},
-		ScrubRate: int64(cfg.Backlog.ScrubRate),
-		Logger:    log.With().Str("component", "backlog").Logger(),
+		ScrubRate:    int64(cfg.Backlog.ScrubRate),
+		SnapshotKeep: cfg.Snapshot.Keep,
+		Logger:       log.With().Str("component", "backlog").Logger(),
 	})
 }
 

@@ -52,6 +52,8 @@ func newApp() *cli.App {
 			statusCommand(),
 			inspectCommand(),
 			probeCommand(),
+			restoreCommand(),
+			exportCommand(),
 		},
 	}
 }

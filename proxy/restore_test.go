@@ -1,0 +1,236 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/redisproc"
+	"github.com/replproxy/replproxy/proxy"
+)
+
+// quiesce stops nothing but waits for a master without load to settle: the
+// load's short-lived keys (TTL up to 1.5 s) expire, a SCAN of every
+// database makes the master delete them, so its digest no longer counts
+// keys a later restore would find expired; then the proxy holds it all.
+func quiesce(t *testing.T, m *redisproc.Server, tp *testProxy) (digest string, offset int64) {
+	t.Helper()
+	time.Sleep(1600 * time.Millisecond)
+	ctx := context.Background()
+	for db := range 3 {
+		c := m.ClientDB(db)
+		iter := c.Scan(ctx, 0, "*", 1000).Iterator()
+		for iter.Next(ctx) {
+		}
+		if err := iter.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	offset = m.InfoInt("replication", "master_repl_offset")
+	redisproc.Eventually(t, syncTimeout, "proxy to store the master's offset", func() (bool, string) {
+		got := tp.infoInt("replication", "master_repl_offset")
+		return got == offset, strconv.FormatInt(got, 10)
+	})
+	digest = m.Digest()
+	if digest == "" || m.InfoInt("replication", "master_repl_offset") != offset {
+		t.Fatalf("master moved while quiet")
+	}
+	return digest, offset
+}
+
+var digestLine = regexp.MustCompile(`(?m)^digest +([0-9a-f]{40})$`)
+
+// restoreRDB runs replproxy restore and checks the digest it reports and
+// the digest of a fresh redis-server loading its RDB.
+func restoreRDB(t *testing.T, dataDir, want string, target ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	args := append([]string{"restore", "--data-dir", dataDir, "--out", filepath.Join(dir, "dump.rdb")}, target...)
+	out := runBinary(t, args...)
+	progress := regexp.MustCompile(`(?m)^progress: .*\n`)
+	t.Logf("replproxy %s:\n%s(%d progress lines)", strings.Join(target, " "), progress.ReplaceAllString(out, ""), len(progress.FindAllString(out, -1)))
+	if m := digestLine.FindStringSubmatch(out); m == nil || m[1] != want {
+		t.Fatalf("restore %v reports digest %v, want %s", target, m, want)
+	}
+	fresh := redisproc.Start(t, "--dir", dir, "--dbfilename", "dump.rdb")
+	if got := fresh.Digest(); got != want {
+		t.Fatalf("restore %v: a redis-server loading its RDB has digest %s, want %s", target, got, want)
+	}
+	return out
+}
+
+// Issue 15, points 1 to 5: under write load, record the digest, the offset
+// and the time; FLUSHALL; write more. On the live proxy's data dir,
+// restore --before FLUSHALL and --to-offset give the recorded digest, and
+// replication is undisturbed; after kill -9, --to-time gives it too, from
+// the time index the killed proxy left.
+func TestRestoreUndoesAFlushall(t *testing.T) {
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	tp := newProcessProxy(t, cfg)
+	rep := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
+	redisproc.WaitInSync(t, syncTimeout, m, rep)
+
+	stopLoad := runLoad(t, m, 151)
+	waitOps(t, m, 1500)
+	stopLoad()
+	digest, offset := quiesce(t, m, tp)
+	// at is a second boundary after every byte up to offset, before
+	// FLUSHALL. A PUBLISH (in the stream, no data) just before it makes
+	// the FLUSHALL follow other bytes within the second: a time index
+	// with a point per second of elapsed time, rather than per wall-clock
+	// second, would have none for it and date it before at.
+	at := time.Now().Truncate(time.Second).Add(3 * time.Second)
+	time.Sleep(time.Until(at) - 300*time.Millisecond)
+	if _, err := m.Do("PUBLISH", "restore-test", "ping"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(at) + 100*time.Millisecond)
+	if _, err := m.Do("FLUSHALL"); err != nil {
+		t.Fatal(err)
+	}
+	stopLoad = runLoad(t, m, 152)
+	waitOps(t, m, 1000)
+	fullMaster, partialMaster := m.InfoInt("stats", "sync_full"), m.InfoInt("stats", "sync_partial_ok")
+	fullProxy, partialProxy := tp.infoInt("stats", "sync_full"), tp.infoInt("stats", "sync_partial_ok")
+
+	// Point 1, and 5: beside the live proxy, under load.
+	out := restoreRDB(t, cfg.DataDir, digest, "--before", "FLUSHALL", "--progress-interval", "1ms")
+	for _, want := range []string{"snapshot   ", "at offset 0\n", "replayed   offsets 1..", ", reached exactly\n", `last command matching "FLUSHALL": FLUSHALL at offset`, "progress: replayed "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("restore --before output lacks %q", want)
+		}
+	}
+	// Point 2.
+	restoreRDB(t, cfg.DataDir, digest, "--to-offset", strconv.FormatInt(offset, 10))
+	// A target inside a command rounds down, and says so.
+	out = restoreRDB(t, cfg.DataDir, digest, "--to-offset", strconv.FormatInt(offset+3, 10))
+	if !strings.Contains(out, "rounded down to "+strconv.FormatInt(offset, 10)) {
+		t.Errorf("restore --to-offset inside FLUSHALL does not say it rounded down to %d", offset)
+	}
+
+	// Point 5: replication went on, undisturbed.
+	stopLoad()
+	waitCaughtUp(t, m, rep)
+	redisproc.Eventually(t, syncTimeout, "replica digest equal to the master's", func() (bool, string) {
+		a, b := m.Digest(), rep.Digest()
+		return a == b && a != "", a + " vs " + b
+	})
+	expectInt(t, "master sync_full", m.InfoInt("stats", "sync_full"), fullMaster)
+	expectInt(t, "master sync_partial_ok", m.InfoInt("stats", "sync_partial_ok"), partialMaster)
+	expectInt(t, "proxy sync_full", tp.infoInt("stats", "sync_full"), fullProxy)
+	expectInt(t, "proxy sync_partial_ok", tp.infoInt("stats", "sync_partial_ok"), partialProxy)
+
+	// Points 3 and 4: the time index survives kill -9, and lands on the second.
+	tp.kill9()
+	out = restoreRDB(t, cfg.DataDir, digest, "--to-time", at.UTC().Format(time.RFC3339))
+	if !strings.Contains(out, "target     offset ") {
+		t.Errorf("restore --to-time output lacks its target")
+	}
+	// And the export of the same range, replayed on the snapshot's data,
+	// gives the same state: it carries the SELECTs and drops PING/REPLCONF.
+	exported := runBinaryStdout(t, "export", "--data-dir", cfg.DataDir, "--from", "1", "--to", strconv.FormatInt(offset, 10))
+	if strings.Contains(exported, "REPLCONF") || strings.Contains(exported, "PING") || !strings.HasPrefix(exported, "*2\r\n$6\r\nSELECT\r\n") {
+		t.Errorf("export: want a SELECT first and no PING or REPLCONF:\n%.200q", exported)
+	}
+	fresh := redisproc.Start(t)
+	pipe(t, fresh, exported)
+	if got := fresh.Digest(); got != digest {
+		t.Fatalf("export replayed on an empty server (the snapshot at 0 was empty): digest %s, want %s", got, digest)
+	}
+}
+
+// pipe sends raw RESP to a server, as redis-cli --pipe does, and waits
+// until it has executed all of it.
+func pipe(t *testing.T, s *redisproc.Server, raw string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(raw + "*1\r\n$4\r\nPING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	var got []byte
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for !bytes.HasSuffix(got, []byte("+PONG\r\n")) {
+		n, err := conn.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("pipe: %v after %d bytes of replies", err, len(got))
+		}
+	}
+}
+
+// runBinaryStdout runs replproxy and returns its standard output alone.
+func runBinaryStdout(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("replproxy %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	t.Logf("replproxy %s: %s", strings.Join(args, " "), stderr.String())
+	return string(out)
+}
+
+var snapshotLine = regexp.MustCompile(`(?m)^snapshot +(\S+) at offset (\d+)$`)
+
+// Issue 15, point 6: with snapshot.keep: 3, a target older than the newest
+// snapshot is reached from an older kept one; without the history there
+// would be no base before it.
+func TestRestoreFromAnOlderKeptSnapshot(t *testing.T) {
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Snapshot.Keep = 3
+	cfg.Snapshot.RefreshAfter = 1 // renew whenever the stream moved...
+	cfg.Snapshot.MinInterval = proxy.Duration(2 * time.Second)
+	tp := startProxy(t, cfg)
+	refreshes := func() int64 { return tp.infoInt("stats", "snapshot_refreshes") }
+	stopLoad := runLoad(t, m, 161)
+	redisproc.Eventually(t, syncTimeout, "a first snapshot refresh", func() (bool, string) {
+		return refreshes() >= 1, ""
+	})
+	stopLoad()
+	digest, offset := quiesce(t, m, tp)
+
+	stopLoad = runLoad(t, m, 162)
+	redisproc.Eventually(t, syncTimeout, "a snapshot past the recorded offset", func() (bool, string) {
+		got := tp.infoInt("backlog", "snapshot_offset")
+		return got > offset, strconv.FormatInt(got, 10)
+	})
+	stopLoad()
+
+	out := restoreRDB(t, cfg.DataDir, digest, "--to-offset", strconv.FormatInt(offset, 10))
+	used := snapshotLine.FindStringSubmatch(out)
+	if used == nil {
+		t.Fatal("restore names no snapshot")
+	}
+	meta, err := backlog.ReadMeta(cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := meta.Snapshots()
+	if len(kept) < 2 || len(kept) > 3 {
+		t.Fatalf("%d kept snapshots, want 2 or 3 with keep: 3", len(kept))
+	}
+	if base, _ := strconv.ParseInt(used[2], 10, 64); base > offset || used[1] == meta.Snapshot.File {
+		t.Fatalf("restore to %d used snapshot %s at %d; the newest is %s at %d", offset, used[1], base, meta.Snapshot.File, meta.Snapshot.Offset)
+	}
+	files, _ := filepath.Glob(filepath.Join(cfg.DataDir, "snapshot", "*.rdb"))
+	if len(files) > 3 {
+		t.Fatalf("%d snapshot files with keep: 3", len(files))
+	}
+}

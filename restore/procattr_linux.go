@@ -1,0 +1,10 @@
+package restore
+
+import "syscall"
+
+// sysProcAttr puts the temporary server in its own process group, so a
+// Ctrl-C to restore reaches it only through restore's own shutdown, and
+// has the kernel kill it if restore itself dies.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}

@@ -17,6 +17,8 @@ func TestTimeIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Start just past a second boundary, so the two appends share a second.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second + 10*time.Millisecond)))
 	t0 := time.Now()
 	l.Append(make([]byte, 100))
 	l.Append(make([]byte, 100)) // same second: no record

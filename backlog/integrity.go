@@ -151,19 +151,13 @@ func (l *Log) cutFiles(to int64, damaged bool) error {
 		l.active.close()
 		l.active = nil
 	}
-	l.syncer.mu.Lock()
-	retired := l.syncer.retired
-	l.syncer.retired = nil
-	l.syncer.mu.Unlock()
-	for _, a := range retired {
-		a.close()
-	}
 	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].end() > to })
 	keep, drop := l.segs[:i], l.segs[i:]
 	var trunc *segment
 	if len(drop) > 0 && drop[0].first < to {
 		trunc, drop = drop[0], drop[1:]
 	}
+	l.keepRetired(to)
 	if err := l.removeSegments(drop, damaged); err != nil {
 		return err
 	}
@@ -181,6 +175,24 @@ func (l *Log) cutFiles(to int64, damaged bool) error {
 		return l.reopenActive(l.segs[n-1])
 	}
 	return nil
+}
+
+// keepRetired closes the rolled segments awaiting their fsync that the cut
+// at to removes or truncates (truncate syncs what it keeps). The ones kept
+// whole stay queued: the next sync must still cover their bytes before
+// durable passes them.
+func (l *Log) keepRetired(to int64) {
+	l.syncer.mu.Lock()
+	defer l.syncer.mu.Unlock()
+	var kept []*activeSegment
+	for _, a := range l.syncer.retired {
+		if a.seg.end() <= to {
+			kept = append(kept, a)
+			continue
+		}
+		a.close()
+	}
+	l.syncer.retired = kept
 }
 
 func (l *Log) removeSegments(segs []*segment, damaged bool) error {

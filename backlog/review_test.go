@@ -1,0 +1,89 @@
+package backlog
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// syncedSizes records, per file, its size at its last successful fsync: the
+// bytes known to be on disk.
+type syncedSizes struct {
+	mu sync.Mutex
+	at map[string]int64
+}
+
+func (s *syncedSizes) sync(f *os.File) error {
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.at == nil {
+		s.at = map[string]int64{}
+	}
+	s.at[filepath.Base(f.Name())] = info.Size()
+	return nil
+}
+
+func (s *syncedSizes) of(path string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.at[filepath.Base(path)]
+}
+
+// A cut at damage found in the newest segment keeps the rolled segments
+// before it. If their fsync was still pending (the syncer had not woken since
+// the roll), it must still happen before durable passes their bytes.
+func TestCutSyncsPendingRolledSegments(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "log")
+	var synced syncedSizes
+	l, err := OpenLog(logDir, 1, logOptions(dir, synced.sync, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	manualSyncs(l) // the cut lands before the syncer wakes for the rolls
+	data := pattern(3000, 9)
+	if err := l.Append(data[:2500]); err != nil { // segments 1 and 1001 rolled, 2001 active
+		t.Fatal(err)
+	}
+	flipByte(t, segmentPath(logDir, 2001), 10)
+	c, err := l.NewCursor(2001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Send(&bytes.Buffer{}, 1<<20); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("send from the flipped segment: %v, want ErrDamaged", err)
+	}
+	if _, end := l.Bounds(); end != 2001 {
+		t.Fatalf("log ends at %d, want the cut at 2001", end)
+	}
+	l.SyncNow()
+	d := l.Durable()
+	for _, first := range []int64{1, 1001} {
+		path := segmentPath(logDir, first)
+		if end := first + synced.of(path); d > first && end < min(d, first+1000) {
+			t.Fatalf("durable %d, but segment %d was fsynced only up to %d", d, first, end)
+		}
+	}
+	if d != 2001 {
+		t.Fatalf("durable %d after a good fsync of everything kept, want 2001", d)
+	}
+	l.Resume()
+	if err := l.Append(data[2000:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, l, 1); !bytes.Equal(got, data) {
+		t.Fatal("the log after the cut and the resend differs from the stream")
+	}
+}

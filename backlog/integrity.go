@@ -158,15 +158,22 @@ func (l *Log) cutFiles(to int64, damaged bool) error {
 		trunc, drop = drop[0], drop[1:]
 	}
 	l.keepRetired(to)
+	// The log ends at to from here on, even if the file work below fails:
+	// the bytes before to are on disk and unchanged whatever happens to the
+	// ones after, so readers keep being served them.
+	l.segs = keep
+	if trunc != nil {
+		trunc.size = to - trunc.first
+		trunc.synced.Store(false)
+		l.segs = append(l.segs, trunc)
+	}
 	if err := l.removeSegments(drop, damaged); err != nil {
 		return err
 	}
-	l.segs = keep
 	if trunc != nil {
 		if err := l.truncate(trunc, to-trunc.first); err != nil {
 			return err
 		}
-		l.segs = append(l.segs, trunc)
 	}
 	if err := syncDir(l.dir, l.opt.Sync); err != nil {
 		return err
@@ -220,10 +227,15 @@ func (l *Log) removeSegments(segs []*segment, damaged bool) error {
 	return nil
 }
 
-// truncate cuts seg to size bytes (a record boundary) and makes that durable.
+// truncate cuts seg's files to size bytes (a record boundary) and makes that
+// durable; the caller has already set seg.size.
 func (l *Log) truncate(seg *segment, size int64) error {
 	seg.ver.mu.Lock()
 	defer seg.ver.mu.Unlock()
+	if seg.ver.upTo.Load() > size {
+		seg.ver.upTo.Store(0)
+		seg.ver.recs = 0
+	}
 	path := segmentPath(l.dir, seg.first)
 	recs, err := recordsUpTo(path, size)
 	if err != nil {
@@ -240,12 +252,6 @@ func (l *Log) truncate(seg *segment, size int64) error {
 	a.close()
 	if err != nil {
 		return err
-	}
-	seg.size = size
-	seg.synced.Store(false)
-	if seg.ver.upTo.Load() > size {
-		seg.ver.upTo.Store(0)
-		seg.ver.recs = 0
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -85,5 +86,38 @@ func TestCutSyncsPendingRolledSegments(t *testing.T) {
 	}
 	if got := readAll(t, l, 1); !bytes.Equal(got, data) {
 		t.Fatal("the log after the cut and the resend differs from the stream")
+	}
+}
+
+// When the cut after a failed fsync cannot finish (the disk keeps failing),
+// nothing more is appended, but the bytes up to the durable offset are on
+// disk and unchanged: replicas keep being served them.
+func TestFailedCutStillServesDurableBytes(t *testing.T) {
+	dir := t.TempDir()
+	var fail atomic.Bool
+	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, failingSync(&fail, ".seg"), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	manualSyncs(l)
+	data := pattern(800, 4)
+	if err := l.Append(data[:500]); err != nil {
+		t.Fatal(err)
+	}
+	l.SyncNow()
+	if err := l.Append(data[500:]); err != nil {
+		t.Fatal(err)
+	}
+	fail.Store(true)
+	l.SyncNow() // fails, and so does the fsync of the truncated segment in the cut
+	if err := l.Append([]byte("x")); err == nil || errors.Is(err, ErrRewound) {
+		t.Fatalf("append after a failed cut: %v, want the cut's error", err)
+	}
+	if first, end := l.Bounds(); first != 1 || end != 501 {
+		t.Fatalf("bounds [%d, %d) after the failed cut, want [1, 501)", first, end)
+	}
+	if got := readAll(t, l, 1); !bytes.Equal(got, data[:500]) {
+		t.Fatalf("served %d bytes after the failed cut, want the 500 durable ones", len(got))
 	}
 }

@@ -3,8 +3,10 @@ package backlog
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -119,5 +121,71 @@ func TestFailedCutStillServesDurableBytes(t *testing.T) {
 	}
 	if got := readAll(t, l, 1); !bytes.Equal(got, data[:500]) {
 		t.Fatalf("served %d bytes after the failed cut, want the 500 durable ones", len(got))
+	}
+}
+
+// openFilesNamed counts this process's descriptors open on a file whose
+// name contains name (removed files included).
+func openFilesNamed(t *testing.T, name string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	n := 0
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.Contains(target, name) {
+			n++
+		}
+	}
+	return n
+}
+
+// A segment rolled between a failed fsync and the cut that follows it must
+// still be closed: a syncer pass that sees the failure pending must leave
+// it queued, not drop it with its descriptors open.
+func TestSegmentRolledBeforeTheCutIsClosed(t *testing.T) {
+	dir := t.TempDir()
+	var fail atomic.Bool
+	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, failingSync(&fail, ".seg"), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	manualSyncs(l)
+	if err := l.Append(pattern(1500, 6)); err != nil {
+		t.Fatal(err)
+	}
+	l.SyncNow()
+	if err := l.Append(pattern(500, 7)); err != nil { // 1001 is full, rolled at the next append
+		t.Fatal(err)
+	}
+	// Hold the writer's lock, as an Append in progress does, so the cut
+	// after the failed fsync waits; meanwhile that Append rolls, and the
+	// syncer runs again.
+	l.wmu.Lock()
+	fail.Store(true)
+	cutDone := make(chan struct{})
+	go func() { l.SyncNow(); close(cutDone) }()
+	redisprocEventually(t, "the failed fsync", func() bool {
+		l.syncer.mu.Lock()
+		defer l.syncer.mu.Unlock()
+		return l.syncer.failed
+	})
+	fail.Store(false)
+	if _, err := l.roll(); err != nil {
+		l.wmu.Unlock()
+		t.Fatal(err)
+	}
+	l.SyncNow()
+	l.wmu.Unlock()
+	<-cutDone
+	if _, end := l.Bounds(); end != 1501 {
+		t.Fatalf("log ends at %d after the cut, want 1501", end)
+	}
+	// Segment 1001 was truncated at 1501 and is the active one again: its
+	// data file and index are open once, by the log.
+	if n := openFilesNamed(t, fmt.Sprintf("%020d", 1001)); n != 2 {
+		t.Fatalf("%d descriptors open on segment 1001 after the cut, want 2 (the active segment's)", n)
 	}
 }

@@ -121,6 +121,16 @@ func (l *Log) cut(to int64, damaged bool) error {
 	if l.closed {
 		return ErrClosed
 	}
+	l.syncer.mu.Lock()
+	failed := l.syncer.failed
+	l.syncer.mu.Unlock()
+	if failed {
+		// Whatever the reason for this cut, it ends the failure episode,
+		// so it must also drop what the failed fsync covered.
+		to = min(to, l.durable.Load())
+	} else if !damaged {
+		return nil // the failure was already handled by an earlier cut
+	}
 	to = min(to, l.end)
 	err := l.cutFiles(to, damaged)
 	if err != nil {

@@ -189,3 +189,83 @@ func TestSegmentRolledBeforeTheCutIsClosed(t *testing.T) {
 		t.Fatalf("%d descriptors open on segment 1001 after the cut, want 2 (the active segment's)", n)
 	}
 }
+
+// gateWriter blocks the log line containing match until release is closed,
+// and reports through reached when it got there.
+type gateWriter struct {
+	match   string
+	reached chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (g *gateWriter) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), g.match) {
+		g.once.Do(func() { close(g.reached) })
+		<-g.release
+	}
+	return len(p), nil
+}
+
+// A cut for damage found past the durable offset, landing between a failed
+// fsync and the cut back that follows it, must not end the failure
+// episode: the bytes the failed fsync covered stay unacknowledged, and a
+// later good fsync (which may succeed after the kernel dropped the pages)
+// must not make them durable.
+func TestDamageCutDuringFsyncFailureKeepsItPending(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "log")
+	var fail atomic.Bool
+	gate := &gateWriter{match: "fsync failed", reached: make(chan struct{}), release: make(chan struct{})}
+	l, err := OpenLog(logDir, 1, logOptions(dir, failingSync(&fail, ".seg"), gate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	defer func() {
+		select {
+		case <-gate.release:
+		default:
+			close(gate.release)
+		}
+	}()
+	manualSyncs(l)
+	data := pattern(2200, 8)
+	if err := l.Append(data[:1700]); err != nil { // segment 1 rolled, 1001 active
+		t.Fatal(err)
+	}
+	l.SyncNow()
+	if err := l.Append(data[1700:]); err != nil { // 1001 rolled, 2001 active
+		t.Fatal(err)
+	}
+	fail.Store(true)
+	synced := make(chan struct{})
+	go func() { l.SyncNow(); close(synced) }() // segment 1001 fails; its cut waits at the log line
+	<-gate.reached
+	fail.Store(false)
+	flipByte(t, segmentPath(logDir, 2001), 5)
+	c, err := l.NewCursor(2001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Send(&bytes.Buffer{}, 1<<20); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("send from the flipped segment: %v, want ErrDamaged", err)
+	}
+	l.SyncNow()
+	if d := l.Durable(); d > 1701 {
+		t.Fatalf("durable %d, although the fsync of bytes 1701..2001 failed", d)
+	}
+	close(gate.release)
+	<-synced
+	if _, end := l.Bounds(); end != 1701 {
+		t.Fatalf("log ends at %d, want it cut back to the durable 1701", end)
+	}
+	l.Resume()
+	if err := l.Append(data[1700:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, l, 1); !bytes.Equal(got, data) {
+		t.Fatal("the log after the cuts and the resend differs from the stream")
+	}
+}

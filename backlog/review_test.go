@@ -92,8 +92,8 @@ func TestCutSyncsPendingRolledSegments(t *testing.T) {
 }
 
 // When the cut after a failed fsync cannot finish (the disk keeps failing),
-// nothing more is appended, but the bytes up to the durable offset are on
-// disk and unchanged: replicas keep being served them.
+// nothing is appended while it stays unfinished, but the bytes up to the
+// durable offset are on disk and unchanged: replicas keep being served them.
 func TestFailedCutStillServesDurableBytes(t *testing.T) {
 	dir := t.TempDir()
 	var fail atomic.Bool
@@ -267,5 +267,59 @@ func TestDamageCutDuringFsyncFailureKeepsItPending(t *testing.T) {
 	}
 	if got := readAll(t, l, 1); !bytes.Equal(got, data) {
 		t.Fatal("the log after the cuts and the resend differs from the stream")
+	}
+}
+
+// A cut whose file work fails (here: damaged/ cannot be created, as on a
+// full disk) stops appends, but not for good: once the disk is back, the
+// writer's next resume finishes the cut and the stream continues, as the
+// README promises for a full disk.
+func TestFailedCutFinishedAtResume(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "log")
+	blocker := filepath.Join(dir, "full")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opt := logOptions(dir, nil, nil)
+	opt.DamagedDir = filepath.Join(blocker, "damaged") // not creatable while blocker is a file
+	l, err := OpenLog(logDir, 1, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	data := pattern(3500, 3)
+	if err := l.Append(data[:2500]); err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, segmentPath(logDir, 1001), 7)
+	c, err := l.NewCursor(1001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Send(&bytes.Buffer{}, 1<<20); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("send from the flipped segment: %v, want ErrDamaged", err)
+	}
+	l.Resume()
+	if err := l.Append(data[1000:1100]); err == nil || errors.Is(err, ErrRewound) {
+		t.Fatalf("append while the cut cannot finish: %v, want the cut's error", err)
+	}
+	if got := readAll(t, l, 1); !bytes.Equal(got, data[:1000]) {
+		t.Fatalf("served %d bytes while the cut is unfinished, want the 1000 before the damage", len(got))
+	}
+	if err := os.Remove(blocker); err != nil { // the disk is back
+		t.Fatal(err)
+	}
+	l.Resume()
+	if err := l.Append(data[1000:]); err != nil {
+		t.Fatalf("append after the disk came back: %v", err)
+	}
+	if got := readAll(t, l, 1); !bytes.Equal(got, data) {
+		t.Fatal("the log after the finished cut and the resend differs from the stream")
+	}
+	moved, _ := filepath.Glob(filepath.Join(opt.DamagedDir, "*", "*.seg"))
+	if len(moved) != 2 {
+		t.Fatalf("moved aside: %v, want the damaged segment 1001 and 2001 after it", moved)
 	}
 }

@@ -144,7 +144,11 @@ func (s *syncer) syncOnce() {
 	s.log.mu.RLock()
 	s.mu.Lock()
 	target, retired, active, failed := s.target, s.retired, s.log.active, s.failed
-	s.retired = nil
+	if !failed {
+		// While a cut is pending, rolled segments stay queued: the cut
+		// closes the ones it removes and keeps the others for the next sync.
+		s.retired = nil
+	}
 	s.mu.Unlock()
 	s.log.mu.RUnlock()
 	if failed || (target <= s.log.durable.Load() && len(retired) == 0) {

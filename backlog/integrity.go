@@ -93,7 +93,7 @@ func (l *Log) damaged(seg *segment, problem string) {
 	l.log.Error().Str("file", path).Str("problem", problem).Int64("cut_at", seg.first).
 		Msg("backlog segment damaged: its bytes are not served; the log is cut at the segment's first offset, the files from there on are moved aside, and the upstream link resumes with PSYNC from there")
 	if err := l.cut(seg.first, true); err != nil && !errors.Is(err, ErrClosed) {
-		l.log.Error().Err(err).Msg("cutting the log at the damage failed; nothing more is appended")
+		l.log.Error().Err(err).Msg("cutting the log at the damage failed; nothing is appended until the cut is finished, retried each time the link resumes")
 	}
 }
 
@@ -104,7 +104,7 @@ func (l *Log) afterSyncFailure(cause error) {
 	l.log.Error().Err(cause).Int64("durable", to).
 		Msg("fsync failed: nothing past the durable offset is acknowledged; the log is cut back to it and the upstream link resumes with PSYNC from there")
 	if err := l.cut(to, false); err != nil && !errors.Is(err, ErrClosed) {
-		l.log.Error().Err(err).Msg("cutting the log back after a failed fsync failed; nothing more is appended")
+		l.log.Error().Err(err).Msg("cutting the log back after a failed fsync failed; nothing is appended until the cut is finished, retried each time the link resumes")
 	}
 }
 
@@ -121,8 +121,19 @@ func (l *Log) cut(to int64, damaged bool) error {
 	if l.closed {
 		return ErrClosed
 	}
+	l.syncer.mu.Lock()
+	failed := l.syncer.failed
+	l.syncer.mu.Unlock()
+	if failed {
+		// Whatever the reason for this cut, it ends the failure episode,
+		// so it must also drop what the failed fsync covered.
+		to = min(to, l.durable.Load())
+	} else if !damaged {
+		return nil // the failure was already handled by an earlier cut
+	}
 	to = min(to, l.end)
 	err := l.cutFiles(to, damaged)
+	l.broken = nil
 	if err != nil {
 		l.broken = fmt.Errorf("log cut at %d failed: %w", to, err)
 	}
@@ -145,34 +156,65 @@ func (l *Log) cut(to int64, damaged bool) error {
 	return err
 }
 
+// cutWork is the file work of a cut. When it fails it is kept, and redone
+// when the writer next resumes: the disk may be back by then.
+type cutWork struct {
+	damaged bool       // move the dropped files aside rather than remove them
+	drop    []*segment // segments whose files go
+	trunc   *segment   // segment whose files are cut to its size; nil: none
+}
+
 // cutFiles does the file work of a cut; the caller holds every lock.
 func (l *Log) cutFiles(to int64, damaged bool) error {
 	if l.active != nil {
 		l.active.close()
 		l.active = nil
 	}
-	l.syncer.mu.Lock()
-	retired := l.syncer.retired
-	l.syncer.retired = nil
-	l.syncer.mu.Unlock()
-	for _, a := range retired {
-		a.close()
-	}
 	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].end() > to })
 	keep, drop := l.segs[:i], l.segs[i:]
-	var trunc *segment
+	w := &cutWork{damaged: damaged}
 	if len(drop) > 0 && drop[0].first < to {
-		trunc, drop = drop[0], drop[1:]
+		w.trunc, drop = drop[0], drop[1:]
 	}
-	if err := l.removeSegments(drop, damaged); err != nil {
+	w.drop = drop
+	if p := l.unfinished; p != nil { // this cut takes over what the last one left
+		w.damaged = w.damaged || p.damaged
+		w.drop = append(p.drop, w.drop...)
+		if w.trunc == nil && p.trunc != nil && p.trunc.end() <= to {
+			w.trunc = p.trunc
+		}
+	}
+	l.keepRetired(to)
+	// The log ends at to from here on, even if the file work below fails:
+	// the bytes before to are on disk and unchanged whatever happens to the
+	// ones after, so readers keep being served them.
+	l.segs = keep
+	if w.trunc != nil {
+		if w.trunc.end() > to {
+			w.trunc.size = to - w.trunc.first
+			w.trunc.synced.Store(false)
+			l.segs = append(l.segs, w.trunc)
+		}
+	}
+	l.unfinished = w
+	if err := l.doCut(w); err != nil {
 		return err
 	}
-	l.segs = keep
-	if trunc != nil {
-		if err := l.truncate(trunc, to-trunc.first); err != nil {
+	l.unfinished = nil
+	return nil
+}
+
+// doCut carries out w; redoing it after a partial failure is harmless.
+func (l *Log) doCut(w *cutWork) error {
+	if err := l.removeSegments(w.drop, w.damaged); err != nil {
+		return err
+	}
+	w.drop = nil
+	if w.trunc != nil {
+		if err := l.truncate(w.trunc, w.trunc.size); err != nil {
 			return err
 		}
-		l.segs = append(l.segs, trunc)
+		w.trunc = nil
 	}
 	if err := syncDir(l.dir, l.opt.Sync); err != nil {
 		return err
@@ -181,6 +223,53 @@ func (l *Log) cutFiles(to int64, damaged bool) error {
 		return l.reopenActive(l.segs[n-1])
 	}
 	return nil
+}
+
+// finishCut redoes the file work of a cut that failed; once it succeeds,
+// appends are accepted again.
+func (l *Log) finishCut() {
+	l.mu.RLock()
+	w := l.unfinished
+	l.mu.RUnlock()
+	if w == nil {
+		return // the usual case: no fsync waited on
+	}
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.syncer.syncMu.Lock()
+	defer l.syncer.syncMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w = l.unfinished
+	if w == nil || l.closed {
+		return
+	}
+	if err := l.doCut(w); err != nil {
+		l.broken = fmt.Errorf("log cut at %d failed: %w", l.end, err)
+		l.log.Error().Err(err).Int64("end", l.end).
+			Msg("the cut of the log still cannot be finished; nothing is appended until it is")
+		return
+	}
+	l.unfinished, l.broken = nil, nil
+	l.log.Info().Int64("end", l.end).Msg("the cut of the log is finished; appends resume from its end")
+}
+
+// keepRetired closes the rolled segments awaiting their fsync that the cut
+// at to removes or truncates (truncate syncs what it keeps). The ones kept
+// whole stay queued: the next sync must still cover their bytes before
+// durable passes them.
+func (l *Log) keepRetired(to int64) {
+	l.syncer.mu.Lock()
+	defer l.syncer.mu.Unlock()
+	var kept []*activeSegment
+	for _, a := range l.syncer.retired {
+		if a.seg.end() <= to {
+			kept = append(kept, a)
+			continue
+		}
+		a.close()
+	}
+	l.syncer.retired = kept
 }
 
 func (l *Log) removeSegments(segs []*segment, damaged bool) error {
@@ -208,10 +297,15 @@ func (l *Log) removeSegments(segs []*segment, damaged bool) error {
 	return nil
 }
 
-// truncate cuts seg to size bytes (a record boundary) and makes that durable.
+// truncate cuts seg's files to size bytes (a record boundary) and makes that
+// durable; the caller has already set seg.size.
 func (l *Log) truncate(seg *segment, size int64) error {
 	seg.ver.mu.Lock()
 	defer seg.ver.mu.Unlock()
+	if seg.ver.upTo.Load() > size {
+		seg.ver.upTo.Store(0)
+		seg.ver.recs = 0
+	}
 	path := segmentPath(l.dir, seg.first)
 	recs, err := recordsUpTo(path, size)
 	if err != nil {
@@ -228,12 +322,6 @@ func (l *Log) truncate(seg *segment, size int64) error {
 	a.close()
 	if err != nil {
 		return err
-	}
-	seg.size = size
-	seg.synced.Store(false)
-	if seg.ver.upTo.Load() > size {
-		seg.ver.upTo.Store(0)
-		seg.ver.recs = 0
 	}
 	return nil
 }

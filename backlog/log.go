@@ -80,16 +80,17 @@ type Log struct {
 	// never lands in the middle of an append.
 	wmu sync.Mutex
 
-	mu      sync.RWMutex
-	segs    []*segment
-	first   int64
-	end     int64 // offset of the next byte to be appended
-	changed chan struct{}
-	closed  bool
-	active  *activeSegment // replaced under mu; written only by the writer
-	rewound chan struct{}  // closed at a cut; replaced by Resume
-	resume  bool           // a cut happened and the writer has not resumed
-	broken  error          // a cut could not be carried out: nothing more is appended
+	mu         sync.RWMutex
+	segs       []*segment
+	first      int64
+	end        int64 // offset of the next byte to be appended
+	changed    chan struct{}
+	closed     bool
+	active     *activeSegment // replaced under mu; written only by the writer
+	rewound    chan struct{}  // closed at a cut; replaced by Resume
+	resume     bool           // a cut happened and the writer has not resumed
+	broken     error          // a cut's file work failed: nothing is appended until Resume finishes it
+	unfinished *cutWork       // that file work, still to be done
 
 	durable   atomic.Int64
 	syncer    *syncer
@@ -376,8 +377,10 @@ func (l *Log) Rewound() <-chan struct{} {
 	return l.rewound
 }
 
-// Resume tells the log that the writer now continues from End.
+// Resume tells the log that the writer now continues from End, after
+// finishing a cut whose file work failed if the disk now allows it.
 func (l *Log) Resume() {
+	l.finishCut()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.resume {

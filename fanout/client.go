@@ -38,6 +38,7 @@ type client struct {
 	capaEOF       bool
 	capaPsync2    bool
 	capaZstd      bool
+	capaRefresh   bool
 	rdbOnly       bool
 }
 
@@ -259,6 +260,8 @@ func (c *client) replconf(args [][]byte) {
 				c.capaPsync2 = true
 			case CapaZstd:
 				c.capaZstd = true
+			case CapaRefresh:
+				c.capaRefresh = true
 			}
 		case "ack", "getack":
 			return // meaningful only on a replica connection; never answered

@@ -154,8 +154,8 @@ func (c Config) Validate() error {
 	if c.AckQuorum < 0 || c.Replicas.MaxConcurrentFullSyncs < 0 {
 		return errors.New("ack_quorum and replicas.max_concurrent_full_syncs must not be negative")
 	}
-	if c.Snapshot.MinInterval < 0 {
-		return fmt.Errorf("snapshot.min_interval %s: must not be negative", time.Duration(c.Snapshot.MinInterval))
+	if c.Snapshot.MinInterval < Duration(time.Second) {
+		return fmt.Errorf("snapshot.min_interval %s: must be at least 1s (each refresh forks the master)", time.Duration(c.Snapshot.MinInterval))
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))

@@ -49,6 +49,7 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		{"master:\n  addr: x:1\nbacklog:\n  fsync: sometimes\n", `fsync policy "sometimes"`},
 		{"listen: 6380\nmaster:\n  addr: x:1\n", "listen \"6380\": want host:port"},
 		{"backlog:\n  fsync: always\n", "master.addr is required"},
+		{"master:\n  addr: x:1\nsnapshot:\n  min_interval: 500ms\n", "snapshot.min_interval 500ms: must be at least 1s"},
 	}
 	for _, c := range cases {
 		cfg, err := LoadConfig(writeConfig(t, c.body))

@@ -27,6 +27,7 @@ var (
 	descReplicas  = prometheus.NewDesc("replproxy_replicas", "Attached downstream replicas.", nil, nil)
 	descLagBytes  = prometheus.NewDesc("replproxy_replica_lag_bytes", "Bytes a replica has yet to be sent.", []string{"replica", "id"}, nil)
 	descAckOffset = prometheus.NewDesc("replproxy_replica_ack_offset", "Last offset a replica acknowledged.", []string{"replica", "id"}, nil)
+	descWaiting   = prometheus.NewDesc("replproxy_replica_snapshot_wait_seconds", "How long a replica has waited for a usable snapshot, and why.", []string{"replica", "id", "reason"}, nil)
 	descFsyncs    = prometheus.NewDesc("replproxy_fsync_seconds_total", "Time spent in fsync.", nil, nil)
 )
 
@@ -62,6 +63,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		name, id := net.JoinHostPort(r.IP, fmt.Sprint(r.Port)), fmt.Sprint(r.ID)
 		gauge(descLagBytes, float64(max(st.End-r.SentOff, 0)), name, id)
 		gauge(descAckOffset, float64(r.AckOffset), name, id)
+		if r.WaitReason != "" {
+			gauge(descWaiting, time.Since(r.WaitSince).Seconds(), name, id, r.WaitReason)
+		}
 	}
 	counter(descFsyncs, c.p.store.SyncStats().Total.Seconds())
 }

@@ -127,6 +127,7 @@ func (p *Proxy) stats() []fanout.KV {
 	return append(p.link.Stats(),
 		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
 		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
+		fanout.KV{Key: "upstream_fallback_full_syncs", Value: p.snap.fallbacks.Load()},
 	)
 }
 

@@ -67,6 +67,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 	opt.Log.Logger = opt.Logger
 	s := &Store{dir: dir, opt: opt, lock: lock}
+	s.opt.Log.Hold = s.snapshotNeeds
 	if err := s.load(); err != nil {
 		lock.Close()
 		return nil, err
@@ -183,6 +184,17 @@ func RandomReplID() string {
 		panic(fmt.Sprintf("crypto/rand: %v", err))
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// snapshotNeeds is the first offset a full sync from the snapshot reads
+// from the log, which retention holds (-1: none).
+func (s *Store) snapshotNeeds() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.meta.Snapshot == nil {
+		return -1
+	}
+	return s.meta.Snapshot.Offset + 1
 }
 
 // State returns the current replication position.

@@ -63,6 +63,10 @@ type SnapshotConfig struct {
 	// fetch; 0 means half of backlog.max_bytes.
 	RefreshAfter Size     `yaml:"refresh_after"`
 	MinInterval  Duration `yaml:"min_interval"`
+	// HoldMaxBytes is how far beyond backlog.max_bytes retention may keep
+	// the stream that follows the snapshot, so the snapshot stays usable
+	// until a newer one is adopted; 0 means backlog.max_bytes.
+	HoldMaxBytes Size `yaml:"hold_max_bytes"`
 }
 
 // ReplicaConfig is the downstream side.
@@ -156,6 +160,9 @@ func (c Config) Validate() error {
 	}
 	if c.Snapshot.MinInterval < Duration(time.Second) {
 		return fmt.Errorf("snapshot.min_interval %s: must be at least 1s (each refresh forks the master)", time.Duration(c.Snapshot.MinInterval))
+	}
+	if c.Snapshot.HoldMaxBytes < 0 {
+		return fmt.Errorf("snapshot.hold_max_bytes %d: must not be negative", c.Snapshot.HoldMaxBytes)
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))

@@ -64,9 +64,17 @@ func openStore(cfg Config, log zerolog.Logger) (*backlog.Store, error) {
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
 			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
 			Fsync:        fsync,
+			HoldMaxBytes: holdMaxBytes(cfg),
 		},
 		Logger: log.With().Str("component", "backlog").Logger(),
 	})
+}
+
+func holdMaxBytes(cfg Config) int64 {
+	if cfg.Snapshot.HoldMaxBytes > 0 {
+		return int64(cfg.Snapshot.HoldMaxBytes)
+	}
+	return int64(cfg.Backlog.MaxBytes)
 }
 
 func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, log zerolog.Logger) fanout.Config {

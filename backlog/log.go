@@ -426,7 +426,9 @@ func (l *Log) trim() {
 		if !bySize && !byAge {
 			break
 		}
-		if l.opt.HoldMaxBytes > 0 && s.end() > hold && total-s.size < l.opt.MaxBytes+l.opt.HoldMaxBytes {
+		// A snapshot already past retention is held no more: nothing
+		// kept now would make it usable again.
+		if l.opt.HoldMaxBytes > 0 && hold >= l.first && s.end() > hold && total-s.size < l.opt.MaxBytes+l.opt.HoldMaxBytes {
 			held = true
 			break
 		}

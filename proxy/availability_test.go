@@ -501,7 +501,10 @@ func TestPinningReplicasAreDropped(t *testing.T) {
 	t.Parallel()
 	m := redisproc.Start(t, masterArgs...)
 	cfg := proxyConfig(t, m.Addr())
-	cfg.Backlog.MaxBytes = 4 << 20
+	// Segments larger than what the sockets buffer, so a stalled reader
+	// stops inside one.
+	cfg.Backlog.SegmentBytes = 8 << 20
+	cfg.Backlog.MaxBytes = 16 << 20
 	cfg.Snapshot.HoldMaxBytes = 1 << 20
 	cfg.Replicas.Timeout = proxy.Duration(4 * time.Second)
 	p := startProxy(t, cfg)
@@ -518,6 +521,7 @@ func TestPinningReplicasAreDropped(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.conn.Close()
+		f.conn.(*net.TCPConn).SetReadBuffer(64 << 10) // no autotuned window
 		if err := f.readRDB(); err != nil {
 			t.Fatal(err)
 		}
@@ -538,7 +542,7 @@ func TestPinningReplicasAreDropped(t *testing.T) {
 			}
 		}()
 	}
-	writeStream(t, m, p, 24<<20)
+	writeStream(t, m, p, 40<<20)
 	redisproc.Eventually(t, 30*time.Second, "the pinning replicas to be dropped", func() (bool, string) {
 		n := p.infoInt("replication", "connected_slaves")
 		return n == 0, strconv.FormatInt(n, 10) + " attached"

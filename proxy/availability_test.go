@@ -300,9 +300,9 @@ func TestRestartsKeepMinInterval(t *testing.T) {
 		st := p.info("replication")["master_link_status"]
 		return st == "up", st
 	})
-	writeStream(t, m, p, 2<<20) // a refresh is due from now on
 	for i := 0; i < 5; i++ {
-		time.Sleep(4 * time.Second)
+		writeStream(t, m, p, 2<<20) // a refresh is due again
+		time.Sleep(3 * time.Second)
 		p.stop()
 		p.start()
 		redisproc.Eventually(t, syncTimeout, "the restarted proxy's link", func() (bool, string) {

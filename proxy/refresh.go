@@ -197,6 +197,10 @@ func (r *refresher) maybeFallback(urgent bool, err error) {
 		return
 	}
 	r.fallbacks.Add(1)
+	// The full sync brings a fresh snapshot: the next time one is needed,
+	// rdb-only is tried again at once (it is refused before any fork).
+	r.rec.Failures = 0
+	r.save()
 	r.link.log.Warn().Err(err).Int64("snapshot_offset", st.Snapshot.Offset).Int64("backlog_first", st.First).
 		Msg("a replica waits, the snapshot is past retention and a refresh is impossible: falling back to a full resync on the main link")
 	r.link.ForceFullSync("snapshot refresh impossible: " + err.Error())

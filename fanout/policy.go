@@ -93,9 +93,16 @@ func (r *replica) acquireFullSync(ctx context.Context) (release func(), err erro
 	if slots == nil {
 		return func() {}, nil
 	}
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	default:
+	}
+	// Queued: said at once, in the log and in INFO.
+	r.setWait(WaitQueued)
+	r.log.Info().Int("max_concurrent_full_syncs", cap(slots)).Msg("full sync queued")
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	logged := false
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -103,11 +110,6 @@ func (r *replica) acquireFullSync(ctx context.Context) (release func(), err erro
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		case <-tick.C:
-			r.setWait(WaitQueued)
-			if !logged {
-				r.log.Info().Int("max_concurrent_full_syncs", cap(slots)).Msg("full sync queued")
-				logged = true
-			}
 			if err := r.write([]byte("\n")); err != nil {
 				return nil, err
 			}

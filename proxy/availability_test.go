@@ -383,29 +383,38 @@ func TestNewReplicaStartsWithin30s(t *testing.T) {
 // After ten times B's backlog has passed, a new replica of B syncs within
 // 60 s: B asks A, over the refresh capability, for a snapshot newer than
 // A's own, and A renews its own first. A transfers at most 2 RDBs to B.
+// A second small proxy B2 asking at the same time shares A's one refresh.
 func TestChainRefreshesThroughAProxy(t *testing.T) {
 	t.Parallel()
 	m := redisproc.Start(t, masterArgs...)
 	a := startProxy(t, proxyConfig(t, m.Addr()))
-	bcfg := proxyConfig(t, a.cfg.Listen)
-	bcfg.Backlog.MaxBytes = 4 << 20
-	b := startProxy(t, bcfg)
+	small := func() *testProxy {
+		cfg := proxyConfig(t, a.cfg.Listen)
+		cfg.Backlog.MaxBytes = 4 << 20
+		return startProxy(t, cfg)
+	}
+	b, b2 := small(), small()
 	r1 := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(b.port))
 	redisproc.WaitInSync(t, syncTimeout, m, r1)
 	writeStream(t, m, a, 40<<20)
 	waitProxyWithin(t, m, b, 0)
-	before := a.infoInt("stats", "sync_full")
+	waitProxyWithin(t, m, b2, 0)
+	before, refreshes := a.infoInt("stats", "sync_full"), a.infoInt("stats", "snapshot_refreshes")
 	r2 := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(b.port))
-	redisproc.WaitInSync(t, 60*time.Second, m, r1, r2)
+	r3 := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(b2.port))
+	redisproc.WaitInSync(t, 60*time.Second, m, r1, r2, r3)
 	transfers := a.infoInt("stats", "sync_full") - before
-	t.Logf("A served %d RDBs to B for the new replica", transfers)
-	if transfers > 2 {
-		t.Fatalf("A transferred %d RDBs to B, want at most 2", transfers)
+	t.Logf("A served %d RDBs to B and B2 for their new replicas", transfers)
+	if transfers > 4 {
+		t.Fatalf("A transferred %d RDBs to B and B2, want at most 2 each", transfers)
 	}
-	if got := b.infoInt("stats", "snapshot_refreshes"); got < 1 {
-		t.Fatalf("B snapshot_refreshes %d", got)
+	expectInt(t, "A snapshot_refreshes (one, shared by B and B2)", a.infoInt("stats", "snapshot_refreshes")-refreshes, 1)
+	for _, p := range []*testProxy{b, b2} {
+		if got := p.infoInt("stats", "snapshot_refreshes"); got < 1 {
+			t.Fatalf("snapshot_refreshes %d", got)
+		}
+		expectInt(t, "upstream_full_syncs", p.infoInt("stats", "upstream_full_syncs"), 1)
 	}
-	expectInt(t, "B upstream_full_syncs", b.infoInt("stats", "upstream_full_syncs"), 1)
 }
 
 // rdbOnlyRefuser stands between a proxy and a real master and answers

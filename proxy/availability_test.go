@@ -420,6 +420,12 @@ func TestChainRefreshesThroughAProxy(t *testing.T) {
 // rdbOnlyRefuser stands between a proxy and a real master and answers
 // REPLCONF rdb-only with an error, as Redis 6.0 or a restrictive ACL does.
 func rdbOnlyRefuser(t *testing.T, master string) string {
+	return rdbOnlyInterposer(t, master, false)
+}
+
+// rdbOnlyInterposer refuses REPLCONF rdb-only, or with drop closes the
+// connection instead, as a flaky link or a crashing upstream would.
+func rdbOnlyInterposer(t *testing.T, master string, drop bool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -438,14 +444,14 @@ func rdbOnlyRefuser(t *testing.T, master string) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				interpose(c, master)
+				interpose(c, master, drop)
 			}()
 		}
 	}()
 	return ln.Addr().String()
 }
 
-func interpose(c net.Conn, master string) {
+func interpose(c net.Conn, master string, drop bool) {
 	defer c.Close()
 	mc, err := net.Dial("tcp", master)
 	if err != nil {
@@ -464,6 +470,9 @@ func interpose(c net.Conn, master string) {
 		}
 		cmd := strings.ToLower(string(args[0]))
 		if cmd == "replconf" && len(args) > 1 && strings.EqualFold(string(args[1]), "rdb-only") {
+			if drop {
+				return
+			}
 			c.Write([]byte("-ERR rdb-only transfers are not allowed here (test interposer)\r\n"))
 			continue
 		}
@@ -619,4 +628,36 @@ func TestWaitingReplicaIsVisible(t *testing.T) {
 	if !strings.Contains(tail(p.logPath, 100), "replica waits for a snapshot") {
 		t.Fatal("the wait is not logged")
 	}
+}
+
+// Failed refreshes back off (2 s, then 4 s...) instead of retrying at once,
+// and after three in a row with a replica waiting for a snapshot past
+// retention, the proxy falls back to a full resync on its main link.
+func TestFailedRefreshesBackOffThenFallBack(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, rdbOnlyInterposer(t, m.Addr(), true))
+	cfg.Backlog.MaxBytes = 4 << 20
+	cfg.Snapshot.HoldMaxBytes = 1 << 20
+	// At most one attempt before the replica comes: the first, as no
+	// refresh is on record; the others wait for the replica's demand.
+	cfg.Snapshot.MinInterval = proxy.Duration(10 * time.Minute)
+	r := &relay{master: m, proxy: startProxy(t, cfg)}
+	redisproc.Eventually(t, syncTimeout, "the proxy's first sync", func() (bool, string) {
+		st := r.proxy.info("replication")["master_link_status"]
+		return st == "up", st
+	})
+	writeStream(t, m, r.proxy, 12<<20)
+	start := time.Now()
+	r.addReplica(t)
+	redisproc.WaitInSync(t, 60*time.Second, m, r.replicas...)
+	took := time.Since(start)
+	failures := r.proxy.infoInt("stats", "snapshot_refresh_failures")
+	t.Logf("the replica synced after %s, %d failed refreshes", took.Round(time.Millisecond), failures)
+	expectInt(t, "failed refreshes before the fallback", failures, 3)
+	// Attempts at 0 (perhaps before the replica came), 2 s and 6 s.
+	if took < 4*time.Second {
+		t.Fatalf("three refreshes and the fallback took %s: no backoff between them (2 s, then 4 s)", took)
+	}
+	expectInt(t, "upstream_fallback_full_syncs", r.proxy.infoInt("stats", "upstream_fallback_full_syncs"), 1)
 }

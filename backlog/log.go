@@ -48,6 +48,11 @@ type LogOptions struct {
 	// OnTrim is told the new first offset after retention removed
 	// segments, so that what depends on them (kept snapshots) goes too.
 	OnTrim func(first int64)
+	// Hold, when set, returns the first offset a full sync from the
+	// snapshot needs. Retention keeps it, up to HoldMaxBytes beyond
+	// MaxBytes, so the snapshot stays usable until a newer one is adopted.
+	Hold         func() int64
+	HoldMaxBytes int64
 }
 
 type segment struct {
@@ -100,6 +105,7 @@ type Log struct {
 	recBuf    []byte
 	cuts      atomic.Int64 // cursors reopen their files after a cut
 	times     *timeIndex   // offset -> wall clock, for operators (timeindex.go)
+	holding   bool         // retention is holding bytes for the snapshot (logged once per episode)
 }
 
 type preparedSegment struct {
@@ -561,8 +567,13 @@ func (l *Log) advance(seg *segment, n int64) {
 // ErrTrimmed.
 func (l *Log) trim() {
 	l.lastTrim = time.Now()
+	hold := int64(-1)
+	if l.opt.Hold != nil {
+		hold = l.opt.Hold() // before l.mu: it reads the store's meta
+	}
 	l.mu.Lock()
 	var victims []*segment
+	held := false
 	// The active segment counts at its full size: its blocks are reserved,
 	// and it will hold that much before the next trim.
 	total := int64(0)
@@ -577,6 +588,12 @@ func (l *Log) trim() {
 		bySize := total-s.size >= l.opt.MaxBytes
 		byAge := l.opt.MaxAge > 0 && !s.sealed.IsZero() && time.Since(s.sealed) > l.opt.MaxAge
 		if !bySize && !byAge {
+			break
+		}
+		// A snapshot already past retention is held no more: nothing
+		// kept now would make it usable again.
+		if l.opt.HoldMaxBytes > 0 && hold >= l.first && s.end() > hold && total-s.size < l.opt.MaxBytes+l.opt.HoldMaxBytes {
+			held = true
 			break
 		}
 		total -= s.size
@@ -598,6 +615,23 @@ func (l *Log) trim() {
 		}
 		l.log.Debug().Int("segments", len(victims)).Int64("first", l.first).Msg("retention removed old segments")
 	}
+	l.logHold(held, hold, victims)
+}
+
+// logHold reports the start and the end of a hold, once each: a warning
+// while retention keeps bytes for the snapshot, an error when the bound
+// makes it let go and the snapshot can no longer be continued.
+func (l *Log) logHold(held bool, hold int64, victims []*segment) {
+	lost := hold >= 0 && len(victims) > 0 && victims[len(victims)-1].end() > hold
+	switch {
+	case held && !l.holding:
+		l.log.Warn().Int64("snapshot_continues_at", hold).Int64("hold_max_bytes", l.opt.HoldMaxBytes).
+			Msg("retention holds the stream after the snapshot until a newer snapshot is adopted")
+	case lost && l.holding:
+		l.log.Error().Int64("snapshot_continues_at", hold).Int64("hold_max_bytes", l.opt.HoldMaxBytes).
+			Msg("retention passed the snapshot: the hold bound is reached; new replicas wait for a refresh")
+	}
+	l.holding = held
 }
 
 // locate returns the segment holding off and how many bytes can be read

@@ -297,3 +297,29 @@ func TestCursorHoldsItsSegment(t *testing.T) {
 		t.Fatalf("past the held segment: %v, want ErrTrimmed", err)
 	}
 }
+
+// Retention keeps the stream after the snapshot, up to HoldMaxBytes beyond
+// MaxBytes, so the snapshot stays usable; past the bound it lets go.
+func TestRetentionHoldsTheSnapshotWithinABound(t *testing.T) {
+	opt := testOptions()
+	opt.Log.MaxBytes = 3000
+	opt.Log.HoldMaxBytes = 4000
+	s := newStore(t, t.TempDir(), opt, 0)
+	defer s.Close()
+	for i := 0; i < 12; i++ { // 6000 bytes: past MaxBytes, within the hold
+		s.Append(pattern(500, byte(i)))
+	}
+	if st := s.State(); st.First != 1 {
+		t.Fatalf("retention trimmed to %d although the snapshot needs offset 1 within the hold", st.First)
+	}
+	for i := 0; i < 20; i++ {
+		s.Append(pattern(500, byte(i)))
+	}
+	st := s.State()
+	if st.First == 1 {
+		t.Fatal("retention held past the bound")
+	}
+	if held := st.End - st.First; held > opt.Log.MaxBytes+opt.Log.HoldMaxBytes+opt.Log.SegmentBytes {
+		t.Fatalf("holds %d bytes, limit %d", held, opt.Log.MaxBytes+opt.Log.HoldMaxBytes+opt.Log.SegmentBytes)
+	}
+}

@@ -91,6 +91,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	opt.Log.DamagedDir = filepath.Join(dir, "damaged")
 	s := &Store{dir: dir, opt: opt, lock: lock}
 	s.opt.Log.OnTrim = s.pruneHistory
+	s.opt.Log.Hold = s.snapshotNeeds
 	if err := s.load(); err != nil {
 		lock.Close()
 		return nil, err
@@ -226,6 +227,17 @@ func RandomReplID() string {
 		panic(fmt.Sprintf("crypto/rand: %v", err))
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// snapshotNeeds is the first offset a full sync from the snapshot reads
+// from the log, which retention holds (-1: none).
+func (s *Store) snapshotNeeds() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.meta.Snapshot == nil {
+		return -1
+	}
+	return s.meta.Snapshot.Offset + 1
 }
 
 // State returns the current replication position.

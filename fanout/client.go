@@ -39,6 +39,7 @@ type client struct {
 	capaEOF       bool
 	capaPsync2    bool
 	capaZstd      bool
+	capaRefresh   bool
 	rdbOnly       bool
 	// replicaVersion is what a Valkey replica announces; shown in INFO
 	// and compared with the snapshot's producer.
@@ -264,6 +265,8 @@ func (c *client) replconf(args [][]byte) {
 				c.capaPsync2 = true
 			case CapaZstd:
 				c.capaZstd = true
+			case CapaRefresh:
+				c.capaRefresh = true
 			}
 		case "ack", "getack":
 			return // meaningful only on a replica connection; never answered

@@ -33,6 +33,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	attempt := r.beginFullSync(ctx, f, snap)
 	r.srv.stats.SyncFull.Add(1)
 	r.sentOff.Store(snap.Offset + 1)
+	r.maxAck.Store(snap.Offset)
 	r.state.Store(StateSendBulk)
 	start := time.Now()
 	r.log.Info().Str("replid", replid).Int64("offset", snap.Offset).Int64("rdb_bytes", snap.Size).
@@ -75,24 +76,39 @@ func (r *replica) preamble(replid string, snap backlog.SnapshotInfo) error {
 }
 
 // waitSnapshot waits until a snapshot exists whose continuation is still in
-// the backlog. Until the preamble, Redis sends a newline a second so the
-// replica does not time out; these bytes are outside the offset space.
+// the backlog (and, for a downstream replproxy's refresh, that is as new as
+// it asked). Until the preamble, Redis sends a newline a second so the
+// replica does not time out; these bytes are outside the offset space. The
+// wait is never silent: INFO and metrics show it, and it is logged every 30s.
 func (r *replica) waitSnapshot(ctx context.Context) (*os.File, backlog.SnapshotInfo, *backlog.Cursor, string, error) {
+	defer r.endWait()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	logged := false
+	var lastLog time.Time
 	for {
 		f, snap, cur, replid, err := r.openSnapshot()
 		if err == nil {
+			if w := r.wait.Load(); w != nil {
+				r.log.Info().Dur("waited_ms", time.Since(w.since)).Int64("offset", snap.Offset).Msg("snapshot ready for the waiting replica")
+			}
 			return f, snap, cur, replid, nil
 		}
-		if !logged {
-			r.log.Info().Str("reason", err.Error()).Msg("replica waits for a snapshot")
-			logged = true
+		reason, need := r.waitReason(err)
+		r.setWait(reason)
+		w := r.wait.Load()
+		if time.Since(lastLog) >= waitLogEvery {
+			r.log.Warn().Str("reason", reason).Str("detail", err.Error()).Dur("waited_ms", time.Since(w.since)).
+				Msg("replica waits for a snapshot")
+			lastLog = time.Now()
 		}
-		needFresh := errors.Is(err, backlog.ErrTrimmed) || errors.Is(err, backlog.ErrSnapshotDamaged)
-		if needFresh && r.srv.cfg.NeedSnapshot != nil {
-			r.srv.cfg.NeedSnapshot()
+		if need >= 0 && r.srv.cfg.NeedSnapshot != nil {
+			r.srv.cfg.NeedSnapshot(need)
+		}
+		if reason == WaitOlder && time.Since(w.since) > max(r.srv.cfg.ReplTimeout, minNeedTimeout) {
+			// The requester backs off and asks again; an error line now
+			// spares it a whole RDB it could not use.
+			r.write([]byte("-ERR replproxy: no snapshot at or after offset " + strconv.FormatInt(r.need, 10) + " yet: " + err.Error() + "\r\n"))
+			return nil, backlog.SnapshotInfo{}, nil, "", fmt.Errorf("no snapshot as new as requested within %s: %w", time.Since(w.since).Round(time.Second), err)
 		}
 		select {
 		case <-ctx.Done():
@@ -105,6 +121,25 @@ func (r *replica) waitSnapshot(ctx context.Context) (*os.File, backlog.SnapshotI
 	}
 }
 
+// waitReason names why openSnapshot failed and the snapshot offset to ask
+// the refresher for (-1: nothing to ask).
+func (r *replica) waitReason(err error) (string, int64) {
+	st := r.srv.cfg.Store.State()
+	switch {
+	case !st.HasHistory:
+		return WaitNoHistory, -1
+	case errors.Is(err, errTooOld):
+		return WaitOlder, r.need
+	case errors.Is(err, backlog.ErrTrimmed):
+		return WaitTrimmed, st.First - 1
+	case errors.Is(err, backlog.ErrSnapshotDamaged) && st.Snapshot != nil:
+		return WaitDamaged, st.Snapshot.Offset + 1
+	}
+	return WaitTrimmed, -1 // replaced while opening: the next try will do
+}
+
+var errTooOld = errors.New("snapshot older than requested")
+
 func (r *replica) openSnapshot() (*os.File, backlog.SnapshotInfo, *backlog.Cursor, string, error) {
 	store := r.srv.cfg.Store
 	f, snap, err := store.OpenSnapshot()
@@ -115,6 +150,10 @@ func (r *replica) openSnapshot() (*os.File, backlog.SnapshotInfo, *backlog.Curso
 	if st.Snapshot == nil || st.Snapshot.File != snap.File {
 		f.Close()
 		return nil, snap, nil, "", errors.New("snapshot replaced while opening it")
+	}
+	if snap.Offset < r.need {
+		f.Close()
+		return nil, snap, nil, "", fmt.Errorf("snapshot at offset %d, the requester needs %d or later: %w", snap.Offset, r.need, errTooOld)
 	}
 	cur, err := lg.NewCursor(snap.Offset + 1)
 	if err != nil {

@@ -4,16 +4,16 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/replproxy/replproxy/backlog"
 )
 
-// enforceLag drops online replicas that fell behind the lag policy. Their
-// lag lives in the segment files, so keeping them costs only disk; the
-// policy is there for operators who would rather resync a far-behind
-// replica than serve it old data for long.
+// enforceLag drops replicas that Redis would drop, and those the lag
+// policy names. A replica's lag lives in the segment files, so keeping it
+// costs only disk; but one that stopped acknowledging (repl-timeout), or
+// that holds open a segment retention removed, is dropped so that neither
+// dead peers nor disk linger.
 func (s *Server) enforceLag(ctx context.Context) {
-	if s.cfg.MaxLagBytes <= 0 && s.cfg.MaxLag <= 0 {
-		return
-	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -22,29 +22,58 @@ func (s *Server) enforceLag(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		end := s.cfg.Store.State().End
+		st := s.cfg.Store.State()
 		for _, r := range s.replicaList() {
-			if reason := s.lagViolation(r, end); reason != "" {
+			if reason := s.lagViolation(r, st); reason != "" {
+				r.log.Warn().Str("reason", reason).Msg("dropping replica")
 				r.drop(reason)
 			}
 		}
 	}
 }
 
-func (s *Server) lagViolation(r *replica, end int64) string {
-	if r.state.Load().(string) != StateOnline {
+func (s *Server) lagViolation(r *replica, st backlog.State) string {
+	state := r.state.Load().(string)
+	if reason := s.pinning(r, state, st); reason != "" {
+		return reason
+	}
+	if state != StateOnline {
 		return ""
 	}
-	if lag := end - r.sentOff.Load(); s.cfg.MaxLagBytes > 0 && lag > s.cfg.MaxLagBytes {
+	if lag := st.End - r.sentOff.Load(); s.cfg.MaxLagBytes > 0 && lag > s.cfg.MaxLagBytes {
 		return fmt.Sprintf("lag of %d bytes exceeds replicas.max_lag_bytes %d", lag, s.cfg.MaxLagBytes)
 	}
-	if r.prePsync || s.cfg.MaxLag <= 0 {
+	if r.prePsync {
 		return "" // plain SYNC replicas send no ACKs to time
 	}
-	if lag := time.Since(time.Unix(0, r.ackTime.Load())); lag > s.cfg.MaxLag {
-		return fmt.Sprintf("no ACK for %s, over replicas.max_lag_seconds %s", lag.Round(time.Second), s.cfg.MaxLag)
+	silent := time.Since(time.Unix(0, r.ackTime.Load()))
+	if silent > s.cfg.ReplTimeout {
+		return fmt.Sprintf("no ACK for %s, over replicas.timeout %s", silent.Round(time.Second), s.cfg.ReplTimeout)
+	}
+	if s.cfg.MaxLag > 0 && silent > s.cfg.MaxLag {
+		return fmt.Sprintf("no ACK for %s, over replicas.max_lag_seconds %s", silent.Round(time.Second), s.cfg.MaxLag)
 	}
 	return ""
+}
+
+// pinning reports a replica whose next byte lies below the retained
+// backlog for longer than replicas.timeout: its cursor keeps a removed
+// segment's file open, so disk use would grow past backlog.max_bytes.
+func (s *Server) pinning(r *replica, state string, st backlog.State) string {
+	if state == StateWaitBgsave || r.sentOff.Load() >= st.First {
+		r.pinnedAt.Store(0)
+		return ""
+	}
+	now := time.Now().UnixNano()
+	if r.pinnedAt.CompareAndSwap(0, now) {
+		return ""
+	}
+	held := time.Duration(now - r.pinnedAt.Load())
+	if held <= s.cfg.ReplTimeout {
+		return ""
+	}
+	return fmt.Sprintf("it has held a segment retention removed (offset %d, backlog starts at %d) for %s, over replicas.timeout %s",
+		r.sentOff.Load(), st.First, held.Round(time.Second), s.cfg.ReplTimeout)
 }
 
 func (s *Server) replicaList() []*replica {
@@ -64,9 +93,16 @@ func (r *replica) acquireFullSync(ctx context.Context) (release func(), err erro
 	if slots == nil {
 		return func() {}, nil
 	}
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	default:
+	}
+	// Queued: said at once, in the log and in INFO.
+	r.setWait(WaitQueued)
+	r.log.Info().Int("max_concurrent_full_syncs", cap(slots)).Msg("full sync queued")
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	logged := false
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -74,10 +110,6 @@ func (r *replica) acquireFullSync(ctx context.Context) (release func(), err erro
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		case <-tick.C:
-			if !logged {
-				r.log.Info().Int("max_concurrent_full_syncs", cap(slots)).Msg("full sync queued")
-				logged = true
-			}
 			if err := r.write([]byte("\n")); err != nil {
 				return nil, err
 			}

@@ -37,6 +37,10 @@ type ReplicaInfo struct {
 	SentBytes int64
 	Since     time.Time
 	Version   string // announced with REPLCONF version (Valkey); "" if not
+	// WaitReason says why a replica in wait_bgsave has no snapshot yet
+	// ("" once it has one); WaitSince is when that wait began.
+	WaitReason string
+	WaitSince  time.Time
 }
 
 type replica struct {
@@ -53,6 +57,9 @@ type replica struct {
 	zstd     bool // the peer (a replproxy) asked for a compressed stream
 	version  string
 	since    time.Time
+	// need is the lowest snapshot offset a downstream replproxy asked for
+	// with the refresh capability (0: any usable snapshot).
+	need int64
 
 	// out carries everything after the PSYNC reply: the connection, or a
 	// zstd encoder on it.
@@ -64,8 +71,20 @@ type replica struct {
 	ackTime   atomic.Int64 // unix nanoseconds
 	sentOff   atomic.Int64
 	sentBytes atomic.Int64
-	cancel    context.CancelCauseFunc
-	limiter   *rate.Limiter // nil: no rate limit
+	// maxAck is the highest offset the replica can have received: raised
+	// before each send, lowered to what went out after it. An ACK above
+	// it is a lie (or a bug) that would make WAIT count unsent writes.
+	maxAck   atomic.Int64
+	wait     atomic.Pointer[waitState] // nil unless waiting for a snapshot
+	pinnedAt atomic.Int64              // unix nanoseconds since its position left retention; 0: not pinning
+	cancel   context.CancelCauseFunc
+	limiter  *rate.Limiter // nil: no rate limit
+}
+
+// waitState is why and since when a replica waits for a snapshot.
+type waitState struct {
+	reason string
+	since  time.Time
 }
 
 // chunk is the most one send may carry: small enough to notice
@@ -90,11 +109,15 @@ func (r *replica) pace(ctx context.Context, n int64) error {
 }
 
 func (r *replica) info() ReplicaInfo {
-	return ReplicaInfo{
+	ri := ReplicaInfo{
 		ID: r.id, IP: r.ip, Port: r.port, State: r.state.Load().(string),
 		AckOffset: r.ackOff.Load(), AckTime: time.Unix(0, r.ackTime.Load()),
 		SentOff: r.sentOff.Load(), SentBytes: r.sentBytes.Load(), Since: r.since, Version: r.version,
 	}
+	if w := r.wait.Load(); w != nil {
+		ri.WaitReason, ri.WaitSince = w.reason, w.since
+	}
+	return ri
 }
 
 func (r *replica) drop(reason string) {
@@ -126,10 +149,14 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 		req = &psyncRequest{replid: string(args[1]), offset: off}
 	}
 	r := c.newReplica(cmd == "sync")
-	c.srv.addReplica(r)
-	defer c.srv.removeReplica(r)
+	if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
+		r.need = req.offset
+	}
+	// Fully built before it is registered: DropAll may cancel it at once.
 	rctx, cancel := context.WithCancelCause(ctx)
 	r.cancel = cancel
+	c.srv.addReplica(r)
+	defer c.srv.removeReplica(r)
 	senderDone := make(chan error, 1)
 	go func() { senderDone <- r.serve(rctx, req) }()
 	readErr := c.readAcks(r)
@@ -192,6 +219,13 @@ func (c *client) readAcks(r *replica) error {
 		if err != nil {
 			continue
 		}
+		if limit := r.maxAck.Load(); off > limit {
+			r.log.Warn().Int64("ack", off).Int64("sent_up_to", limit).Msg("replica acknowledged bytes it was never sent; dropping it")
+			return fmt.Errorf("replica acknowledged offset %d, beyond the %d it was sent", off, limit)
+		}
+		// A legitimate ACK may overtake the sender's bookkeeping by a
+		// moment; what counts is never more than what was sent.
+		off = min(off, r.sentOff.Load()-1)
 		if off > r.ackOff.Load() {
 			r.ackOff.Store(off)
 		}
@@ -222,6 +256,9 @@ func (r *replica) serve(ctx context.Context, req *psyncRequest) error {
 		}
 	}
 	defer cur.Close()
+	// As Redis does when it puts a replica online: its ACK clock starts
+	// now, not when it connected, however long the sync took.
+	r.ackTime.Store(time.Now().UnixNano())
 	r.state.Store(StateOnline)
 	return r.stream(ctx, cur)
 }
@@ -313,6 +350,8 @@ func (r *replica) acceptContinue(st backlog.State, lg *backlog.Log, req psyncReq
 	if r.psync2 {
 		reply += " " + st.ReplID
 	}
+	r.sentOff.Store(req.offset) // before the reply: the replica may ACK at once
+	r.maxAck.Store(req.offset - 1)
 	if err := r.write([]byte(reply + r.marker() + "\r\n")); err != nil {
 		cur.Close()
 		return nil, err
@@ -321,7 +360,6 @@ func (r *replica) acceptContinue(st backlog.State, lg *backlog.Log, req psyncReq
 		cur.Close()
 		return nil, err
 	}
-	r.sentOff.Store(req.offset)
 	r.srv.stats.SyncPartialOK.Add(1)
 	r.log.Info().Str("replid", req.replid).Int64("offset", req.offset).Int64("backlog_end", st.End).
 		Int64("to_send", st.End-req.offset).Msg("replica attached with a partial resync")
@@ -392,9 +430,11 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	for {
 		changed := lg.Changed()
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
+		r.maxAck.Store(cur.Offset() + r.chunk() - 1)
 		n, err := cur.Send(r.out, r.chunk())
 		r.sentBytes.Add(n)
 		r.sentOff.Store(cur.Offset())
+		r.maxAck.Store(cur.Offset() - 1)
 		if err == nil && n > 0 {
 			err = r.flushed(n)
 		}

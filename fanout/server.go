@@ -74,9 +74,10 @@ type Config struct {
 	Fsync           string
 	// ExtraStats adds the upstream link's counters to INFO stats.
 	ExtraStats func() []KV
-	// NeedSnapshot asks for a fresh snapshot when the stored one can no
-	// longer be continued from the backlog.
-	NeedSnapshot func()
+	// NeedSnapshot asks for a snapshot at offset minOffset or later, when
+	// the stored one can no longer be continued from the backlog or a
+	// downstream replproxy asked for a newer one.
+	NeedSnapshot func(minOffset int64)
 	// ProxyInfo fills INFO's proxy section: ages, last ACK and progress.
 	ProxyInfo func() []KV
 }
@@ -164,7 +165,7 @@ func New(cfg Config) *Server {
 
 // SetUpstream connects the server to the upstream side it reports on and
 // asks for snapshots; the two are built in turn as each refers to the other.
-func (s *Server) SetUpstream(up Upstream, extraStats func() []KV, needSnapshot func()) {
+func (s *Server) SetUpstream(up Upstream, extraStats func() []KV, needSnapshot func(minOffset int64)) {
 	s.cfg.Upstream = up
 	s.cfg.ExtraStats = extraStats
 	s.cfg.NeedSnapshot = needSnapshot

@@ -93,6 +93,10 @@ type SnapshotConfig struct {
 	// Keep is how many snapshots are kept, the current one included, as
 	// bases for replproxy restore (0 or 1: only the current one).
 	Keep int `yaml:"keep"`
+	// HoldMaxBytes is how far beyond backlog.max_bytes retention may keep
+	// the stream that follows the snapshot, so the snapshot stays usable
+	// until a newer one is adopted; 0 means backlog.max_bytes.
+	HoldMaxBytes Size `yaml:"hold_max_bytes"`
 }
 
 // ReplicaConfig is the downstream side.
@@ -204,8 +208,11 @@ func (c Config) Validate() error {
 	if c.Snapshot.Keep < 0 {
 		return fmt.Errorf("snapshot.keep %d: must not be negative", c.Snapshot.Keep)
 	}
-	if c.Snapshot.MinInterval < 0 {
-		return fmt.Errorf("snapshot.min_interval %s: must not be negative", time.Duration(c.Snapshot.MinInterval))
+	if c.Snapshot.MinInterval < Duration(time.Second) {
+		return fmt.Errorf("snapshot.min_interval %s: must be at least 1s (each refresh forks the master)", time.Duration(c.Snapshot.MinInterval))
+	}
+	if c.Snapshot.HoldMaxBytes < 0 {
+		return fmt.Errorf("snapshot.hold_max_bytes %d: must not be negative", c.Snapshot.HoldMaxBytes)
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))

@@ -60,6 +60,7 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: a, listen: 'x:1', shard: " + nodeID('a') + "}\n  - {name: b, listen: 'x:1', shard: " + nodeID('b') + "}\n", "pipelines a and b have the same listen x:1"},
 		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: ../a, listen: 'x:1', shard: " + nodeID('a') + "}\n", `pipelines[0].name "../a"`},
 		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: a, listen: 'x:1', shard: '12'}\n", "pipeline a: master.cluster.shard \"12\": a slot number"},
+		{"master:\n  addr: x:1\nsnapshot:\n  min_interval: 500ms\n", "snapshot.min_interval 500ms: must be at least 1s"},
 	}
 	for _, c := range cases {
 		cfg, err := LoadConfig(writeConfig(t, c.body))

@@ -58,6 +58,9 @@ func (l *Link) handshakeCommands(rdbOnly bool) (out []byte, replies []string) {
 	if l.cfg.Compress && !rdbOnly {
 		capa = append(capa, "capa", fanout.CapaZstd)
 	}
+	if rdbOnly {
+		capa = append(capa, "capa", fanout.CapaRefresh)
+	}
 	out = resp.AppendCommand(out, capa...)
 	replies = append(replies, "REPLCONF listening-port", "REPLCONF capa")
 	if rdbOnly {
@@ -82,7 +85,7 @@ func (l *Link) readHandshakeReplies(rd *resp.Reader, replies []string) error {
 		case "AUTH":
 			return fmt.Errorf("master refused AUTH: %s", line)
 		case "REPLCONF rdb-only":
-			return fmt.Errorf("master does not support rdb-only transfers (Redis 6.2+ needed): %s", line)
+			return fmt.Errorf("%w (Redis 6.2+ needed, and an ACL that allows it): %s", errRDBOnlyRefused, line)
 		}
 		l.log.Warn().Str("reply", line).Msg(what + " refused by master; continuing as Redis does")
 	}
@@ -118,7 +121,7 @@ func (l *Link) psync(conn net.Conn, rd *resp.Reader) (*resp.Reader, error) {
 	l.store.Resume() // after a cut of the log, appends continue from its new end
 	st := l.store.State()
 	replid, offset := "?", "-1"
-	if st.HasHistory {
+	if st.HasHistory && !l.forceFull.Load() {
 		replid, offset = st.ReplID, strconv.FormatInt(st.End, 10)
 	}
 	if _, err := conn.Write(resp.AppendCommand(nil, "PSYNC", replid, offset)); err != nil {
@@ -217,6 +220,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	}
 	stopKeepalive()
 	l.fullSyncs.Add(1)
+	l.forceFull.Store(false)
 	// Replicas of the old history need no explicit drop: Reset closed its
 	// log, which ends their senders, while replicas that attach from now on
 	// already follow the new history.

@@ -91,7 +91,11 @@ func (tp *testProxy) start() {
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	p, err := proxy.New(tp.cfg, zerolog.New(f).Level(zerolog.InfoLevel).With().Timestamp().Logger(), "test")
+	level, err := zerolog.ParseLevel(tp.cfg.Log.Level)
+	if err != nil || tp.cfg.Log.Level == "" {
+		level = zerolog.InfoLevel
+	}
+	p, err := proxy.New(tp.cfg, zerolog.New(f).Level(level).With().Timestamp().Logger(), "test")
 	if err != nil {
 		tp.t.Fatal(err)
 	}

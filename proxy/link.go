@@ -74,6 +74,10 @@ type Link struct {
 	repoint chan struct{}           // wakes Run from its backoff
 	down    chan struct{}           // signalled when a streaming link breaks
 
+	// forceFull makes the next PSYNC ask for a full sync: the fallback
+	// when the snapshot cannot be refreshed over rdb-only.
+	forceFull    atomic.Bool
+	connectedAt  atomic.Int64 // unix nanoseconds of the last transition to connected
 	fullSyncs    atomic.Int64
 	partialSyncs atomic.Int64
 	sync         transfer // the RDB of an upstream full sync
@@ -134,6 +138,22 @@ func (l *Link) Down() <-chan struct{} { return l.down }
 // errRepointed ends a session because the master changed, not because it failed.
 var errRepointed = errors.New("repointed")
 
+// errForcedFullSync ends a session so that the next one full-syncs.
+var errForcedFullSync = errors.New("full resync requested")
+
+// ForceFullSync ends the current session; the next one asks the master
+// for a full sync instead of continuing, and starts a new history.
+func (l *Link) ForceFullSync(why string) {
+	l.forceFull.Store(true)
+	l.mu.Lock()
+	end := l.endSess
+	l.mu.Unlock()
+	l.log.Warn().Str("reason", why).Msg("upstream full resync forced")
+	if end != nil {
+		end(errForcedFullSync)
+	}
+}
+
 // LinkStatus implements fanout.Upstream.
 func (l *Link) LinkStatus() fanout.LinkStatus {
 	l.mu.Lock()
@@ -165,6 +185,7 @@ func (l *Link) setState(state, reason string) {
 	switch {
 	case state == LinkConnected:
 		l.status.DownSince = time.Time{}
+		l.connectedAt.Store(time.Now().UnixNano())
 	case prev == LinkConnected:
 		l.status.DownSince = time.Now()
 		select {
@@ -178,25 +199,26 @@ func (l *Link) setState(state, reason string) {
 	}
 }
 
-// Run keeps the link up until ctx ends, reconnecting with backoff, or at
-// once after a repoint.
+// Run keeps the link up until ctx ends, reconnecting at once after a
+// repoint, within BackoffMin after a session that streamed (a Redis replica
+// retries every second), and with doubling backoff only after failures.
 func (l *Link) Run(ctx context.Context) {
 	backoff := l.cfg.BackoffMin
 	for ctx.Err() == nil {
-		started := time.Now()
+		before := l.connectedAt.Load()
 		sctx, end := context.WithCancelCause(ctx)
 		l.mu.Lock()
 		l.endSess = end
 		l.mu.Unlock()
 		err := l.session(sctx)
-		repointed := errors.Is(context.Cause(sctx), errRepointed)
+		cause := context.Cause(sctx)
 		end(nil)
 		if ctx.Err() != nil {
 			l.setState(LinkConnect, "shutting down")
 			return
 		}
-		if repointed {
-			l.setState(LinkConnect, "repointed to "+l.Addr())
+		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) {
+			l.setState(LinkConnect, cause.Error()+", master "+l.Addr())
 			backoff = l.cfg.BackoffMin
 			select { // the repoint is handled: no wake-up left for later
 			case <-l.repoint:
@@ -205,8 +227,8 @@ func (l *Link) Run(ctx context.Context) {
 			continue
 		}
 		l.setState(LinkConnect, err.Error())
-		if time.Since(started) > 10*time.Second {
-			backoff = l.cfg.BackoffMin
+		if l.connectedAt.Load() != before {
+			backoff = l.cfg.BackoffMin // the link was healthy: this is no failure streak
 		}
 		select {
 		case <-ctx.Done():

@@ -62,6 +62,7 @@ var (
 	descSnapBytes     = desc("snapshot_bytes", "Size of the stored snapshot.")
 	descSnapAge       = desc("snapshot_age_seconds", "Seconds since the stored snapshot was written.")
 	descRefreshes     = desc("snapshot_refreshes_total", "Snapshot refreshes that succeeded.")
+	descWaiting       = desc("replica_snapshot_wait_seconds", "How long a replica has waited for a usable snapshot, and why.", "replica", "reason")
 	descRefreshFails  = desc("snapshot_refresh_failures_total", "Snapshot refreshes that failed.")
 	descFsyncs        = desc("fsync_seconds_total", "Time spent in fsync.")
 	descFsyncSlow     = desc("fsync_slow_total", "Fsyncs slower than 2 s.")
@@ -194,6 +195,9 @@ func (c collector) collectReplicas(e emitter, st backlog.State, lg *backlog.Log,
 		e.gauge(descRepTotal, float64(w.Total), name)
 		e.gauge(descRepRate, w.Rate, name)
 		e.gauge(descRepETA, w.ETA, name)
+		if r.WaitReason != "" {
+			e.gauge(descWaiting, now.Sub(r.WaitSince).Seconds(), name, r.WaitReason)
+		}
 	}
 }
 

@@ -92,11 +92,19 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 			Fsync:        fsync,
 			Sync:         cfg.Backlog.Sync,
 			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
+			HoldMaxBytes: holdMaxBytes(cfg),
 		},
 		ScrubRate:    int64(cfg.Backlog.ScrubRate),
 		SnapshotKeep: cfg.Snapshot.Keep,
 		Logger:       log.With().Str("component", "backlog").Logger(),
 	})
+}
+
+func holdMaxBytes(cfg Config) int64 {
+	if cfg.Snapshot.HoldMaxBytes > 0 {
+		return int64(cfg.Snapshot.HoldMaxBytes)
+	}
+	return int64(cfg.Backlog.MaxBytes)
 }
 
 func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, log zerolog.Logger) fanout.Config {
@@ -166,6 +174,7 @@ func (p *Proxy) stats() []fanout.KV {
 		// Redis 7's names, so redis_exporter's net_repl_*_bytes_total work.
 		fanout.KV{Key: "total_net_repl_input_bytes", Value: p.link.wireBytes.Load()},
 		fanout.KV{Key: "total_net_repl_output_bytes", Value: p.fan.BytesSent()},
+		fanout.KV{Key: "upstream_fallback_full_syncs", Value: p.snap.fallbacks.Load()},
 	)
 }
 

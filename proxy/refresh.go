@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -18,30 +20,67 @@ type RefreshConfig struct {
 	// AfterBytes of stream since the snapshot trigger a refresh, well before
 	// retention would trim the bytes that must follow it.
 	AfterBytes  int64
-	MinInterval time.Duration // at most one refresh per interval
+	MinInterval time.Duration // at most one refresh per interval, unless a replica waits
 	// HoldTimeout bounds the wait for the main link to reach the new RDB's
 	// offset before it can be adopted.
 	HoldTimeout time.Duration
 }
 
+// Refresh backoff after failed or unusable refreshes: 2s, doubling, at
+// most 5 minutes. It applies even when a replica waits, so a master that
+// cannot serve rdb-only is not asked again at once.
+const (
+	refreshBackoffMin = 2 * time.Second
+	refreshBackoffMax = 5 * time.Minute
+	// demandFresh: waiting replicas renew their demand every second; one
+	// older than this belongs to a replica that left.
+	demandFresh = 5 * time.Second
+	// fallbackAfter consecutive failures while a replica waits for a
+	// snapshot the backlog no longer continues, the main link full-syncs.
+	fallbackAfter = 3
+)
+
+// errRDBOnlyRefused means the upstream cannot serve rdb-only transfers at
+// all (Redis before 6.2, or an ACL): retrying is pointless.
+var errRDBOnlyRefused = errors.New("upstream refuses rdb-only transfers")
+
+// errUnusable marks a snapshot offered by the upstream that this proxy
+// could not adopt; it is refused before its RDB crosses the link.
+var errUnusable = errors.New("unusable snapshot")
+
 // refresher renews the snapshot over a second connection with
-// REPLCONF rdb-only 1, so the main link never stops streaming.
+// REPLCONF rdb-only 1, so the main link never stops streaming. It is the
+// only goroutine that refreshes: concurrent demands share one transfer.
 type refresher struct {
 	link   *Link
 	cfg    RefreshConfig
 	demand chan struct{}
-	bytes  transfer
-	count  atomic.Int64
-	failed atomic.Int64
+	// want is the oldest snapshot offset a waiting replica can use, and
+	// wantAt when it last asked (unix nanoseconds).
+	want      atomic.Int64
+	wantAt    atomic.Int64
+	bytes     transfer
+	count     atomic.Int64
+	failed    atomic.Int64
+	fallbacks atomic.Int64
+
+	rec backlog.RefreshRecord // owned by run
 }
 
 func newRefresher(l *Link, cfg RefreshConfig) *refresher {
 	return &refresher{link: l, cfg: cfg, demand: make(chan struct{}, 1)}
 }
 
-// Need asks for a refresh: a replica waits for a snapshot the backlog no
-// longer continues.
-func (r *refresher) Need() {
+// Need asks for a snapshot at minOffset or later: a replica waits for one
+// the backlog continues, or a downstream replproxy asked for a newer one.
+func (r *refresher) Need(minOffset int64) {
+	for {
+		cur := r.want.Load()
+		if minOffset <= cur || r.want.CompareAndSwap(cur, minOffset) {
+			break
+		}
+	}
+	r.wantAt.Store(time.Now().UnixNano())
 	select {
 	case r.demand <- struct{}{}:
 	default:
@@ -49,58 +88,122 @@ func (r *refresher) Need() {
 }
 
 func (r *refresher) run(ctx context.Context) {
-	var last time.Time
+	rec, err := r.link.store.LoadRefreshRecord()
+	if err != nil {
+		r.link.log.Warn().Err(err).Msg("snapshot refresh record unreadable; counting it as a refresh just now")
+	}
+	r.rec = rec
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		demanded := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-r.demand:
-			demanded = true
 		}
-		reason := r.due(demanded)
-		if reason == "" || time.Since(last) < r.cfg.MinInterval {
+		reason, urgent := r.due()
+		if reason == "" || time.Now().Before(r.nextAllowed(urgent)) {
 			continue
 		}
-		last = time.Now()
-		r.refresh(ctx, reason)
+		r.refresh(ctx, reason, urgent)
 	}
 }
 
-// due says why a refresh is needed now, or "".
-func (r *refresher) due(demanded bool) string {
+// nextAllowed is the earliest time of the next attempt. min_interval holds
+// across restarts, since the last attempt is persisted; a waiting replica
+// is served without it, but never faster than the failure backoff.
+func (r *refresher) nextAllowed(urgent bool) time.Time {
+	wait := backoff(r.rec.Failures)
+	if !urgent {
+		wait = max(wait, r.cfg.MinInterval)
+	}
+	return r.rec.LastAttempt.Add(wait)
+}
+
+func backoff(failures int) time.Duration {
+	if failures == 0 {
+		return 0
+	}
+	if failures > 10 {
+		return refreshBackoffMax
+	}
+	return min(refreshBackoffMin<<(failures-1), refreshBackoffMax)
+}
+
+// due says why a refresh is needed now, or "", and whether a replica waits
+// for it.
+func (r *refresher) due() (reason string, urgent bool) {
 	st := r.link.store.State()
 	if !st.HasHistory || r.link.LinkStatus().State != LinkConnected {
-		return ""
+		return "", false
 	}
 	since := st.End - 1 - st.Snapshot.Offset
+	wanted := time.Since(time.Unix(0, r.wantAt.Load())) < demandFresh && r.want.Load() > st.Snapshot.Offset
 	switch {
+	case wanted:
+		return fmt.Sprintf("a replica waits for a snapshot at offset %d or later", r.want.Load()), true
 	case st.Snapshot.Offset+1 < st.First:
-		return "snapshot is older than the backlog"
-	case demanded:
-		return "a replica needs a full sync"
+		return "snapshot is older than the backlog", false
 	case r.cfg.AfterBytes > 0 && since >= r.cfg.AfterBytes:
-		return fmt.Sprintf("%d bytes of stream since the snapshot", since)
+		return fmt.Sprintf("%d bytes of stream since the snapshot", since), false
 	}
-	return ""
+	return "", false
 }
 
-func (r *refresher) refresh(ctx context.Context, reason string) {
+func (r *refresher) refresh(ctx context.Context, reason string, urgent bool) {
 	log := r.link.log.With().Str("reason", reason).Logger()
+	// The attempt is recorded before the master forks for it, so that a
+	// crash during the transfer still counts against min_interval.
+	r.rec.LastAttempt = time.Now()
+	r.save()
 	log.Info().Msg("snapshot refresh starting (rdb-only transfer on a second connection)")
 	start := time.Now()
 	offset, size, err := r.fetch(ctx)
-	if err != nil {
-		r.failed.Add(1)
-		log.Warn().Err(err).Msg("snapshot refresh failed; the current snapshot stays")
+	if ctx.Err() != nil {
 		return
 	}
+	if err != nil {
+		r.failed.Add(1)
+		r.rec.Failures++
+		r.save()
+		log.Warn().Err(err).Int("consecutive_failures", r.rec.Failures).Dur("next_attempt_in", backoff(r.rec.Failures)).
+			Msg("snapshot refresh failed; the current snapshot stays")
+		r.maybeFallback(urgent, err)
+		return
+	}
+	r.rec.Failures = 0
+	r.save()
 	r.count.Add(1)
 	log.Info().Int64("offset", offset).Int64("rdb_bytes", size).Dur("duration_ms", time.Since(start)).
 		Msg("snapshot refreshed")
+}
+
+func (r *refresher) save() {
+	if err := r.link.store.SaveRefreshRecord(r.rec); err != nil {
+		r.link.log.Warn().Err(err).Msg("cannot persist the snapshot refresh record; min_interval may not hold across a restart")
+	}
+}
+
+// maybeFallback falls back to a full resync on the main link when a
+// replica waits for a snapshot the backlog no longer continues and
+// rdb-only cannot provide one: the only other way to a usable snapshot.
+func (r *refresher) maybeFallback(urgent bool, err error) {
+	st := r.link.store.State()
+	if !urgent || !st.HasHistory || st.Snapshot.Offset+1 >= st.First {
+		return
+	}
+	if !errors.Is(err, errRDBOnlyRefused) && r.rec.Failures < fallbackAfter {
+		return
+	}
+	r.fallbacks.Add(1)
+	// The full sync brings a fresh snapshot: the next time one is needed,
+	// rdb-only is tried again at once (it is refused before any fork).
+	r.rec.Failures = 0
+	r.save()
+	r.link.log.Warn().Err(err).Int64("snapshot_offset", st.Snapshot.Offset).Int64("backlog_first", st.First).
+		Msg("a replica waits, the snapshot is past retention and a refresh is impossible: falling back to a full resync on the main link")
+	r.link.ForceFullSync("snapshot refresh impossible: " + err.Error())
 }
 
 func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
@@ -118,8 +221,12 @@ func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
 	if err := l.handshake(conn, rd, true); err != nil {
 		return 0, 0, err
 	}
-	replid, offset, err := requestFullSync(conn, rd)
+	need := r.needOffset()
+	replid, offset, err := requestFullSync(conn, rd, need)
 	if err != nil {
+		return 0, 0, err
+	}
+	if err := r.usable(replid, offset); err != nil {
 		return 0, 0, err
 	}
 	w, err := l.store.NewSnapshot()
@@ -145,8 +252,39 @@ func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
 	return offset, size, l.store.AdoptSnapshot(replid, offset, w)
 }
 
-func requestFullSync(conn net.Conn, rd *resp.Reader) (string, int64, error) {
-	if _, err := conn.Write(resp.AppendCommand(nil, "PSYNC", "?", "-1")); err != nil {
+// needOffset is the oldest snapshot worth fetching: newer than the one
+// held, and in the newer half of the retained stream so it stays usable
+// for a while. An upstream replproxy refreshes its own first if needed;
+// Redis ignores the number.
+func (r *refresher) needOffset() int64 {
+	st := r.link.store.State()
+	need := max(st.Snapshot.Offset+1, st.First-1+(st.End-st.First)/2)
+	if time.Since(time.Unix(0, r.wantAt.Load())) < demandFresh {
+		need = max(need, r.want.Load())
+	}
+	return need
+}
+
+// usable refuses, from the +FULLRESYNC line alone, a snapshot that could
+// never be adopted, so its RDB does not cross the link for nothing.
+func (r *refresher) usable(replid string, offset int64) error {
+	st := r.link.store.State()
+	switch {
+	case !strings.EqualFold(replid, st.ReplID):
+		return fmt.Errorf("%w: upstream offers replid %s, this proxy follows %s", errUnusable, replid, st.ReplID)
+	case offset <= st.Snapshot.Offset:
+		return fmt.Errorf("%w: upstream offers offset %d, not newer than the stored %d (an upstream replproxy without the refresh capability serves its own)", errUnusable, offset, st.Snapshot.Offset)
+	case offset+1 < st.First:
+		return fmt.Errorf("%w: upstream offers offset %d, older than the backlog's first byte %d", errUnusable, offset, st.First)
+	}
+	return nil
+}
+
+// requestFullSync sends PSYNC ? <need>. Redis reads "?" as a forced full
+// sync whatever the offset; a replproxy that saw capa replproxy-refresh
+// reads the offset as the oldest snapshot the requester can use.
+func requestFullSync(conn net.Conn, rd *resp.Reader, need int64) (string, int64, error) {
+	if _, err := conn.Write(resp.AppendCommand(nil, "PSYNC", "?", strconv.FormatInt(max(need, 1), 10))); err != nil {
 		return "", 0, fmt.Errorf("send PSYNC: %w", err)
 	}
 	line, err := readReply(rd)

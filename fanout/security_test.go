@@ -1,0 +1,90 @@
+package fanout
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// selfSignedTLS is a server certificate good enough for a handshake that
+// the test never completes.
+func selfSignedTLS(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "replproxy-test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+}
+
+// serveOn runs s on ln until the test ends.
+func serveOn(t *testing.T, s *Server, ln net.Listener) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.Serve(ctx, ln)
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// A connection the proxy refuses (here: over maxclients) on a TLS port
+// must not wait forever for a ClientHello that never comes: the refusal's
+// write runs the handshake, which reads. Each such connection used to keep
+// a goroutine and a descriptor for good, past maxclients.
+func TestRefusedTLSConnectionIsClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Logger: zerolog.Nop(), MaxClients: 1})
+	serveOn(t, s, tls.NewListener(ln, selfSignedTLS(t)))
+
+	holder, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.clientCount(0) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first connection was never admitted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	silent, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.Copy(io.Discard, silent)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("a refused TLS connection that sends nothing was still open after 10s")
+	}
+	if got := s.stats.RejectedConns.Load(); got != 1 {
+		t.Fatalf("rejected_connections %d, want 1", got)
+	}
+}

@@ -255,6 +255,10 @@ func (c *client) replconf(args [][]byte) {
 				c.out = resp.AppendError(c.out, "ERR REPLCONF ip-address provided by replica instance is too long: "+strconv.Itoa(len(val))+" bytes")
 				return
 			}
+			if !announceable(val) {
+				c.out = resp.AppendError(c.out, "ERR REPLCONF ip-address must be a host name or an IP address")
+				return
+			}
 			c.announcedIP = val
 		case "capa":
 			switch strings.ToLower(val) {
@@ -281,6 +285,22 @@ func (c *client) replconf(args [][]byte) {
 		}
 	}
 	c.out = resp.AppendSimple(c.out, "OK")
+}
+
+// announceable accepts what host names and IP addresses (IPv6 with a zone
+// included) are made of. The address is printed into INFO's slaveN lines,
+// which Sentinel parses: a CR LF, a comma or a blank would let a replica
+// write fields of its own there, such as slave_priority.
+func announceable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '-' || c == '_' || c == ':' || c == '%'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *client) clientCmd(args [][]byte) {

@@ -1,10 +1,12 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -12,11 +14,14 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/resp"
 )
 
 // selfSignedTLS is a server certificate good enough for a handshake that
@@ -86,5 +91,38 @@ func TestRefusedTLSConnectionIsClosed(t *testing.T) {
 	}
 	if got := s.stats.RejectedConns.Load(); got != 1 {
 		t.Fatalf("rejected_connections %d, want 1", got)
+	}
+}
+
+// REPLCONF ip-address is printed into INFO's slaveN lines, which Sentinel
+// reads line by line, the last value winning. A replica-role user could
+// announce "x\r\nslave_priority:1" and so unset the proxy's slave_priority:0,
+// making Sentinel pick the proxy, which cannot be promoted, at failover.
+// Only what a host name or an IP address is made of is accepted.
+func TestReplconfIPAddressCannotInjectInfoLines(t *testing.T) {
+	hash := sha256.Sum256([]byte("pw"))
+	s := New(Config{Logger: zerolog.Nop(), Users: []User{{"repl", hash, RoleReplica}}})
+	var in []byte
+	in = resp.AppendCommand(in, "AUTH", "repl", "pw")
+	for _, ip := range []string{"10.0.0.1\r\nslave_priority:1", "a,port=1", "x\nrole:master", "a b"} {
+		in = resp.AppendCommand(in, "REPLCONF", "ip-address", ip)
+	}
+	for _, ip := range []string{"10.0.0.1", "fe80::1%eth0", "replica-1.example.com", "2001:db8::7"} {
+		in = resp.AppendCommand(in, "REPLCONF", "ip-address", ip)
+	}
+	conn := &fuzzConn{in: bytes.NewReader(in), remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}}
+	s.serveConn(context.Background(), conn)
+	replies, err := parseReplies(conn.out.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"+OK", "-ERR", "-ERR", "-ERR", "-ERR", "+OK", "+OK", "+OK", "+OK"}
+	if len(replies) != len(want) {
+		t.Fatalf("replies %q", replies)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(replies[i], w) {
+			t.Errorf("reply %d: %q, want %s", i, replies[i], w)
+		}
 	}
 }

@@ -126,3 +126,21 @@ func TestReplconfIPAddressCannotInjectInfoLines(t *testing.T) {
 		}
 	}
 }
+
+// A replica cannot have received more than was sent to it. A replica-role
+// user that ACKs an offset it was never sent must not count toward the
+// ACK the proxy sends its master in ack_mode replicas: that ACK is what
+// the master's WAIT and min-replicas-to-write trust.
+func TestAckQuorumIgnoresOffsetsNeverSent(t *testing.T) {
+	s := New(Config{Logger: zerolog.Nop()})
+	liar := &replica{srv: s, log: zerolog.Nop()}
+	liar.state.Store(StateOnline)
+	liar.sentOff.Store(1001) // bytes up to offset 1000 went out
+	liar.ackOff.Store(1 << 50)
+	liar.ackTime.Store(time.Now().UnixNano())
+	s.addReplica(liar)
+	off, ok := s.AckQuorum(1)
+	if !ok || off != 1000 {
+		t.Fatalf("AckQuorum(1) = %d, %v; want 1000, true", off, ok)
+	}
+}

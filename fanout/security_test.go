@@ -21,6 +21,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -142,5 +143,27 @@ func TestAckQuorumIgnoresOffsetsNeverSent(t *testing.T) {
 	off, ok := s.AckQuorum(1)
 	if !ok || off != 1000 {
 		t.Fatalf("AckQuorum(1) = %d, %v; want 1000, true", off, ok)
+	}
+}
+
+// The pacing memory is keyed by what the replica announces (ip-address and
+// listening-port), so a replica-role user can make up a new key for every
+// full sync it abandons. It stays bounded, and one entry is not paid for
+// with a scan of all the others.
+func TestPacingMemoryIsBounded(t *testing.T) {
+	s := New(Config{Logger: zerolog.Nop()})
+	gone := errors.Join(errReplicaGone, errors.New("EOF"))
+	for i := 0; i < 3*maxPacedPeers; i++ {
+		r := &replica{srv: s, ip: "10.9.0.1", port: i + 1, log: zerolog.Nop()}
+		a := &fullSyncAttempt{r: r, snap: backlog.SnapshotInfo{Offset: 100}, done: make(chan struct{})}
+		a.ended(gone)
+	}
+	if n := len(s.pacer.peers); n > maxPacedPeers {
+		t.Fatalf("%d replicas remembered, want at most %d", n, maxPacedPeers)
+	}
+	// The latest failure is still paced.
+	last := &replica{srv: s, ip: "10.9.0.1", port: 3 * maxPacedPeers, log: zerolog.Nop()}
+	if pp := s.pacer.peers[last.pacingKey()]; pp == nil || pp.notBefore.IsZero() {
+		t.Fatal("the latest failed replica was forgotten")
 	}
 }

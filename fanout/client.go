@@ -47,17 +47,19 @@ type client struct {
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
+	// Protected mode comes first: a stranger it shuts out must not take a
+	// client slot from the loopback peers, even for the refusal's second.
+	if s.protectedModeDenies(conn) {
+		s.stats.ProtectedDenied.Add(1)
+		refuse(conn, deniedMsg)
+		return
+	}
 	if !s.admit() {
 		s.stats.RejectedConns.Add(1)
 		refuse(conn, "ERR max number of clients reached")
 		return
 	}
 	defer s.clientCount(-1)
-	if s.protectedModeDenies(conn) {
-		s.stats.ProtectedDenied.Add(1)
-		refuse(conn, deniedMsg)
-		return
-	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c := &client{

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -166,4 +167,33 @@ func TestPacingMemoryIsBounded(t *testing.T) {
 	if pp := s.pacer.peers[last.pacingKey()]; pp == nil || pp.notBefore.IsZero() {
 		t.Fatal("the latest failed replica was forgotten")
 	}
+}
+
+// remoteConn is one end of a pipe that claims to come from another host.
+type remoteConn struct{ net.Conn }
+
+func (remoteConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 40000} }
+
+// Protected mode shuts strangers out entirely: a connection it refuses
+// must not take one of the maxclients slots while the refusal is under
+// way, or a remote flood would lock out the loopback replicas it protects.
+func TestProtectedModeRefusalTakesNoClientSlot(t *testing.T) {
+	s := New(Config{Logger: zerolog.Nop(), ProtectedMode: true, MaxClients: 1})
+	srvEnd, peer := net.Pipe()
+	defer peer.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.serveConn(context.Background(), remoteConn{srvEnd})
+	}()
+	br := bufio.NewReader(peer)
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "-DENIED") {
+		t.Fatalf("read %q, %v", line, err)
+	}
+	// The refusal now lingers, reading, before it closes.
+	if n := s.clientCount(0); n != 0 {
+		t.Fatalf("a connection refused by protected mode holds %d client slot(s)", n)
+	}
+	<-done
 }

@@ -15,6 +15,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -196,4 +197,92 @@ func TestProtectedModeRefusalTakesNoClientSlot(t *testing.T) {
 		t.Fatalf("a connection refused by protected mode holds %d client slot(s)", n)
 	}
 	<-done
+}
+
+// A replica keeps its full sync only while it takes the snapshot: one that
+// sends newlines or ACKs (which keep a loading replica alive) but reads
+// nothing would otherwise hold a full-sync slot, and the snapshot file it
+// has open, for as long as it likes.
+func TestFullSyncNeedsProgress(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(bytes.Repeat([]byte("r"), 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	f.Seek(0, io.SeekStart)
+	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 300 * time.Millisecond})
+	srvEnd, peer := net.Pipe() // unbuffered: nothing is taken unless read
+	defer peer.Close()
+	defer srvEnd.Close()
+	r := &replica{srv: s, conn: srvEnd, out: srvEnd, log: zerolog.Nop()}
+	r.ackTime.Store(time.Now().UnixNano())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // the replica's newlines, as a loading replica sends them
+		for ctx.Err() == nil {
+			r.ackTime.Store(time.Now().UnixNano())
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- r.sendFile(ctx, f, 1<<20) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the snapshot counted as sent to a replica that read none of it")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a replica that reads nothing held its full sync for 10s with a 300ms timeout")
+	}
+}
+
+// A replica that reads slowly, so that sends time out part way, still gets
+// every byte of the snapshot in order: a copy that timed out had read more
+// of the file than it wrote, and the rest used to be skipped.
+func TestSlowFullSyncLosesNoBytes(t *testing.T) {
+	const size = 256 << 10
+	want := make([]byte, size)
+	for i := range want {
+		want[i] = byte(i * 7 / 13)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	f.Seek(0, io.SeekStart)
+	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond, ChunkBytes: 64 << 10})
+	srvEnd, peer := net.Pipe()
+	defer peer.Close()
+	defer srvEnd.Close()
+	r := &replica{srv: s, conn: srvEnd, out: srvEnd, log: zerolog.Nop()}
+	r.ackTime.Store(time.Now().UnixNano())
+	done := make(chan error, 1)
+	go func() {
+		done <- r.sendFile(context.Background(), f, size)
+		srvEnd.Close()
+	}()
+	var got []byte
+	buf := make([]byte, 16<<10)
+	for {
+		r.ackTime.Store(time.Now().UnixNano()) // its newlines
+		n, err := peer.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // 160 KB/s: each 64 KiB send times out
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("sendFile: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the replica received %d bytes, not the %d of the snapshot in order", len(got), size)
+	}
 }

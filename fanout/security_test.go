@@ -286,3 +286,56 @@ func TestSlowFullSyncLosesNoBytes(t *testing.T) {
 		t.Fatalf("the replica received %d bytes, not the %d of the snapshot in order", len(got), size)
 	}
 }
+
+// After a write times out, a TLS connection refuses every later write. A
+// TLS replica that stops reading but keeps ACKing (a replica-role user can)
+// used to spin the sender in a loop of failed writes for as long as it
+// kept ACKing; it is dropped at its first timeout instead.
+func TestTLSReplicaWriteTimeoutEndsStream(t *testing.T) {
+	lg, err := backlog.OpenLog(t.TempDir(), 1, backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lg.Close()
+	if err := lg.Append(bytes.Repeat([]byte("w"), 512<<10)); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := lg.NewCursor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Close()
+	srvEnd, peer := net.Pipe()
+	defer peer.Close()
+	srvTLS := tls.Server(srvEnd, selfSignedTLS(t))
+	defer srvTLS.Close()
+	cliTLS := tls.Client(peer, &tls.Config{InsecureSkipVerify: true})
+	hs := make(chan error, 1)
+	go func() { hs <- cliTLS.Handshake() }()
+	if err := srvTLS.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-hs; err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond})
+	r := &replica{srv: s, conn: srvTLS, out: srvTLS, log: zerolog.Nop()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // ACKs, and not a byte read
+		for ctx.Err() == nil {
+			r.ackTime.Store(time.Now().UnixNano())
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- r.stream(ctx, cur) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("stream ended without an error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream to a TLS replica whose write timed out was still retrying after 5s")
+	}
+}

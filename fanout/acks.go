@@ -17,8 +17,11 @@ func (s *Server) AckQuorum(n int) (offset int64, ok bool) {
 	now := time.Now()
 	var acks []int64
 	for _, r := range s.Replicas() {
-		if r.State == StateOnline && now.Sub(r.AckTime) <= AckFresh && r.AckOffset > 0 {
-			acks = append(acks, r.AckOffset)
+		// An ACK beyond what was sent is a lie (a replica-role user can
+		// send any number): count no more than the replica received.
+		ack := min(r.AckOffset, r.SentOff-1)
+		if r.State == StateOnline && now.Sub(r.AckTime) <= AckFresh && ack > 0 {
+			acks = append(acks, ack)
 		}
 	}
 	if n <= 0 {

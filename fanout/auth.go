@@ -137,8 +137,10 @@ const deniedMsg = "DENIED replproxy is running in protected mode because protect
 // refuse answers a connection that will not be served and closes it.
 // It reads what the peer already sent, for a moment, so that the close does
 // not turn into a reset that would discard the error before it is read.
+// The read deadline is set before the write too: on a TLS port the write
+// runs the handshake, which waits for the peer's ClientHello.
 func refuse(conn net.Conn, msg string) {
-	conn.SetWriteDeadline(time.Now().Add(time.Second))
+	conn.SetDeadline(time.Now().Add(time.Second))
 	if _, err := conn.Write(resp.AppendError(nil, msg)); err != nil {
 		return
 	}

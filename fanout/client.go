@@ -48,17 +48,19 @@ type client struct {
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
+	// Protected mode comes first: a stranger it shuts out must not take a
+	// client slot from the loopback peers, even for the refusal's second.
+	if s.protectedModeDenies(conn) {
+		s.stats.ProtectedDenied.Add(1)
+		refuse(conn, deniedMsg)
+		return
+	}
 	if !s.admit() {
 		s.stats.RejectedConns.Add(1)
 		refuse(conn, "ERR max number of clients reached")
 		return
 	}
 	defer s.clientCount(-1)
-	if s.protectedModeDenies(conn) {
-		s.stats.ProtectedDenied.Add(1)
-		refuse(conn, deniedMsg)
-		return
-	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c := &client{
@@ -256,6 +258,10 @@ func (c *client) replconf(args [][]byte) {
 				c.out = resp.AppendError(c.out, "ERR REPLCONF ip-address provided by replica instance is too long: "+strconv.Itoa(len(val))+" bytes")
 				return
 			}
+			if !announceable(val) {
+				c.out = resp.AppendError(c.out, "ERR REPLCONF ip-address must be a host name or an IP address")
+				return
+			}
 			c.announcedIP = val
 		case "capa":
 			switch strings.ToLower(val) {
@@ -284,6 +290,22 @@ func (c *client) replconf(args [][]byte) {
 		}
 	}
 	c.out = resp.AppendSimple(c.out, "OK")
+}
+
+// announceable accepts what host names and IP addresses (IPv6 with a zone
+// included) are made of. The address is printed into INFO's slaveN lines,
+// which Sentinel parses: a CR LF, a comma or a blank would let a replica
+// write fields of its own there, such as slave_priority.
+func announceable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '-' || c == '_' || c == ':' || c == '%'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *client) clientCmd(args [][]byte) {

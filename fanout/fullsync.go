@@ -164,9 +164,16 @@ func (r *replica) openSnapshot() (*os.File, backlog.SnapshotInfo, *backlog.Curso
 }
 
 // sendFile copies the RDB in chunks, each under its own write deadline, so a
-// slow but live replica is not cut off while a dead one is.
+// slow but live replica is not cut off while a dead one is. A replica that
+// took no byte for a whole timeout is not slow but stuck: it would hold
+// its full-sync slot and the snapshot file for as long as it kept talking.
 func (r *replica) sendFile(ctx context.Context, f *os.File, size int64) error {
 	for sent := int64(0); sent < size; {
+		// After a short write the file position says nothing about what
+		// the replica took: a copy through a buffer read ahead of it.
+		if _, err := f.Seek(sent, io.SeekStart); err != nil {
+			return fmt.Errorf("seek snapshot to %d: %w", sent, err)
+		}
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
 		n, err := io.Copy(r.out, &io.LimitedReader{R: f, N: min(size-sent, r.chunk())})
 		sent += n
@@ -174,7 +181,7 @@ func (r *replica) sendFile(ctx context.Context, f *os.File, size int64) error {
 		if err == nil {
 			err = r.flushed(n)
 		}
-		if err != nil && r.alive(err) {
+		if err != nil && n > 0 && r.alive(err) {
 			continue
 		}
 		if err != nil {

@@ -27,6 +27,9 @@ import (
 const (
 	pacingMin = time.Second
 	pacingMax = time.Minute
+	// maxPacedPeers bounds the replicas remembered: the key is what a
+	// replica announces, so a hostile one can make up a new key per try.
+	maxPacedPeers = 1024
 )
 
 // errReplicaGone ends a replica's session when its connection is closed,
@@ -55,7 +58,12 @@ type peerPacing struct {
 func (p *pacer) peer(key string) *peerPacing {
 	pp := p.peers[key]
 	if pp == nil {
-		p.forgetIdle()
+		if len(p.peers) >= maxPacedPeers {
+			p.forgetIdle()
+		}
+		if len(p.peers) >= maxPacedPeers {
+			p.forgetOldest()
+		}
 		pp = &peerPacing{}
 		p.peers[key] = pp
 	}
@@ -218,6 +226,20 @@ func (p *pacer) forgetIdle() {
 			delete(p.peers, key)
 		}
 	}
+}
+
+// forgetOldest drops the replica whose backoff ends first, when too many
+// are remembered to keep them all: at worst that replica is paced less.
+// Called with p.mu held.
+func (p *pacer) forgetOldest() {
+	var oldest string
+	var at time.Time
+	for key, pp := range p.peers {
+		if oldest == "" || pp.notBefore.Before(at) {
+			oldest, at = key, pp.notBefore
+		}
+	}
+	delete(p.peers, oldest)
 }
 
 func (a *fullSyncAttempt) explain(ev *zerolog.Event, cause error) *zerolog.Event {

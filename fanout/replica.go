@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -405,9 +406,16 @@ func (r *replica) flushed(n int64) error {
 // (loading an RDB, say) but still talks to us, as Redis replicas send ACKs
 // or newlines while they load. Only one silent for the whole timeout is
 // dropped, as Redis drops a replica by its ACK time.
+//
+// Only a plain connection can go on after a timed-out write: a TLS
+// connection refuses every write after one, and a zstd encoder has lost
+// its place in the stream.
 func (r *replica) alive(err error) bool {
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	if _, isTLS := r.conn.(*tls.Conn); isTLS || r.cw != nil {
 		return false
 	}
 	return time.Since(time.Unix(0, r.ackTime.Load())) < r.srv.cfg.ReplTimeout

@@ -16,6 +16,9 @@ type Limits struct {
 	MaxBulk   int64 // largest bulk string accepted in a command
 	MaxArgs   int   // most arguments in one multibulk command
 	MaxInline int   // longest line: inline command, reply or header line
+	// MaxCommand bounds the bytes of all of one command's arguments: the
+	// per-argument limits alone would allow MaxArgs times MaxBulk.
+	MaxCommand int64
 	// Unauthenticated words the errors as Redis 7 does for a client that
 	// has not authenticated yet, so the peer learns why it was cut off.
 	Unauthenticated bool
@@ -24,7 +27,7 @@ type Limits struct {
 // DefaultLimits fit what replicas, Sentinel and operators send to a master:
 // small commands only. The replication stream never goes through a Reader.
 func DefaultLimits() Limits {
-	return Limits{MaxBulk: 512 << 10, MaxArgs: 1024, MaxInline: 64 << 10}
+	return Limits{MaxBulk: 512 << 10, MaxArgs: 1024, MaxInline: 64 << 10, MaxCommand: 1 << 20}
 }
 
 // UnauthenticatedLimits are Redis 7's limits before AUTH: a client that has
@@ -79,6 +82,9 @@ func withDefaults(lim Limits) Limits {
 	}
 	if lim.MaxInline <= 0 {
 		lim.MaxInline = def.MaxInline
+	}
+	if lim.MaxCommand <= 0 {
+		lim.MaxCommand = def.MaxCommand
 	}
 	return lim
 }
@@ -197,6 +203,9 @@ func (r *Reader) readBulk() error {
 			return protoErr("unauthenticated bulk length")
 		}
 		return protoErr("invalid bulk length")
+	}
+	if int64(len(r.buf))+n > r.lim.MaxCommand {
+		return protoErr("command too big")
 	}
 	if err := r.appendPayload(int(n)); err != nil {
 		return err

@@ -341,3 +341,50 @@ func TestUnauthenticatedLimits(t *testing.T) {
 		t.Fatalf("after SetLimits: %d args, %v", len(args), err)
 	}
 }
+
+// bigCommand is a client sending one multibulk command of MaxArgs bulks of
+// MaxBulk bytes each, up to limit bytes; it counts what was read.
+type bigCommand struct {
+	pending []byte
+	read    int64
+	limit   int64
+}
+
+func (b *bigCommand) Read(p []byte) (int, error) {
+	if b.read >= b.limit {
+		return 0, io.EOF
+	}
+	if len(b.pending) == 0 {
+		if b.read == 0 {
+			b.pending = []byte("*1024\r\n")
+		}
+		bulk := DefaultLimits().MaxBulk
+		b.pending = append(b.pending, fmt.Sprintf("$%d\r\n%s\r\n", bulk, bytes.Repeat([]byte("x"), int(bulk)))...)
+	}
+	n := copy(p, b.pending)
+	b.pending = b.pending[n:]
+	b.read += int64(n)
+	return n, nil
+}
+
+// After AUTH the per-argument limits alone let one command hold 1024
+// arguments of 512 KiB: half a gigabyte per connection, for a replica- or
+// monitor-role user whose real commands are a few hundred bytes. The
+// whole command is bounded too.
+func TestCommandSizeIsBounded(t *testing.T) {
+	src := &bigCommand{limit: 16 << 20}
+	r := NewReader(bufio.NewReader(src), DefaultLimits())
+	_, err := r.ReadCommand()
+	checkErr(t, err, nil, "command too big")
+	if src.read > 2*DefaultLimits().MaxCommand {
+		t.Fatalf("read %d bytes before refusing the command", src.read)
+	}
+	// At the limit exactly, the command is read.
+	lim := Limits{MaxBulk: 8, MaxCommand: 16}
+	r = NewReader(bufio.NewReader(strings.NewReader("*2\r\n$8\r\n12345678\r\n$8\r\n12345678\r\n*3\r\n$8\r\n12345678\r\n$8\r\n12345678\r\n$1\r\nx\r\n")), lim)
+	if args, err := r.ReadCommand(); err != nil || len(args) != 2 {
+		t.Fatalf("at the limit: %q, %v", args, err)
+	}
+	_, err = r.ReadCommand()
+	checkErr(t, err, nil, "command too big")
+}

@@ -191,10 +191,22 @@ func TestKubernetesShardRecipe(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &cm); err != nil {
 		t.Fatal(err)
 	}
+	// The shard's config replaces the base one whole: it must keep the
+	// users, or protected mode refuses every far-side replica.
+	secrets := t.TempDir()
+	for _, k := range []string{"replica-password", "admin-password"} {
+		os.WriteFile(filepath.Join(secrets, k), []byte(k+"-value\n"), 0o600)
+	}
+	body := strings.ReplaceAll(cm.Data["config.yaml"], "/run/secrets/replproxy", secrets)
 	path := filepath.Join(out, "proxy.yaml")
-	os.WriteFile(path, []byte(cm.Data["config.yaml"]), 0o644)
+	os.WriteFile(path, []byte(body), 0o644)
 	if _, err := runCLI(t, "check-config", "--config", path); err != nil {
-		t.Fatalf("the generated config: %v\n%s", err, cm.Data["config.yaml"])
+		t.Fatalf("the generated config: %v\n%s", err, body)
+	}
+	for _, want := range []string{"role: replica", "role: admin", "protected_mode: yes"} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("the generated config lacks %q, so protected mode shuts the far side out:\n%s", want, body)
+		}
 	}
 	if b, err := exec.Command("sh", "../../deploy/kubernetes/cluster/generate.sh", out, "n0:6379", "shard-b=5460").CombinedOutput(); err == nil || !strings.Contains(string(b), "not a 40-hex-digit node ID") {
 		t.Fatalf("generate.sh with a slot number: %v %s", err, b)

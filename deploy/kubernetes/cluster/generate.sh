@@ -65,7 +65,16 @@ data:
   config.yaml: |
     listen: 0.0.0.0:6380
     data_dir: /data
-    requirepass: ""
+    # As in the base configmap.yaml, which this file replaces whole: with no
+    # user, protected mode would refuse every replica outside the pod.
+    protected_mode: yes
+    users:
+      - name: replica
+        password_file: /run/secrets/replproxy/replica-password
+        role: replica
+      - name: admin
+        password_file: /run/secrets/replproxy/admin-password
+        role: admin
     metrics_listen: 0.0.0.0:9121
     master:
       # The password (REPLPROXY_MASTER_PASSWORD, from the Secret) is used

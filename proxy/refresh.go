@@ -135,7 +135,8 @@ func backoff(failures int) time.Duration {
 // for it.
 func (r *refresher) due() (reason string, urgent bool) {
 	st := r.link.store.State()
-	if !st.HasHistory || r.link.LinkStatus().State != LinkConnected {
+	// A forced full resync brings a new snapshot of its own.
+	if !st.HasHistory || r.link.forceFull.Load() || r.link.LinkStatus().State != LinkConnected {
 		return "", false
 	}
 	since := st.End - 1 - st.Snapshot.Offset

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -227,5 +229,69 @@ func TestTimeIndexThinningKeepsRecentSeconds(t *testing.T) {
 	}
 	if ti.points[0].Offset != 1 {
 		t.Fatalf("thinning lost the first point: %+v", ti.points[0])
+	}
+}
+
+// Retention runs on the append path; pruning the snapshot history from it
+// must not wait while a refresh adopts a snapshot, whose commit fsyncs a
+// whole RDB: the upstream reader would stall for as long. The history is
+// still pruned, once the adoption lets go.
+func TestTrimDoesNotWaitForSnapshotAdoption(t *testing.T) {
+	dir := t.TempDir()
+	opt := testOptions()
+	opt.Log.MaxBytes = 3000
+	opt.SnapshotKeep = 3
+	var blocking atomic.Bool
+	inSync, gate := make(chan struct{}, 1), make(chan struct{})
+	opt.Log.Sync = func(f *os.File) error {
+		if blocking.Load() && strings.Contains(filepath.Base(f.Name()), "incoming-") {
+			inSync <- struct{}{}
+			<-gate
+		}
+		return f.Sync()
+	}
+	s := newStore(t, dir, opt, 0)
+	defer s.Close()
+	s.Append(pattern(2500, 1))
+	adopt(t, s, 500)
+	blocking.Store(true)
+	adopted := make(chan error, 1)
+	go func() {
+		w, err := s.NewSnapshot()
+		if err != nil {
+			adopted <- err
+			return
+		}
+		w.Write([]byte("REDIS0010 snapshot"))
+		adopted <- s.AdoptSnapshot(s.State().ReplID, 2400, w)
+	}()
+	<-inSync
+	appended := make(chan error, 1)
+	go func() { appended <- s.Append(pattern(2000, 2)) }()
+	select {
+	case err := <-appended:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(gate)
+		<-appended
+		<-adopted
+		t.Fatal("an append that trimmed waited for a snapshot adoption's fsync")
+	}
+	close(gate)
+	if err := <-adopted; err != nil {
+		t.Fatal(err)
+	}
+	first := s.State().First
+	if first <= 501 || first > 2401 {
+		t.Fatalf("log starts at %d; the test wants it in (501, 2401]", first)
+	}
+	m, _ := ReadMeta(dir)
+	if got := offsetsOf(m.Snapshots()); !equalInts(got, []int64{2400}) {
+		t.Fatalf("after retention to %d: kept snapshots %v, want [2400]", first, got)
+	}
+	if n := snapshotFiles(t, dir); n != 1 {
+		t.Fatalf("%d snapshot files after retention, want 1", n)
 	}
 }

@@ -166,7 +166,7 @@ func fileCRC64(f *os.File, n int64, pace func(int64) error) (uint64, error) {
 // the old or new generation is removed at the next Open.
 func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
+	defer s.unlockWrite()
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)
 	if err != nil {
@@ -268,7 +268,7 @@ func (s *Store) snapshotDamagedLocked(snap SnapshotInfo, cause error) {
 // appends and PSYNC decisions never wait on it.
 func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) error {
 	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
+	defer s.unlockWrite()
 	st := s.State()
 	switch {
 	case !st.HasHistory:
@@ -330,18 +330,49 @@ func keepHistory(snaps []SnapshotInfo, first int64, keep int) (kept, dropped []S
 	return kept, dropped
 }
 
-// pruneHistory deletes the kept snapshots whose stream retention removed:
-// a snapshot is kept only while the log continues it. It runs on the
-// writer's goroutine after a trim, holding the log's append lock: Reset and
-// ShiftID run on that same goroutine, and AdoptSnapshot never waits on the
-// log's locks, so taking writeMu here cannot deadlock. The meta is written
-// before any file goes.
-func (s *Store) pruneHistory(first int64) {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
+// pruneHistory is retention's hook: it deletes the kept snapshots whose
+// stream retention removed, as a snapshot is kept only while the log
+// continues it. It runs on the append path, so it never waits for writeMu:
+// AdoptSnapshot holds it across the fsync of a whole RDB, and the upstream
+// reader would stall for as long. A busy writeMu's holder prunes instead,
+// as it lets go.
+func (s *Store) pruneHistory(int64) {
+	s.prunePending.Store(true)
+	s.prunePendingHistory()
+}
+
+// prunePendingHistory prunes while a prune is pending and writeMu is free.
+// A prune set pending while another goroutine holds writeMu is seen by that
+// holder in unlockWrite, after its Unlock.
+func (s *Store) prunePendingHistory() {
+	for s.prunePending.Load() {
+		if !s.writeMu.TryLock() {
+			return
+		}
+		if s.prunePending.Swap(false) {
+			s.pruneHistoryLocked()
+		}
+		s.writeMu.Unlock()
+	}
+}
+
+// unlockWrite releases writeMu and runs a prune that retention asked for
+// meanwhile.
+func (s *Store) unlockWrite() {
+	s.writeMu.Unlock()
+	s.prunePendingHistory()
+}
+
+// pruneHistoryLocked drops history entries below the log's first offset;
+// the meta is written before any file goes. The caller holds writeMu.
+func (s *Store) pruneHistoryLocked() {
 	s.mu.RLock()
-	m := s.meta
+	m, l := s.meta, s.log
 	s.mu.RUnlock()
+	if l == nil {
+		return
+	}
+	first, _ := l.Bounds()
 	kept, dropped := keepHistory(m.History, first, len(m.History)+1)
 	if len(dropped) == 0 {
 		return

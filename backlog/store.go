@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -58,9 +59,12 @@ type Store struct {
 	// is never held across a meta write, so appends and PSYNC decisions do
 	// not wait on the disk.
 	writeMu sync.Mutex
-	mu      sync.RWMutex
-	meta    Meta
-	log     *Log // nil until there is a history
+	// prunePending: retention asked for a history prune that writeMu's
+	// holder at the time runs as it lets go.
+	prunePending atomic.Bool
+	mu           sync.RWMutex
+	meta         Meta
+	log          *Log // nil until there is a history
 
 	snapMu       sync.Mutex
 	snapVerified string // snapshot file whose CRC-64 this process checked
@@ -319,7 +323,7 @@ func (s *Store) Resume() {
 // it, so the end cannot move while the meta is written outside mu.
 func (s *Store) ShiftID(newID string) error {
 	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
+	defer s.unlockWrite()
 	s.mu.RLock()
 	m, l := s.meta, s.log
 	s.mu.RUnlock()

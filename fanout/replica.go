@@ -151,6 +151,14 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 	}
 	r := c.newReplica(cmd == "sync")
 	if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
+		// The requester follows this proxy, so the most it needs is a
+		// snapshot one byte past the stream it holds, which is never past
+		// the stream held here. One that asks for more could only wait in
+		// a full-sync slot and have the refresher fetch for nothing.
+		if st := c.srv.cfg.Store.State(); st.HasHistory && req.offset > st.End {
+			c.out = resp.AppendError(c.out, fmt.Sprintf("ERR replproxy: no snapshot at or after offset %d can be served: the stream here ends at %d", req.offset, st.MasterReplOffset()))
+			return keepConn
+		}
 		r.need = req.offset
 	}
 	// Fully built before it is registered: DropAll may cancel it at once.

@@ -648,7 +648,7 @@ func TestWaitingReplicaIsVisible(t *testing.T) {
 	}
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
-	if !strings.Contains(string(body), `replproxy_replica_snapshot_wait_seconds{`) || !strings.Contains(string(body), `reason="no_history"`) {
+	if !strings.Contains(string(body), `replproxy_replica_snapshot_wait_seconds{reason="no_history",replica=`) {
 		t.Fatalf("/metrics lacks the waiting replica:\n%s", body)
 	}
 	if !strings.Contains(tail(p.logPath, 100), "replica waits for a snapshot") {

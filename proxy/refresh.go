@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,7 +57,9 @@ type refresher struct {
 	cfg    RefreshConfig
 	demand chan struct{}
 	// want is the oldest snapshot offset a waiting replica can use, and
-	// wantAt when it last asked (unix nanoseconds).
+	// wantAt when it last asked (unix nanoseconds); wantMu orders Need's
+	// read and update of the pair.
+	wantMu    sync.Mutex
 	want      atomic.Int64
 	wantAt    atomic.Int64
 	bytes     transfer
@@ -73,14 +76,18 @@ func newRefresher(l *Link, cfg RefreshConfig) *refresher {
 
 // Need asks for a snapshot at minOffset or later: a replica waits for one
 // the backlog continues, or a downstream replproxy asked for a newer one.
+// A demand lasts while replicas renew it: once none has for demandFresh,
+// the next one replaces it rather than raising it, so an offset asked for
+// by a replica that left, or in the offsets of a master no longer
+// followed, is not asked for again.
 func (r *refresher) Need(minOffset int64) {
-	for {
-		cur := r.want.Load()
-		if minOffset <= cur || r.want.CompareAndSwap(cur, minOffset) {
-			break
-		}
+	r.wantMu.Lock()
+	stale := time.Since(time.Unix(0, r.wantAt.Load())) >= demandFresh
+	if stale || minOffset > r.want.Load() {
+		r.want.Store(minOffset)
 	}
 	r.wantAt.Store(time.Now().UnixNano())
+	r.wantMu.Unlock()
 	select {
 	case r.demand <- struct{}{}:
 	default:

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/resp"
@@ -686,4 +687,42 @@ func TestFailedRefreshesBackOffThenFallBack(t *testing.T) {
 		t.Fatalf("three refreshes and the fallback took %s: no backoff between them (2 s, then 4 s)", took)
 	}
 	expectInt(t, "upstream_fallback_full_syncs", r.proxy.infoInt("stats", "upstream_fallback_full_syncs"), 1)
+}
+
+// Any replica-role client may ask for a fresh snapshot with the refresh
+// capability, and each refresh forks the master. A client asking again and
+// again, each time for the stream's current end, gets at most one refresh
+// per urgent floor (10 s), not one per request.
+func TestRefreshDemandsCannotForkTheMasterAtWill(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Snapshot.MinInterval = proxy.Duration(10 * time.Minute)
+	p := startProxy(t, cfg)
+	redisproc.Eventually(t, syncTimeout, "the proxy's first sync", func() (bool, string) {
+		st := p.info("replication")["master_link_status"]
+		return st == "up", st
+	})
+	c := m.Client()
+	deadline := time.Now().Add(12 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		c.Set(t.Context(), "k"+strconv.Itoa(i), "v", 0)
+		end := p.infoInt("replication", "master_repl_offset")
+		conn, err := net.DialTimeout("tcp", cfg.Listen, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var req []byte
+		req = resp.AppendCommand(req, "REPLCONF", "capa", fanout.CapaRefresh)
+		req = resp.AppendCommand(req, "REPLCONF", "rdb-only", "1")
+		req = resp.AppendCommand(req, "PSYNC", "?", strconv.FormatInt(end, 10))
+		conn.Write(req)
+		time.Sleep(700 * time.Millisecond)
+		conn.Close()
+	}
+	// The demand a client left behind may still run one refresh.
+	time.Sleep(2 * time.Second)
+	if n := m.InfoInt("stats", "sync_full"); n > 3 {
+		t.Fatalf("master sync_full %d after 12 s of refresh demands: at most the initial sync and 2 refreshes", n)
+	}
 }

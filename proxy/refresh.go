@@ -39,6 +39,9 @@ const (
 	// fallbackAfter consecutive failures while a replica waits for a
 	// snapshot the backlog no longer continues, the main link full-syncs.
 	fallbackAfter = 3
+	// urgentFloor is the least time between two refreshes, even when
+	// replicas wait: at most six forks a minute, whoever asks.
+	urgentFloor = 10 * time.Second
 )
 
 // errRDBOnlyRefused means the upstream cannot serve rdb-only transfers at
@@ -122,7 +125,12 @@ func (r *refresher) run(ctx context.Context) {
 // is served without it, but never faster than the failure backoff.
 func (r *refresher) nextAllowed(urgent bool) time.Time {
 	wait := backoff(r.rec.Failures)
-	if !urgent {
+	if urgent {
+		// A waiting replica skips min_interval, but not this floor: any
+		// replica-role client can ask for a snapshot, and each refresh forks
+		// the master the proxy exists to shield.
+		wait = max(wait, min(urgentFloor, r.cfg.MinInterval))
+	} else {
 		wait = max(wait, r.cfg.MinInterval)
 	}
 	return r.rec.LastAttempt.Add(wait)

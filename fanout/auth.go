@@ -50,7 +50,10 @@ func (r Role) Valid() bool { return r == RoleReplica || r == RoleMonitor || r ==
 // subcommand, as Redis' ACL does. AUTH and QUIT are open to everyone.
 var roleCommands = map[Role]map[string]bool{
 	RoleReplica: setOf("auth", "quit", "ping", "replconf", "psync", "sync", "info", "role"),
-	RoleMonitor: setOf("auth", "quit", "ping", "info", "role", "client|setname", "client|getname", "subscribe"),
+	// CLUSTER SLOTS and SHARDS are read-only: far-side cluster clients
+	// need them, and must not need credentials that can repoint the proxy.
+	RoleMonitor: setOf("auth", "quit", "ping", "info", "role", "client|setname", "client|getname", "subscribe",
+		"cluster|slots", "cluster|shards"),
 }
 
 func setOf(names ...string) map[string]bool {
@@ -67,7 +70,7 @@ func (u *User) denied(args [][]byte) string {
 		return ""
 	}
 	name := strings.ToLower(string(args[0]))
-	if name == "client" && len(args) > 1 {
+	if (name == "client" || name == "cluster") && len(args) > 1 {
 		name += "|" + strings.ToLower(string(args[1]))
 	}
 	if !roleCommands[u.Role][name] {

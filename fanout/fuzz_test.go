@@ -18,7 +18,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -158,14 +157,7 @@ func FuzzDispatch(f *testing.F) {
 		f.Add(append([]byte{byte(mode), 0}, "*1\r\n$20000\r\n"...))
 		f.Add(append([]byte{byte(mode), 0}, "PING\r\nAUTH x\r\nREPLICAOF no one\r\n"...))
 	}
-	store, err := backlog.Open(f.TempDir(), backlog.Options{
-		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
-		Logger: zerolog.Nop(),
-	})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer store.Close()
+	store := openTestStore(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		mode, in := fuzzInput(data)
 		if mode == modeStranger && bytes.Contains(data, []byte(fuzzPass)) {

@@ -20,14 +20,7 @@ import (
 // at once, not held for half a minute in a full-sync slot while the
 // refresher is told to fetch a snapshot no upstream can have.
 func TestRefreshRequestBeyondTheStreamIsRefused(t *testing.T) {
-	store, err := backlog.Open(t.TempDir(), backlog.Options{
-		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
-		Logger: zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := openTestStore(t)
 	w, err := store.NewSnapshot()
 	if err != nil {
 		t.Fatal(err)

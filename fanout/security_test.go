@@ -66,14 +66,7 @@ func TestRefusedTLSConnectionIsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := backlog.Open(t.TempDir(), backlog.Options{
-		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
-		Logger: zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := openTestStore(t)
 	s := New(Config{Store: store, Logger: zerolog.Nop(), MaxClients: 1})
 	serveOn(t, s, tls.NewListener(ln, selfSignedTLS(t)))
 

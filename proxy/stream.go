@@ -33,6 +33,7 @@ func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) erro
 	for {
 		n, err := br.Read(buf[carry:])
 		if n > 0 {
+			l.awaitStream.Store(-1)
 			if aerr := l.store.Append(buf[carry : carry+n]); aerr != nil {
 				return fmt.Errorf("store stream: %w", aerr)
 			}
@@ -87,6 +88,14 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 			return nil
 		case <-t.C:
 			force = true
+			if off := l.awaitStream.Load(); off >= 0 {
+				// The stream has not started: repeat the full sync's ACK.
+				if err := sendAck(conn, off); err != nil {
+					conn.Close()
+					return err
+				}
+				continue
+			}
 		case <-getack:
 			// WAIT is waiting: make what is stored durable now rather than
 			// at the next scheduled fsync. In replicas mode the replicas'

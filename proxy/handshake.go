@@ -234,6 +234,9 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	}
 	// A diskless master starts the stream only at the first ACK, whatever
 	// the ack mode: it acknowledges nothing beyond the snapshot itself.
+	// Redis ignores an ACK that arrives before its RDB child has exited,
+	// so the ACK loop repeats it until the stream starts.
+	l.awaitStream.Store(offset)
 	return sendAck(conn, offset)
 }
 

@@ -78,6 +78,7 @@ type Link struct {
 	// when the snapshot cannot be refreshed over rdb-only.
 	forceFull    atomic.Bool
 	connectedAt  atomic.Int64 // unix nanoseconds of the last transition to connected
+	awaitStream  atomic.Int64 // after a full sync, its offset until the first stream byte; -1 otherwise
 	fullSyncs    atomic.Int64
 	partialSyncs atomic.Int64
 	sync         transfer // the RDB of an upstream full sync
@@ -92,6 +93,7 @@ func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.L
 	host, portStr, _ := net.SplitHostPort(cfg.Addr)
 	port, _ := strconv.Atoi(portStr)
 	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1), down: make(chan struct{}, 1)}
+	l.awaitStream.Store(-1)
 	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: LinkConnect, DownSince: time.Now()}
 	return l
 }
@@ -245,6 +247,7 @@ func (l *Link) Run(ctx context.Context) {
 // session is one connection's life: handshake, sync, stream.
 func (l *Link) session(ctx context.Context) error {
 	addr := l.Addr()
+	l.awaitStream.Store(-1)
 	l.setState(LinkConnecting, "dialing "+addr)
 	raw, err := l.dial(ctx, addr)
 	if err != nil {

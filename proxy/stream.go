@@ -35,6 +35,7 @@ func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) erro
 	for {
 		n, err := br.Read(buf[carry:])
 		if n > 0 {
+			l.awaitStream.Store(-1)
 			if aerr := l.store.Append(buf[carry : carry+n]); aerr != nil {
 				if !errors.Is(aerr, backlog.ErrRewound) {
 					l.log.Error().Err(aerr).Msg("disk error storing the stream; the link stops and nothing more is acknowledged")
@@ -93,6 +94,14 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 			return nil
 		case <-t.C:
 			force = true
+			if off := l.awaitStream.Load(); off >= 0 {
+				// The stream has not started: repeat the full sync's ACK.
+				if err := sendAck(conn, off); err != nil {
+					conn.Close()
+					return err
+				}
+				continue
+			}
 		case <-getack:
 			// WAIT is waiting: make what is stored durable now rather than
 			// at the next scheduled fsync. In replicas mode the replicas'

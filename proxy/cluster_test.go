@@ -82,7 +82,12 @@ func (r *clusterRelay) waitAllInSync(t *testing.T) {
 
 func startClusterRelay(t *testing.T) *clusterRelay {
 	t.Helper()
-	r := &clusterRelay{cl: redisproc.StartCluster(t, 3, 1, masterArgs...)}
+	// No replication PINGs: a primary that is taken over keeps PINGing
+	// its replicas until gossip demotes it, and a PING that reaches the
+	// proxy but not the heir puts the proxy ahead of the new primary, which
+	// then full-syncs it, as it would a Redis replica (README).
+	args := append([]string{"--repl-ping-replica-period", "3600", "--repl-timeout", "7200"}, masterArgs...)
+	r := &clusterRelay{cl: redisproc.StartCluster(t, 3, 1, args...)}
 	r.cfg = proxyConfig(t, "")
 	r.cfg.MetricsListen = "127.0.0.1:" + strconv.Itoa(redisproc.FreePort(t))
 	r.cfg.Master.Cluster.Seeds = []string{r.cl.Nodes[0].Addr(), r.cl.Nodes[1].Addr()}

@@ -436,10 +436,9 @@ func (r *replica) write(p []byte) error {
 func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	lg := cur.Log()
 	for {
-		changed := lg.Changed()
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
 		r.maxAck.Store(cur.Offset() + r.chunk() - 1)
-		n, err := cur.Send(r.out, r.chunk())
+		n, err := r.send(cur)
 		r.sentBytes.Add(n)
 		r.sentOff.Store(cur.Offset())
 		r.maxAck.Store(cur.Offset() - 1)
@@ -461,10 +460,27 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 			}
 			continue
 		}
+		changed := lg.Changed()
+		if _, end := lg.Bounds(); end > cur.Offset() {
+			continue // appended between the send and taking the channel
+		}
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-changed:
 		}
 	}
+}
+
+// send feeds a caught-up replica the bytes just appended, from memory, and
+// one that is behind from its disk cursor; it rejoins the memory path as
+// soon as its offset reaches the last append again.
+func (r *replica) send(cur *backlog.Cursor) (int64, error) {
+	if n, ok, err := cur.SendRecent(r.out, r.chunk()); ok {
+		r.srv.stats.SentFromMemory.Add(n)
+		return n, err
+	}
+	n, err := cur.Send(r.out, r.chunk())
+	r.srv.stats.SentFromDisk.Add(n)
+	return n, err
 }

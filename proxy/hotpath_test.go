@@ -1,7 +1,14 @@
 package proxy_test
 
 import (
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/proxy"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
@@ -49,4 +56,30 @@ func TestLaggingReplicaHandsOverBetweenMemoryAndDisk(t *testing.T) {
 	r.waitInSync(t)
 	expectInt(t, "proxy sync_partial_ok (nobody reconnected)", r.proxy.infoInt("stats", "sync_partial_ok"), 0)
 	expectInt(t, "proxy sync_full", r.proxy.infoInt("stats", "sync_full"), 1)
+}
+
+// Issue 13: pprof_listen serves Go's profiles, for profiling the hot path
+// in place; it is off unless set.
+func TestPprofListenServesProfiles(t *testing.T) {
+	t.Parallel()
+	cfg := proxyConfig(t, "127.0.0.1:"+strconv.Itoa(redisproc.FreePort(t)))
+	cfg.PprofListen = "127.0.0.1:" + strconv.Itoa(redisproc.FreePort(t))
+	startProxy(t, cfg)
+	var body string
+	redisproc.Eventually(t, 10*time.Second, "the pprof index", func() (bool, string) {
+		res, err := http.Get("http://" + cfg.PprofListen + "/debug/pprof/")
+		if err != nil {
+			return false, err.Error()
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		body = string(b)
+		return res.StatusCode == http.StatusOK, res.Status
+	})
+	if !strings.Contains(body, "goroutine") {
+		t.Fatalf("/debug/pprof/ lists no goroutine profile:\n%s", body)
+	}
+	if def := proxy.Defaults(); def.PprofListen != "" {
+		t.Fatalf("pprof_listen defaults to %q, want off", def.PprofListen)
+	}
 }

@@ -99,6 +99,9 @@ func (c *Cursor) SendRecent(w io.Writer, max int64) (n int64, ok bool, err error
 		return 0, false, nil
 	}
 	defer b.release()
+	if c.seg != nil && c.log.passed(c.seg, c.off) {
+		c.closeFile()
+	}
 	k, err := w.Write(p[:min(int64(len(p)), max)])
 	c.off += int64(k)
 	return int64(k), true, err

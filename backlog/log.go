@@ -473,6 +473,15 @@ func (l *Log) wake() {
 	}
 }
 
+// passed says whether off lies beyond seg, a sealed segment: a cursor fed
+// from memory then lets go of it, or it would keep a trimmed file's disk
+// space for as long as it stays caught up.
+func (l *Log) passed(seg *segment, off int64) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.active == nil || (seg != l.active.seg && off >= seg.end())
+}
+
 // recentFrom returns the in-memory bytes from off to the end of the recent
 // batch, or nil when off is not inside it or a cut happened after cuts.
 // The caller releases b once it no longer uses p.

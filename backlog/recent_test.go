@@ -3,6 +3,7 @@ package backlog
 import (
 	"bytes"
 	"math/rand"
+	"path/filepath"
 	"testing"
 )
 
@@ -121,4 +122,51 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// A cursor that stays on the memory path lets go of the segment it opened
+// once it is past it: otherwise retention would remove the file while the
+// open descriptor kept its disk space, for as long as the replica kept up.
+func TestRecentLetsGoOfPassedSegments(t *testing.T) {
+	opt := testOptions() // 1000-byte segments
+	opt.Log.MaxBytes = 3000
+	dir := t.TempDir()
+	s := newStore(t, dir, opt, 0)
+	defer s.Close()
+	l := s.Log()
+	s.Append(pattern(400, 99))
+	c, err := l.NewCursor(1) // opens the first segment
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var out bytes.Buffer
+	if n, err := c.Send(&out, 100); err != nil || n != 100 {
+		t.Fatalf("disk send: %d, %v", n, err)
+	}
+	for i := 0; i < 20; i++ {
+		s.Append(pattern(400, byte(i)))
+		for {
+			n, ok, err := c.SendRecent(&out, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				if n, err = c.Send(&out, 1<<20); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+	if out.Len() != 21*400 {
+		t.Fatalf("sent %d bytes, want %d", out.Len(), 21*400)
+	}
+	// The log closes its own retired segments in its own time; the first
+	// one was only ever opened by the cursor.
+	if n := openFilesNamed(t, filepath.Base(segmentPath(dir, 1))); n != 0 {
+		t.Fatalf("%d descriptors still open on the first segment, removed long ago", n)
+	}
 }

@@ -87,6 +87,26 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 	return sent, err
 }
 
+// SendRecent sends up to max bytes from memory when the cursor is inside
+// the log's last append, the bytes the writer had in hand: a caught-up
+// reader then costs one write, no disk read and no re-verification (they
+// never left memory). ok is false, and nothing is sent, when the cursor is
+// anywhere else; Send then serves it from disk, verified. Both advance the
+// same offset, so switching between them never skips or repeats a byte.
+func (c *Cursor) SendRecent(w io.Writer, max int64) (n int64, ok bool, err error) {
+	b, p := c.log.recentFrom(c.off, c.cuts)
+	if b == nil {
+		return 0, false, nil
+	}
+	defer b.release()
+	if c.seg != nil && c.log.passed(c.seg, c.off) {
+		c.closeFile()
+	}
+	k, err := w.Write(p[:min(int64(len(p)), max)])
+	c.off += int64(k)
+	return int64(k), true, err
+}
+
 // held serves from the segment the cursor has open after retention removed
 // it: the open file still has its bytes.
 func (c *Cursor) held() (*segment, int64, error) {

@@ -149,6 +149,7 @@ func (l *Log) cut(to int64, damaged bool) error {
 		l.resume = true
 		close(l.rewound)
 	}
+	l.dropRecent()
 	close(l.changed)
 	l.changed = make(chan struct{})
 	l.syncer.cleared(l.end)

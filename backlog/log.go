@@ -85,11 +85,18 @@ type Log struct {
 	// never lands in the middle of an append.
 	wmu sync.Mutex
 
-	mu         sync.RWMutex
-	segs       []*segment
-	first      int64
-	end        int64 // offset of the next byte to be appended
-	changed    chan struct{}
+	mu      sync.RWMutex
+	segs    []*segment
+	first   int64
+	end     int64 // offset of the next byte to be appended
+	changed chan struct{}
+	// watched says someone took changed since it was last closed: an
+	// append with nobody waiting then allocates and closes nothing.
+	watched atomic.Bool
+	// recent holds the bytes of the last append as the writer had them in
+	// memory, so a caught-up cursor sends them without reading the disk.
+	recent     *batch
+	batches    sync.Pool // of *batch
 	closed     bool
 	active     *activeSegment // replaced under mu; written only by the writer
 	rewound    chan struct{}  // closed at a cut; replaced by Resume
@@ -131,6 +138,7 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 	}
 	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
 		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1)}
+	l.batches.New = func() any { return new(batch) }
 	segs, err := l.recover()
 	if err != nil {
 		return nil, err
@@ -395,11 +403,101 @@ func (l *Log) Resume() {
 	}
 }
 
-// Changed returns a channel closed at the next append or at Close.
+// Changed returns a channel closed at the next append or at Close. The
+// channel is closed once per append, however many pieces the append wrote,
+// so waiters wake at most once per upstream read. A waiter checks End after
+// taking the channel: an append that finished just before needs no wakeup.
 func (l *Log) Changed() <-chan struct{} {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
+	l.watched.Store(true)
 	return l.changed
+}
+
+// batch is one append's bytes at their offset. It is never modified while
+// published or held: the writer and every reader sending from it hold a
+// reference, and the buffer goes back to the pool after the last release,
+// so a busy link recycles a few buffers instead of feeding the GC.
+type batch struct {
+	start int64
+	data  []byte
+	refs  atomic.Int32
+	pool  *sync.Pool
+}
+
+func (b *batch) release() {
+	if b.refs.Add(-1) == 0 {
+		b.pool.Put(b)
+	}
+}
+
+// publish makes the bytes of the append that began at start the recent
+// batch, and wakes the waiters once. Only the writer calls it, after every
+// byte of data and its index record are written.
+func (l *Log) publish(start int64, data []byte) {
+	var b *batch
+	if len(data) > 0 {
+		b = l.batches.Get().(*batch)
+		b.start, b.data, b.pool = start, append(b.data[:0], data...), &l.batches
+		b.refs.Store(1)
+	}
+	l.mu.Lock()
+	old := l.recent
+	l.recent = nil
+	if !l.closed && start+int64(len(data)) == l.end {
+		l.recent, b = b, nil
+	}
+	l.wake()
+	l.mu.Unlock()
+	if old != nil {
+		old.release()
+	}
+	if b != nil {
+		b.release()
+	}
+}
+
+// dropRecent forgets the recent batch (a cut or Close). Called with mu held.
+func (l *Log) dropRecent() {
+	if l.recent != nil {
+		l.recent.release()
+		l.recent = nil
+	}
+}
+
+// wake closes changed if anyone took it. Called with mu held.
+func (l *Log) wake() {
+	if l.watched.Swap(false) {
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+}
+
+// passed says whether off lies beyond seg, a sealed segment: a cursor fed
+// from memory then lets go of it, or it would keep a trimmed file's disk
+// space for as long as it stays caught up.
+func (l *Log) passed(seg *segment, off int64) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.active == nil || (seg != l.active.seg && off >= seg.end())
+}
+
+// recentFrom returns the in-memory bytes from off to the end of the recent
+// batch, or nil when off is not inside it or a cut happened after cuts.
+// The caller releases b once it no longer uses p.
+func (l *Log) recentFrom(off, cuts int64) (b *batch, p []byte) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	b = l.recent
+	if b == nil || l.closed || l.cuts.Load() != cuts || off < b.start {
+		return nil, nil
+	}
+	end := min(b.start+int64(len(b.data)), l.end)
+	if off >= end {
+		return nil, nil
+	}
+	b.refs.Add(1)
+	return b, b.data[off-b.start : end-b.start]
 }
 
 // Append writes p at the end of the log. Only the owner calls it. Bytes
@@ -419,20 +517,29 @@ func (l *Log) Append(p []byte) error {
 		return ErrRewound
 	}
 	l.times.note(l.end, time.Now())
+	l.mu.RLock()
+	start := l.end
+	l.mu.RUnlock()
+	whole := p
+	written := 0
+	// Waiters wake once, when the whole append is in, whether it ends well
+	// or not; only bytes fully written (with their index record) are
+	// published.
+	defer func() { l.publish(start, whole[:written]) }()
 	for len(p) > 0 {
 		a, err := l.writable()
 		if err != nil {
 			return err
 		}
-		n := min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)
-		written, err := a.data.WriteAt(p[:n], a.seg.size)
-		if written > 0 {
-			l.recBuf = encodeRecord(l.recBuf[:0], p[:written])
+		n, err := a.data.WriteAt(p[:min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)], a.seg.size)
+		if n > 0 {
+			l.recBuf = encodeRecord(l.recBuf[:0], p[:n])
 			if _, ierr := a.idx.WriteAt(l.recBuf, a.idxSize); ierr != nil {
 				return fmt.Errorf("append to index of segment %d: %w", a.seg.first, ierr)
 			}
 			a.idxSize += recordSize
-			l.advance(a.seg, int64(written))
+			l.advance(a.seg, int64(n))
+			written += n
 		}
 		if err != nil {
 			return fmt.Errorf("append to segment %d: %w", a.seg.first, err)
@@ -553,8 +660,6 @@ func (l *Log) advance(seg *segment, n int64) {
 	l.mu.Lock()
 	seg.size += n
 	l.end += n
-	close(l.changed)
-	l.changed = make(chan struct{})
 	end := l.end
 	l.mu.Unlock()
 	l.syncer.dirty(end)
@@ -661,6 +766,7 @@ func (l *Log) Close() error {
 		return nil
 	}
 	l.closed = true
+	l.dropRecent()
 	close(l.changed)
 	active := l.active
 	l.mu.Unlock()

@@ -19,8 +19,8 @@ const zstdMarker = " zstd"
 
 // compressedWriter is what a replica's stream goes through after the PSYNC
 // reply when compression was negotiated. The bytes decode to exactly the
-// stream, so offsets are untouched; each send is flushed as a zstd block so
-// the far side sees it at once.
+// stream, so offsets are untouched. The streaming sender flushes at most
+// zstdFlushDelay after a byte went in, so blocks carry several sends.
 type compressedWriter struct {
 	enc  *zstd.Encoder
 	wire *countingWriter

@@ -165,6 +165,8 @@ func (s *Server) infoStats(b *strings.Builder) {
 	field(b, "rejected_protocol_errors", s.stats.Rejected.Load())
 	field(b, "compressed_stream_bytes", s.stats.CompressedRaw.Load())
 	field(b, "compressed_wire_bytes", s.stats.CompressedWire.Load())
+	field(b, "stream_bytes_from_memory", s.stats.SentFromMemory.Load())
+	field(b, "stream_bytes_from_disk", s.stats.SentFromDisk.Load())
 	field(b, "rejected_connections", s.stats.RejectedConns.Load())
 	field(b, "protected_mode_denied", s.stats.ProtectedDenied.Load())
 	field(b, "acl_access_denied_auth", s.stats.AuthFailures.Load())

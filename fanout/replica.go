@@ -443,16 +443,17 @@ func (r *replica) write(p []byte) error {
 // its lag lives in the segment files, not in proxy memory.
 func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	lg := cur.Log()
+	var pf pendingFlush
+	defer pf.stop()
 	for {
-		changed := lg.Changed()
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
 		r.maxAck.Store(cur.Offset() + r.chunk() - 1)
-		n, err := cur.Send(r.out, r.chunk())
+		n, err := r.send(cur)
 		r.sentBytes.Add(n)
 		r.sentOff.Store(cur.Offset())
 		r.maxAck.Store(cur.Offset() - 1)
 		if err == nil && n > 0 {
-			err = r.flushed(n)
+			err = r.noteSent(&pf, n)
 		}
 		if errors.Is(err, backlog.ErrClosed) {
 			return errors.New("the proxy's replication history was reset")
@@ -464,15 +465,101 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 			return fmt.Errorf("send backlog at %d: %w", cur.Offset(), err)
 		}
 		if n > 0 {
+			if r.limiter != nil {
+				// Pacing may sleep: what is sent must not wait with it.
+				if err := r.flushNow(&pf); err != nil {
+					return err
+				}
+			}
 			if err := r.pace(ctx, n); err != nil {
 				return err
 			}
 			continue
 		}
+		changed := lg.Changed()
+		if _, end := lg.Bounds(); end > cur.Offset() {
+			continue // appended between the send and taking the channel
+		}
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-changed:
+		case <-pf.due():
+			if err := r.flushNow(&pf); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// zstdFlushDelay is how long stream bytes may wait in a replica's zstd
+// encoder for more to pack into the same block. A flush per send made one
+// small block per upstream read, which cost the sending proxy most of its
+// CPU under many small writes; a compressed hop crosses a slow link, where
+// 2 ms is small against the round trip.
+const zstdFlushDelay = 2 * time.Millisecond
+
+// pendingFlush is what a compressed stream has written but not flushed.
+type pendingFlush struct {
+	bytes    int64
+	deadline time.Time
+	timer    *time.Timer
+}
+
+// due fires when the pending bytes must go out; nil when there are none.
+func (pf *pendingFlush) due() <-chan time.Time {
+	if pf.bytes == 0 {
+		return nil
+	}
+	wait := time.Until(pf.deadline)
+	if pf.timer == nil {
+		pf.timer = time.NewTimer(wait)
+	} else {
+		pf.timer.Reset(wait)
+	}
+	return pf.timer.C
+}
+
+func (pf *pendingFlush) stop() {
+	if pf.timer != nil {
+		pf.timer.Stop()
+	}
+}
+
+// noteSent accounts for n raw bytes sent; a compressed stream is flushed
+// once its oldest unflushed byte has waited zstdFlushDelay.
+func (r *replica) noteSent(pf *pendingFlush, n int64) error {
+	if r.cw == nil {
+		return nil
+	}
+	if pf.bytes == 0 {
+		pf.deadline = time.Now().Add(zstdFlushDelay)
+	}
+	pf.bytes += n
+	if time.Now().Before(pf.deadline) {
+		return nil
+	}
+	return r.flushNow(pf)
+}
+
+func (r *replica) flushNow(pf *pendingFlush) error {
+	if pf.bytes == 0 {
+		return nil
+	}
+	n := pf.bytes
+	pf.bytes = 0
+	return r.flushed(n)
+}
+
+// send feeds a caught-up replica the bytes just appended, from memory, and
+// one that is behind from its disk cursor; it rejoins the memory path as
+// soon as its offset reaches the last append again.
+func (r *replica) send(cur *backlog.Cursor) (int64, error) {
+	if n, ok, err := cur.SendRecent(r.out, r.chunk()); ok {
+		r.srv.stats.SentFromMemory.Add(n)
+		return n, err
+	}
+	n, err := cur.Send(r.out, r.chunk())
+	r.srv.stats.SentFromDisk.Add(n)
+	return n, err
 }

@@ -116,6 +116,8 @@ type Stats struct {
 	Rejected       atomic.Int64
 	CompressedRaw  atomic.Int64 // stream bytes sent compressed to downstream replproxies
 	CompressedWire atomic.Int64 // what they took on the wire
+	SentFromMemory atomic.Int64 // stream bytes sent from the last append, in memory
+	SentFromDisk   atomic.Int64 // stream bytes sent from the backlog files
 
 	AuthFailures    atomic.Int64 // wrong AUTH
 	PermDenied      atomic.Int64 // -NOPERM

@@ -33,16 +33,19 @@ type Config struct {
 	// (only when a password or user is configured).
 	AuthTimeout Duration `yaml:"auth_timeout"`
 	// MultiMaxCommands and MultiMaxBytes cap what one MULTI may queue.
-	MultiMaxCommands int            `yaml:"multi_max_commands"`
-	MultiMaxBytes    Size           `yaml:"multi_max_bytes"`
-	MetricsListen    string         `yaml:"metrics_listen"`
-	Master           MasterConfig   `yaml:"master"`
-	Backlog          BacklogConfig  `yaml:"backlog"`
-	Snapshot         SnapshotConfig `yaml:"snapshot"`
-	Replicas         ReplicaConfig  `yaml:"replicas"`
-	Log              LogConfig      `yaml:"log"`
-	TLS              TLSConfig      `yaml:"tls"`
-	Health           HealthConfig   `yaml:"health"`
+	MultiMaxCommands int    `yaml:"multi_max_commands"`
+	MultiMaxBytes    Size   `yaml:"multi_max_bytes"`
+	MetricsListen    string `yaml:"metrics_listen"`
+	// PprofListen serves Go's profiles at /debug/pprof/ (empty: off). It
+	// has no authentication, so only a loopback address is accepted.
+	PprofListen string         `yaml:"pprof_listen"`
+	Master      MasterConfig   `yaml:"master"`
+	Backlog     BacklogConfig  `yaml:"backlog"`
+	Snapshot    SnapshotConfig `yaml:"snapshot"`
+	Replicas    ReplicaConfig  `yaml:"replicas"`
+	Log         LogConfig      `yaml:"log"`
+	TLS         TLSConfig      `yaml:"tls"`
+	Health      HealthConfig   `yaml:"health"`
 	// AckMode is what the proxy acknowledges to its master: AckStored or
 	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
 	AckMode   string `yaml:"ack_mode"`
@@ -222,6 +225,9 @@ func (c Config) Validate() error {
 
 // validateOps checks the health and progress settings.
 func (c Config) validateOps() error {
+	if err := validatePprofListen(c.PprofListen); err != nil {
+		return err
+	}
 	if c.Health.ReadyMaxLag < 0 || c.Health.ReadyLinkDownGrace < 0 {
 		return errors.New("health.ready_max_lag and health.ready_link_down_grace must not be negative")
 	}
@@ -310,5 +316,19 @@ func (z *Size) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	*z = v
+	return nil
+}
+
+func validatePprofListen(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("pprof_listen %q: want host:port: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("pprof_listen %q: must be a loopback address, as profiles are served without authentication", addr)
+	}
 	return nil
 }

@@ -43,6 +43,7 @@ func (c Config) Expand() []Config {
 		pc.Listen = p.Listen
 		pc.DataDir = filepath.Join(c.DataDir, p.Name)
 		pc.MetricsListen = "" // one endpoint for the process, served by the Group
+		pc.PprofListen = ""
 		pc.Master.Cluster.Shard = p.Shard
 		pc.Master.AnnouncePort = p.AnnouncePort
 		out[i] = pc
@@ -51,6 +52,9 @@ func (c Config) Expand() []Config {
 }
 
 func (c Config) validatePipelines() error {
+	if err := validatePprofListen(c.PprofListen); err != nil {
+		return err
+	}
 	if !c.Master.Cluster.enabled() {
 		return errors.New("pipelines need master.cluster.seeds: each pipeline relays one cluster shard")
 	}
@@ -155,6 +159,13 @@ func (g *Group) Run(ctx context.Context) error {
 				g.log.Error().Err(err).Str("pipeline", g.names[i]).Msg("pipeline stopped; the others keep running")
 				errs[i] = fmt.Errorf("pipeline %s: %w", g.names[i], err)
 			}
+		}()
+	}
+	if g.cfg.PprofListen != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			servePprof(ctx, g.cfg.PprofListen, g.log)
 		}()
 	}
 	if g.cfg.MetricsListen != "" {

@@ -269,6 +269,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.cfg.MetricsListen != "" {
 		fatal(p.serveMetrics)
 	}
+	if p.cfg.PprofListen != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			servePprof(ctx, p.cfg.PprofListen, p.log)
+		}()
+	}
 	<-ctx.Done()
 	wg.Wait()
 	err := p.store.Close()

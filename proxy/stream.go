@@ -21,6 +21,8 @@ import (
 // resuming mid-command.
 var getackCmd = []byte("*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n")
 
+const upstreamReadBytes = 512 << 10
+
 // stream appends the master's bytes to the backlog exactly as received;
 // acknowledgements go from their own goroutine, so the reader never waits.
 func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) error {
@@ -30,7 +32,11 @@ func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) erro
 	ackErr := make(chan error, 1)
 	go func() { ackErr <- l.ackLoop(ackCtx, conn, getack) }()
 
-	buf := make([]byte, 64<<10)
+	// One read is one append: one index record, one wakeup of the senders
+	// and one write per caught-up replica. A large buffer lets a read take
+	// all the socket holds after a busy moment; a quiet link still gets
+	// each small read at once.
+	buf := make([]byte, upstreamReadBytes)
 	carry := 0 // bytes of the previous read kept in front, so a split GETACK is still seen
 	for {
 		n, err := br.Read(buf[carry:])

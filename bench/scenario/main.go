@@ -3,7 +3,8 @@
 // memory with a large backlog and many replicas catching up (rss), one
 // replica catching up (catchup), and the proxy's ingest rate under each
 // fsync policy (ingest); when named, also the fan-out scenarios (fanout-cpu,
-// fanout-fullsync, fanout-rss) and zstd between proxies (compress). It
+// fanout-fullsync, fanout-rss), zstd between proxies (compress) and the
+// proxy against a chained Redis replica (relay). It
 // reports figures and never fails on speed; see bench/README.md for what
 // each scenario does and the recorded results.
 package main
@@ -47,19 +48,23 @@ type options struct {
 	fanoutMBps     float64
 	populate       int
 	compressTime   time.Duration
+	relayRuns      int
+	relayRequests  int
+	scaleMiB       int
 }
 
 var allScenarios = []string{"rss", "catchup", "ingest"}
 
 // extraScenarios run only when named: "all" keeps meaning the three above,
 // so the default run stays as long as it was.
-var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress"}
+var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress", "relay", "fanout-scale"}
 
 func main() {
+	runSinkIfAsked()
 	var o options
 	var scenarios string
 	fs := flag.CommandLine
-	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, or all (the first three)")
+	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, relay, fanout-scale, or all (the first three)")
 	fs.Float64Var(&o.gib, "gib", 2, "GiB written through the master (rss, catchup; fanout-cpu, where the default is 1)")
 	fs.IntVar(&o.replicas, "replicas", 20, "replicas of the proxy (rss)")
 	fs.IntVar(&o.valueBytes, "value", 256<<10, "SET value size in bytes (rss, catchup)")
@@ -78,6 +83,9 @@ func main() {
 	fs.Float64Var(&o.fanoutMBps, "fanout-mbps", 10, "write rate in MB/s (fanout-rss)")
 	fs.IntVar(&o.populate, "populate", 500000, "keys DEBUG POPULATE puts in the master (fanout-fullsync)")
 	fs.DurationVar(&o.compressTime, "compress-time", 30*time.Second, "how long to write the mixed load (compress)")
+	fs.IntVar(&o.relayRuns, "relay-runs", 3, "side-by-side runs (relay)")
+	fs.IntVar(&o.relayRequests, "relay-requests", 400000, "redis-benchmark -n (relay)")
+	fs.IntVar(&o.scaleMiB, "scale-mib", 128, "MiB written per replica count (fanout-scale)")
 	fs.StringVar(&o.proxyBin, "replproxy", "", "replproxy binary to run (default: go build ./cmd/replproxy into the temp dir)")
 	fs.Usage = func() {
 		out := fs.Output()
@@ -90,7 +98,9 @@ func main() {
 		fmt.Fprintf(out, "  fanout-cpu       master CPU per GB with -fanout-replicas replicas attached directly vs. behind a proxy\n")
 		fmt.Fprintf(out, "  fanout-fullsync  -fanout-replicas new replicas full-syncing from a proxy at once\n")
 		fmt.Fprintf(out, "  fanout-rss       proxy RSS with -wide-replicas replicas streaming a moderate load\n")
-		fmt.Fprintf(out, "  compress         zstd between two proxies vs. none, under a mixed write load\n\nflags:\n")
+		fmt.Fprintf(out, "  compress         zstd between two proxies vs. none, under a mixed write load\n")
+		fmt.Fprintf(out, "  relay            relay CPU and added lag: a chained redis-server vs. the proxy, side by side\n")
+		fmt.Fprintf(out, "  fanout-scale     proxy CPU per GB per replica with 1, 5, 20, 50 replicas, against a plain sendfile floor\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	flag.Parse()
@@ -109,7 +119,8 @@ func main() {
 		}
 	}
 	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 ||
-		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 {
+		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 ||
+		o.relayRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
 		os.Exit(2)
 	}
@@ -180,6 +191,10 @@ func run(o options) error {
 			err = b.fanoutRSS(ctx)
 		case "compress":
 			err = b.compress(ctx)
+		case "relay":
+			err = b.relay(ctx)
+		case "fanout-scale":
+			err = b.fanoutScale(ctx)
 		}
 		// Each scenario starts from nothing: stop its processes and free
 		// its disk before the next one.

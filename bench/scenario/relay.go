@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// relayProbeEvery is how often a PUBLISH probe goes to the master: often
+// enough for a few thousand samples in a run, rare enough to be no load.
+const relayProbeEvery = 2 * time.Millisecond
+
+// relayQuiet is how long probes go out before the load: their lag is the
+// relay path's own, with no queue in front of it.
+const relayQuiet = 3 * time.Second
+
+// relayRun is one side-by-side run: the chained redis-server A and the
+// proxy P relay the same stream from the same master at the same time.
+type relayRun struct {
+	stream     int64
+	chainCPU   float64
+	proxyCPU   float64
+	lag        [3][]probe // D, RA, RB
+	quietEnd   time.Time  // probes sent before this went out with no load
+	load       time.Duration
+	loadOutput string
+}
+
+func (r relayRun) cpuRatio() float64 { return r.proxyCPU / r.chainCPU }
+
+// p50 of the probes of subscriber i sent in the quiet phase or under load.
+func (r relayRun) p50(i int, loaded bool) time.Duration {
+	var d []time.Duration
+	for _, p := range r.lag[i] {
+		if p.sent.Before(r.quietEnd) != loaded {
+			d = append(d, p.lag)
+		}
+	}
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[len(d)/2]
+}
+
+type probe struct {
+	sent time.Time
+	lag  time.Duration
+}
+
+// relay compares the proxy with what users would otherwise run: a chained
+// Redis replica. Master M has a direct replica D, a chained redis-server A
+// with its replica RA, and the proxy P with its replica RB. The same
+// redis-benchmark load goes through all of them at once, so the machine's
+// other work weighs on both sides alike.
+func (b *bench) relay(ctx context.Context) error {
+	b.printf("\n== relay: chained redis-server A (replica RA) vs. replproxy P (replica RB), same master, same run;\n")
+	b.printf("   load: redis-benchmark -t set -d 512 -r 1000000 -n %d -P 16 -c 20; PUBLISH probes every %s read on D, RA, RB\n",
+		b.opt.relayRequests, relayProbeEvery)
+	b.printf("   p50 lags: 'quiet' probes go out for %s before the load, 'load' ones during it and until all caught up\n", relayQuiet)
+	b.printf("%-4s %9s %6s %7s %7s %7s %9s %9s %9s %9s %9s %9s %9s\n", "run", "stream MB", "load s", "A CPU s", "P CPU s",
+		"P/A CPU", "quiet D", "RA-D", "RB-D", "load D", "RA-D", "RB-D", "samples")
+	var runs []relayRun
+	for i := 0; i < b.opt.relayRuns; i++ {
+		r, err := b.relayOne(ctx, i)
+		b.teardown()
+		if err != nil {
+			return fmt.Errorf("run %d: %w", i+1, err)
+		}
+		qd, qa, qb := r.p50(0, false), r.p50(1, false), r.p50(2, false)
+		ld, la, lb := r.p50(0, true), r.p50(1, true), r.p50(2, true)
+		b.printf("%-4d %9.0f %6.1f %7.2f %7.2f %7.3f %9s %9s %9s %9s %9s %9s %9d\n", i+1, float64(r.stream)/1e6, r.load.Seconds(),
+			r.chainCPU, r.proxyCPU, r.cpuRatio(), us(qd), us(qa-qd), us(qb-qd), us(ld), us(la-ld), us(lb-ld), len(r.lag[2]))
+		runs = append(runs, r)
+	}
+	b.printf("\n   relay CPU per GB, proxy / chained Redis (target <= 0.25):")
+	for _, r := range runs {
+		b.printf(" %.3f", r.cpuRatio())
+	}
+	for _, loaded := range []bool{false, true} {
+		phase := "quiet"
+		if loaded {
+			phase = "load"
+		}
+		b.printf("\n   added p50 lag over D (%s), proxy vs. chained Redis (target: proxy <= chained and < 50 µs):", phase)
+		for _, r := range runs {
+			d := r.p50(0, loaded)
+			b.printf(" %s vs %s;", us(r.p50(2, loaded)-d), us(r.p50(1, loaded)-d))
+		}
+	}
+	b.printf("\n")
+	return nil
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%+.0fµs", float64(d)/1e3) }
+
+func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
+	var r relayRun
+	pre := fmt.Sprintf("relay%d-", run+1)
+	m, err := b.startMaster(ctx, pre+"M")
+	if err != nil {
+		return r, err
+	}
+	d, err := b.startReplica(ctx, pre+"D", m)
+	if err != nil {
+		return r, err
+	}
+	a, err := b.startReplica(ctx, pre+"A", m)
+	if err != nil {
+		return r, err
+	}
+	if _, err := a.do("CONFIG", "SET", "client-output-buffer-limit", "replica 0 0 0"); err != nil {
+		return r, fmt.Errorf("A: CONFIG SET: %w", err)
+	}
+	ra, err := b.startReplica(ctx, pre+"RA", a)
+	if err != nil {
+		return r, err
+	}
+	p, err := b.startProxy(ctx, pre+"P", m, 2<<30, "everysec")
+	if err != nil {
+		return r, err
+	}
+	rb, err := b.startReplica(ctx, pre+"RB", p)
+	if err != nil {
+		return r, err
+	}
+	if err := waitInSync(ctx, time.Minute, m, []*child{d, ra, rb}); err != nil {
+		return r, err
+	}
+
+	probeCtx, stopProbes := context.WithCancel(ctx)
+	defer stopProbes()
+	var wg sync.WaitGroup
+	for i, c := range []*child{d, ra, rb} {
+		sub, err := subscribe(c.addr(), "probe")
+		if err != nil {
+			return r, fmt.Errorf("%s: SUBSCRIBE: %w", c.name, err)
+		}
+		defer sub.Close()
+		context.AfterFunc(probeCtx, func() { sub.Close() })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.lag[i] = readProbes(sub)
+		}()
+	}
+	pub, err := dialRESP(m.addr())
+	if err != nil {
+		return r, err
+	}
+	defer pub.Close()
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		t := time.NewTicker(relayProbeEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-probeCtx.Done():
+				return
+			case <-t.C:
+			}
+			if _, err := pub.do("PUBLISH", "probe", strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
+				return
+			}
+		}
+	}()
+
+	select {
+	case <-ctx.Done():
+		return r, ctx.Err()
+	case <-time.After(relayQuiet):
+	}
+	r.quietEnd = time.Now()
+	off0, err := infoField(m, "replication", "master_repl_offset")
+	if err != nil {
+		return r, err
+	}
+	a0, p0 := procCPU(a), procCPU(p)
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(m.port),
+		"-t", "set", "-d", "512", "-r", "1000000", "-n", strconv.Itoa(b.opt.relayRequests), "-P", "16", "-c", "20", "-q")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	r.loadOutput = string(out)
+	if err != nil {
+		return r, fmt.Errorf("redis-benchmark: %w", err)
+	}
+	r.load = time.Since(start)
+	if err := waitInSync(ctx, b.opt.timeout, m, []*child{d, ra, rb}); err != nil {
+		return r, err
+	}
+	r.chainCPU, r.proxyCPU = procCPU(a)-a0, procCPU(p)-p0
+	off1, err := infoField(m, "replication", "master_repl_offset")
+	if err != nil {
+		return r, err
+	}
+	r.stream = off1 - off0
+	stopProbes()
+	<-probeDone
+	wg.Wait()
+	return r, nil
+}
+
+func subscribe(addr, channel string) (*respConn, error) {
+	rc, err := dialRESP(addr)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := rc.do("SUBSCRIBE", channel); err != nil {
+		rc.Close()
+		return nil, err
+	}
+	rc.c.SetDeadline(time.Time{})
+	return rc, nil
+}
+
+// readProbes collects, until the connection closes, how long each probe
+// took from PUBLISH on the master to arrival here.
+func readProbes(rc *respConn) []probe {
+	var lags []probe
+	for {
+		msg, err := readReply(rc.br)
+		now := time.Now()
+		if err != nil {
+			return lags
+		}
+		parts, ok := msg.([]any)
+		if !ok || len(parts) != 3 {
+			continue
+		}
+		s, _ := parts[2].(string)
+		sent, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			continue
+		}
+		at := time.Unix(0, sent)
+		lags = append(lags, probe{sent: at, lag: now.Sub(at)})
+	}
+}

@@ -465,8 +465,13 @@ func (l *Log) dropRecent() {
 	}
 }
 
-// wake closes changed if anyone took it. Called with mu held.
+// wake closes changed if anyone took it. Called with mu held. After Close
+// the channel stays closed for good: a writer that has not yet seen the
+// close must not close it again.
 func (l *Log) wake() {
+	if l.closed {
+		return
+	}
 	if l.watched.Swap(false) {
 		close(l.changed)
 		l.changed = make(chan struct{})

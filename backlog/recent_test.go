@@ -2,6 +2,7 @@ package backlog
 
 import (
 	"bytes"
+	"errors"
 	"math/rand"
 	"path/filepath"
 	"testing"
@@ -168,5 +169,27 @@ func TestRecentLetsGoOfPassedSegments(t *testing.T) {
 	// one was only ever opened by the cursor.
 	if n := openFilesNamed(t, filepath.Base(segmentPath(dir, 1))); n != 0 {
 		t.Fatalf("%d descriptors still open on the first segment, removed long ago", n)
+	}
+}
+
+// A writer that appends after the log was closed (a new history or shutdown
+// racing the upstream link) gets ErrClosed; a sender that was waiting on
+// Changed when Close woke it must not turn that append into a panic.
+func TestAppendAfterCloseWithAWaiter(t *testing.T) {
+	l, err := OpenLog(t.TempDir(), 1, testOptions().Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := l.Changed()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-waiting
+	if err := l.Append([]byte("+x\r\n")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append after close: %v, want ErrClosed", err)
+	}
+	l.Changed() // a sender looking again after its wakeup
+	if err := l.Append([]byte("+x\r\n")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("second append after close: %v, want ErrClosed", err)
 	}
 }

@@ -1,0 +1,114 @@
+package backlog
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Readers that follow the log the way a replica's sender does (memory when
+// caught up, disk otherwise, waiting on Changed after checking End) while
+// the writer appends from one reused buffer and fsyncs fail now and then
+// (cut back to durable, then the same bytes again, as the master resends
+// them): each reader gets exactly the stream, no byte skipped, repeated or
+// overwritten by a later append, and never waits while End is past it.
+func TestHotPathReadersUnderAppendsAndCuts(t *testing.T) {
+	dir := t.TempDir()
+	var fail atomic.Bool
+	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, failingSync(&fail, ".seg"), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	manualSyncs(l)
+	rng := rand.New(rand.NewSource(7))
+	stream := make([]byte, 300<<10)
+	rng.Read(stream)
+	total := int64(len(stream)) + 1
+
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func(seed int64) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(seed))
+			c, err := l.NewCursor(1)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			defer c.Close()
+			var got bytes.Buffer
+			for c.Offset() < total {
+				max := int64(1 + rng.Intn(4000))
+				n, ok, err := c.SendRecent(&got, max)
+				if !ok {
+					n, err = c.Send(&got, max)
+				}
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				if n > 0 {
+					continue
+				}
+				changed := l.Changed()
+				if _, end := l.Bounds(); end > c.Offset() {
+					continue
+				}
+				select {
+				case <-changed:
+				case <-time.After(10 * time.Second):
+					if _, end := l.Bounds(); end > c.Offset() {
+						errs <- "lost wakeup: end passed the reader while it waited"
+						return
+					}
+				}
+			}
+			if !bytes.Equal(got.Bytes(), stream) {
+				i := 0
+				for i < got.Len() && i < len(stream) && got.Bytes()[i] == stream[i] {
+					i++
+				}
+				errs <- fmt.Sprintf("reader's bytes differ from the stream at offset %d (got %d bytes)", i+1, got.Len())
+			}
+		}(int64(i))
+	}
+
+	buf := make([]byte, 4096) // reused for every append, like the link's read buffer
+	for pos := int64(1); pos < total; {
+		n := min(int64(1+rng.Intn(len(buf))), total-pos)
+		copy(buf, stream[pos-1:pos-1+n])
+		if err := l.Append(buf[:n]); err != nil {
+			fail.Store(false)
+			l.Resume()
+			_, pos = l.Bounds()
+			continue
+		}
+		for i := range buf[:n] {
+			buf[i] = 0xAA // what the next read would leave there
+		}
+		pos += n
+		switch rng.Intn(20) {
+		case 0:
+			l.SyncNow()
+		case 1:
+			fail.Store(true)
+			l.SyncNow() // cut back to durable
+		}
+	}
+	wg.Wait()
+	if l.cuts.Load() == 0 {
+		t.Error("no cut happened: the test did not exercise the hand-over after a cut")
+	}
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}

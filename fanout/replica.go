@@ -287,7 +287,7 @@ func (r *replica) tryContinue(ctx context.Context, req psyncRequest) (*backlog.C
 			return r.acceptContinue(st, lg, req)
 		case psyncAhead:
 			if time.Now().Before(deadline) {
-				if err := r.waitAhead(ctx, lg, tick.C); err != nil {
+				if err := r.waitAhead(ctx, lg, st.End, tick.C); err != nil {
 					return nil, err
 				}
 				continue
@@ -334,11 +334,17 @@ func judgePsync(st backlog.State, req psyncRequest) psyncVerdict {
 
 // waitAhead waits for the upstream to bring the proxy up to a replica that
 // is ahead of it. Newlines before the PSYNC reply are skipped by the replica
-// and keep it from timing out.
-func (r *replica) waitAhead(ctx context.Context, lg *backlog.Log, tick <-chan time.Time) error {
+// and keep it from timing out. seen is the end the caller judged by: an
+// append that landed after it and before the channel was taken closed an
+// earlier channel (or none, when nobody watched), so it is checked here
+// rather than waited for until the next append or tick.
+func (r *replica) waitAhead(ctx context.Context, lg *backlog.Log, seen int64, tick <-chan time.Time) error {
 	var changed <-chan struct{}
 	if lg != nil {
 		changed = lg.Changed()
+		if _, end := lg.Bounds(); end != seen {
+			return nil
+		}
 	}
 	select {
 	case <-ctx.Done():

@@ -95,14 +95,8 @@ func TestCutSyncsPendingRolledSegments(t *testing.T) {
 // nothing is appended while it stays unfinished, but the bytes up to the
 // durable offset are on disk and unchanged: replicas keep being served them.
 func TestFailedCutStillServesDurableBytes(t *testing.T) {
-	dir := t.TempDir()
 	var fail atomic.Bool
-	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, failingSync(&fail, ".seg"), nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	manualSyncs(l)
+	l := openFailingLog(t, &fail)
 	data := pattern(800, 4)
 	if err := l.Append(data[:500]); err != nil {
 		t.Fatal(err)
@@ -145,14 +139,8 @@ func openFilesNamed(t *testing.T, name string) int {
 // still be closed: a syncer pass that sees the failure pending must leave
 // it queued, not drop it with its descriptors open.
 func TestSegmentRolledBeforeTheCutIsClosed(t *testing.T) {
-	dir := t.TempDir()
 	var fail atomic.Bool
-	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, failingSync(&fail, ".seg"), nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	manualSyncs(l)
+	l := openFailingLog(t, &fail)
 	if err := l.Append(pattern(1500, 6)); err != nil {
 		t.Fatal(err)
 	}
@@ -322,4 +310,18 @@ func TestFailedCutFinishedAtResume(t *testing.T) {
 	if len(moved) != 2 {
 		t.Fatalf("moved aside: %v, want the damaged segment 1001 and 2001 after it", moved)
 	}
+}
+
+// openFailingLog is a log in a temp dir whose segment fsyncs fail while
+// fail is set, synced only by hand (manualSyncs), closed when t ends.
+func openFailingLog(t *testing.T, fail *atomic.Bool) *Log {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, failingSync(fail, ".seg"), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	manualSyncs(l)
+	return l
 }

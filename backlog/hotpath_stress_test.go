@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,14 +17,8 @@ import (
 // them): each reader gets exactly the stream, no byte skipped, repeated or
 // overwritten by a later append, and never waits while End is past it.
 func TestHotPathReadersUnderAppendsAndCuts(t *testing.T) {
-	dir := t.TempDir()
 	var fail atomic.Bool
-	l, err := OpenLog(filepath.Join(dir, "log"), 1, logOptions(dir, failingSync(&fail, ".seg"), nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	manualSyncs(l)
+	l := openFailingLog(t, &fail)
 	rng := rand.New(rand.NewSource(7))
 	stream := make([]byte, 300<<10)
 	rng.Read(stream)

@@ -11,7 +11,9 @@ import (
 )
 
 // Readers that follow the log the way a replica's sender does (memory when
-// caught up, disk otherwise, waiting on Changed after checking End) while
+// caught up, disk otherwise, waiting on Changed after checking End; three
+// of them parked with the writer, which pushes to them and hands them back
+// on a short push, as replicas on plain sockets are) while
 // the writer appends from one reused buffer and fsyncs fail now and then
 // (cut back to durable, then the same bytes again, as the master resends
 // them): each reader gets exactly the stream, no byte skipped, repeated or
@@ -26,6 +28,15 @@ func TestHotPathReadersUnderAppendsAndCuts(t *testing.T) {
 
 	var wg sync.WaitGroup
 	errs := make(chan string, 8)
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func(seed int64) {
+			defer wg.Done()
+			if e := followTheLog(l, stream, seed); e != "" {
+				errs <- e
+			}
+		}(int64(100 + i))
+	}
 	for i := 0; i < 4; i++ {
 		wg.Add(1)
 		go func(seed int64) {
@@ -104,4 +115,85 @@ func TestHotPathReadersUnderAppendsAndCuts(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
+}
+
+// followTheLog reads the whole stream as a replica on a plain socket does:
+// parked with the writer whenever it is at the end, its pushes taking a
+// random share of each append (all, some, none), and otherwise sending
+// from memory or disk itself. It returns "" when it got exactly stream.
+func followTheLog(l *Log, stream []byte, seed int64) string {
+	rng := rand.New(rand.NewSource(seed))
+	total := int64(len(stream)) + 1
+	c, err := l.NewCursor(1)
+	if err != nil {
+		return err.Error()
+	}
+	defer c.Close()
+	var got bytes.Buffer // written by the writer while parked, by us otherwise
+	pushRng := rand.New(rand.NewSource(seed + 1))
+	pushed := 0
+	whole := make(chan struct{}) // the writer pushed the last byte
+	f := NewFollower(func(p []byte, off int64) int {
+		if off != 1+int64(got.Len()) {
+			panic(fmt.Sprintf("push at %d, reader holds up to %d", off, got.Len()))
+		}
+		k := len(p)
+		if pushRng.Intn(4) == 0 {
+			k = pushRng.Intn(len(p) + 1)
+		}
+		got.Write(p[:k])
+		pushed += k
+		if got.Len() == len(stream) {
+			close(whole)
+		}
+		return k
+	})
+	for c.Offset() < total {
+		max := int64(1 + rng.Intn(4000))
+		n, ok, err := c.SendRecent(&got, max)
+		if !ok {
+			n, err = c.Send(&got, max)
+		}
+		if err != nil {
+			return err.Error()
+		}
+		if n > 0 {
+			continue
+		}
+		if c.Park(f) {
+			select {
+			case <-f.Woken():
+			case <-whole:
+			case <-time.After(10 * time.Second):
+				c.Unpark(f)
+				if _, end := l.Bounds(); end > c.Offset() && c.Offset() < total {
+					return "a parked reader was neither fed nor woken"
+				}
+			}
+			c.Unpark(f)
+			continue
+		}
+		changed := l.Changed()
+		if _, end := l.Bounds(); end > c.Offset() {
+			continue
+		}
+		select {
+		case <-changed:
+		case <-time.After(10 * time.Second):
+			if _, end := l.Bounds(); end > c.Offset() {
+				return "lost wakeup: end passed the follower while it waited"
+			}
+		}
+	}
+	if pushed == 0 {
+		return "the writer never pushed to the follower"
+	}
+	if !bytes.Equal(got.Bytes(), stream) {
+		i := 0
+		for i < got.Len() && i < len(stream) && got.Bytes()[i] == stream[i] {
+			i++
+		}
+		return fmt.Sprintf("follower's bytes differ from the stream at offset %d (got %d bytes)", i+1, got.Len())
+	}
+	return ""
 }

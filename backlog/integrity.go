@@ -114,6 +114,7 @@ func (l *Log) afterSyncFailure(cause error) {
 func (l *Log) cut(to int64, damaged bool) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
+	defer l.unparkAll(false) // after mu: followers must look at the log again
 	l.syncer.syncMu.Lock()
 	defer l.syncer.syncMu.Unlock()
 	l.mu.Lock()

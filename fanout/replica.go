@@ -451,6 +451,7 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	lg := cur.Log()
 	var pf pendingFlush
 	defer pf.stop()
+	f := r.follower()
 	for {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
 		r.maxAck.Store(cur.Offset() + r.chunk() - 1)
@@ -478,6 +479,12 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 				}
 			}
 			if err := r.pace(ctx, n); err != nil {
+				return err
+			}
+			continue
+		}
+		if f != nil && cur.Park(f) {
+			if err := r.follow(ctx, cur, f); err != nil {
 				return err
 			}
 			continue

@@ -1,0 +1,77 @@
+package fanout
+
+import (
+	"context"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/replproxy/replproxy/backlog"
+)
+
+// follower lets the upstream writer feed this replica while it is caught
+// up, with non-blocking writes straight to its socket; nil when the stream
+// cannot take them. A compressed or TLS stream has its own framing state,
+// and a paced one must wait for its limiter, so those always send from
+// their own goroutine.
+func (r *replica) follower() *backlog.Follower {
+	if r.cw != nil || r.limiter != nil {
+		return nil
+	}
+	sc, ok := r.conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return backlog.NewFollower(func(p []byte, off int64) int {
+		r.maxAck.Store(off + int64(len(p)) - 1)
+		n := writeNow(raw, p)
+		r.sentBytes.Add(int64(n))
+		r.sentOff.Store(off + int64(n))
+		r.maxAck.Store(off + int64(n) - 1)
+		r.srv.stats.SentFromMemory.Add(int64(n))
+		return n
+	})
+}
+
+// follow waits while the writer feeds the parked replica, until the writer
+// hands it back (a short push, a cut, Close) or ctx ends, then takes the
+// cursor back past what the writer sent.
+func (r *replica) follow(ctx context.Context, cur *backlog.Cursor, f *backlog.Follower) error {
+	select {
+	case <-ctx.Done():
+	case <-f.Woken():
+	}
+	cur.Unpark(f)
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+// writeNow writes what the socket takes without waiting and returns how
+// many bytes that was; an error counts as nothing more written, and the
+// replica's own goroutine meets it on its next write. The write is a raw
+// system call: the socket is non-blocking, so the scheduler has nothing to
+// hand over while it runs.
+func writeNow(raw syscall.RawConn, p []byte) int {
+	n := 0
+	raw.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			k, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
+			if errno == unix.EINTR {
+				continue
+			}
+			if errno != 0 || k == 0 {
+				break
+			}
+			n += int(k)
+		}
+		return true // never wait for the socket: that is the sender's job
+	})
+	return n
+}

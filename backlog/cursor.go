@@ -49,21 +49,11 @@ func (c *Cursor) Log() *Log { return c.log }
 // that fail their checksum are not sent: the log is cut before them and
 // Send returns ErrDamaged.
 func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
-	if g := c.log.cuts.Load(); g != c.cuts {
-		c.closeFile() // the files may have been truncated or moved aside
-		c.cuts = g
-	}
-	seg, n, err := c.log.locate(c.off)
-	if errors.Is(err, ErrTrimmed) {
-		seg, n, err = c.held()
-	}
+	seg, n, err := c.find()
 	if err != nil || n == 0 {
 		return 0, err
 	}
 	n = min(n, max)
-	if err := c.open(seg); err != nil {
-		return 0, err
-	}
 	pos := c.off - seg.first
 	if err := seg.verifyTo(pos+n, c.f, c.idx); err != nil {
 		var d *damage
@@ -87,6 +77,31 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 	return sent, err
 }
 
+// find opens the segment holding the cursor's offset and says how many
+// bytes it has from there. A cut between finding the segment and opening
+// its file (it removes files) is no reason to give up: look again.
+func (c *Cursor) find() (*segment, int64, error) {
+	for {
+		g := c.log.cuts.Load()
+		if g != c.cuts {
+			c.closeFile() // the files may have been truncated or moved aside
+			c.cuts = g
+		}
+		seg, n, err := c.log.locate(c.off)
+		if errors.Is(err, ErrTrimmed) {
+			seg, n, err = c.held()
+		}
+		if err != nil || n == 0 {
+			return nil, 0, err
+		}
+		err = c.open(seg)
+		if errors.Is(err, ErrTrimmed) && c.log.cuts.Load() != g {
+			continue
+		}
+		return seg, n, err
+	}
+}
+
 // SendRecent sends up to max bytes from memory when the cursor is inside
 // the log's last append, the bytes the writer had in hand: a caught-up
 // reader then costs one write, no disk read and no re-verification (they
@@ -99,12 +114,26 @@ func (c *Cursor) SendRecent(w io.Writer, max int64) (n int64, ok bool, err error
 		return 0, false, nil
 	}
 	defer b.release()
-	if c.seg != nil && c.log.passed(c.seg, c.off) {
-		c.closeFile()
-	}
+	c.keep()
 	k, err := w.Write(p[:min(int64(len(p)), max)])
 	c.off += int64(k)
 	return int64(k), true, err
+}
+
+// keep holds the segment the cursor is in while it sends from memory, as
+// a disk send would: if the replica then falls behind while retention
+// removes that file, the open descriptor still has its bytes (the pinning
+// policy drops such a replica after a while, naming the segment). A
+// segment the cursor has passed is let go, or it would keep a removed
+// file's disk space for as long as the replica keeps up.
+func (c *Cursor) keep() {
+	if c.seg != nil && !c.log.passed(c.seg, c.off) {
+		return
+	}
+	c.closeFile()
+	if seg, n, err := c.log.locate(c.off); err == nil && n > 0 {
+		c.open(seg) // a failure leaves nothing held; a disk send reports it
+	}
 }
 
 // held serves from the segment the cursor has open after retention removed

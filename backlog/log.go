@@ -71,6 +71,17 @@ type activeSegment struct {
 	data    *os.File
 	idx     *os.File
 	idxSize int64
+	w       *segmentWriters // made at the first append (rawwrite.go)
+}
+
+// segmentWriters write the active segment's two files on the hot path.
+type segmentWriters struct{ data, idx fileWriter }
+
+func (a *activeSegment) writers() *segmentWriters {
+	if a.w == nil || a.w.data.f != a.data || a.w.idx.f != a.idx {
+		a.w = &segmentWriters{data: newFileWriter(a.data), idx: newFileWriter(a.idx)}
+	}
+	return a.w
 }
 
 // Log is an offset-addressed, append-only byte log split into segment files
@@ -110,7 +121,9 @@ type Log struct {
 	preparing bool
 	lastTrim  time.Time
 	recBuf    []byte
+	raw       rawWrites    // when hot-path writes may bypass the scheduler (rawwrite.go)
 	cuts      atomic.Int64 // cursors reopen their files after a cut
+	follow    followers    // caught-up readers the writer feeds itself (follow.go)
 	times     *timeIndex   // offset -> wall clock, for operators (timeindex.go)
 	holding   bool         // retention is holding bytes for the snapshot (logged once per episode)
 }
@@ -139,6 +152,10 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
 		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1)}
 	l.batches.New = func() any { return new(batch) }
+	l.raw.log = func(took time.Duration) {
+		l.log.Warn().Dur("took", took).Dur("for", rawBackoff).
+			Msg("a page-cache write was slow (a stalling disk?): hot-path writes go through the scheduler for a while")
+	}
 	segs, err := l.recover()
 	if err != nil {
 		return nil, err
@@ -431,30 +448,52 @@ func (b *batch) release() {
 	}
 }
 
-// publish makes the bytes of the append that began at start the recent
-// batch, and wakes the waiters once. Only the writer calls it, after every
-// byte of data and its index record are written.
-func (l *Log) publish(start int64, data []byte) {
-	var b *batch
-	if len(data) > 0 {
-		b = l.batches.Get().(*batch)
-		b.start, b.data, b.pool = start, append(b.data[:0], data...), &l.batches
-		b.refs.Store(1)
+// Batch is memory for one upstream read on its way into the log. The
+// writer reads into Space and hands the batch to AppendBatch; the log then
+// publishes those very bytes to caught-up readers, without a copy.
+type Batch = batch
+
+// NewBatch returns an empty batch with room for at least size bytes, from
+// a pool: a busy link recycles a few buffers instead of feeding the GC.
+func (l *Log) NewBatch(size int) *Batch {
+	b := l.batches.Get().(*batch)
+	if cap(b.data) < size {
+		b.data = make([]byte, 0, size)
 	}
+	b.data, b.pool = b.data[:0], &l.batches
+	b.refs.Store(1)
+	return b
+}
+
+// Space is the batch's whole buffer, to read into.
+func (b *Batch) Space() []byte { return b.data[:cap(b.data)] }
+
+// Release gives back a batch that was not appended.
+func (b *Batch) Release() { b.release() }
+
+// publish makes the first n bytes of b, an append that began at start, the
+// recent batch, and wakes the waiters once. It takes over the writer's
+// reference to b. Only the writer calls it, after every byte of those n
+// and their index records are written.
+func (l *Log) publish(start int64, b *batch, n int) {
+	b.start, b.data = start, b.data[:n]
 	l.mu.Lock()
 	old := l.recent
 	l.recent = nil
-	if !l.closed && start+int64(len(data)) == l.end {
-		l.recent, b = b, nil
+	pushed := false
+	if n > 0 && !l.closed && start+int64(n) == l.end {
+		b.refs.Add(1) // the recent slot's reference; the writer keeps its own while it pushes
+		l.recent, pushed = b, true
 	}
 	l.wake()
 	l.mu.Unlock()
 	if old != nil {
 		old.release()
 	}
-	if b != nil {
-		b.release()
+	if pushed {
+		l.push(start, b.data)
 	}
+	b.release()
 }
 
 // dropRecent forgets the recent batch (a cut or Close). Called with mu held.
@@ -505,51 +544,60 @@ func (l *Log) recentFrom(off, cuts int64) (b *batch, p []byte) {
 	return b, b.data[off-b.start : end-b.start]
 }
 
-// Append writes p at the end of the log. Only the owner calls it. Bytes
-// count only once both they and their index record are written; after an
-// error the log is unchanged past its last complete append, and the caller
-// may retry from End. After a cut it returns ErrRewound until Resume.
+// Append writes a copy of p at the end of the log (see AppendBatch).
 func (l *Log) Append(p []byte) error {
+	b := l.NewBatch(len(p))
+	b.data = append(b.data, p...)
+	return l.AppendBatch(b, len(p))
+}
+
+// AppendBatch writes the first n bytes of b at the end of the log and takes
+// b over: the caller must not touch it again. Only the owner calls it.
+// Bytes count only once both they and their index record are written;
+// after an error the log is unchanged past its last complete append, and
+// the caller may retry from End. After a cut it returns ErrRewound until
+// Resume.
+func (l *Log) AppendBatch(b *Batch, n int) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.mu.RLock()
 	resume, broken := l.resume, l.broken
-	l.mu.RUnlock()
-	if broken != nil {
-		return broken
-	}
-	if resume {
-		return ErrRewound
-	}
-	l.times.note(l.end, time.Now())
-	l.mu.RLock()
 	start := l.end
 	l.mu.RUnlock()
-	whole := p
+	if broken != nil || resume {
+		b.release()
+		if broken != nil {
+			return broken
+		}
+		return ErrRewound
+	}
+	l.times.note(start, time.Now())
 	written := 0
 	// Waiters wake once, when the whole append is in, whether it ends well
 	// or not; only bytes fully written (with their index record) are
 	// published.
-	defer func() { l.publish(start, whole[:written]) }()
+	defer func() { l.publish(start, b, written) }()
+	p := b.data[:n]
 	for len(p) > 0 {
 		a, err := l.writable()
 		if err != nil {
 			return err
 		}
-		n, err := a.data.WriteAt(p[:min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)], a.seg.size)
-		if n > 0 {
-			l.recBuf = encodeRecord(l.recBuf[:0], p[:n])
-			if _, ierr := a.idx.WriteAt(l.recBuf, a.idxSize); ierr != nil {
+		w := a.writers()
+		k, err := w.data.writeAt(&l.raw, p[:min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)], a.seg.size)
+		if k > 0 {
+			l.recBuf = encodeRecord(l.recBuf[:0], p[:k])
+			if _, ierr := w.idx.writeAt(&l.raw, l.recBuf, a.idxSize); ierr != nil {
 				return fmt.Errorf("append to index of segment %d: %w", a.seg.first, ierr)
 			}
 			a.idxSize += recordSize
-			l.advance(a.seg, int64(n))
-			written += n
+			l.advance(a.seg, int64(k))
+			written += k
 		}
 		if err != nil {
 			return fmt.Errorf("append to segment %d: %w", a.seg.first, err)
 		}
-		p = p[n:]
+		p = p[k:]
 		l.maybePrepare(a)
 	}
 	if l.opt.MaxAge > 0 && time.Since(l.lastTrim) > time.Second {
@@ -775,6 +823,7 @@ func (l *Log) Close() error {
 	close(l.changed)
 	active := l.active
 	l.mu.Unlock()
+	l.unparkAll(true)
 	defer l.times.close()
 	if l.preparing {
 		p := <-l.next

@@ -300,6 +300,26 @@ func (s *Store) Append(p []byte) error {
 	return l.Append(p)
 }
 
+// NewBatch returns memory for the next upstream read (Log.NewBatch).
+func (s *Store) NewBatch(size int) (*Batch, error) {
+	l := s.Log()
+	if l == nil {
+		return nil, errors.New("append before the first full sync")
+	}
+	return l.NewBatch(size), nil
+}
+
+// AppendBatch appends the first n bytes of b and takes b over
+// (Log.AppendBatch).
+func (s *Store) AppendBatch(b *Batch, n int) error {
+	l := s.Log()
+	if l == nil {
+		b.Release()
+		return errors.New("append before the first full sync")
+	}
+	return l.AppendBatch(b, n)
+}
+
 // Rewound is closed when the current log is cut back: the upstream session
 // must end and PSYNC again from End. Nil (never ready) without history.
 func (s *Store) Rewound() <-chan struct{} {

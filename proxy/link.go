@@ -257,7 +257,8 @@ func (l *Link) session(ctx context.Context) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	rd := resp.NewReader(bufio.NewReaderSize(conn, 64<<10), resp.DefaultLimits())
+	br := bufio.NewReaderSize(conn, 64<<10)
+	rd := resp.NewReader(br, resp.DefaultLimits())
 	l.setState(LinkHandshake, "connected to "+addr)
 	if err := l.handshake(conn, rd, false); err != nil {
 		return err
@@ -267,7 +268,7 @@ func (l *Link) session(ctx context.Context) error {
 		return err
 	}
 	l.setState(LinkConnected, "replication stream started")
-	return l.stream(ctx, conn, rd.Bufio())
+	return l.stream(ctx, conn, rd.Bufio(), rd.Bufio() == br)
 }
 
 // dial connects to the master, with TLS when configured.

@@ -19,67 +19,133 @@ import (
 // stored verbatim; this pattern only triggers an ACK, so a false match in a
 // value costs one harmless extra ACK and no parser state can go wrong after
 // resuming mid-command.
-var getackCmd = []byte("*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n")
+const getackText = "*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n"
+
+var getackCmd = []byte(getackText)
 
 const upstreamReadBytes = 512 << 10
 
 // stream appends the master's bytes to the backlog exactly as received;
 // acknowledgements go from their own goroutine, so the reader never waits.
-func (l *Link) stream(ctx context.Context, conn net.Conn, br *bufio.Reader) error {
+// direct says src is the connection's own buffered reader (no TLS, no
+// decompression): the socket is then read without it (ingest.fromSocket).
+func (l *Link) stream(ctx context.Context, conn *watchedConn, src *bufio.Reader, direct bool) error {
 	ackCtx, stopAcks := context.WithCancel(ctx)
 	defer stopAcks()
 	getack := make(chan struct{}, 1)
 	ackErr := make(chan error, 1)
 	go func() { ackErr <- l.ackLoop(ackCtx, conn, getack) }()
 
-	// One read is one append: one index record, one wakeup of the senders
-	// and one write per caught-up replica. A large buffer lets a read take
-	// all the socket holds after a busy moment; a quiet link still gets
-	// each small read at once.
-	buf := make([]byte, upstreamReadBytes)
-	carry := 0 // bytes of the previous read kept in front, so a split GETACK is still seen
+	in := &ingest{l: l, getack: getack}
+	var err error
+	if raw := conn.raw(); direct && raw != nil {
+		if err = in.fromBuffer(src); err == nil {
+			err = in.fromSocket(conn, raw)
+		}
+	} else {
+		err = in.fromReader(src)
+	}
+	select {
+	case aerr := <-ackErr:
+		if aerr != nil {
+			return aerr
+		}
+	default:
+	}
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("master closed the connection")
+	}
+	return err
+}
+
+// ingest turns upstream reads into appends. One read is one append: one
+// index record, one wakeup of the senders and one write per caught-up
+// replica, made from the very buffer read into. A large buffer lets a read
+// take all the socket holds after a busy moment; a quiet link still gets
+// each small read at once.
+type ingest struct {
+	l      *Link
+	getack chan<- struct{}
+	scan   getackScanner
+}
+
+// take appends the first n bytes of b, which it takes over.
+func (in *ingest) take(b *backlog.Batch, n int) error {
+	l := in.l
+	l.awaitStream.Store(-1)
+	asked := in.scan.seen(b.Space()[:n]) // before the append: the batch is the log's after it
+	if err := l.store.AppendBatch(b, n); err != nil {
+		if !errors.Is(err, backlog.ErrRewound) {
+			l.log.Error().Err(err).Msg("disk error storing the stream; the link stops and nothing more is acknowledged")
+		}
+		return fmt.Errorf("store stream: %w", err)
+	}
+	l.rawBytes.Add(int64(n))
+	if asked {
+		select {
+		case in.getack <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// fromReader reads through r until it fails: TLS, or a zstd stream.
+func (in *ingest) fromReader(r io.Reader) error {
 	for {
-		n, err := br.Read(buf[carry:])
-		if n > 0 {
-			l.awaitStream.Store(-1)
-			if aerr := l.store.Append(buf[carry : carry+n]); aerr != nil {
-				if !errors.Is(aerr, backlog.ErrRewound) {
-					l.log.Error().Err(aerr).Msg("disk error storing the stream; the link stops and nothing more is acknowledged")
-				}
-				return fmt.Errorf("store stream: %w", aerr)
-			}
-			l.rawBytes.Add(int64(n))
-			if bytes.Contains(buf[:carry+n], getackCmd) {
-				select {
-				case getack <- struct{}{}:
-				default:
-				}
-			}
-			carry = keepTail(buf, carry+n, len(getackCmd)-1)
+		b, err := in.l.store.NewBatch(upstreamReadBytes)
+		if err != nil {
+			return fmt.Errorf("store stream: %w", err)
+		}
+		n, err := r.Read(b.Space())
+		if n == 0 {
+			b.Release()
+		} else if aerr := in.take(b, n); aerr != nil {
+			return aerr
+		}
+		if errors.Is(err, io.EOF) {
+			return err
 		}
 		if err != nil {
-			select {
-			case aerr := <-ackErr:
-				if aerr != nil {
-					return aerr
-				}
-			default:
-			}
-			if err == io.EOF {
-				return fmt.Errorf("master closed the connection")
-			}
 			return fmt.Errorf("read stream: %w", err)
 		}
 	}
 }
 
-// keepTail moves the last k of the first n bytes of buf to its front.
-func keepTail(buf []byte, n, k int) int {
-	if n <= k {
-		return n
+// fromBuffer appends what the handshake's reader already holds.
+func (in *ingest) fromBuffer(br *bufio.Reader) error {
+	for br.Buffered() > 0 {
+		b, err := in.l.store.NewBatch(upstreamReadBytes)
+		if err != nil {
+			return fmt.Errorf("store stream: %w", err)
+		}
+		n, _ := br.Read(b.Space()[:min(br.Buffered(), upstreamReadBytes)])
+		if err := in.take(b, n); err != nil {
+			return err
+		}
 	}
-	copy(buf, buf[n-k:n])
-	return k
+	return nil
+}
+
+// getackScanner finds GETACK in a stream read piece by piece, also when
+// the command straddles two reads: it keeps the last bytes it saw, one
+// short of the command.
+type getackScanner struct {
+	win  [2 * len(getackText)]byte
+	tail int // bytes kept at the front of win
+}
+
+func (g *getackScanner) seen(p []byte) bool {
+	k := len(getackText) - 1
+	found := bytes.Contains(p, getackCmd)
+	n := g.tail + copy(g.win[g.tail:g.tail+k], p)
+	found = found || bytes.Contains(g.win[:n], getackCmd)
+	if len(p) >= k {
+		g.tail = copy(g.win[:], p[len(p)-k:])
+	} else {
+		g.tail = copy(g.win[:], g.win[max(0, n-k):n])
+	}
+	return found
 }
 
 // ackLoop sends REPLCONF ACK every second, at a GETACK, and in replicas

@@ -1,0 +1,116 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/replproxy/replproxy/backlog"
+	"golang.org/x/sys/unix"
+)
+
+// raw is the plain TCP socket under c for reads the poller does not
+// drive; nil under TLS.
+func (c *watchedConn) raw() syscall.RawConn {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// fromSocket reads the socket inside one RawRead, so the poller's
+// readiness carries over from one read to the next: after a read that
+// left the socket empty it waits for new bytes at once, instead of first
+// trying one more read to hear EAGAIN, as a plain Read must. The reads
+// themselves are raw system calls: the socket never blocks, and the Go
+// scheduler then has nothing to hand over.
+//
+// The repl-timeout deadline is armed once and, when it fires, checked
+// against the time of the last byte: a busy link re-arms it every
+// repl-timeout rather than at every read.
+func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
+	var b *backlog.Batch
+	defer func() {
+		if b != nil {
+			b.Release()
+		}
+	}()
+	for {
+		last := time.Unix(0, c.lastIO.Load())
+		c.Conn.SetReadDeadline(last.Add(c.timeout))
+		var ierr error
+		err := raw.Read(func(fd uintptr) bool {
+			for {
+				if b == nil {
+					if b, ierr = in.l.store.NewBatch(upstreamReadBytes); ierr != nil {
+						return true
+					}
+				}
+				space := b.Space()
+				n, err := readRaw(fd, space)
+				switch {
+				case errors.Is(err, unix.EAGAIN):
+					return false
+				case errors.Is(err, unix.EINTR):
+					continue
+				case err != nil:
+					ierr = fmt.Errorf("read stream: %w", err)
+					return true
+				case n == 0:
+					ierr = io.EOF
+					return true
+				}
+				c.noteRead(n)
+				batch := b
+				b = nil
+				if ierr = in.take(batch, n); ierr != nil {
+					return true
+				}
+				if n < len(space) {
+					return false // the socket is empty: wait for its next bytes
+				}
+			}
+		})
+		if ierr != nil {
+			return ierr
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, c.lastIO.Load())) < c.timeout {
+			continue // bytes came since the deadline was armed
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("read stream: no data from master for %s (repl-timeout): %w", c.timeout, err)
+		}
+		if err != nil {
+			return fmt.Errorf("read stream: %w", err)
+		}
+	}
+}
+
+// readRaw is read(2) without telling the scheduler: on a non-blocking
+// socket it cannot block.
+func readRaw(fd uintptr, p []byte) (int, error) {
+	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafePointer(p)), uintptr(len(p)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// noteRead records n bytes read past the conn's own Read.
+func (c *watchedConn) noteRead(n int) {
+	c.lastIO.Store(time.Now().UnixNano())
+	if c.wire != nil {
+		c.wire.Add(int64(n))
+	}
+}
+
+func unsafePointer(p []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(p)) }

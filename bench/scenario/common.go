@@ -56,6 +56,15 @@ func (b *bench) startProxy(ctx context.Context, name string, master *child, maxB
 	return p, err
 }
 
+// startProxyBin starts a proxy of master from another replproxy binary, to
+// compare two builds on the same stream at the same moment.
+func (b *bench) startProxyBin(ctx context.Context, name, bin string, master *child) (*child, error) {
+	saved := b.env.proxyBin
+	b.env.proxyBin = bin
+	defer func() { b.env.proxyBin = saved }()
+	return b.startProxy(ctx, name, master, 2<<30, "everysec")
+}
+
 func (b *bench) startReplica(ctx context.Context, name string, of *child) (*child, error) {
 	return b.env.startRedis(ctx, name, "--replicaof", "127.0.0.1", strconv.Itoa(of.port))
 }

@@ -50,6 +50,7 @@ type options struct {
 	compressTime   time.Duration
 	relayRuns      int
 	relayRequests  int
+	relayAgainst   string
 	scaleMiB       int
 }
 
@@ -85,6 +86,7 @@ func main() {
 	fs.DurationVar(&o.compressTime, "compress-time", 30*time.Second, "how long to write the mixed load (compress)")
 	fs.IntVar(&o.relayRuns, "relay-runs", 3, "side-by-side runs (relay)")
 	fs.IntVar(&o.relayRequests, "relay-requests", 400000, "redis-benchmark -n (relay)")
+	fs.StringVar(&o.relayAgainst, "relay-against", "", "another replproxy binary that relays the same stream beside P, to compare two builds in one run (relay)")
 	fs.IntVar(&o.scaleMiB, "scale-mib", 128, "MiB written per replica count (fanout-scale)")
 	fs.StringVar(&o.proxyBin, "replproxy", "", "replproxy binary to run (default: go build ./cmd/replproxy into the temp dir)")
 	fs.Usage = func() {

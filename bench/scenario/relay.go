@@ -27,6 +27,7 @@ type relayRun struct {
 	proxyCPU   float64
 	lag        [3][]probe // D, RA, RB
 	quietEnd   time.Time  // probes sent before this went out with no load
+	otherCPU   float64    // -relay-against: the other build's CPU for the same stream
 	load       time.Duration
 	loadOutput string
 }
@@ -39,6 +40,28 @@ func (r relayRun) p50(i int, loaded bool) time.Duration {
 	for _, p := range r.lag[i] {
 		if p.sent.Before(r.quietEnd) != loaded {
 			d = append(d, p.lag)
+		}
+	}
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[len(d)/2]
+}
+
+// added is the p50 of the extra lag of subscriber i over D, probe by
+// probe: each probe reached D and i from the same PUBLISH, so the
+// difference for one probe leaves out the publisher's and the master's own
+// delays, which the difference of two medians would keep as noise.
+func (r relayRun) added(i int, loaded bool) time.Duration {
+	atD := make(map[time.Time]time.Duration, len(r.lag[0]))
+	for _, p := range r.lag[0] {
+		atD[p.sent] = p.lag
+	}
+	var d []time.Duration
+	for _, p := range r.lag[i] {
+		if dl, ok := atD[p.sent]; ok && p.sent.Before(r.quietEnd) != loaded {
+			d = append(d, p.lag-dl)
 		}
 	}
 	if len(d) == 0 {
@@ -62,7 +85,8 @@ func (b *bench) relay(ctx context.Context) error {
 	b.printf("\n== relay: chained redis-server A (replica RA) vs. replproxy P (replica RB), same master, same run;\n")
 	b.printf("   load: redis-benchmark -t set -d 512 -r 1000000 -n %d -P 16 -c 20; PUBLISH probes every %s read on D, RA, RB\n",
 		b.opt.relayRequests, relayProbeEvery)
-	b.printf("   p50 lags: 'quiet' probes go out for %s before the load, 'load' ones during it and until all caught up\n", relayQuiet)
+	b.printf("   lags: 'quiet' probes go out for %s before the load, 'load' ones during it and until all caught up;\n", relayQuiet)
+	b.printf("   D is the p50 on the direct replica, RA-D and RB-D the p50 of each probe's extra lag on RA and RB\n")
 	b.printf("%-4s %9s %6s %7s %7s %7s %9s %9s %9s %9s %9s %9s %9s\n", "run", "stream MB", "load s", "A CPU s", "P CPU s",
 		"P/A CPU", "quiet D", "RA-D", "RB-D", "load D", "RA-D", "RB-D", "samples")
 	var runs []relayRun
@@ -72,10 +96,13 @@ func (b *bench) relay(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("run %d: %w", i+1, err)
 		}
-		qd, qa, qb := r.p50(0, false), r.p50(1, false), r.p50(2, false)
-		ld, la, lb := r.p50(0, true), r.p50(1, true), r.p50(2, true)
 		b.printf("%-4d %9.0f %6.1f %7.2f %7.2f %7.3f %9s %9s %9s %9s %9s %9s %9d\n", i+1, float64(r.stream)/1e6, r.load.Seconds(),
-			r.chainCPU, r.proxyCPU, r.cpuRatio(), us(qd), us(qa-qd), us(qb-qd), us(ld), us(la-ld), us(lb-ld), len(r.lag[2]))
+			r.chainCPU, r.proxyCPU, r.cpuRatio(), us(r.p50(0, false)), us(r.added(1, false)), us(r.added(2, false)),
+			us(r.p50(0, true)), us(r.added(1, true)), us(r.added(2, true)), len(r.lag[2]))
+		if r.otherCPU > 0 {
+			b.printf("     -relay-against build: %.2f s CPU, %.3f of this build's, %.3f of the chained Redis's\n",
+				r.otherCPU, r.otherCPU/r.proxyCPU, r.otherCPU/r.chainCPU)
+		}
 		runs = append(runs, r)
 	}
 	b.printf("\n   relay CPU per GB, proxy / chained Redis (target <= 0.25):")
@@ -87,10 +114,9 @@ func (b *bench) relay(ctx context.Context) error {
 		if loaded {
 			phase = "load"
 		}
-		b.printf("\n   added p50 lag over D (%s), proxy vs. chained Redis (target: proxy <= chained and < 50 µs):", phase)
+		b.printf("\n   added lag over D (%s; p50 of per-probe differences), proxy vs. chained Redis (target: proxy <= chained and < 50 µs):", phase)
 		for _, r := range runs {
-			d := r.p50(0, loaded)
-			b.printf(" %s vs %s;", us(r.p50(2, loaded)-d), us(r.p50(1, loaded)-d))
+			b.printf(" %s vs %s;", us(r.added(2, loaded)), us(r.added(1, loaded)))
 		}
 	}
 	b.printf("\n")
@@ -129,7 +155,19 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 	if err != nil {
 		return r, err
 	}
-	if err := waitInSync(ctx, time.Minute, m, []*child{d, ra, rb}); err != nil {
+	synced := []*child{d, ra, rb}
+	var q *child
+	if b.opt.relayAgainst != "" {
+		if q, err = b.startProxyBin(ctx, pre+"Q", b.opt.relayAgainst, m); err != nil {
+			return r, err
+		}
+		rq, err := b.startReplica(ctx, pre+"RQ", q)
+		if err != nil {
+			return r, err
+		}
+		synced = append(synced, rq)
+	}
+	if err := waitInSync(ctx, time.Minute, m, synced); err != nil {
 		return r, err
 	}
 
@@ -182,6 +220,10 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 		return r, err
 	}
 	a0, p0 := procCPU(a), procCPU(p)
+	var q0 float64
+	if q != nil {
+		q0 = procCPU(q)
+	}
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(m.port),
 		"-t", "set", "-d", "512", "-r", "1000000", "-n", strconv.Itoa(b.opt.relayRequests), "-P", "16", "-c", "20", "-q")
@@ -192,10 +234,13 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 		return r, fmt.Errorf("redis-benchmark: %w", err)
 	}
 	r.load = time.Since(start)
-	if err := waitInSync(ctx, b.opt.timeout, m, []*child{d, ra, rb}); err != nil {
+	if err := waitInSync(ctx, b.opt.timeout, m, synced); err != nil {
 		return r, err
 	}
 	r.chainCPU, r.proxyCPU = procCPU(a)-a0, procCPU(p)-p0
+	if q != nil {
+		r.otherCPU = procCPU(q) - q0
+	}
 	off1, err := infoField(m, "replication", "master_repl_offset")
 	if err != nil {
 		return r, err

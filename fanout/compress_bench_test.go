@@ -13,16 +13,18 @@ import (
 	"github.com/replproxy/replproxy/internal/mixedload"
 )
 
-// mixedStream is the stream the compress scenario's load makes, built once
-// from the same generator: 16 MiB of RESP commands.
-var mixedStream = sync.OnceValue(func() []byte {
+// mixedBytes is the start, n bytes or a little more, of the stream the
+// compress scenario's load makes, from the same generator.
+func mixedBytes(n int) []byte {
 	g := mixedload.New(1_700_000_000)
-	buf := make([]byte, 0, 16<<20+4096)
-	for len(buf) < 16<<20 {
+	buf := make([]byte, 0, n+4096)
+	for len(buf) < n {
 		buf, _ = g.Append(buf)
 	}
 	return buf
-})
+}
+
+var mixedStream = sync.OnceValue(func() []byte { return mixedBytes(16 << 20) })
 
 // countingDiscard stands in for the replica's connection.
 type countingDiscard struct{ n int64 }
@@ -88,6 +90,8 @@ func cpuTime() time.Duration {
 // sender's flush timer would at the scenario's rate (about 64 KiB per 2 ms).
 func BenchmarkCompressedStream(b *testing.B) {
 	const sendBytes = 16 << 10
+	// base is the sender's settings before no-entropy and no-checksum;
+	// the other cases vary one thing from it.
 	base := []zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1 << 20)}
 	with := func(extra ...zstd.EOption) []zstd.EOption { return append(append([]zstd.EOption{}, base...), extra...) }
 	cases := []struct {
@@ -95,15 +99,26 @@ func BenchmarkCompressedStream(b *testing.B) {
 		flushBytes int
 		codec      func(b *testing.B, w io.Writer) streamCodec
 	}{
-		{"zstd/current/flush=send", sendBytes, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
-		{"zstd/current/flush=64K", 64 << 10, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
-		{"zstd/current/flush=256K", 256 << 10, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
-		{"zstd/current/flush=1M", 1 << 20, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
+		{"zstd/shipped/flush=64K", 64 << 10, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, zstdStreamOptions()...) }},
+		{"zstd/shipped/flush=send", sendBytes, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, zstdStreamOptions()...) }},
+		{"zstd/before/flush=send", sendBytes, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
+		{"zstd/before/flush=64K", 64 << 10, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
+		{"zstd/before/flush=256K", 256 << 10, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
+		{"zstd/before/flush=1M", 1 << 20, func(b *testing.B, w io.Writer) streamCodec { return zstdCodec(b, w, base...) }},
 		{"zstd/noentropy/flush=64K", 64 << 10, func(b *testing.B, w io.Writer) streamCodec {
 			return zstdCodec(b, w, with(zstd.WithNoEntropyCompression(true))...)
 		}},
 		{"zstd/noentropy/flush=256K", 256 << 10, func(b *testing.B, w io.Writer) streamCodec {
 			return zstdCodec(b, w, with(zstd.WithNoEntropyCompression(true))...)
+		}},
+		{"zstd/noentropy+nocrc/flush=32K", 32 << 10, func(b *testing.B, w io.Writer) streamCodec {
+			return zstdCodec(b, w, with(zstd.WithNoEntropyCompression(true), zstd.WithEncoderCRC(false))...)
+		}},
+		{"zstd/noentropy+nocrc/flush=64K", 64 << 10, func(b *testing.B, w io.Writer) streamCodec {
+			return zstdCodec(b, w, with(zstd.WithNoEntropyCompression(true), zstd.WithEncoderCRC(false))...)
+		}},
+		{"zstd/noentropy+nocrc/flush=128K", 128 << 10, func(b *testing.B, w io.Writer) streamCodec {
+			return zstdCodec(b, w, with(zstd.WithNoEntropyCompression(true), zstd.WithEncoderCRC(false))...)
 		}},
 		{"zstd/nocrc/flush=64K", 64 << 10, func(b *testing.B, w io.Writer) streamCodec {
 			return zstdCodec(b, w, with(zstd.WithEncoderCRC(false))...)

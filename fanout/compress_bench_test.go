@@ -2,7 +2,6 @@ package fanout
 
 import (
 	"io"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,8 +22,6 @@ func mixedBytes(n int) []byte {
 	}
 	return buf
 }
-
-var mixedStream = sync.OnceValue(func() []byte { return mixedBytes(16 << 20) })
 
 // countingDiscard stands in for the replica's connection.
 type countingDiscard struct{ n int64 }
@@ -143,7 +140,7 @@ func BenchmarkCompressedStream(b *testing.B) {
 		{"s2/flush=64K", 64 << 10, func(b *testing.B, w io.Writer) streamCodec { return s2Codec(w) }},
 		{"s2/flush=256K", 256 << 10, func(b *testing.B, w io.Writer) streamCodec { return s2Codec(w) }},
 	}
-	stream := mixedStream()
+	stream := mixedBytes(16 << 20)
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			wire := &countingDiscard{}

@@ -174,19 +174,22 @@ func (b *bench) compressPass(ctx context.Context, p2Compression string, cmds int
 	o := b.opt
 	const maxBytes = 4 << 30 // no retention and so no snapshot refresh within a run
 	var res compressPass
-	master, err := b.startMaster(ctx, "compress-master")
+	// Names, and so directories, differ by pass: with -keep the first
+	// pass's data stays, and must not be the second's starting state.
+	pass := "compress-" + p2Compression + "-pass-"
+	master, err := b.startMaster(ctx, pass+"master")
 	if err != nil {
 		return res, err
 	}
-	p1, err := b.startProxy(ctx, "compress-P1", master, maxBytes, "everysec")
+	p1, err := b.startProxy(ctx, pass+"P1", master, maxBytes, "everysec")
 	if err != nil {
 		return res, err
 	}
-	p2, err := b.startProxyOf(ctx, "compress-P2-"+p2Compression, p1, maxBytes, p2Compression)
+	p2, err := b.startProxyOf(ctx, pass+"P2-"+p2Compression, p1, maxBytes, p2Compression)
 	if err != nil {
 		return res, err
 	}
-	p2n, err := b.startProxyOf(ctx, "compress-P2prime-none", p1, maxBytes, "none")
+	p2n, err := b.startProxyOf(ctx, pass+"P2prime-none", p1, maxBytes, "none")
 	if err != nil {
 		return res, err
 	}
@@ -227,9 +230,9 @@ func (b *bench) compressPass(ctx context.Context, p2Compression string, cmds int
 	b.printf("\n   pass with P2 %s, write: %.0f MiB, %d commands in %.1fs (%.1f MB/s, %.0f commands/s); %.1f%% of the bytes are random values\n",
 		p2Compression, mib(load.bytes), load.cmds, load.elapsed.Seconds(), mbps(load.bytes, load.elapsed),
 		float64(load.cmds)/load.elapsed.Seconds(), 100*ratio(res.random, load.bytes))
-	b.printf("%-28s %11s %11s %10s %8s %8s %8s %8s\n", "proxy", "stream MiB", "wire MiB", "wire/strm", "saved", "CPU s", "s/GB", "resyncs")
+	b.printf("%-42s %11s %11s %10s %8s %8s %8s %8s\n", "proxy", "stream MiB", "wire MiB", "wire/strm", "saved", "CPU s", "s/GB", "resyncs")
 	for i, c := range res.d {
-		b.printf("%-28s %11.1f %11.1f %10.3f %7.1f%% %8.2f %8.2f %8d\n", res.names[i]+" (upstream)", mib(c.stream), mib(c.wire),
+		b.printf("%-42s %11.1f %11.1f %10.3f %7.1f%% %8.2f %8.2f %8d\n", res.names[i]+" (upstream)", mib(c.stream), mib(c.wire),
 			ratio(c.wire, c.stream), 100*(1-ratio(c.wire, c.stream)), c.cpu, c.cpu/gb(c.stream), c.fullSyncs+c.partSyncs)
 	}
 	return res, nil

@@ -1,9 +1,11 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,5 +63,58 @@ func TestCompressedStreamFlushesWhenIdle(t *testing.T) {
 	cancel()
 	if err := <-done; err == nil {
 		t.Fatal("stream returned nil after its context ended")
+	}
+}
+
+// The sender's stream stays standard zstd that the receiver, with its 8 MiB
+// window limit, decodes to the very bytes, sent by sends and flushes as the
+// stream loop makes them. Its frame carries no content checksum (written
+// only at a frame's end, which a replica's stream never reaches) and asks
+// for a window well inside the receiver's limit.
+func TestCompressedStreamIsPlainZstd(t *testing.T) {
+	stream := mixedBytes(2 << 20)
+	var wire bytes.Buffer
+	var wireBytes atomic.Int64
+	cw, err := newCompressedWriter(&wire, &wireBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(stream); off += 16 << 10 {
+		if _, err := cw.Write(stream[off:min(off+16<<10, len(stream))]); err != nil {
+			t.Fatal(err)
+		}
+		if off%(64<<10) == 0 {
+			if err := cw.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := cw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if int64(wire.Len()) != wireBytes.Load() {
+		t.Fatalf("wire counter %d, %d bytes written", wireBytes.Load(), wire.Len())
+	}
+	var h zstd.Header
+	if err := h.Decode(wire.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if h.HasCheckSum || h.WindowSize == 0 || h.WindowSize > 1<<20 {
+		t.Fatalf("frame header: checksum %t, window %d bytes", h.HasCheckSum, h.WindowSize)
+	}
+	dec, err := zstd.NewReader(&wire, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(8<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	got := make([]byte, len(stream))
+	if _, err := io.ReadFull(dec, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, stream) {
+		t.Fatal("the decoded stream differs from what was sent")
+	}
+	if ratio := float64(wireBytes.Load()) / float64(len(stream)); ratio > 0.45 {
+		t.Fatalf("wire/stream %.3f: the mixed stream should compress to about 0.41", ratio)
 	}
 }

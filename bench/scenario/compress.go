@@ -4,24 +4,16 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"math/rand"
 	"net"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/replproxy/replproxy/internal/mixedload"
 )
 
-// mixedLoad pipelines a mix of writes shaped like an application's rather
-// than the big repeated values of runLoad, which zstd would shrink to
-// nothing and so flatter the compression figures:
-//
-//	50% SET user:<id> of a JSON record whose fields vary
-//	20% HSET session:<id> with five fields
-//	20% INCR / INCRBY on counters
-//	10% SET blob:<id> of 64..1024 random bytes, which do not compress
-//
-// The random source is seeded, so two runs send the same commands.
-func mixedLoad(ctx context.Context, addr string, d time.Duration) (res loadResult, random int64, err error) {
+// mixedLoad pipelines the seeded writes of package mixedload, so two runs
+// send the same commands: for d, or until maxCmds were sent if it is not 0.
+func mixedLoad(ctx context.Context, addr string, d time.Duration, maxCmds int64) (res loadResult, random int64, err error) {
 	conn, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return loadResult{}, 0, err
@@ -47,27 +39,12 @@ func mixedLoad(ctx context.Context, addr string, d time.Duration) (res loadResul
 		readDone <- nil
 	}()
 
-	rng := rand.New(rand.NewSource(7))
-	first := []string{"Ana", "Bruno", "Chen", "Dara", "Elif", "Femi", "Greta", "Hiro", "Ines", "Jonas", "Kemal", "Lea", "Mateo", "Nia", "Omar", "Priya"}
-	last := []string{"Silva", "Novak", "Okafor", "Tanaka", "Müller", "Haddad", "Kowalski", "Rossi", "Larsen", "Nguyen", "García", "Ivanova"}
-	cities := []string{"Lisbon", "Osaka", "Lagos", "Berlin", "Austin", "Krakow", "Lyon", "Pune", "Quito", "Tallinn"}
-	tags := []string{"beta", "vip", "churn-risk", "newsletter", "mobile", "desktop", "trial", "annual", "eu", "us"}
-	agents := []string{
-		"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
-		"Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
-		"Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:127.0) Gecko/20100101 Firefox/127.0",
-		"okhttp/4.12.0",
-	}
-	pages := []string{"/", "/cart", "/checkout", "/search", "/account", "/orders", "/help", "/product"}
-	blob := make([]byte, 1024)
-
 	var cmd []byte
-	var sb strings.Builder
 	bw := bufio.NewWriterSize(conn, 256<<10)
 	start := time.Now()
-	now := start.Unix()
+	gen := mixedload.New(start.Unix())
 	var werr error
-	for i := 0; ctx.Err() == nil && time.Since(start) < d; i++ {
+	for ctx.Err() == nil && time.Since(start) < d && (maxCmds == 0 || res.cmds < maxCmds) {
 		select {
 		case inflight <- struct{}{}:
 		default:
@@ -79,43 +56,9 @@ func mixedLoad(ctx context.Context, addr string, d time.Duration) (res loadResul
 		if werr != nil {
 			break
 		}
-		ts := strconv.FormatInt(now+int64(i/1000), 10)
-		switch p := rng.Intn(10); {
-		case p < 5:
-			id := rng.Intn(100000)
-			sb.Reset()
-			fmt.Fprintf(&sb, `{"id":%d,"name":"%s %s","email":"%s.%s%d@example.com","age":%d,"city":"%s","score":%.3f,"active":%t,"created":%s,"tags":[`,
-				id, first[rng.Intn(len(first))], last[rng.Intn(len(last))], strings.ToLower(first[rng.Intn(len(first))]),
-				strings.ToLower(last[rng.Intn(len(last))]), rng.Intn(100), 18+rng.Intn(60), cities[rng.Intn(len(cities))],
-				rng.Float64()*1000, rng.Intn(4) > 0, ts)
-			for t := rng.Intn(4); t >= 0; t-- {
-				fmt.Fprintf(&sb, `"%s"`, tags[rng.Intn(len(tags))])
-				if t > 0 {
-					sb.WriteByte(',')
-				}
-			}
-			fmt.Fprintf(&sb, `],"visits":%d,"balance":"%d.%02d"}`, rng.Intn(5000), rng.Intn(100000), rng.Intn(100))
-			cmd = appendCommand(cmd[:0], "SET", "user:"+strconv.Itoa(id), sb.String())
-		case p < 7:
-			cmd = appendCommand(cmd[:0], "HSET", "session:"+strconv.FormatInt(rng.Int63n(1<<40), 36),
-				"user", strconv.Itoa(rng.Intn(100000)),
-				"ip", fmt.Sprintf("10.%d.%d.%d", rng.Intn(256), rng.Intn(256), rng.Intn(256)),
-				"ua", agents[rng.Intn(len(agents))],
-				"last_seen", ts,
-				"page", pages[rng.Intn(len(pages))]+"?ref="+strconv.Itoa(rng.Intn(1000)))
-		case p < 9:
-			key := "counter:" + pages[rng.Intn(len(pages))] + ":" + strconv.Itoa(rng.Intn(500))
-			if rng.Intn(2) == 0 {
-				cmd = appendCommand(cmd[:0], "INCR", key)
-			} else {
-				cmd = appendCommand(cmd[:0], "INCRBY", key, strconv.Itoa(1+rng.Intn(100)))
-			}
-		default:
-			b := blob[:64+rng.Intn(len(blob)-64)]
-			rng.Read(b)
-			random += int64(len(b))
-			cmd = appendCommand(cmd[:0], "SET", "blob:"+strconv.Itoa(rng.Intn(10000)), string(b))
-		}
+		var r int
+		cmd, r = gen.Append(cmd[:0])
+		random += int64(r)
 		if _, werr = bw.Write(cmd); werr != nil {
 			break
 		}
@@ -187,37 +130,83 @@ func ratio(part, whole int64) float64 {
 	return float64(part) / float64(whole)
 }
 
+// compressPass is one run of the compress topology under the mixed load.
+type compressPass struct {
+	load   loadResult
+	random int64
+	names  []string
+	d      []compressCounters // P1, P2, P2'
+}
+
+// p1PerGB is P1's CPU seconds per GB of stream it took in.
+func (p compressPass) p1PerGB() float64 { return p.d[0].cpu / gb(p.d[0].stream) }
+
 func (b *bench) compress(ctx context.Context) error {
 	o := b.opt
+	b.printf("\n== compress: master -> P1 -> P2 and P2' (master.compression: none), both of P1;\n")
+	b.printf("   pipelined mixed writes for %s: JSON SETs, HSETs, INCR/INCRBY, 10%% random binary SETs.\n", o.compressTime)
+	b.printf("   Two passes of the same seeded commands: P2 with zstd, then P2 plain; P1's CPU\n")
+	b.printf("   per GB of stream in the second, taken from the first, is what zstd costs the sender.\n")
+	zp, err := b.compressPass(ctx, "zstd", 0)
+	if err != nil {
+		return err
+	}
+	b.teardown()
+	pp, err := b.compressPass(ctx, "none", zp.load.cmds)
+	if err != nil {
+		return err
+	}
+	c1 := zp.d[0]
+	b.printf("\n   P1 sent compressed: %.1f MiB of stream as %.1f MiB on the wire (%.3f, %.1f%% saved)\n",
+		mib(c1.sentRaw), mib(c1.sentWire), ratio(c1.sentWire, c1.sentRaw), 100*(1-ratio(c1.sentWire, c1.sentRaw)))
+	b.printf("   P1 CPU s per GB of stream (it ingests and serves P2 and P2'): %.2f with P2 zstd, %.2f with P2 plain\n",
+		zp.p1PerGB(), pp.p1PerGB())
+	b.printf("   zstd cost on the sender, s per GB of stream: %.2f\n", zp.p1PerGB()-pp.p1PerGB())
+	b.printf("   zstd cost on the receiver, s per GB of stream (P2 zstd against P2' plain, same pass): %.2f\n",
+		zp.d[1].cpu/gb(zp.d[1].stream)-zp.d[2].cpu/gb(zp.d[2].stream))
+	return nil
+}
+
+// compressPass starts master, P1, P2 (with p2Compression) and P2' (none)
+// of P1, writes the mixed load, for cmds commands if not 0 and otherwise
+// for -compress-time, and reports every proxy's counters over it.
+func (b *bench) compressPass(ctx context.Context, p2Compression string, cmds int64) (compressPass, error) {
+	o := b.opt
 	const maxBytes = 4 << 30 // no retention and so no snapshot refresh within a run
-	b.printf("\n== compress: master -> P1 -> P2 (master.compression: zstd) and P2' (none), both of P1;\n")
-	b.printf("   pipelined mixed writes for %s: JSON SETs, HSETs, INCR/INCRBY, 10%% random binary SETs\n", o.compressTime)
-	master, err := b.startMaster(ctx, "compress-master")
+	var res compressPass
+	// Names, and so directories, differ by pass: with -keep the first
+	// pass's data stays, and must not be the second's starting state.
+	pass := "compress-" + p2Compression + "-pass-"
+	master, err := b.startMaster(ctx, pass+"master")
 	if err != nil {
-		return err
+		return res, err
 	}
-	p1, err := b.startProxy(ctx, "compress-P1", master, maxBytes, "everysec")
+	p1, err := b.startProxy(ctx, pass+"P1", master, maxBytes, "everysec")
 	if err != nil {
-		return err
+		return res, err
 	}
-	p2, err := b.startProxyOf(ctx, "compress-P2-zstd", p1, maxBytes, "zstd")
+	p2, err := b.startProxyOf(ctx, pass+"P2-"+p2Compression, p1, maxBytes, p2Compression)
 	if err != nil {
-		return err
+		return res, err
 	}
-	p2n, err := b.startProxyOf(ctx, "compress-P2-none", p1, maxBytes, "none")
+	p2n, err := b.startProxyOf(ctx, pass+"P2prime-none", p1, maxBytes, "none")
 	if err != nil {
-		return err
+		return res, err
 	}
 	procs := []*child{p1, p2, p2n}
 	before := make([]compressCounters, len(procs))
 	for i, p := range procs {
 		if before[i], err = readCompressCounters(p); err != nil {
-			return err
+			return res, err
 		}
 	}
-	load, random, err := mixedLoad(ctx, master.addr(), o.compressTime)
+	d := o.compressTime
+	if cmds > 0 {
+		d = 10 * o.compressTime // the command count ends it
+	}
+	res.load, res.random, err = mixedLoad(ctx, master.addr(), d, cmds)
 	if err != nil {
-		return err
+		return res, err
 	}
 	for _, p := range []*child{p2, p2n} {
 		err := waitFor(ctx, o.timeout, p.name+" to hold the whole write", func() (bool, string, error) {
@@ -225,32 +214,26 @@ func (b *bench) compress(ctx context.Context) error {
 			return done, fmt.Sprintf("%d bytes behind the master", lag), err
 		})
 		if err != nil {
-			return err
+			return res, err
 		}
 	}
-	d := make([]compressCounters, len(procs))
+	res.d = make([]compressCounters, len(procs))
 	for i, p := range procs {
 		after, err := readCompressCounters(p)
 		if err != nil {
-			return err
+			return res, err
 		}
-		d[i] = after.minus(before[i])
+		res.d[i] = after.minus(before[i])
+		res.names = append(res.names, p.name)
 	}
-	b.printf("   write: %.0f MiB, %d commands in %.1fs (%.1f MB/s, %.0f commands/s); %.1f%% of the bytes are random values\n",
-		mib(load.bytes), load.cmds, load.elapsed.Seconds(), mbps(load.bytes, load.elapsed),
-		float64(load.cmds)/load.elapsed.Seconds(), 100*ratio(random, load.bytes))
-	b.printf("%-28s %11s %11s %10s %8s %8s %8s\n", "proxy", "stream MiB", "wire MiB", "wire/strm", "saved", "CPU s", "resyncs")
-	for i, p := range procs {
-		c := d[i]
-		b.printf("%-28s %11.1f %11.1f %10.3f %7.1f%% %8.2f %8d\n", p.name+" (upstream)", mib(c.stream), mib(c.wire),
-			ratio(c.wire, c.stream), 100*(1-ratio(c.wire, c.stream)), c.cpu, c.fullSyncs+c.partSyncs)
+	load := res.load
+	b.printf("\n   pass with P2 %s, write: %.0f MiB, %d commands in %.1fs (%.1f MB/s, %.0f commands/s); %.1f%% of the bytes are random values\n",
+		p2Compression, mib(load.bytes), load.cmds, load.elapsed.Seconds(), mbps(load.bytes, load.elapsed),
+		float64(load.cmds)/load.elapsed.Seconds(), 100*ratio(res.random, load.bytes))
+	b.printf("%-42s %11s %11s %10s %8s %8s %8s %8s\n", "proxy", "stream MiB", "wire MiB", "wire/strm", "saved", "CPU s", "s/GB", "resyncs")
+	for i, c := range res.d {
+		b.printf("%-42s %11.1f %11.1f %10.3f %7.1f%% %8.2f %8.2f %8d\n", res.names[i]+" (upstream)", mib(c.stream), mib(c.wire),
+			ratio(c.wire, c.stream), 100*(1-ratio(c.wire, c.stream)), c.cpu, c.cpu/gb(c.stream), c.fullSyncs+c.partSyncs)
 	}
-	c1 := d[0]
-	b.printf("\n   P1 sent compressed: %.1f MiB of stream as %.1f MiB on the wire (%.3f, %.1f%% saved)\n",
-		mib(c1.sentRaw), mib(c1.sentWire), ratio(c1.sentWire, c1.sentRaw), 100*(1-ratio(c1.sentWire, c1.sentRaw)))
-	// P1 serves P2' plainly as well, so its CPU is not the cost of
-	// compression alone; P2 against P2' is the receiving side's cost.
-	b.printf("   CPU s per GB of stream: P1 %.2f (serves both), P2 zstd %.2f, P2' none %.2f\n",
-		c1.cpu/gb(c1.stream), d[1].cpu/gb(d[1].stream), d[2].cpu/gb(d[2].stream))
-	return nil
+	return res, nil
 }

@@ -4,8 +4,11 @@ import "sync"
 
 // pushBudget bounds what one append writes to followers itself: the
 // writer also owes the master its next read, so past this many bytes the
-// remaining followers are woken to send for themselves.
-const pushBudget = 4 << 20
+// remaining followers are woken to send for themselves. With many replicas
+// on a busy link a larger budget cost more CPU per replica than it saved
+// (bench/README.md, fanout-scale): their sockets take only part of a big
+// push, which then costs a write on top of the wakeup.
+const pushBudget = 1 << 20
 
 // Follower is a caught-up reader that the writer feeds itself: after an
 // append it hands the new bytes to the follower's Push, on the writer's own

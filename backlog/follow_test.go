@@ -3,10 +3,32 @@ package backlog
 import (
 	"bytes"
 	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 )
+
+// syncBuffer is a log sink safe for the log's own goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // sink is a follower's socket: it takes up to room bytes per push.
 type sink struct {
@@ -169,7 +191,10 @@ func TestRawWritesBackOffWhenSlow(t *testing.T) {
 	if runtime.GOMAXPROCS(0) < 2 {
 		t.Skip("needs GOMAXPROCS >= 2")
 	}
-	s := newStore(t, t.TempDir(), testOptions(), 0)
+	var logs syncBuffer
+	opt := testOptions()
+	opt.Logger = zerolog.New(&logs)
+	s := newStore(t, t.TempDir(), opt, 0)
 	defer s.Close()
 	l := s.Log()
 	s.Append([]byte("quick"))
@@ -181,6 +206,9 @@ func TestRawWritesBackOffWhenSlow(t *testing.T) {
 	raw := l.raw.raw
 	if l.raw.slow != 1 {
 		t.Fatalf("slow writes %d, want 1", l.raw.slow)
+	}
+	if !strings.Contains(logs.String(), "page-cache write was slow") {
+		t.Fatalf("no warning for the slow write in %q", logs.String())
 	}
 	s.Append([]byte("after"))
 	if l.raw.raw != raw {

@@ -35,8 +35,12 @@ func (c *watchedConn) raw() syscall.RawConn {
 // scheduler then has nothing to hand over.
 //
 // The repl-timeout deadline is armed once and, when it fires, checked
-// against the time of the last byte: a busy link re-arms it every
-// repl-timeout rather than at every read.
+// against the time the link last began to wait for the master: a busy
+// link re-arms it every repl-timeout rather than at every read. It is not
+// the time of the last byte: an append that stalls on the disk longer
+// than repl-timeout, or a slow snapshot commit before the stream, is the
+// proxy's silence, not the master's, and the bytes that came meanwhile
+// wait in the socket.
 func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 	var b *backlog.Batch
 	defer func() {
@@ -44,9 +48,9 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 			b.Release()
 		}
 	}()
+	waiting := time.Now()
 	for {
-		last := time.Unix(0, c.lastIO.Load())
-		c.Conn.SetReadDeadline(last.Add(c.timeout))
+		c.Conn.SetReadDeadline(waiting.Add(c.timeout))
 		var ierr error
 		err := raw.Read(func(fd uintptr) bool {
 			for {
@@ -59,6 +63,7 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 				n, err := readRaw(fd, space)
 				switch {
 				case errors.Is(err, unix.EAGAIN):
+					waiting = time.Now()
 					return false
 				case errors.Is(err, unix.EINTR):
 					continue
@@ -76,6 +81,7 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 					return true
 				}
 				if n < len(space) {
+					waiting = time.Now()
 					return false // the socket is empty: wait for its next bytes
 				}
 			}
@@ -83,7 +89,7 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 		if ierr != nil {
 			return ierr
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, c.lastIO.Load())) < c.timeout {
+		if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(waiting) < c.timeout {
 			continue // bytes came since the deadline was armed
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {

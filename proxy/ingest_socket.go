@@ -35,12 +35,14 @@ func (c *watchedConn) raw() syscall.RawConn {
 // scheduler then has nothing to hand over.
 //
 // The repl-timeout deadline is armed once and, when it fires, checked
-// against the time the link last began to wait for the master: a busy
-// link re-arms it every repl-timeout rather than at every read. It is not
-// the time of the last byte: an append that stalls on the disk longer
-// than repl-timeout, or a slow snapshot commit before the stream, is the
-// proxy's silence, not the master's, and the bytes that came meanwhile
-// wait in the socket.
+// against the time the link last finished storing what it read (or
+// began to read): a busy link re-arms it every repl-timeout rather than at
+// every read. It is not the time of the last byte: an append that stalls
+// on the disk longer than repl-timeout, or a slow snapshot commit before
+// the stream, is the proxy's silence, not the master's, and the bytes that
+// came meanwhile wait in the socket. Nor is it reset by a read that finds
+// nothing: each RawRead begins with one, and a silent master would then
+// never be called silent.
 func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 	var b *backlog.Batch
 	defer func() {
@@ -63,7 +65,6 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 				n, err := readRaw(fd, space)
 				switch {
 				case errors.Is(err, unix.EAGAIN):
-					waiting = time.Now()
 					return false
 				case errors.Is(err, unix.EINTR):
 					continue
@@ -80,8 +81,10 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 				if ierr = in.take(batch, n); ierr != nil {
 					return true
 				}
+				// After the append, not before: however long it took, the
+				// master's silence is counted from here.
+				waiting = time.Now()
 				if n < len(space) {
-					waiting = time.Now()
 					return false // the socket is empty: wait for its next bytes
 				}
 			}

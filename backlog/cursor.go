@@ -56,6 +56,9 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 	n = min(n, max)
 	pos := c.off - seg.first
 	if err := seg.verifyTo(pos+n, c.f, c.idx); err != nil {
+		if c.cutSince() {
+			return 0, nil // the index was cut after find: look again
+		}
 		var d *damage
 		if errors.As(err, &d) {
 			c.log.damaged(seg, d.problem)
@@ -71,11 +74,17 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 	}
 	sent, err := io.Copy(w, &io.LimitedReader{R: c.f, N: n})
 	c.off += sent
-	if err == nil && sent < n {
+	if err == nil && sent < n && !c.cutSince() {
 		err = fmt.Errorf("segment %d: %w", seg.first, io.ErrUnexpectedEOF)
 	}
 	return sent, err
 }
+
+// cutSince says whether the log was cut since find looked: a cut that
+// truncated the file under a send ends it short, which is no disk error.
+// What was sent before the new end stands; the next send finds the cut,
+// and bytes sent past it are the ones the master sends again.
+func (c *Cursor) cutSince() bool { return c.log.cuts.Load() != c.cuts }
 
 // find opens the segment holding the cursor's offset and says how many
 // bytes it has from there. A cut between finding the segment and opening

@@ -35,8 +35,14 @@ func (c *watchedConn) raw() syscall.RawConn {
 // scheduler then has nothing to hand over.
 //
 // The repl-timeout deadline is armed once and, when it fires, checked
-// against the time of the last byte: a busy link re-arms it every
-// repl-timeout rather than at every read.
+// against the time the link last finished storing what it read (or
+// began to read): a busy link re-arms it every repl-timeout rather than at
+// every read. It is not the time of the last byte: an append that stalls
+// on the disk longer than repl-timeout, or a slow snapshot commit before
+// the stream, is the proxy's silence, not the master's, and the bytes that
+// came meanwhile wait in the socket. Nor is it reset by a read that finds
+// nothing: each RawRead begins with one, and a silent master would then
+// never be called silent.
 func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 	var b *backlog.Batch
 	defer func() {
@@ -44,9 +50,9 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 			b.Release()
 		}
 	}()
+	waiting := time.Now()
 	for {
-		last := time.Unix(0, c.lastIO.Load())
-		c.Conn.SetReadDeadline(last.Add(c.timeout))
+		c.Conn.SetReadDeadline(waiting.Add(c.timeout))
 		var ierr error
 		err := raw.Read(func(fd uintptr) bool {
 			for {
@@ -75,6 +81,9 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 				if ierr = in.take(batch, n); ierr != nil {
 					return true
 				}
+				// After the append, not before: however long it took, the
+				// master's silence is counted from here.
+				waiting = time.Now()
 				if n < len(space) {
 					return false // the socket is empty: wait for its next bytes
 				}
@@ -83,7 +92,7 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 		if ierr != nil {
 			return ierr
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(time.Unix(0, c.lastIO.Load())) < c.timeout {
+		if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(waiting) < c.timeout {
 			continue // bytes came since the deadline was armed
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {

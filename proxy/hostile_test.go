@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -26,6 +27,108 @@ func tinyRcvBuf() *net.Dialer {
 		}
 		return serr
 	}}
+}
+
+// Hostile replicas against the writer's own pushes: some stop reading
+// with tiny receive buffers while acknowledging what they got (so only
+// the lag policy can drop them), one resets its connection in the middle
+// of the stream, one half-closes it, one reconnects in a loop. The master
+// link keeps its pace, the honest replica ends with the master's digest,
+// and the stalled ones are dropped by max_lag_bytes.
+func TestHostileReplicasAgainstPushes(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Replicas.MaxLagBytes = 16 << 20
+	r := &relay{master: m, proxy: startProxy(t, cfg)}
+	r.addReplica(t)
+	r.waitInSync(t)
+	addr := r.proxy.cfg.Listen
+
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	var stalled []*fakeReplica
+	for i := 0; i < 3; i++ {
+		f, err := dialFakeReplicaVia(tinyRcvBuf(), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.conn.Close()
+		if err := f.readRDB(); err != nil {
+			t.Fatal(err)
+		}
+		f.conn.SetDeadline(time.Time{})
+		stalled = append(stalled, f)
+		// Reads a little, then acknowledges what it read forever, so it
+		// never looks silent.
+		wg.Add(1)
+		go func(f *fakeReplica) {
+			defer wg.Done()
+			got := f.offset
+			buf := make([]byte, 64<<10)
+			for ctx.Err() == nil {
+				if got-f.offset < 256<<10 {
+					f.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+					n, _ := f.br.Read(buf)
+					got += int64(n)
+				}
+				if f.ack(got) != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}(f)
+	}
+	for _, kind := range []string{"rst", "halfclose"} {
+		f, err := dialFakeReplica(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.conn.Close()
+		if err := f.readRDB(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func(kind string, f *fakeReplica) {
+			defer wg.Done()
+			f.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.CopyN(io.Discard, f.br, 1<<20) // in the middle of pushes
+			tc := f.conn.(*net.TCPConn)
+			if kind == "rst" {
+				tc.SetLinger(0)
+				tc.Close()
+				return
+			}
+			tc.CloseWrite()
+		}(kind, f)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			f, err := dialFakeReplica(addr)
+			if err != nil {
+				return
+			}
+			if f.readRDB() == nil {
+				f.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				io.CopyN(io.Discard, f.br, 256<<10)
+			}
+			f.conn.Close()
+		}
+	}()
+
+	writeBig(t, m, r.proxy, 48<<20, nil)
+	waitProxyWithin(t, m, r.proxy, 0)
+	r.waitInSync(t)
+	redisproc.Eventually(t, 30*time.Second, "the stalled replicas to be dropped", func() (bool, string) {
+		log := tail(r.proxy.logPath, 400)
+		n := strings.Count(log, "exceeds replicas.max_lag_bytes")
+		return n >= len(stalled), strconv.Itoa(n)
+	})
+	expectInt(t, "master sync_partial_ok (the proxy never reconnected)", m.InfoInt("stats", "sync_partial_ok"), 0)
+	expectInt(t, "master sync_full", m.InfoInt("stats", "sync_full"), 1)
 }
 
 // Replicas that stop reading one after another, each right after being

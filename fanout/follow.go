@@ -16,15 +16,8 @@ import (
 // and a paced one must wait for its limiter, so those always send from
 // their own goroutine.
 func (r *replica) follower() *backlog.Follower {
-	if r.cw != nil || r.limiter != nil {
-		return nil
-	}
-	sc, ok := r.conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	raw := r.plainSocket()
+	if raw == nil || r.limiter != nil {
 		return nil
 	}
 	return backlog.NewFollower(func(p []byte, off int64) int {
@@ -36,6 +29,42 @@ func (r *replica) follower() *backlog.Follower {
 		r.srv.stats.SentFromMemory.Add(int64(n))
 		return n
 	})
+}
+
+// plainSocket is the socket under an uncompressed stream on a plain TCP
+// connection, for writes that never wait; nil for TLS or zstd, whose
+// framing state allows no write that stops halfway.
+func (r *replica) plainSocket() syscall.RawConn {
+	if r.cw != nil {
+		return nil
+	}
+	sc, ok := r.conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// memoryWriter sends bytes held in the log's memory without waiting for
+// the socket: a replica that stops reading must not keep an append's
+// buffer for as long as its blocked write lasts. A short write marks the
+// socket full, and the rest goes from the backlog file, whose blocked
+// send holds no memory.
+type memoryWriter struct {
+	raw  syscall.RawConn
+	full *bool
+}
+
+// Write returns a short count with no error, unlike an io.Writer: only
+// SendRecent calls it, and a socket error is met by the disk send.
+func (w memoryWriter) Write(p []byte) (int, error) {
+	n := writeNow(w.raw, p)
+	*w.full = n < len(p)
+	return n, nil
 }
 
 // follow waits while the writer feeds the parked replica, until the writer

@@ -80,6 +80,12 @@ type replica struct {
 	pinnedAt atomic.Int64              // unix nanoseconds since its position left retention; 0: not pinning
 	cancel   context.CancelCauseFunc
 	limiter  *rate.Limiter // nil: no rate limit
+
+	// memOut writes the stream bytes held in memory (see memoryWriter);
+	// full says its last write was short, so the next send waits on the
+	// socket from the backlog file instead.
+	memOut io.Writer
+	full   bool
 }
 
 // waitState is why and since when a replica waits for a snapshot.
@@ -452,6 +458,10 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	var pf pendingFlush
 	defer pf.stop()
 	f := r.follower()
+	r.memOut = r.out
+	if raw := r.plainSocket(); raw != nil {
+		r.memOut = memoryWriter{raw: raw, full: &r.full}
+	}
 	for {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
 		r.maxAck.Store(cur.Offset() + r.chunk() - 1)
@@ -482,6 +492,9 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 				return err
 			}
 			continue
+		}
+		if r.full {
+			continue // the rest waits on the socket, from the file
 		}
 		if f != nil && cur.Park(f) {
 			if err := r.follow(ctx, cur, f); err != nil {
@@ -566,12 +579,16 @@ func (r *replica) flushNow(pf *pendingFlush) error {
 
 // send feeds a caught-up replica the bytes just appended, from memory, and
 // one that is behind from its disk cursor; it rejoins the memory path as
-// soon as its offset reaches the last append again.
+// soon as its offset reaches the last append again. Only a disk send waits
+// for a full socket (see memoryWriter).
 func (r *replica) send(cur *backlog.Cursor) (int64, error) {
-	if n, ok, err := cur.SendRecent(r.out, r.chunk()); ok {
-		r.srv.stats.SentFromMemory.Add(n)
-		return n, err
+	if !r.full {
+		if n, ok, err := cur.SendRecent(r.memOut, r.chunk()); ok {
+			r.srv.stats.SentFromMemory.Add(n)
+			return n, err
+		}
 	}
+	r.full = false
 	n, err := cur.Send(r.out, r.chunk())
 	r.srv.stats.SentFromDisk.Add(n)
 	return n, err

@@ -32,7 +32,14 @@ type fakeReplica struct {
 }
 
 func dialFakeReplica(addr string) (*fakeReplica, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	return dialFakeReplicaVia(&net.Dialer{}, addr)
+}
+
+// dialFakeReplicaVia dials with d, which may shape the socket (a small
+// receive buffer, say) before it connects.
+func dialFakeReplicaVia(d *net.Dialer, addr string) (*fakeReplica, error) {
+	d.Timeout = 2 * time.Second
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

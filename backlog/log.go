@@ -811,7 +811,10 @@ func (l *Log) locate(off int64) (seg *segment, n int64, err error) {
 	return l.segs[i], l.segs[i].end() - off, nil
 }
 
-// Close stops the syncer after a last sync and wakes every waiter.
+// Close stops the syncer after a last sync and wakes every waiter. The
+// writer may be appending meanwhile: Close waits for that append (it may
+// be rolling, taking the prepared segment and making a new active one),
+// and every later one gets ErrClosed.
 func (l *Log) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -821,15 +824,21 @@ func (l *Log) Close() error {
 	l.closed = true
 	l.dropRecent()
 	close(l.changed)
-	active := l.active
 	l.mu.Unlock()
 	l.unparkAll(true)
 	defer l.times.close()
+	// Not held across the syncer's stop: a failed fsync's cut takes wmu,
+	// and the syncer may be in one.
+	l.wmu.Lock()
 	if l.preparing {
 		p := <-l.next
 		os.Remove(p.path)
 		l.preparing = false
 	}
+	l.mu.RLock()
+	active := l.active
+	l.mu.RUnlock()
+	l.wmu.Unlock()
 	return l.syncer.stop(active)
 }
 

@@ -3,6 +3,7 @@ package backlog
 import (
 	"bytes"
 	"errors"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"testing"
@@ -321,5 +322,55 @@ func TestRetentionHoldsTheSnapshotWithinABound(t *testing.T) {
 	}
 	if held := st.End - st.First; held > opt.Log.MaxBytes+opt.Log.HoldMaxBytes+opt.Log.SegmentBytes {
 		t.Fatalf("holds %d bytes, limit %d", held, opt.Log.MaxBytes+opt.Log.HoldMaxBytes+opt.Log.SegmentBytes)
+	}
+}
+
+// Close may come while the writer appends (a new history, shutdown): the
+// writer then gets ErrClosed, Close returns, and what was appended before
+// is kept. Close used to read the writer's prepared-segment state without
+// a lock and wait for a prepared segment that a concurrent roll had
+// already taken: it hung for good.
+func TestCloseWhileTheWriterRolls(t *testing.T) {
+	for iter := 0; iter < 20; iter++ {
+		dir := t.TempDir()
+		opt := logOptions(dir, nil, nil)
+		opt.SegmentBytes = 4096 // a roll, and a prepared segment, every few appends
+		l, err := OpenLog(filepath.Join(dir, "log"), 1, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewSource(int64(iter)))
+		stream := make([]byte, 4<<20)
+		rng.Read(stream)
+		appended := make(chan int)
+		sizes := rand.New(rand.NewSource(int64(iter)))
+		go func() {
+			off := 0
+			for off < len(stream) {
+				n := min(1+sizes.Intn(3000), len(stream)-off)
+				if err := l.Append(stream[off : off+n]); err != nil {
+					break
+				}
+				off += n
+			}
+			appended <- off
+		}()
+		time.Sleep(time.Duration(rng.Intn(2000)) * time.Microsecond)
+		closed := make(chan error, 1)
+		go func() { closed <- l.Close() }()
+		select {
+		case <-closed:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Close did not return while the writer was rolling segments", iter)
+		}
+		<-appended
+		l2, err := OpenLog(filepath.Join(dir, "log"), 1, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, l2, 1); !bytes.Equal(got, stream[:len(got)]) {
+			t.Fatalf("round %d: the reopened log is not the stream's first %d bytes", iter, len(got))
+		}
+		l2.Close()
 	}
 }

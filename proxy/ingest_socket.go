@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +44,13 @@ func (c *watchedConn) raw() syscall.RawConn {
 // came meanwhile wait in the socket. Nor is it reset by a read that finds
 // nothing: each RawRead begins with one, and a silent master would then
 // never be called silent.
-func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
+//
+// Closing the socket does not end the callback (it only fails the next
+// wait, and the descriptor stays open while the callback runs), so the
+// callback looks at ctx before each read: a proxy that is behind reads
+// full buffers without ever waiting, and would otherwise go on storing
+// the ended session's stream until it caught up.
+func (in *ingest) fromSocket(ctx context.Context, c *watchedConn, raw syscall.RawConn) error {
 	var b *backlog.Batch
 	defer func() {
 		if b != nil {
@@ -56,6 +63,10 @@ func (in *ingest) fromSocket(c *watchedConn, raw syscall.RawConn) error {
 		var ierr error
 		err := raw.Read(func(fd uintptr) bool {
 			for {
+				if ctx.Err() != nil {
+					ierr = fmt.Errorf("read stream: %w", context.Cause(ctx))
+					return true
+				}
 				if b == nil {
 					if b, ierr = in.l.store.NewBatch(upstreamReadBytes); ierr != nil {
 						return true

@@ -40,7 +40,7 @@ func (l *Link) stream(ctx context.Context, conn *watchedConn, src *bufio.Reader,
 	var err error
 	if raw := conn.raw(); direct && raw != nil {
 		if err = in.fromBuffer(src); err == nil {
-			err = in.fromSocket(conn, raw)
+			err = in.fromSocket(ctx, conn, raw)
 		}
 	} else {
 		err = in.fromReader(src)

@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -337,68 +335,4 @@ func ackOffset(slaveLine string) int64 {
 		}
 	}
 	return -1
-}
-
-// A stop (SIGTERM, or a repoint ending the session) ends the upstream read
-// at once, also while the proxy is behind and every socket read comes back
-// full. The stream is read inside one RawRead callback, and closing the
-// socket does not end that callback: the proxy went on storing the old
-// session's bytes until it had caught up with everything the master had
-// queued, and shutdown waited for it.
-func TestStopWhileBehindEndsTheRead(t *testing.T) {
-	t.Parallel()
-	m := redisproc.Start(t, append(append([]string{}, masterArgs...),
-		"--client-output-buffer-limit", "replica 0 0 0")...)
-	cfg := proxyConfig(t, m.Addr())
-	cfg.Backlog.SegmentBytes = 64 << 20
-	cfg.Backlog.MaxBytes = 1 << 30
-	tp := newProcessProxy(t, cfg)
-	redisproc.Eventually(t, syncTimeout, "the proxy to stream", func() (bool, string) {
-		st := tp.info("replication")["master_link_status"]
-		return st == "up", st
-	})
-	stored := func() int64 {
-		total := int64(0)
-		filepath.WalkDir(cfg.DataDir, func(path string, d fs.DirEntry, err error) error {
-			if err == nil && strings.HasSuffix(path, ".seg") {
-				if info, err := d.Info(); err == nil {
-					total += info.Size()
-				}
-			}
-			return nil
-		})
-		return total
-	}
-	before := stored()
-
-	// The master queues a burst for the stopped proxy, far more than the
-	// socket buffers hold.
-	const burst = 192 << 20
-	tp.cmd.Process.Signal(syscall.SIGSTOP)
-	value := strings.Repeat("b", 1<<20)
-	c := m.Client()
-	for i := 0; i < burst>>20; i += 16 {
-		pipe := c.Pipeline()
-		for j := i; j < i+16; j++ {
-			pipe.Set(t.Context(), "burst"+strconv.Itoa(j), value, 0)
-		}
-		if _, err := pipe.Exec(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tp.cmd.Process.Signal(syscall.SIGCONT)
-	// Stop it once it is busy catching up.
-	for deadline := time.Now().Add(syncTimeout); stored()-before < 8<<20; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the proxy did not catch up after SIGCONT")
-		}
-	}
-	atStop := stored() - before
-	tp.stop()
-	got := stored() - before
-	t.Logf("stored after the stop: %d MiB of the %d MiB burst (%d MiB when stopped)", got>>20, burst>>20, atStop>>20)
-	// One read is 512 KiB; the slack is for the time the signal takes.
-	if after := got - atStop; after > 8<<20 {
-		t.Fatalf("the proxy stored %d MiB more after it was told to stop: the read went on", after>>20)
-	}
 }

@@ -16,22 +16,7 @@ import (
 // replica then had the refresher ask for that offset, which an upstream
 // replproxy refuses, so the chain could never refresh again.
 func TestStaleSnapshotDemandIsForgotten(t *testing.T) {
-	store, err := backlog.Open(t.TempDir(), backlog.Options{
-		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
-		Logger: zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	w, err := store.NewSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write([]byte("REDIS0010fake"))
-	if err := store.Reset(backlog.RandomReplID(), 1000, w); err != nil {
-		t.Fatal(err)
-	}
+	store := newHistoryStore(t)
 	if err := store.Append([]byte(strings.Repeat("x", 500))); err != nil {
 		t.Fatal(err)
 	}
@@ -42,4 +27,27 @@ func TestStaleSnapshotDemandIsForgotten(t *testing.T) {
 	if got := r.needOffset(); got != 1400 {
 		t.Fatalf("refresh asks for a snapshot at %d, want 1400: a demand nobody renews still counts", got)
 	}
+}
+
+// newHistoryStore opens a store in a temp dir with a history to append to,
+// as after a first full sync.
+func newHistoryStore(t *testing.T) *backlog.Store {
+	t.Helper()
+	store, err := backlog.Open(t.TempDir(), backlog.Options{
+		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
+		Logger: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	w, err := store.NewSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("REDIS0010fake"))
+	if err := store.Reset(backlog.RandomReplID(), 1000, w); err != nil {
+		t.Fatal(err)
+	}
+	return store
 }

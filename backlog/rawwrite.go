@@ -33,8 +33,8 @@ type fileWriter struct {
 
 func newFileWriter(f *os.File) fileWriter {
 	raw, err := f.SyscallConn()
-	if err != nil {
-		raw = nil
+	if err != nil || unsafe.Sizeof(uintptr(0)) < 8 {
+		raw = nil // pwrite64's offset is one register only on 64-bit systems
 	}
 	return fileWriter{f: f, raw: raw}
 }

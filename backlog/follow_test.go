@@ -4,31 +4,12 @@ import (
 	"bytes"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 )
-
-// syncBuffer is a log sink safe for the log's own goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // sink is a follower's socket: it takes up to room bytes per push.
 type sink struct {
@@ -42,6 +23,23 @@ func (s *sink) follower() *Follower {
 		s.got.Write(p[:k])
 		return k
 	})
+}
+
+// parked is a cursor at off of l whose follower, writing into a roomy
+// sink, is parked with the writer.
+func parked(t *testing.T, l *Log, off int64) (*Cursor, *Follower, *sink) {
+	t.Helper()
+	c, err := l.NewCursor(off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	out := &sink{room: 1 << 20}
+	f := out.follower()
+	if !c.Park(f) {
+		t.Fatal("a cursor at the end could not park")
+	}
+	return c, f, out
 }
 
 func woken(f *Follower) bool {
@@ -59,17 +57,7 @@ func woken(f *Follower) bool {
 func TestFollowerFedThenHandedBack(t *testing.T) {
 	s := newStore(t, t.TempDir(), testOptions(), 0)
 	defer s.Close()
-	l := s.Log()
-	c, err := l.NewCursor(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	out := &sink{room: 1 << 20}
-	f := out.follower()
-	if !c.Park(f) {
-		t.Fatal("a cursor at the end could not park")
-	}
+	c, f, out := parked(t, s.Log(), 1)
 	s.Append([]byte("hello "))
 	s.Append([]byte("world"))
 	if woken(f) {
@@ -154,16 +142,7 @@ func TestPushBudgetWakesTheRest(t *testing.T) {
 	var cs []*Cursor
 	var sinks []*sink
 	for i := 0; i < pushBudget/len(batch)+3; i++ {
-		c, err := l.NewCursor(1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		out := &sink{room: 1 << 20}
-		f := out.follower()
-		if !c.Park(f) {
-			t.Fatal("could not park")
-		}
+		c, f, out := parked(t, l, 1)
 		fs, cs, sinks = append(fs, f), append(cs, c), append(sinks, out)
 	}
 	s.Append(batch)
@@ -191,7 +170,7 @@ func TestRawWritesBackOffWhenSlow(t *testing.T) {
 	if runtime.GOMAXPROCS(0) < 2 {
 		t.Skip("needs GOMAXPROCS >= 2")
 	}
-	var logs syncBuffer
+	var logs logBuffer
 	opt := testOptions()
 	opt.Logger = zerolog.New(&logs)
 	s := newStore(t, t.TempDir(), opt, 0)
@@ -219,7 +198,7 @@ func TestRawWritesBackOffWhenSlow(t *testing.T) {
 	}
 	old := runtime.GOMAXPROCS(1)
 	defer runtime.GOMAXPROCS(old)
-	l.raw.slowUntil = time.Time{}
+	l.raw.slowUntil, l.raw.procsAt = time.Time{}, time.Time{} // look at GOMAXPROCS again now
 	s.Append([]byte("!"))
 	if l.raw.raw != raw {
 		t.Fatal("a raw write with one P")

@@ -46,14 +46,26 @@ type rawWrites struct {
 	slowAfter time.Duration // 0: rawSlowWrite (tests set less)
 	raw, slow int64         // raw writes, and those that were slow
 	log       func(took time.Duration)
+	// procsOK caches GOMAXPROCS >= 2, looked at once a second (procsAt):
+	// reading GOMAXPROCS takes the scheduler's global lock.
+	procsOK bool
+	procsAt time.Time
+}
+
+// allowed says whether a write starting at now may be raw.
+func (rw *rawWrites) allowed(now time.Time) bool {
+	if now.Sub(rw.procsAt) > time.Second {
+		rw.procsOK, rw.procsAt = runtime.GOMAXPROCS(0) >= 2, now
+	}
+	return rw.procsOK && !now.Before(rw.slowUntil)
 }
 
 // writeAt writes all of p at off, raw while that is safe.
 func (w *fileWriter) writeAt(rw *rawWrites, p []byte, off int64) (int, error) {
-	if w.raw == nil || runtime.GOMAXPROCS(0) < 2 || time.Now().Before(rw.slowUntil) {
+	start := time.Now()
+	if w.raw == nil || !rw.allowed(start) {
 		return w.f.WriteAt(p, off)
 	}
-	start := time.Now()
 	n, err := w.rawWriteAt(p, off)
 	rw.raw++
 	slowAfter := rw.slowAfter

@@ -50,15 +50,7 @@ func TestHostileReplicasAgainstPushes(t *testing.T) {
 	defer func() { stop(); wg.Wait() }()
 	var stalled []*fakeReplica
 	for i := 0; i < 3; i++ {
-		f, err := dialFakeReplicaVia(tinyRcvBuf(), addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.conn.Close()
-		if err := f.readRDB(); err != nil {
-			t.Fatal(err)
-		}
-		f.conn.SetDeadline(time.Time{})
+		f := stallingReplica(t, addr)
 		stalled = append(stalled, f)
 		// Reads a little, then acknowledges what it read forever, so it
 		// never looks silent.
@@ -149,15 +141,7 @@ func TestStalledReplicasHoldNoMemory(t *testing.T) {
 	defer func() { stop(); wg.Wait() }()
 	halt := make([]chan struct{}, n)
 	for i := range halt {
-		f, err := dialFakeReplicaVia(tinyRcvBuf(), tp.cfg.Listen)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.conn.Close()
-		if err := f.readRDB(); err != nil {
-			t.Fatal(err)
-		}
-		f.conn.SetDeadline(time.Time{})
+		f := stallingReplica(t, tp.cfg.Listen)
 		halt[i] = make(chan struct{})
 		wg.Add(1)
 		go func(f *fakeReplica, halt chan struct{}) {
@@ -201,4 +185,20 @@ func TestStalledReplicasHoldNoMemory(t *testing.T) {
 	if now-base > 4<<10 {
 		t.Fatalf("proxy RSS grew by %d KiB with %d replicas stopped on different appends", now-base, n)
 	}
+}
+
+// stallingReplica is a fake replica with a tiny receive buffer, past its
+// full sync, with no deadline: the test decides when it stops reading.
+func stallingReplica(t *testing.T, addr string) *fakeReplica {
+	t.Helper()
+	f, err := dialFakeReplicaVia(tinyRcvBuf(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.conn.Close() })
+	if err := f.readRDB(); err != nil {
+		t.Fatal(err)
+	}
+	f.conn.SetDeadline(time.Time{})
+	return f
 }

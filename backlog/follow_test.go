@@ -2,13 +2,9 @@ package backlog
 
 import (
 	"bytes"
-	"runtime"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 )
 
 // sink is a follower's socket: it takes up to room bytes per push.
@@ -161,46 +157,5 @@ func TestPushBudgetWakesTheRest(t *testing.T) {
 	}
 	if fed != pushBudget/len(batch) || handed != 3 {
 		t.Fatalf("fed %d, handed back %d: want %d and 3", fed, handed, pushBudget/len(batch))
-	}
-}
-
-// Hot-path writes bypass the scheduler only while they are quick and
-// another P can run the rest; a slow one turns that off for a while.
-func TestRawWritesBackOffWhenSlow(t *testing.T) {
-	if runtime.GOMAXPROCS(0) < 2 {
-		t.Skip("needs GOMAXPROCS >= 2")
-	}
-	var logs logBuffer
-	opt := testOptions()
-	opt.Logger = zerolog.New(&logs)
-	s := newStore(t, t.TempDir(), opt, 0)
-	defer s.Close()
-	l := s.Log()
-	s.Append([]byte("quick"))
-	if l.raw.raw == 0 || l.raw.slow != 0 {
-		t.Fatalf("raw writes %d, slow %d after a quick append", l.raw.raw, l.raw.slow)
-	}
-	l.raw.slowAfter = time.Nanosecond // every raw write now counts as slow
-	s.Append([]byte("slow"))
-	raw := l.raw.raw
-	if l.raw.slow != 1 {
-		t.Fatalf("slow writes %d, want 1", l.raw.slow)
-	}
-	if !strings.Contains(logs.String(), "page-cache write was slow") {
-		t.Fatalf("no warning for the slow write in %q", logs.String())
-	}
-	s.Append([]byte("after"))
-	if l.raw.raw != raw {
-		t.Fatal("a raw write right after a slow one")
-	}
-	if got := string(readAll(t, l, 1)); got != "quickslowafter" {
-		t.Fatalf("log holds %q", got)
-	}
-	old := runtime.GOMAXPROCS(1)
-	defer runtime.GOMAXPROCS(old)
-	l.raw.slowUntil, l.raw.procsAt = time.Time{}, time.Time{} // look at GOMAXPROCS again now
-	s.Append([]byte("!"))
-	if l.raw.raw != raw {
-		t.Fatal("a raw write with one P")
 	}
 }

@@ -71,17 +71,6 @@ type activeSegment struct {
 	data    *os.File
 	idx     *os.File
 	idxSize int64
-	w       *segmentWriters // made at the first append (rawwrite.go)
-}
-
-// segmentWriters write the active segment's two files on the hot path.
-type segmentWriters struct{ data, idx fileWriter }
-
-func (a *activeSegment) writers() *segmentWriters {
-	if a.w == nil || a.w.data.f != a.data || a.w.idx.f != a.idx {
-		a.w = &segmentWriters{data: newFileWriter(a.data), idx: newFileWriter(a.idx)}
-	}
-	return a.w
 }
 
 // Log is an offset-addressed, append-only byte log split into segment files
@@ -121,7 +110,6 @@ type Log struct {
 	preparing bool
 	lastTrim  time.Time
 	recBuf    []byte
-	raw       rawWrites    // when hot-path writes may bypass the scheduler (rawwrite.go)
 	cuts      atomic.Int64 // cursors reopen their files after a cut
 	follow    followers    // caught-up readers the writer feeds itself (follow.go)
 	times     *timeIndex   // offset -> wall clock, for operators (timeindex.go)
@@ -152,10 +140,6 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
 		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1)}
 	l.batches.New = func() any { return new(batch) }
-	l.raw.log = func(took time.Duration) {
-		l.log.Warn().Dur("took", took).Dur("for", rawBackoff).
-			Msg("a page-cache write was slow (a stalling disk?): hot-path writes go through the scheduler for a while")
-	}
 	segs, err := l.recover()
 	if err != nil {
 		return nil, err
@@ -583,11 +567,10 @@ func (l *Log) AppendBatch(b *Batch, n int) error {
 		if err != nil {
 			return err
 		}
-		w := a.writers()
-		k, err := w.data.writeAt(&l.raw, p[:min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)], a.seg.size)
+		k, err := a.data.WriteAt(p[:min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)], a.seg.size)
 		if k > 0 {
 			l.recBuf = encodeRecord(l.recBuf[:0], p[:k])
-			if _, ierr := w.idx.writeAt(&l.raw, l.recBuf, a.idxSize); ierr != nil {
+			if _, ierr := a.idx.WriteAt(l.recBuf, a.idxSize); ierr != nil {
 				return fmt.Errorf("append to index of segment %d: %w", a.seg.first, ierr)
 			}
 			a.idxSize += recordSize

@@ -86,7 +86,10 @@ func (r *replica) follow(ctx context.Context, cur *backlog.Cursor, f *backlog.Fo
 // many bytes that was; an error counts as nothing more written, and the
 // replica's own goroutine meets it on its next write. The write is a raw
 // system call: the socket is non-blocking, so the scheduler has nothing to
-// hand over while it runs.
+// hand over while it runs. Raw calls go only to non-blocking sockets,
+// never to files: one that sleeps in the kernel stops the whole process
+// at the next GC (the rule, its reason and its test: readRaw in
+// proxy/ingest_socket.go).
 func writeNow(raw syscall.RawConn, p []byte) int {
 	n := 0
 	raw.Write(func(fd uintptr) bool {

@@ -117,6 +117,14 @@ func (in *ingest) fromSocket(ctx context.Context, c *watchedConn, raw syscall.Ra
 
 // readRaw is read(2) without telling the scheduler: on a non-blocking
 // socket it cannot block.
+//
+// The rule for raw system calls: only on a non-blocking socket, never on
+// a file. A raw call that sleeps in the kernel cannot be handed off, and a
+// GC stop-the-world that begins meanwhile waits for its thread with no
+// limit, so every goroutine (replicas, ACKs, INFO, /readyz) would stop
+// until the disk answers. A page-cache write can sleep that long (a frozen
+// or stalled disk, a full dirty-page cache). TestNoRawSystemCallOnFiles
+// (backlog) allows raw calls only in this file and fanout/follow.go.
 func readRaw(fd uintptr, p []byte) (int, error) {
 	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafePointer(p)), uintptr(len(p)))
 	if errno != 0 {

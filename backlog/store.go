@@ -362,16 +362,21 @@ func (s *Store) ShiftID(newID string) error {
 }
 
 // Close stops the scrub, syncs and closes the log and releases the data dir.
+// It holds writeMu, so no meta writer swaps the log under it, but not mu
+// while the log closes: Log.Close waits for the writer's append, which may
+// be rolling a segment and asking snapshotNeeds (under mu) what retention
+// must keep (the lock order is in doc.go).
 func (s *Store) Close() error {
 	if s.stopScrub != nil {
 		s.stopScrub()
 		<-s.scrubDone
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock() // not unlockWrite: no prune after Close
+	l := s.Log()
 	var err error
-	if s.log != nil {
-		err = s.log.Close()
+	if l != nil {
+		err = l.Close()
 	}
 	s.lock.Close()
 	return err

@@ -1,0 +1,45 @@
+package backlog
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// Store.Close while the writer rolls segments: a rolling append holds the
+// log's writer lock and asks the store, through Hold, what the snapshot
+// needs; Close once held the store's lock while it waited for that append.
+func TestStoreCloseWhileRollingNeverHangs(t *testing.T) {
+	opt := testOptions()
+	opt.Log.SegmentBytes = 4 << 10
+	opt.Log.MaxBytes = 16 << 10
+	opt.Log.Fsync = FsyncNo
+	chunk := pattern(1<<10, 7)
+	for round := 0; round < 100; round++ {
+		s := newStore(t, t.TempDir(), opt, 0)
+		appended := make(chan int)
+		go func() {
+			n := 0
+			for s.Append(chunk) == nil {
+				n++
+			}
+			appended <- n
+		}()
+		time.Sleep(time.Duration(round%5) * 100 * time.Microsecond)
+		closed := make(chan error, 1)
+		go func() { closed <- s.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil && !errors.Is(err, ErrClosed) {
+				t.Fatalf("round %d: close: %v", round, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Store.Close hung behind a rolling append", round)
+		}
+		select {
+		case <-appended:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: the appender never saw the close", round)
+		}
+	}
+}

@@ -26,8 +26,8 @@ type Follower struct {
 	// that was. Whatever it leaves is the reader's to send.
 	push   func(p []byte, off int64) int
 	woken  chan struct{}
-	off    int64 // guarded by Log.pushMu while parked
-	parked bool  // guarded by Log.pushMu
+	off    int64 // guarded by Log.follow.mu while parked
+	parked bool  // guarded by Log.follow.mu
 }
 
 // NewFollower makes a follower whose bytes go through push, which must

@@ -98,7 +98,7 @@ type Log struct {
 	recent     *batch
 	batches    sync.Pool // of *batch
 	closed     bool
-	active     *activeSegment // replaced under mu; written only by the writer
+	active     *activeSegment // replaced under mu, by a roll or a cut (both under wmu); synced by the syncer
 	rewound    chan struct{}  // closed at a cut; replaced by Resume
 	resume     bool           // a cut happened and the writer has not resumed
 	broken     error          // a cut's file work failed: nothing is appended until Resume finishes it

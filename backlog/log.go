@@ -105,6 +105,7 @@ type Log struct {
 	unfinished *cutWork       // that file work, still to be done
 
 	durable   atomic.Int64
+	appending atomic.Int64 // when the append in progress began (UnixNano); 0 between appends
 	syncer    *syncer
 	next      chan preparedSegment // the segment after the active one, made ahead of need
 	preparing bool
@@ -372,6 +373,17 @@ func (l *Log) Bounds() (first, end int64) {
 	return l.first, l.end
 }
 
+// AppendStuck is how long the append in progress has been running at now
+// (0 between appends): a disk that stops answering shows here while every
+// reader goes on from what the log already holds.
+func (l *Log) AppendStuck(now time.Time) time.Duration {
+	since := l.appending.Load()
+	if since == 0 {
+		return 0
+	}
+	return max(now.Sub(time.Unix(0, since)), 0)
+}
+
 // Durable is the end offset made durable under the fsync policy: the most the
 // proxy may acknowledge upstream.
 func (l *Log) Durable() int64 { return l.durable.Load() }
@@ -555,7 +567,10 @@ func (l *Log) AppendBatch(b *Batch, n int) error {
 		}
 		return ErrRewound
 	}
-	l.times.note(start, time.Now())
+	now := time.Now()
+	l.appending.Store(now.UnixNano())
+	defer l.appending.Store(0)
+	l.times.note(start, now)
 	written := 0
 	// Waiters wake once, when the whole append is in, whether it ends well
 	// or not; only bytes fully written (with their index record) are

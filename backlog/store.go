@@ -320,6 +320,14 @@ func (s *Store) AppendBatch(b *Batch, n int) error {
 	return l.AppendBatch(b, n)
 }
 
+// AppendStuck is how long the current append has been running (Log.AppendStuck).
+func (s *Store) AppendStuck(now time.Time) time.Duration {
+	if l := s.Log(); l != nil {
+		return l.AppendStuck(now)
+	}
+	return 0
+}
+
 // Rewound is closed when the current log is cut back: the upstream session
 // must end and PSYNC again from End. Nil (never ready) without history.
 func (s *Store) Rewound() <-chan struct{} {

@@ -34,9 +34,12 @@ type TimePoint struct {
 	Time   time.Time
 }
 
-// timeIndex is owned by the log's writer; readers take mu.
+// timeIndex is owned by the log's writer; readers take mu, which is never
+// held across the file's I/O (fmu is): INFO asks it for times, and must
+// answer while the disk does not.
 type timeIndex struct {
 	path string
+	fmu  sync.Mutex
 	f    *os.File // nil after an I/O error: times are a help, never a reason to stop
 
 	mu     sync.RWMutex
@@ -59,7 +62,8 @@ func openTimeIndex(logDir string, end int64) *timeIndex {
 	ti.f = f
 	keep := sort.Search(len(ti.points), func(i int) bool { return ti.points[i].Offset >= end })
 	if len(ti.points) == 0 || len(ti.points) >= timeIndexMax || keep < len(ti.points) {
-		ti.rewrite(ti.thin(ti.points[:keep]))
+		ti.points = ti.thin(ti.points[:keep])
+		ti.rewrite(ti.points)
 	} else {
 		// Drop a torn trailing record so that appends stay aligned.
 		f.Truncate(int64(len(timeIndexMagic) + len(ti.points)*timeRecordSize))
@@ -75,30 +79,43 @@ func openTimeIndex(logDir string, end int64) *timeIndex {
 // there, so that offsets stay in order as appends resume.
 func (ti *timeIndex) cutFrom(end int64) {
 	ti.mu.Lock()
-	defer ti.mu.Unlock()
 	keep := sort.Search(len(ti.points), func(i int) bool { return ti.points[i].Offset >= end })
-	if keep < len(ti.points) {
-		ti.rewrite(ti.points[:keep:keep])
+	cut := keep < len(ti.points)
+	if cut {
+		ti.points = ti.points[:keep:keep]
+	}
+	points := ti.points
+	ti.mu.Unlock()
+	if cut {
+		ti.rewrite(points)
 	}
 }
 
 // note records that the byte at off is being appended now.
 func (ti *timeIndex) note(off int64, now time.Time) {
 	ti.mu.Lock()
-	defer ti.mu.Unlock()
 	ti.last = now
 	// One point per wall-clock second with appends, its first append: the
 	// bytes before it are exactly those appended before that second, which
 	// is what a restore --to-time needs.
 	if n := len(ti.points); n > 0 && now.Truncate(timeResolution).Equal(ti.points[n-1].Time.Truncate(timeResolution)) {
+		ti.mu.Unlock()
 		return
 	}
 	p := TimePoint{Offset: off, Time: now}
 	ti.points = append(ti.points, p)
-	if len(ti.points) >= timeIndexMax {
-		ti.rewrite(ti.thin(ti.points))
+	full := len(ti.points) >= timeIndexMax
+	if full {
+		ti.points = ti.thin(ti.points)
+	}
+	points := ti.points
+	ti.mu.Unlock()
+	if full {
+		ti.rewrite(points)
 		return
 	}
+	ti.fmu.Lock()
+	defer ti.fmu.Unlock()
 	if ti.f != nil {
 		if _, err := ti.f.Write(encodeTimePoint(nil, p)); err != nil {
 			ti.f.Close()
@@ -134,9 +151,11 @@ func (ti *timeIndex) thin(points []TimePoint) []TimePoint {
 }
 
 // rewrite replaces the file with points, via temp+rename so a crash leaves
-// either the old or the new file whole.
+// either the old or the new file whole. Only the writer calls it, without
+// mu: points is a slice nobody changes in place.
 func (ti *timeIndex) rewrite(points []TimePoint) {
-	ti.points = points
+	ti.fmu.Lock()
+	defer ti.fmu.Unlock()
 	buf := []byte(timeIndexMagic)
 	for _, p := range points {
 		buf = encodeTimePoint(buf, p)
@@ -161,11 +180,14 @@ func (ti *timeIndex) rewrite(points []TimePoint) {
 // compact applies the log's retention to the index.
 func (ti *timeIndex) compact(first int64) {
 	ti.mu.Lock()
-	defer ti.mu.Unlock()
 	if len(ti.points) < timeIndexMax/2 {
+		ti.mu.Unlock()
 		return
 	}
-	ti.rewrite(ti.thin(ti.trimBelow(first)))
+	ti.points = ti.thin(ti.trimBelow(first))
+	points := ti.points
+	ti.mu.Unlock()
+	ti.rewrite(points)
 }
 
 // at returns when the byte at off arrived: the time of the last point at or
@@ -191,8 +213,8 @@ func (ti *timeIndex) lastAppend() time.Time {
 }
 
 func (ti *timeIndex) close() {
-	ti.mu.Lock()
-	defer ti.mu.Unlock()
+	ti.fmu.Lock()
+	defer ti.fmu.Unlock()
 	if ti.f != nil {
 		ti.f.Close()
 		ti.f = nil

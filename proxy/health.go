@@ -9,8 +9,9 @@ import (
 // HealthConfig says when /readyz reports the proxy ready for replicas.
 type HealthConfig struct {
 	// ReadyMaxLag: ready only while the last byte from the master is at most
-	// this old. A master PINGs its replicas every repl-ping-replica-period
-	// (10 s by default), so an idle but healthy link stays within 30 s.
+	// this old, and no append has waited on the disk longer. A master PINGs
+	// its replicas every repl-ping-replica-period (10 s by default), so an
+	// idle but healthy link stays within 30 s.
 	ReadyMaxLag Duration `yaml:"ready_max_lag"`
 	// ReadyLinkDownGrace keeps the proxy ready for this long after the
 	// upstream link goes down, while it serves its replicas from the
@@ -26,6 +27,11 @@ func (p *Proxy) readiness(now time.Time) (bool, string) {
 	}
 	link := p.link.LinkStatus()
 	maxLag := time.Duration(p.cfg.Health.ReadyMaxLag)
+	// Replicas are still served from what the backlog holds, but nothing
+	// new reaches them while the disk does not take the append.
+	if stuck := p.store.AppendStuck(now); maxLag > 0 && stuck > maxLag {
+		return false, fmt.Sprintf("an append to the backlog has waited on the disk for %s (ready_max_lag %s)", stuck.Round(time.Millisecond), maxLag)
+	}
 	if link.State == LinkConnected {
 		silent := now.Sub(link.LastIO)
 		if maxLag > 0 && silent > maxLag {

@@ -19,6 +19,20 @@ const relayProbeEvery = 2 * time.Millisecond
 // relay path's own, with no queue in front of it.
 const relayQuiet = 3 * time.Second
 
+// relaySteady is how long the moderate steady load runs, after the quiet
+// phase and before the saturating one: one client writing 512-byte SETs
+// without pipelining, so every tiny write is its own append.
+const relaySteady = 5 * time.Second
+
+// The phases of a run, in order.
+const (
+	phaseQuiet = iota
+	phaseSteady
+	phaseLoad
+)
+
+var phaseNames = [...]string{"quiet", "steady", "load"}
+
 // relayRun is one side-by-side run: the chained redis-server A and the
 // proxy P relay the same stream from the same master at the same time.
 type relayRun struct {
@@ -27,18 +41,33 @@ type relayRun struct {
 	proxyCPU   float64
 	lag        [3][]probe // D, RA, RB
 	quietEnd   time.Time  // probes sent before this went out with no load
+	steadyEnd  time.Time  // probes sent from quietEnd to this went out under the steady load
 	otherCPU   float64    // -relay-against: the other build's CPU for the same stream
-	load       time.Duration
-	loadOutput string
+	steadySets int        // SETs of the steady phase
+	// CPU seconds of A, P and Q (-relay-against) in the steady phase.
+	steadyChain, steadyProxy, steadyOther float64
+	load                                  time.Duration
+	loadOutput                            string
 }
 
 func (r relayRun) cpuRatio() float64 { return r.proxyCPU / r.chainCPU }
 
-// p50 of the probes of subscriber i sent in the quiet phase or under load.
-func (r relayRun) p50(i int, loaded bool) time.Duration {
+// phase says in which phase a probe sent at t went out.
+func (r relayRun) phase(t time.Time) int {
+	switch {
+	case t.Before(r.quietEnd):
+		return phaseQuiet
+	case t.Before(r.steadyEnd):
+		return phaseSteady
+	}
+	return phaseLoad
+}
+
+// p50 of the probes of subscriber i sent in one phase.
+func (r relayRun) p50(i int, phase int) time.Duration {
 	var d []time.Duration
 	for _, p := range r.lag[i] {
-		if p.sent.Before(r.quietEnd) != loaded {
+		if r.phase(p.sent) == phase {
 			d = append(d, p.lag)
 		}
 	}
@@ -53,14 +82,14 @@ func (r relayRun) p50(i int, loaded bool) time.Duration {
 // probe: each probe reached D and i from the same PUBLISH, so the
 // difference for one probe leaves out the publisher's and the master's own
 // delays, which the difference of two medians would keep as noise.
-func (r relayRun) added(i int, loaded bool) time.Duration {
+func (r relayRun) added(i int, phase int) time.Duration {
 	atD := make(map[time.Time]time.Duration, len(r.lag[0]))
 	for _, p := range r.lag[0] {
 		atD[p.sent] = p.lag
 	}
 	var d []time.Duration
 	for _, p := range r.lag[i] {
-		if dl, ok := atD[p.sent]; ok && p.sent.Before(r.quietEnd) != loaded {
+		if dl, ok := atD[p.sent]; ok && r.phase(p.sent) == phase {
 			d = append(d, p.lag-dl)
 		}
 	}
@@ -85,10 +114,11 @@ func (b *bench) relay(ctx context.Context) error {
 	b.printf("\n== relay: chained redis-server A (replica RA) vs. replproxy P (replica RB), same master, same run;\n")
 	b.printf("   load: redis-benchmark -t set -d 512 -r 1000000 -n %d -P 16 -c 20; PUBLISH probes every %s read on D, RA, RB\n",
 		b.opt.relayRequests, relayProbeEvery)
-	b.printf("   lags: 'quiet' probes go out for %s before the load, 'load' ones during it and until all caught up;\n", relayQuiet)
+	b.printf("   lags: 'quiet' probes go out for %s with no load, 'steady' ones for %s while one client writes 512-byte SETs\n", relayQuiet, relaySteady)
+	b.printf("   without pipelining, 'load' ones during the benchmark and until all caught up;\n")
 	b.printf("   D is the p50 on the direct replica, RA-D and RB-D the p50 of each probe's extra lag on RA and RB\n")
-	b.printf("%-4s %9s %6s %7s %7s %7s %9s %9s %9s %9s %9s %9s %9s\n", "run", "stream MB", "load s", "A CPU s", "P CPU s",
-		"P/A CPU", "quiet D", "RA-D", "RB-D", "load D", "RA-D", "RB-D", "samples")
+	b.printf("%-4s %9s %6s %7s %7s %7s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "run", "stream MB", "load s", "A CPU s", "P CPU s",
+		"P/A CPU", "quiet D", "RA-D", "RB-D", "steady D", "RA-D", "RB-D", "load D", "RA-D", "RB-D", "samples", "steady P/A")
 	var runs []relayRun
 	for i := 0; i < b.opt.relayRuns; i++ {
 		r, err := b.relayOne(ctx, i)
@@ -96,12 +126,16 @@ func (b *bench) relay(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("run %d: %w", i+1, err)
 		}
-		b.printf("%-4d %9.0f %6.1f %7.2f %7.2f %7.3f %9s %9s %9s %9s %9s %9s %9d\n", i+1, float64(r.stream)/1e6, r.load.Seconds(),
-			r.chainCPU, r.proxyCPU, r.cpuRatio(), us(r.p50(0, false)), us(r.added(1, false)), us(r.added(2, false)),
-			us(r.p50(0, true)), us(r.added(1, true)), us(r.added(2, true)), len(r.lag[2]))
+		b.printf("%-4d %9.0f %6.1f %7.2f %7.2f %7.3f", i+1, float64(r.stream)/1e6, r.load.Seconds(),
+			r.chainCPU, r.proxyCPU, r.cpuRatio())
+		for ph := range phaseNames {
+			b.printf(" %9s %9s %9s", us(r.p50(0, ph)), us(r.added(1, ph)), us(r.added(2, ph)))
+		}
+		b.printf(" %9d %9.3f\n", len(r.lag[2]), r.steadyProxy/r.steadyChain)
+		b.printf("     steady phase: %d SETs, CPU A %.3f s, P %.3f s\n", r.steadySets, r.steadyChain, r.steadyProxy)
 		if r.otherCPU > 0 {
-			b.printf("     -relay-against build: %.2f s CPU, %.3f of this build's, %.3f of the chained Redis's\n",
-				r.otherCPU, r.otherCPU/r.proxyCPU, r.otherCPU/r.chainCPU)
+			b.printf("     -relay-against build: %.2f s CPU, %.3f of this build's, %.3f of the chained Redis's; steady phase %.3f s, %.3f of this build's\n",
+				r.otherCPU, r.otherCPU/r.proxyCPU, r.otherCPU/r.chainCPU, r.steadyOther, r.steadyOther/r.steadyProxy)
 		}
 		runs = append(runs, r)
 	}
@@ -109,14 +143,20 @@ func (b *bench) relay(ctx context.Context) error {
 	for _, r := range runs {
 		b.printf(" %.3f", r.cpuRatio())
 	}
-	for _, loaded := range []bool{false, true} {
-		phase := "quiet"
-		if loaded {
-			phase = "load"
-		}
-		b.printf("\n   added lag over D (%s; p50 of per-probe differences), proxy vs. chained Redis (target: proxy <= chained and < 50 µs):", phase)
+	if b.opt.relayAgainst != "" {
+		b.printf("\n   -relay-against build's CPU / this build's, load:")
 		for _, r := range runs {
-			b.printf(" %s vs %s;", us(r.added(2, loaded)), us(r.added(1, loaded)))
+			b.printf(" %.3f", r.otherCPU/r.proxyCPU)
+		}
+		b.printf("\n   -relay-against build's CPU / this build's, steady:")
+		for _, r := range runs {
+			b.printf(" %.3f", r.steadyOther/r.steadyProxy)
+		}
+	}
+	for ph, name := range phaseNames {
+		b.printf("\n   added lag over D (%s; p50 of per-probe differences), proxy vs. chained Redis (target: proxy <= chained and < 50 µs):", name)
+		for _, r := range runs {
+			b.printf(" %s vs %s;", us(r.added(2, ph)), us(r.added(1, ph)))
 		}
 	}
 	b.printf("\n")
@@ -227,6 +267,18 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 	case <-time.After(relayQuiet):
 	}
 	r.quietEnd = time.Now()
+	sa, sp, sq := procCPU(a), procCPU(p), 0.0
+	if q != nil {
+		sq = procCPU(q)
+	}
+	if r.steadySets, err = steadyLoad(ctx, m.addr(), relaySteady); err != nil {
+		return r, err
+	}
+	r.steadyEnd = time.Now()
+	r.steadyChain, r.steadyProxy = procCPU(a)-sa, procCPU(p)-sp
+	if q != nil {
+		r.steadyOther = procCPU(q) - sq
+	}
 	off0, err := infoField(m, "replication", "master_repl_offset")
 	if err != nil {
 		return r, err
@@ -262,6 +314,24 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 	<-probeDone
 	wg.Wait()
 	return r, nil
+}
+
+// steadyLoad writes 512-byte SETs from one client, each waiting for its
+// reply, for d, and returns how many it wrote.
+func steadyLoad(ctx context.Context, addr string, d time.Duration) (int, error) {
+	c, err := dialRESP(addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	value := string(make([]byte, 512))
+	n := 0
+	for end := time.Now().Add(d); time.Now().Before(end) && ctx.Err() == nil; n++ {
+		if _, err := c.do("SET", "steady:"+strconv.Itoa(n%100000), value); err != nil {
+			return n, fmt.Errorf("steady load: SET: %w", err)
+		}
+	}
+	return n, ctx.Err()
 }
 
 func subscribe(addr, channel string) (*respConn, error) {

@@ -43,3 +43,27 @@ func TestStoreCloseWhileRollingNeverHangs(t *testing.T) {
 		}
 	}
 }
+
+// An append refused after Close leaves no trace: no time noted (INFO's
+// last append), no time index file reopened.
+func TestAppendAfterCloseLeavesNoTrace(t *testing.T) {
+	s := newStore(t, t.TempDir(), testOptions(), 0)
+	l := s.Log()
+	if err := s.Append([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	last := l.LastAppend()
+	s.Close()
+	time.Sleep(1100 * time.Millisecond) // a new second: an append would note a time point
+	if err := s.Append([]byte("y")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append after close: %v", err)
+	}
+	if got := l.LastAppend(); !got.Equal(last) {
+		t.Fatalf("last append moved from %s to %s by an append refused after Close", last, got)
+	}
+	l.times.fmu.Lock()
+	defer l.times.fmu.Unlock()
+	if l.times.f != nil {
+		t.Fatal("an append after Close reopened the time index")
+	}
+}

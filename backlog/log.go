@@ -557,12 +557,15 @@ func (l *Log) AppendBatch(b *Batch, n int) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.mu.RLock()
-	resume, broken := l.resume, l.broken
+	resume, broken, closed := l.resume, l.broken, l.closed
 	start := l.end
 	l.mu.RUnlock()
-	if broken != nil || resume {
+	if broken != nil || resume || closed {
 		b.release()
-		if broken != nil {
+		switch {
+		case closed:
+			return ErrClosed // before the time index, which Close closed
+		case broken != nil:
 			return broken
 		}
 		return ErrRewound

@@ -43,6 +43,7 @@ type options struct {
 
 	gibSet         bool // -gib given: fanout-cpu then uses it instead of its own default
 	fanoutReplicas int
+	fanoutRuns     int
 	wideReplicas   int
 	fanoutTime     time.Duration
 	fanoutMBps     float64
@@ -79,6 +80,7 @@ func main() {
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (data, logs) instead of removing it")
 	fs.StringVar(&o.tmp, "tmp", "", "parent of the temp dir (default: $TMPDIR); it holds the backlogs, gigabytes")
 	fs.IntVar(&o.fanoutReplicas, "fanout-replicas", 20, "replicas (fanout-cpu, fanout-fullsync)")
+	fs.IntVar(&o.fanoutRuns, "fanout-runs", 5, "runs of the side-by-side setups (fanout-cpu)")
 	fs.IntVar(&o.wideReplicas, "wide-replicas", 50, "replicas of the proxy (fanout-rss)")
 	fs.DurationVar(&o.fanoutTime, "fanout-time", 30*time.Second, "how long to write (fanout-rss)")
 	fs.Float64Var(&o.fanoutMBps, "fanout-mbps", 10, "write rate in MB/s (fanout-rss)")
@@ -97,7 +99,7 @@ func main() {
 		fmt.Fprintf(out, "  catchup  one replica catching up -gib GiB from the backlog (evicted, then warm page cache)\n")
 		fmt.Fprintf(out, "  ingest   proxy ingest MB/s with pipelined SETs, once per fsync policy\n")
 		fmt.Fprintf(out, "run only when named:\n")
-		fmt.Fprintf(out, "  fanout-cpu       master CPU per GB with -fanout-replicas replicas attached directly vs. behind a proxy\n")
+		fmt.Fprintf(out, "  fanout-cpu       master CPU per GB above its floor: one direct replica, one proxy, -fanout-replicas behind a proxy (-fanout-runs)\n")
 		fmt.Fprintf(out, "  fanout-fullsync  -fanout-replicas new replicas full-syncing from a proxy at once\n")
 		fmt.Fprintf(out, "  fanout-rss       proxy RSS with -wide-replicas replicas streaming a moderate load\n")
 		fmt.Fprintf(out, "  compress         zstd between two proxies vs. none, under a mixed write load\n")
@@ -122,7 +124,7 @@ func main() {
 	}
 	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 ||
 		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 ||
-		o.relayRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 {
+		o.relayRuns < 1 || o.fanoutRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
 		os.Exit(2)
 	}

@@ -27,6 +27,9 @@ const (
 	maxAnswer     = 100 * time.Millisecond
 	maxPause      = 50 * time.Millisecond
 	frozenReadyAt = time.Second // health.ready_max_lag in the test
+	// noise: how many times what the machine's load alone costs (measured
+	// with the disk answering) a bound may grow to.
+	noise = 4
 )
 
 // Issue 20: the data dir's filesystem freezes for 3 s under write load
@@ -43,8 +46,8 @@ const (
 // On a 2-core machine shared with other work, and under -race, the
 // heartbeat and the answers are slow at times with the disk answering
 // too; the same questions asked for 3 s before the freeze measure that,
-// and a bound below twice the slowest of them is not held against the
-// freeze. The stop-the-world pauses are the runtime's own count, which
+// and a bound below four times the slowest of them is not held against
+// the freeze (the stall this test was written for lasted seconds). The stop-the-world pauses are the runtime's own count, which
 // the machine's load hardly moves, and are held to 50 ms as they are.
 func TestFrozenDiskKeepsServing(t *testing.T) {
 	mnt := fsfreeze.Mount(t)
@@ -107,11 +110,11 @@ func TestFrozenDiskKeepsServing(t *testing.T) {
 	if stwMax > maxPause {
 		t.Errorf("the runtime stopped the world for %s during the freeze (at most %s)", stwMax, maxPause)
 	}
-	if bound := max(maxPause, 2*basePause); pause > bound {
+	if bound := max(maxPause, noise*basePause); pause > bound {
 		t.Errorf("a goroutine that does not wait on the disk paused %s during the freeze (at most %s; %s with the disk answering)", pause, bound, basePause)
 	}
 	for what, d := range answers {
-		if bound := max(maxAnswer, 2*baseAnswers[what]); d > bound {
+		if bound := max(maxAnswer, noise*baseAnswers[what]); d > bound {
 			t.Errorf("%s took %s to answer during the freeze (at most %s; %s with the disk answering)", what, d, bound, baseAnswers[what])
 		}
 	}

@@ -47,8 +47,10 @@ const (
 // heartbeat and the answers are slow at times with the disk answering
 // too; the same questions asked for 3 s before the freeze measure that,
 // and a bound below four times the slowest of them is not held against
-// the freeze (the stall this test was written for lasted seconds). The stop-the-world pauses are the runtime's own count, which
-// the machine's load hardly moves, and are held to 50 ms as they are.
+// the freeze (the stall this test was written for lasted seconds). The
+// same goes for the runtime's own count of its stop-the-world pauses, with
+// a GC forced in the 3 s before the freeze too: a thread that the kernel
+// does not run for a while delays a stop-the-world as well.
 func TestFrozenDiskKeepsServing(t *testing.T) {
 	mnt := fsfreeze.Mount(t)
 	m := redisproc.Start(t, masterArgs...)
@@ -65,11 +67,16 @@ func TestFrozenDiskKeepsServing(t *testing.T) {
 	hb := startHeartbeat(t)
 	probes := newProber(t, p, cfg.MetricsListen)
 	hb.reset()
+	baseSTW, forced := readSTW(), false
 	for end := time.Now().Add(frozenFor); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		probes.round()
+		if time.Until(end) < frozenFor/2 && !forced {
+			runtime.GC()
+			forced = true
+		}
 	}
-	basePause, baseAnswers := hb.max(), probes.slowest()
-	t.Logf("disk answering: longest heartbeat pause %s; slowest answers %v", basePause, baseAnswers)
+	basePause, baseAnswers, baseSTWMax := hb.max(), probes.slowest(), baseSTW.maxSince()
+	t.Logf("disk answering: longest heartbeat pause %s, longest stop-the-world %s; slowest answers %v", basePause, baseSTWMax, baseAnswers)
 
 	fr := fsfreeze.Freeze(t, mnt, frozenFor)
 	hb.reset()
@@ -107,8 +114,8 @@ func TestFrozenDiskKeepsServing(t *testing.T) {
 	if endFrozen != held {
 		t.Fatalf("the backlog moved from %d to %d while its disk was frozen: the freeze did not hold", held, endFrozen)
 	}
-	if stwMax > maxPause {
-		t.Errorf("the runtime stopped the world for %s during the freeze (at most %s)", stwMax, maxPause)
+	if bound := max(maxPause, noise*baseSTWMax); stwMax > bound {
+		t.Errorf("the runtime stopped the world for %s during the freeze (at most %s; %s with the disk answering)", stwMax, bound, baseSTWMax)
 	}
 	if bound := max(maxPause, noise*basePause); pause > bound {
 		t.Errorf("a goroutine that does not wait on the disk paused %s during the freeze (at most %s; %s with the disk answering)", pause, bound, basePause)

@@ -21,13 +21,14 @@
 //
 // Lock order (take the earlier before the later, never the reverse):
 //
-//	Store.writeMu > Log.wmu > Store.mu > syncer.syncMu > Log.follow.mu > Log.mu > syncer.mu
+//	Store.writeMu > Log.wmu > Store.mu > syncer.syncMu > Log.follow.mu > Log.mu > syncer.mu, segment.ver.mu
 //
 // Store.mu is taken under Log.wmu (a rolling append asks Hold what the
 // snapshot needs), so nothing waits for the writer with Store.mu held;
 // Store.Close holds writeMu instead. Store.mu and Log.mu are never held
 // across disk I/O on the append or serving paths: the writer takes Log.mu
-// only to move the end. Log.wmu and syncer.syncMu are held across writes
+// only to move the end. A cut (a failed fsync, damage found) is the
+// exception: it holds Log.mu while it truncates. Log.wmu and syncer.syncMu are held across writes
 // and fsyncs, and are taken only by the writer, the syncer, SyncNow (the
 // link's ACK loop, for WAIT), a cut and Close.
 package backlog

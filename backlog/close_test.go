@@ -67,3 +67,40 @@ func TestAppendAfterCloseLeavesNoTrace(t *testing.T) {
 		t.Fatal("an append after Close reopened the time index")
 	}
 }
+
+// A meta writer that comes after Close writes nothing: Close no longer
+// holds the store's lock while the log closes, so it must say no itself.
+func TestStoreRefusesMetaWritesAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	s := newStore(t, dir, testOptions(), 0)
+	epoch := s.State().Epoch
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.NewSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("REDIS0010fake"))
+	if err := s.Reset(RandomReplID(), 100, w); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Reset after Close: %v", err)
+	}
+	if err := s.ShiftID(RandomReplID()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("ShiftID after Close: %v", err)
+	}
+	if got := s.State().Epoch; got != epoch {
+		t.Fatalf("epoch %d after Close, was %d", got, epoch)
+	}
+	if s.Close() != nil {
+		t.Fatal("a second Close failed")
+	}
+	// The data dir is free and holds the history as Close left it.
+	again, err := Open(dir, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got := again.State().Epoch; got != epoch {
+		t.Fatalf("reopened at epoch %d, closed at %d", got, epoch)
+	}
+}

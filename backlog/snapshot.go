@@ -167,6 +167,10 @@ func fileCRC64(f *os.File, n int64, pace func(int64) error) (uint64, error) {
 func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	s.writeMu.Lock()
 	defer s.unlockWrite()
+	if s.closed {
+		w.Abort()
+		return ErrClosed
+	}
 	snapDir := filepath.Join(s.dir, "snapshot")
 	snap, err := w.commit(snapDir, replid, offset)
 	if err != nil {
@@ -271,6 +275,9 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	defer s.unlockWrite()
 	st := s.State()
 	switch {
+	case s.closed:
+		w.Abort()
+		return ErrClosed
 	case !st.HasHistory:
 		w.Abort()
 		return errors.New("adopt snapshot: no history yet")
@@ -366,6 +373,9 @@ func (s *Store) unlockWrite() {
 // pruneHistoryLocked drops history entries below the log's first offset;
 // the meta is written before any file goes. The caller holds writeMu.
 func (s *Store) pruneHistoryLocked() {
+	if s.closed {
+		return
+	}
 	s.mu.RLock()
 	m, l := s.meta, s.log
 	s.mu.RUnlock()

@@ -62,6 +62,7 @@ type Store struct {
 	// prunePending: retention asked for a history prune that writeMu's
 	// holder at the time runs as it lets go.
 	prunePending atomic.Bool
+	closed       bool // set by Close under writeMu: no meta write after it
 	mu           sync.RWMutex
 	meta         Meta
 	log          *Log // nil until there is a history
@@ -352,6 +353,9 @@ func (s *Store) Resume() {
 func (s *Store) ShiftID(newID string) error {
 	s.writeMu.Lock()
 	defer s.unlockWrite()
+	if s.closed {
+		return ErrClosed
+	}
 	s.mu.RLock()
 	m, l := s.meta, s.log
 	s.mu.RUnlock()
@@ -381,6 +385,10 @@ func (s *Store) Close() error {
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock() // not unlockWrite: no prune after Close
+	if s.closed {
+		return nil
+	}
+	s.closed = true
 	l := s.Log()
 	var err error
 	if l != nil {

@@ -117,13 +117,17 @@ func (rig *failoverRig) other(n *redisproc.Server) *redisproc.Server {
 type syncCounts struct {
 	proxyFull, proxyPartial     int64 // the proxy's own resyncs, from its INFO
 	servedFull, servedPartial   int64 // the proxy's replicas' resyncs, served by the proxy
-	plainFull, plainPartial     int   // the plain replica's, from the new master's log
+	plainFull, plainPartial     int   // the plain replica's, from the nodes' logs
 	demotedFull, demotedPartial int   // the old master's, once it is a replica
+	// From the proxy's INFO: ms from Sentinel's +promoted-slave, and from
+	// the first +switch-master, to the proxy's +CONTINUE.
+	promotionToContinue, switchToContinue string
 }
 
 func (c syncCounts) String() string {
-	return fmt.Sprintf("proxy full %d partial %d | proxy's replicas full %d partial %d | plain replica full %d partial %d | demoted master full %d partial %d",
-		c.proxyFull, c.proxyPartial, c.servedFull, c.servedPartial, c.plainFull, c.plainPartial, c.demotedFull, c.demotedPartial)
+	return fmt.Sprintf("proxy full %d partial %d | proxy's replicas full %d partial %d | plain replica full %d partial %d | demoted master full %d partial %d | promotion→+CONTINUE %s ms, +switch-master→+CONTINUE %s ms",
+		c.proxyFull, c.proxyPartial, c.servedFull, c.servedPartial, c.plainFull, c.plainPartial, c.demotedFull, c.demotedPartial,
+		c.promotionToContinue, c.switchToContinue)
 }
 
 func (rig *failoverRig) proxyCounters() [4]int64 {
@@ -184,12 +188,14 @@ func (rig *failoverRig) measure(t *testing.T, old *redisproc.Server, failover fu
 	})
 	rig.following(t, next)
 	after := rig.proxyCounters()
+	st := rig.proxy.info("stats")
 	pf2, pp2 := rig.servedSyncs(rig.plain.Port)
 	df2, dp2 := rig.servedSyncs(old.Port)
 	return syncCounts{
 		proxyFull: after[0] - before[0], proxyPartial: after[1] - before[1],
 		servedFull: after[2] - before[2], servedPartial: after[3] - before[3],
 		plainFull: pf2 - pf, plainPartial: pp2 - pp, demotedFull: df2 - df, demotedPartial: dp2 - dp,
+		promotionToContinue: st["failover_last_promotion_to_continue_ms"], switchToContinue: st["failover_last_switch_master_to_continue_ms"],
 	}
 }
 
@@ -329,6 +335,11 @@ func TestSentinelPlannedFailoversArePartial(t *testing.T) {
 		}
 	}
 	checkPlannedFailovers(t, runs)
+	// Every promotion was followed from Sentinel's events, none by a poll.
+	expectInt(t, "proxy failover_promotions_followed", rig.proxy.infoInt("stats", "failover_promotions_followed"), 10)
+	if story := proxyStory(rig.proxy); strings.Contains(story, "(poll)") {
+		t.Fatalf("a poll moved the proxy:\n%s", story)
+	}
 }
 
 // Issue 24, point 2: the FAILOVER command, with no Sentinel: FAILOVER TO

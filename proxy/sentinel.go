@@ -120,6 +120,16 @@ func (w *sentinelWatch) ask(ctx context.Context, addr string) named {
 	c := w.client(addr)
 	defer c.Close()
 	f, err := c.Master(ctx, w.cfg.Name).Result()
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		// An ACL that allows only GET-MASTER-ADDR-BY-NAME: no epoch to
+		// compare, and no sign of a failover under way.
+		res, aerr := c.GetMasterAddrByName(ctx, w.cfg.Name).Result()
+		if aerr != nil || len(res) != 2 {
+			return named{err: fmt.Errorf("SENTINEL MASTER: %w; GET-MASTER-ADDR-BY-NAME: %v", err, aerr)}
+		}
+		return named{addr: net.JoinHostPort(res[0], res[1])}
+	}
 	if err != nil {
 		return named{err: err}
 	}

@@ -224,7 +224,10 @@ func (l *Link) Run(ctx context.Context) {
 			l.setState(LinkConnect, "shutting down")
 			return
 		}
-		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) || errors.Is(cause, errParked) || errors.Is(err, errParked) {
+		if cause == nil && errors.Is(err, errParked) {
+			cause = errParked // the session saw the park before it could be ended
+		}
+		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) || errors.Is(cause, errParked) {
 			l.setState(LinkConnect, cause.Error()+", master "+l.Addr())
 			backoff = l.cfg.BackoffMin
 			select { // the repoint is handled: no wake-up left for later

@@ -144,6 +144,14 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 	}
 	var req *psyncRequest
 	if cmd == "psync" {
+		if len(args) == 4 && strings.EqualFold(string(args[3]), "failover") {
+			// A master running FAILOVER (with no TO, it picks any replica
+			// that has caught up) asks its target to become master; it
+			// aborts the failover on this error and stays master.
+			c.log.Warn().Msg("refused PSYNC FAILOVER: the proxy holds no data and cannot be promoted")
+			c.out = resp.AppendError(c.out, "ERR replproxy holds no data and cannot be promoted to master: PSYNC FAILOVER is refused; use FAILOVER TO <a Redis replica>")
+			return keepConn
+		}
 		if len(args) != 3 {
 			c.wrongArgs("psync")
 			return keepConn

@@ -133,7 +133,7 @@ func Defaults() Config {
 		Master: MasterConfig{
 			ReplTimeout:    Duration(60 * time.Second),
 			ConnectTimeout: Duration(5 * time.Second),
-			Sentinel:       SentinelConfig{Poll: Duration(5 * time.Second)},
+			Sentinel:       SentinelConfig{Poll: Duration(5 * time.Second), FailoverPause: Duration(5 * time.Second)},
 			Cluster:        ClusterConfig{Poll: Duration(2 * time.Second)},
 		},
 		Backlog: BacklogConfig{
@@ -250,6 +250,9 @@ func (c Config) validateMaster() error {
 		}
 		if c.Master.Sentinel.Poll <= 0 {
 			return fmt.Errorf("master.sentinel.poll %s: must be positive, e.g. 5s", time.Duration(c.Master.Sentinel.Poll))
+		}
+		if c.Master.Sentinel.FailoverPause < 0 {
+			return fmt.Errorf("master.sentinel.failover_pause %s: must be 0 (off) or positive, e.g. 5s", time.Duration(c.Master.Sentinel.FailoverPause))
 		}
 		for _, a := range c.Master.Sentinel.Addrs {
 			if _, _, err := net.SplitHostPort(a); err != nil {

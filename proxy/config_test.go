@@ -52,6 +52,7 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		{"master:\n  addr: x:1\nbacklog:\n  fsync: sometimes\n", `fsync policy "sometimes"`},
 		{"listen: 6380\nmaster:\n  addr: x:1\n", "listen \"6380\": want host:port"},
 		{"backlog:\n  fsync: always\n", "master.addr is required"},
+		{"master:\n  sentinel:\n    addrs: [h:1]\n    name: m\n    failover_pause: -1s\n", "master.sentinel.failover_pause -1s: must be 0 (off) or positive"},
 		{"master:\n  cluster:\n    seeds: [h:1]\n    shard: \"5460\"\n", "a slot number cannot name a shard"},
 		{"master:\n  cluster:\n    seeds: [h:1]\n    shard: primary-a\n", "40-hex-digit node ID"},
 		{"master:\n  addr: x:1\n  cluster:\n    seeds: [h:1]\n    shard: " + nodeID('a') + "\n", "master.cluster excludes master.addr"},

@@ -174,8 +174,11 @@ func (l *Link) continued(st backlog.State, newID string) error {
 	if err := l.store.ShiftID(newID); err != nil {
 		return err
 	}
-	l.log.Info().Str("new_replid", newID).Str("replid2", st.ReplID).Int64("second_offset", st.End).
-		Msg("master changed replication ID; shifted IDs and dropping replicas so they resync")
+	ev := l.log.Info().Str("new_replid", newID).Str("replid2", st.ReplID).Int64("second_offset", st.End)
+	if since, ok := l.failover.continued(time.Now()); ok {
+		ev = ev.Int64("since_promotion_ms", since.Milliseconds())
+	}
+	ev.Msg("master changed replication ID; shifted IDs and dropping replicas so they resync")
 	l.fan.DropAll("upstream replication ID changed")
 	return nil
 }

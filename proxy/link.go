@@ -86,6 +86,9 @@ type Link struct {
 	lastIO       atomic.Int64 // unix nanoseconds
 	wireBytes    atomic.Int64 // read from the master's socket
 	rawBytes     atomic.Int64 // RDB and stream bytes those carried (more when compressed)
+
+	park     parking        // a planned failover keeps the link off the old master
+	failover *failoverTimes // how soon a promotion was followed
 }
 
 // NewLink returns a link; Run drives it.
@@ -93,6 +96,7 @@ func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.L
 	host, portStr, _ := net.SplitHostPort(cfg.Addr)
 	port, _ := strconv.Atoi(portStr)
 	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1), down: make(chan struct{}, 1)}
+	l.failover = newFailoverTimes()
 	l.awaitStream.Store(-1)
 	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: LinkConnect, DownSince: time.Now()}
 	return l
@@ -171,12 +175,12 @@ func (l *Link) LinkStatus() fanout.LinkStatus {
 
 // Stats returns the link's counters for INFO stats.
 func (l *Link) Stats() []fanout.KV {
-	return []fanout.KV{
+	return append([]fanout.KV{
 		{Key: "upstream_full_syncs", Value: l.fullSyncs.Load()},
 		{Key: "upstream_partial_syncs", Value: l.partialSyncs.Load()},
 		{Key: "upstream_wire_bytes", Value: l.wireBytes.Load()},
 		{Key: "upstream_stream_bytes", Value: l.rawBytes.Load()},
-	}
+	}, l.failover.stats()...)
 }
 
 // setState records and logs a transition with its reason, as replication.c does.
@@ -207,6 +211,7 @@ func (l *Link) setState(state, reason string) {
 func (l *Link) Run(ctx context.Context) {
 	backoff := l.cfg.BackoffMin
 	for ctx.Err() == nil {
+		l.waitUnparked(ctx)
 		before := l.connectedAt.Load()
 		sctx, end := context.WithCancelCause(ctx)
 		l.mu.Lock()
@@ -219,7 +224,10 @@ func (l *Link) Run(ctx context.Context) {
 			l.setState(LinkConnect, "shutting down")
 			return
 		}
-		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) {
+		if cause == nil && errors.Is(err, errParked) {
+			cause = errParked // the session saw the park before it could be ended
+		}
+		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) || errors.Is(cause, errParked) {
 			l.setState(LinkConnect, cause.Error()+", master "+l.Addr())
 			backoff = l.cfg.BackoffMin
 			select { // the repoint is handled: no wake-up left for later
@@ -247,6 +255,9 @@ func (l *Link) Run(ctx context.Context) {
 // session is one connection's life: handshake, sync, stream.
 func (l *Link) session(ctx context.Context) error {
 	addr := l.Addr()
+	if l.parked() { // parked after Run looked, before this session could be ended
+		return errParked
+	}
 	l.awaitStream.Store(-1)
 	l.setState(LinkConnecting, "dialing "+addr)
 	raw, err := l.dial(ctx, addr)

@@ -1,9 +1,12 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -11,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hdt3213/rdb/model"
+	"github.com/hdt3213/rdb/parser"
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/internal/redisproc"
@@ -233,4 +239,110 @@ func TestRestoreFromAnOlderKeptSnapshot(t *testing.T) {
 	if len(files) > 3 {
 		t.Fatalf("%d snapshot files with keep: 3", len(files))
 	}
+}
+
+// Issue 22, point 1: a replica never expires keys by itself, and restore
+// replays as one. The master has k with an absolute TTL, changed a few
+// times, and b, with a TTL, already in the proxy's snapshot; both TTLs
+// pass before the restore. The restored RDB at the recorded offset holds
+// both, with the master's values and absolute expiry times, and the digest
+// restore prints is the master's at that offset. Fed as a client, the
+// replay dropped b at load and ran the INCRs on a missing k.
+func TestRestoreKeepsTTLsThatPassedSince(t *testing.T) {
+	m := redisproc.Start(t, masterArgs...)
+	pxat := func(at time.Time) string { return strconv.FormatInt(at.UnixMilli(), 10) }
+	baseAt := time.Now().Add(8 * time.Second).Truncate(time.Millisecond)
+	if _, err := m.Do("SET", "b", "base", "PXAT", pxat(baseAt)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := proxyConfig(t, m.Addr())
+	tp := startProxy(t, cfg)
+	waitProxyAt(t, m, tp)
+	if n, err := m.Do("EXISTS", "b"); err != nil || n != int64(1) {
+		t.Fatalf("b expired before the proxy's first snapshot was taken (EXISTS: %v %v): the machine is too slow for this test", n, err)
+	}
+	kAt := baseAt.Add(-time.Second)
+	for _, cmd := range [][]any{
+		{"SET", "k", "1", "PXAT", pxat(kAt)},
+		{"INCR", "k"}, {"INCR", "k"},
+		{"SET", "k", "5", "KEEPTTL"},
+		{"INCR", "k"},
+	} {
+		if _, err := m.Do(cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	offset := m.InfoInt("replication", "master_repl_offset")
+	digest := m.Digest()
+	if got, err := m.Do("PEXPIRETIME", "k"); err != nil || got != kAt.UnixMilli() || m.InfoInt("replication", "master_repl_offset") != offset {
+		t.Fatalf("k expired or the master moved while the digest was taken (PEXPIRETIME %v %v)", got, err)
+	}
+	if snap := tp.infoInt("backlog", "snapshot_offset"); snap >= offset {
+		t.Fatalf("the proxy's snapshot is at %d, not before the writes to k at %d", snap, offset)
+	}
+
+	// Both TTLs pass; reading the keys makes the master delete them, and
+	// the DELs follow the target in the stream.
+	time.Sleep(time.Until(baseAt) + 200*time.Millisecond)
+	for _, k := range []string{"k", "b"} {
+		if n, err := m.Do("EXISTS", k); err != nil || n != int64(0) {
+			t.Fatalf("EXISTS %s after its TTL: %v %v", k, n, err)
+		}
+	}
+	waitProxyAt(t, m, tp)
+
+	dir := t.TempDir()
+	out := runBinary(t, "restore", "--data-dir", cfg.DataDir, "--out", filepath.Join(dir, "dump.rdb"), "--to-offset", strconv.FormatInt(offset, 10))
+	t.Logf("replproxy restore:\n%s", out)
+	if got := digestLine.FindStringSubmatch(out); got == nil || got[1] != digest {
+		t.Errorf("restore reports digest %v, want the master's %s at offset %d", got, digest, offset)
+	}
+	keys := readRDBStrings(t, filepath.Join(dir, "dump.rdb"))
+	for _, want := range []rdbString{{"k", "6", kAt.UnixMilli()}, {"b", "base", baseAt.UnixMilli()}} {
+		if got, ok := keys[want.key]; !ok || got != want {
+			t.Errorf("restored RDB has %s = %+v (present: %v), want %+v", want.key, got, ok, want)
+		}
+	}
+}
+
+// waitProxyAt waits until the proxy is in sync and holds the master's
+// whole stream.
+func waitProxyAt(t *testing.T, m *redisproc.Server, tp *testProxy) {
+	t.Helper()
+	redisproc.Eventually(t, syncTimeout, "proxy to store the master's offset", func() (bool, string) {
+		link := tp.info("replication")["master_link_status"]
+		want, got := m.InfoInt("replication", "master_repl_offset"), tp.infoInt("replication", "master_repl_offset")
+		return link == "up" && got == want, fmt.Sprintf("link %s, %d of %d", link, got, want)
+	})
+}
+
+type rdbString struct {
+	key, value string
+	expireMs   int64 // 0: none
+}
+
+// readRDBStrings parses an RDB file's string keys, with their absolute
+// expiry, as any loader would see them before dropping expired ones.
+func readRDBStrings(t *testing.T, path string) map[string]rdbString {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	keys := map[string]rdbString{}
+	err = parser.NewDecoder(bufio.NewReader(f)).Parse(func(o model.RedisObject) bool {
+		if s, ok := o.(*model.StringObject); ok {
+			k := rdbString{key: s.Key, value: string(s.Value)}
+			if exp := s.GetExpiration(); exp != nil {
+				k.expireMs = exp.UnixMilli()
+			}
+			keys[s.Key] = k
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatalf("parse %s: %v", path, err)
+	}
+	return keys
 }

@@ -19,8 +19,8 @@ import (
 )
 
 // tempServer is a redis-server of our own: no TCP port, a unix socket
-// readable only by us, no persistence but the SAVE we ask for. It loads
-// base.rdb from its dir at start.
+// readable only by us, no persistence but the SAVE we ask for, into
+// resultRDB. It starts empty, and gets its data as a replica of a feed.
 type tempServer struct {
 	dir     string
 	cmd     *exec.Cmd
@@ -32,7 +32,7 @@ type tempServer struct {
 	bw      *bufio.Writer
 }
 
-const baseRDB = "base.rdb"
+const resultRDB = "result.rdb"
 
 func startTempServer(ctx context.Context, bin, dir string) (*tempServer, error) {
 	sock := filepath.Join(dir, "redis.sock")
@@ -41,7 +41,7 @@ func startTempServer(ctx context.Context, bin, dir string) (*tempServer, error) 
 		"--unixsocket", sock,
 		"--unixsocketperm", "700",
 		"--dir", dir,
-		"--dbfilename", baseRDB,
+		"--dbfilename", resultRDB,
 		"--save", "",
 		"--appendonly", "no",
 		"--logfile", filepath.Join(dir, "redis.log"),
@@ -122,6 +122,22 @@ func (s *tempServer) do(args ...string) (string, error) {
 		return "", fmt.Errorf("send %s: %w", args[0], err)
 	}
 	return readReply(s.br)
+}
+
+// errorReplies is how many commands the server has refused so far, those
+// of its master included (0 where INFO has no total_error_replies, before
+// Redis 6.2).
+func (s *tempServer) errorReplies() (int64, error) {
+	info, err := s.do("INFO", "stats")
+	if err != nil {
+		return 0, fmt.Errorf("temporary server: INFO stats: %w", err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_error_replies:"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, nil
 }
 
 // stop shuts the server down without saving and waits for it.

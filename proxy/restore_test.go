@@ -346,3 +346,57 @@ func readRDBStrings(t *testing.T, path string) map[string]rdbString {
 	}
 	return keys
 }
+
+// Issue 22, point 4: a damaged kept snapshot is never a restore's base. With
+// the newest snapshot before the target corrupted, restore starts from an
+// older kept one, replays more of the stream, names the damaged file in a
+// note, and reaches the master's digest all the same.
+func TestRestorePassesOverADamagedSnapshot(t *testing.T) {
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Snapshot.Keep = 3
+	cfg.Snapshot.RefreshAfter = 1
+	cfg.Snapshot.MinInterval = proxy.Duration(2 * time.Second)
+	tp := startProxy(t, cfg)
+	stopLoad := runLoad(t, m, 171)
+	redisproc.Eventually(t, syncTimeout, "two snapshot refreshes", func() (bool, string) {
+		n := tp.infoInt("stats", "snapshot_refreshes")
+		return n >= 2, strconv.FormatInt(n, 10)
+	})
+	stopLoad()
+	digest, offset := quiesce(t, m, tp)
+	tp.stop() // the kept snapshots stay as they are from here on
+
+	meta, err := backlog.ReadMeta(cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before []backlog.SnapshotInfo
+	for _, s := range meta.Snapshots() {
+		if s.Offset <= offset {
+			before = append(before, s)
+		}
+	}
+	if len(before) < 2 {
+		t.Fatalf("kept snapshots %+v: want two at or before offset %d", meta.Snapshots(), offset)
+	}
+	damaged, older := before[len(before)-1], before[len(before)-2]
+	path := filepath.Join(cfg.DataDir, "snapshot", damaged.File)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("XXXX"), damaged.Size/2)
+	f.Close()
+
+	out := restoreRDB(t, cfg.DataDir, digest, "--to-offset", strconv.FormatInt(offset, 10))
+	if used := snapshotLine.FindStringSubmatch(out); used == nil || used[1] != older.File {
+		t.Errorf("restore used %v, want the older intact snapshot %s", used, older.File)
+	}
+	if want := "note       kept snapshot " + path + " is damaged: its CRC-64 is "; !strings.Contains(out, want) {
+		t.Errorf("restore output lacks %q", want)
+	}
+	if want := "started from the older kept snapshot " + older.File + " instead"; !strings.Contains(out, want) {
+		t.Errorf("restore output lacks %q", want)
+	}
+}

@@ -179,7 +179,13 @@ func (s *source) checkIntact(h heldSnapshot) error {
 		return fmt.Errorf("kept snapshot %s is damaged: %d bytes, the meta records %d: %w", path, n, h.info.Size, backlog.ErrSnapshotDamaged)
 	}
 	if got := fmt.Sprintf("%016x", crc.Sum64()); h.info.CRC64 != "" && got != h.info.CRC64 {
-		return fmt.Errorf("kept snapshot %s is damaged: CRC-64 %s, the meta records %s: %w", path, got, h.info.CRC64, backlog.ErrSnapshotDamaged)
+		// An RDB ends with its own CRC-64, so an intact one's CRC-64 over
+		// the whole file is 0: the zeros recorded are no mistake.
+		how := ""
+		if strings.Trim(h.info.CRC64, "0") == "" {
+			how = ", as every intact RDB with its trailing checksum has"
+		}
+		return fmt.Errorf("kept snapshot %s is damaged: its CRC-64 is %s, not the %s recorded when it was received%s: %w", path, got, h.info.CRC64, how, backlog.ErrSnapshotDamaged)
 	}
 	return nil
 }

@@ -73,7 +73,7 @@ func TestVerifyAndRestoreNameADamagedKeptSnapshot(t *testing.T) {
 		t.Fatalf("restore from a damaged snapshot succeeded: %s", out)
 	}
 	for _, want := range []string{
-		"kept snapshot " + older + " is damaged: CRC-64 ",
+		"kept snapshot " + older + " is damaged: its CRC-64 is ",
 		"no older kept snapshot is intact, so the state at offset 50 cannot be rebuilt from this data dir",
 		"Targets at or after offset " + strconv.FormatInt(newer, 10) + " can still be restored, from the kept snapshot " + m.Snapshot.File,
 		"replproxy verify --data-dir " + dir + " lists every damaged file",

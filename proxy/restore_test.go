@@ -303,6 +303,20 @@ func TestRestoreKeepsTTLsThatPassedSince(t *testing.T) {
 			t.Errorf("restored RDB has %s = %+v (present: %v), want %+v", want.key, got, ok, want)
 		}
 	}
+
+	// A replay server that cannot load the snapshot (Redis 6.2, RDB
+	// version 10) drops the link; restore says so, with its log.
+	old := filepath.Join(redisproc.VersionsDir(), "redis-6.2.16", "src", "redis-server")
+	if _, err := os.Stat(old); err != nil {
+		t.Logf("no Redis 6.2 build at %s: the unloadable snapshot case is not run", old)
+		return
+	}
+	cmd := exec.Command(binary, "restore", "--data-dir", cfg.DataDir, "--out", filepath.Join(dir, "old.rdb"), "--to-offset", strconv.FormatInt(offset, 10), "--redis-server", old)
+	raw, err := cmd.CombinedOutput()
+	t.Logf("replproxy restore with Redis 6.2: %v\n%s", err, raw)
+	if err == nil || !strings.Contains(string(raw), "the temporary server dropped the replication link before it loaded the snapshot") || !strings.Contains(string(raw), "Can't handle RDB format version 10") {
+		t.Errorf("restore with a server that cannot load the snapshot: %v", err)
+	}
 }
 
 // waitProxyAt waits until the proxy is in sync and holds the master's
@@ -399,4 +413,32 @@ func TestRestorePassesOverADamagedSnapshot(t *testing.T) {
 	if want := "started from the older kept snapshot " + older.File + " instead"; !strings.Contains(out, want) {
 		t.Errorf("restore output lacks %q", want)
 	}
+
+	// A target at a snapshot's own offset replays nothing: the output is
+	// that snapshot's data, keys past their TTL included, as a replica
+	// loading it keeps them.
+	if older.Offset == 0 {
+		return // offset 0 is no target
+	}
+	dir := t.TempDir()
+	out = runBinary(t, "restore", "--data-dir", cfg.DataDir, "--out", filepath.Join(dir, "dump.rdb"), "--to-offset", strconv.FormatInt(older.Offset, 10))
+	got := digestLine.FindStringSubmatch(out)
+	if !strings.Contains(out, "replayed   nothing") || got == nil {
+		t.Fatalf("restore to the snapshot's offset %d:\n%s", older.Offset, out)
+	}
+	if want := digestAsReplica(t, filepath.Join(cfg.DataDir, "snapshot"), older.File); got[1] != want {
+		t.Errorf("restore to the snapshot's offset reports digest %s; the snapshot loaded by a replica has %s", got[1], want)
+	}
+	if again := digestAsReplica(t, dir, "dump.rdb"); again != got[1] {
+		t.Errorf("restore reports digest %s; its RDB loaded by a replica has %s", got[1], again)
+	}
+}
+
+// digestAsReplica loads an RDB into a redis-server that is a replica (of
+// a port nobody listens on), so that keys past their TTL are kept, as a
+// replica keeps them, and returns its digest.
+func digestAsReplica(t *testing.T, dir, file string) string {
+	t.Helper()
+	s := redisproc.Start(t, "--dir", dir, "--dbfilename", file, "--replicaof", "127.0.0.1", strconv.Itoa(redisproc.FreePort(t)))
+	return s.Digest()
 }

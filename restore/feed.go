@@ -228,6 +228,9 @@ func (f *feed) waitAck(ctx context.Context, offset int64, exited <-chan struct{}
 			if f.acked.Load() >= offset {
 				return nil
 			}
+			if f.acked.Load() < 0 {
+				return fmt.Errorf("the temporary server dropped the replication link before it loaded the snapshot (its log says why): %w", f.readErr)
+			}
 			return fmt.Errorf("the temporary server dropped the replication link at offset %d, before %d: %w", f.acked.Load(), offset, f.readErr)
 		case <-f.ackSeen:
 		}

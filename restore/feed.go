@@ -216,8 +216,11 @@ func (f *feed) linkError(err error) error {
 }
 
 // waitAck waits until the replica acknowledges offset: it has applied
-// everything up to it. Redis replicas ACK every second.
-func (f *feed) waitAck(ctx context.Context, offset int64, exited <-chan struct{}) error {
+// everything up to it. Redis replicas ACK every second; applied, polled
+// meanwhile, says it sooner (ok false while it cannot tell).
+func (f *feed) waitAck(ctx context.Context, offset int64, exited <-chan struct{}, applied func() (int64, bool)) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for f.acked.Load() < offset {
 		select {
 		case <-ctx.Done():
@@ -233,6 +236,10 @@ func (f *feed) waitAck(ctx context.Context, offset int64, exited <-chan struct{}
 			}
 			return fmt.Errorf("the temporary server dropped the replication link at offset %d, before %d: %w", f.acked.Load(), offset, f.readErr)
 		case <-f.ackSeen:
+		case <-tick.C:
+			if off, ok := applied(); ok && off >= offset {
+				return nil
+			}
 		}
 	}
 	return nil

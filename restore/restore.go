@@ -251,7 +251,7 @@ func replicate(ctx context.Context, src *source, snap heldSnapshot, srv *tempSer
 	if err := sendStream(ctx, src, f, res, opt); err != nil {
 		return fmt.Errorf("%w%s", err, srv.logTail())
 	}
-	if err := f.waitAck(ctx, res.Reached, srv.exited); err != nil {
+	if err := f.waitAck(ctx, res.Reached, srv.exited, srv.appliedOffset); err != nil {
 		return fmt.Errorf("%w%s", err, srv.logTail())
 	}
 	errorsAfter, err := srv.errorReplies()

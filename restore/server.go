@@ -140,6 +140,27 @@ func (s *tempServer) errorReplies() (int64, error) {
 	return 0, nil
 }
 
+// appliedOffset is the replication offset the server has applied, as a
+// replica: ok only once its link is up, after the snapshot is loaded, as
+// INFO shows a placeholder offset before.
+func (s *tempServer) appliedOffset() (int64, bool) {
+	info, err := s.do("INFO", "replication")
+	if err != nil {
+		return 0, false
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(info, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			fields[k] = v
+		}
+	}
+	if fields["master_link_status"] != "up" || fields["master_sync_in_progress"] != "0" {
+		return 0, false
+	}
+	off, err := strconv.ParseInt(fields["slave_repl_offset"], 10, 64)
+	return off, err == nil
+}
+
 // stop shuts the server down without saving and waits for it.
 func (s *tempServer) stop() {
 	if s.conn != nil {

@@ -304,6 +304,22 @@ func TestRestoreKeepsTTLsThatPassedSince(t *testing.T) {
 		}
 	}
 
+	// Newer servers replay as replicas too, to the same digest.
+	for _, build := range []string{"redis-7.2.6", "redis-7.4.1", "valkey-8.0.1"} {
+		bin := filepath.Join(redisproc.VersionsDir(), build, "src", "redis-server")
+		if strings.HasPrefix(build, "valkey") {
+			bin = filepath.Join(redisproc.VersionsDir(), build, "src", "valkey-server")
+		}
+		if _, err := os.Stat(bin); err != nil {
+			t.Logf("no %s build at %s: not run with it", build, bin)
+			continue
+		}
+		out := runBinary(t, "restore", "--data-dir", cfg.DataDir, "--out", filepath.Join(dir, build+".rdb"), "--to-offset", strconv.FormatInt(offset, 10), "--redis-server", bin)
+		if got := digestLine.FindStringSubmatch(out); got == nil || got[1] != digest {
+			t.Errorf("restore with %s reports digest %v, want the master's %s", build, got, digest)
+		}
+	}
+
 	// A replay server that cannot load the snapshot (Redis 6.2, RDB
 	// version 10) drops the link; restore says so, with its log.
 	old := filepath.Join(redisproc.VersionsDir(), "redis-6.2.16", "src", "redis-server")

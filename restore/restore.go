@@ -67,7 +67,7 @@ func Run(ctx context.Context, opt Options) (Result, error) {
 	}
 	defer src.close()
 	var res Result
-	if res.Requested, err = resolveTarget(src, opt.Target, &res); err != nil {
+	if res.Requested, err = resolveTarget(ctx, src, opt.Target, &res); err != nil {
 		return res, err
 	}
 	snap, err := src.intactAtOrBefore(res.Requested, &res)
@@ -126,7 +126,7 @@ func redisServerPath(p string) (string, error) {
 }
 
 // resolveTarget turns the target into the last offset it asks for.
-func resolveTarget(src *source, t Target, res *Result) (int64, error) {
+func resolveTarget(ctx context.Context, src *source, t Target, res *Result) (int64, error) {
 	end := src.end()
 	set := 0
 	for _, b := range []bool{t.Offset != 0, !t.Time.IsZero(), t.Before != ""} {
@@ -146,7 +146,7 @@ func resolveTarget(src *source, t Target, res *Result) (int64, error) {
 	case !t.Time.IsZero():
 		return offsetAtTime(src, t.Time, res)
 	}
-	return offsetBefore(src, t.Before, res)
+	return offsetBefore(ctx, src, t.Before, res)
 }
 
 // offsetAtTime is the last offset appended before the second of at began.
@@ -180,7 +180,7 @@ func offsetAtTime(src *source, at time.Time, res *Result) (int64, error) {
 
 // offsetBefore finds the last unit with a command matching the pattern, in
 // the whole stream held, and returns the offset just before it.
-func offsetBefore(src *source, pat string, res *Result) (int64, error) {
+func offsetBefore(ctx context.Context, src *source, pat string, res *Result) (int64, error) {
 	p, err := parsePattern(pat)
 	if err != nil {
 		return 0, err
@@ -202,6 +202,9 @@ func offsetBefore(src *source, pat string, res *Result) (int64, error) {
 		}
 		if p.matchesUnit(u) {
 			found, what = u.start, describe(u)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
 		}
 	}
 	if found < 0 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -71,5 +73,53 @@ func TestRestoreFailsWhenTheServerRefusesACommand(t *testing.T) {
 	}
 	if _, statErr := os.Stat(out); statErr == nil {
 		t.Fatalf("restore wrote %s after the server refused a command", out)
+	}
+}
+
+// An interrupted restore (Ctrl-C) stops the temporary server, removes its
+// files, writes nothing and leaves no goroutine behind, at any moment.
+func TestInterruptedRestoreLeavesNothing(t *testing.T) {
+	cmds := make([][]string, 0, 100000)
+	for i := range 100000 {
+		cmds = append(cmds, []string{"SET", "key:" + strconv.Itoa(i), strings.Repeat("v", 64)})
+	}
+	dir := dataDir(t, cmds...)
+	before := runtime.NumGoroutine()
+	meta, err := backlog.ReadExtent(backlog.LogDir(dir, 1), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, after := range []time.Duration{0, 50 * time.Millisecond, 200 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second} {
+		// By offset, the interrupt lands in the server's start or the
+		// replay; by pattern, also in the search for the command.
+		target := Target{Offset: meta.End - 1}
+		if i%2 == 1 {
+			target = Target{Before: "SET key:99999"}
+		}
+		tmp, out := t.TempDir(), filepath.Join(t.TempDir(), "dump.rdb")
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(after, cancel)
+		start := time.Now()
+		_, err := Run(ctx, Options{DataDir: dir, Out: out, TmpDir: tmp, Target: target})
+		cancel()
+		t.Logf("interrupted after %s: returned after %s: %v", after, time.Since(start).Round(time.Millisecond), err)
+		if err == nil {
+			t.Logf("the restore finished within %s", after)
+			continue
+		}
+		if left, _ := os.ReadDir(tmp); len(left) != 0 {
+			t.Errorf("interrupted after %s (%v): %d entries left in the temp dir", after, err, len(left))
+		}
+		if _, statErr := os.Stat(out); statErr == nil {
+			t.Errorf("interrupted after %s (%v): %s written", after, err, out)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }

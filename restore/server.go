@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/replproxy/replproxy/resp"
@@ -163,10 +164,16 @@ func (s *tempServer) appliedOffset() (int64, bool) {
 
 // stop shuts the server down without saving and waits for it.
 func (s *tempServer) stop() {
+	asked := false
 	if s.conn != nil {
 		s.bw.Write(resp.AppendCommand(nil, "SHUTDOWN", "NOSAVE"))
-		s.bw.Flush()
+		asked = s.bw.Flush() == nil
 		s.conn.Close()
+	}
+	if !asked {
+		// Not connected yet (interrupted while it started): SIGTERM shuts
+		// it down too, and it has nothing to save.
+		s.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	select {
 	case <-s.exited:

@@ -150,7 +150,7 @@ func (s *source) intactAtOrBefore(off int64, res *Result) (heldSnapshot, error) 
 		if !errors.Is(err, backlog.ErrSnapshotDamaged) {
 			return heldSnapshot{}, err
 		}
-		damaged = append(damaged, err.Error())
+		damaged = append(damaged, strings.TrimSuffix(err.Error(), ": "+backlog.ErrSnapshotDamaged.Error()))
 	}
 	if len(damaged) == 0 {
 		return s.newestAtOrBefore(off)

@@ -110,7 +110,13 @@ func checkSnapshot(dir string, snap *SnapshotInfo, full bool, pace func(int64) e
 		return fmt.Errorf("snapshot %s: %w", path, err)
 	}
 	if formatCRC64(got) != snap.CRC64 {
-		return fmt.Errorf("snapshot %s: CRC-64 %s, meta says %s: %w", path, formatCRC64(got), snap.CRC64, ErrSnapshotDamaged)
+		// An RDB ends with its own CRC-64, so an intact one's CRC-64 over
+		// the whole file is 0: say so, or the zeros read as a bad meta.
+		how := ""
+		if snap.CRC64 == formatCRC64(0) {
+			how = " (the CRC-64 of every intact RDB that ends in its own checksum)"
+		}
+		return fmt.Errorf("snapshot %s: CRC-64 %s, meta says %s%s: %w", path, formatCRC64(got), snap.CRC64, how, ErrSnapshotDamaged)
 	}
 	return nil
 }

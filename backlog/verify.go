@@ -25,8 +25,9 @@ func (r *Report) add(problem, action string) {
 const resendNote = " (a full sync instead if the master no longer holds that offset)"
 
 // Verify checks everything the proxy relies on, without changing the data
-// dir: the meta checksum, the snapshot's size and CRC-64, and every
-// segment's records against their CRCs. It is safe beside a running proxy.
+// dir: the meta checksum, the size and CRC-64 of the snapshot and of every
+// older kept one (restore's bases), and every segment's records against
+// their CRCs. It is safe beside a running proxy.
 // For each problem it says what the proxy does about it.
 func Verify(dir string) (Report, error) {
 	var rep Report
@@ -41,6 +42,11 @@ func Verify(dir string) (Report, error) {
 	rep.Meta = m
 	if err := checkSnapshot(filepath.Join(dir, "snapshot"), m.Snapshot, true, nil); err != nil {
 		rep.add(err.Error(), "at start, the proxy moves the snapshot and its backlog into damaged/ and full-syncs from its master; a running proxy stops serving it, and replicas that need a full sync wait for a fresh one from its master")
+	}
+	for _, o := range m.History {
+		if err := checkSnapshot(filepath.Join(dir, "snapshot"), &o, true, nil); err != nil {
+			rep.add(fmt.Sprintf("kept snapshot at offset %d: %v", o.Offset, err), keptSnapshotAction(o, err))
+		}
 	}
 	logDir := filepath.Join(dir, "log", strconv.FormatUint(m.Epoch, 10))
 	segs, err := scanSegments(logDir)
@@ -69,6 +75,16 @@ func Verify(dir string) (Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// keptSnapshotAction says what becomes of a damaged older snapshot: only
+// restore reads one, and passes over it.
+func keptSnapshotAction(o SnapshotInfo, err error) string {
+	restore := fmt.Sprintf("replication is unaffected (only the current snapshot is served); replproxy restore starts a target at or after offset %d from an older intact kept snapshot instead, or, with none, names this file and refuses the target", o.Offset)
+	if errors.Is(err, ErrSnapshotDamaged) {
+		return restore + "; the file stays until retention deletes it with its stream"
+	}
+	return restore + "; at start, the proxy drops it from the kept snapshots"
 }
 
 // segmentAction says what the proxy does about a damaged segment, following

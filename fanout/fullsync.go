@@ -38,6 +38,9 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	start := time.Now()
 	r.log.Info().Str("replid", replid).Int64("offset", snap.Offset).Int64("rdb_bytes", snap.Size).
 		Msg("replica attached with a full sync from the snapshot")
+	if r.rdbClient() {
+		r.logStoredSnapshot(f, snap)
+	}
 	if err := r.preamble(replid, snap); err != nil {
 		cur.Close()
 		return nil, err
@@ -103,6 +106,9 @@ func (r *replica) waitSnapshot(ctx context.Context) (*os.File, backlog.SnapshotI
 		}
 		if need >= 0 && r.srv.cfg.NeedSnapshot != nil {
 			r.srv.cfg.NeedSnapshot(need)
+		}
+		if r.rdbClient() && (need >= 0 || reason == WaitNoHistory) {
+			return nil, backlog.SnapshotInfo{}, nil, "", r.refuseWithoutSnapshot(reason, err)
 		}
 		if reason == WaitOlder && time.Since(w.since) > max(r.srv.cfg.ReplTimeout, minNeedTimeout) {
 			// The requester backs off and asks again; an error line now

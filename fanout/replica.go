@@ -55,6 +55,7 @@ type replica struct {
 	psync2   bool
 	rdbOnly  bool
 	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
+	refresh  bool // a downstream replproxy refreshing its snapshot
 	zstd     bool // the peer (a replproxy) asked for a compressed stream
 	version  string
 	since    time.Time
@@ -164,6 +165,7 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 		req = &psyncRequest{replid: string(args[1]), offset: off}
 	}
 	r := c.newReplica(cmd == "sync")
+	r.refresh = c.capaRefresh
 	if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
 		// The requester follows this proxy, so the most it needs is a
 		// snapshot one byte past the stream it holds, which is never past

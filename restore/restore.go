@@ -67,53 +67,47 @@ func Run(ctx context.Context, opt Options) (Result, error) {
 	}
 	defer src.close()
 	var res Result
-	if res.Requested, err = resolveTarget(src, opt.Target, &res); err != nil {
+	if res.Requested, err = resolveTarget(ctx, src, opt.Target, &res); err != nil {
 		return res, err
 	}
-	snap, err := src.newestAtOrBefore(res.Requested)
+	snap, err := src.intactAtOrBefore(res.Requested, &res)
 	if err != nil {
 		return res, err
 	}
 	res.Snapshot, res.From, res.Reached = snap.info, snap.info.Offset+1, snap.info.Offset
 	res.FromTime = src.timeOf(res.From)
+	if _, ok, err := streamDB(io.NewSectionReader(snap.f, 0, snap.info.Size)); err != nil {
+		return res, fmt.Errorf("snapshot %s: %w", snap.info.File, err)
+	} else if !ok {
+		res.Notes = append(res.Notes, "the snapshot does not say which database the stream had selected; replay starts in db 0")
+	}
 
 	dir, err := os.MkdirTemp(opt.TmpDir, "replproxy-restore-")
 	if err != nil {
 		return res, fmt.Errorf("create temporary dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	if err := copySnapshot(snap, filepath.Join(dir, baseRDB)); err != nil {
-		return res, err
-	}
-	db, ok, err := streamDB(io.NewSectionReader(snap.f, 0, snap.info.Size))
-	if err != nil {
-		return res, fmt.Errorf("snapshot %s: %w", snap.info.File, err)
-	}
-	if !ok {
-		res.Notes = append(res.Notes, "the snapshot does not say which database the stream had selected; replay starts in db 0")
-	}
 	srv, err := startTempServer(ctx, bin, dir)
 	if err != nil {
 		return res, err
 	}
 	defer srv.stop()
-	if _, err := srv.do("SELECT", fmt.Sprint(db)); err != nil {
-		return res, fmt.Errorf("select db %d in the temporary server: %w", db, err)
-	}
-	if err := replay(ctx, src, srv, &res, opt); err != nil {
+	if err := replicate(ctx, src, snap, srv, &res, opt); err != nil {
 		return res, err
 	}
 	if res.Rounded() {
 		res.Notes = append(res.Notes, fmt.Sprintf("offset %d falls inside a command or a MULTI/EXEC block: rounded down to %d, the last command boundary before it", res.Requested, res.Reached))
 	}
 	res.ReachedTime = src.timeOf(res.Reached)
+	// The server stays a replica to the end: promoted, it would start
+	// expiring keys whose TTL has passed.
 	if res.Digest, err = srv.do("DEBUG", "DIGEST"); err != nil {
 		return res, fmt.Errorf("digest of the result: %w", err)
 	}
 	if _, err := srv.do("SAVE"); err != nil {
 		return res, fmt.Errorf("save the result: %w", err)
 	}
-	if err := installFile(filepath.Join(dir, baseRDB), opt.Out); err != nil {
+	if err := installFile(filepath.Join(dir, resultRDB), opt.Out); err != nil {
 		return res, err
 	}
 	res.Duration = time.Since(started)
@@ -132,7 +126,7 @@ func redisServerPath(p string) (string, error) {
 }
 
 // resolveTarget turns the target into the last offset it asks for.
-func resolveTarget(src *source, t Target, res *Result) (int64, error) {
+func resolveTarget(ctx context.Context, src *source, t Target, res *Result) (int64, error) {
 	end := src.end()
 	set := 0
 	for _, b := range []bool{t.Offset != 0, !t.Time.IsZero(), t.Before != ""} {
@@ -152,7 +146,7 @@ func resolveTarget(src *source, t Target, res *Result) (int64, error) {
 	case !t.Time.IsZero():
 		return offsetAtTime(src, t.Time, res)
 	}
-	return offsetBefore(src, t.Before, res)
+	return offsetBefore(ctx, src, t.Before, res)
 }
 
 // offsetAtTime is the last offset appended before the second of at began.
@@ -186,7 +180,7 @@ func offsetAtTime(src *source, at time.Time, res *Result) (int64, error) {
 
 // offsetBefore finds the last unit with a command matching the pattern, in
 // the whole stream held, and returns the offset just before it.
-func offsetBefore(src *source, pat string, res *Result) (int64, error) {
+func offsetBefore(ctx context.Context, src *source, pat string, res *Result) (int64, error) {
 	p, err := parsePattern(pat)
 	if err != nil {
 		return 0, err
@@ -209,6 +203,9 @@ func offsetBefore(src *source, pat string, res *Result) (int64, error) {
 		if p.matchesUnit(u) {
 			found, what = u.start, describe(u)
 		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
 	}
 	if found < 0 {
 		return 0, fmt.Errorf("no command matching %q in offsets [%d, %d]", pat, from, src.end()-1)
@@ -224,30 +221,60 @@ func describe(u unit) string {
 	return u.cmds[0].name()
 }
 
-// replay sends the units after the snapshot, up to the target, to the
-// temporary server, pipelined.
-func replay(ctx context.Context, src *source, srv *tempServer, res *Result, opt Options) error {
+// replicate makes the temporary server a replica of a feed that serves the
+// snapshot and the stream after it up to the target, rounded down to a
+// unit boundary, and waits until the server has applied all of it.
+func replicate(ctx context.Context, src *source, snap heldSnapshot, srv *tempServer, res *Result, opt Options) error {
+	f, err := newFeed()
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	errorsBefore, err := srv.errorReplies()
+	if err != nil {
+		return err
+	}
+	// No expiry of its own (a replica has none) and no timeout while the
+	// feed is quiet: the dataset must stay as the stream left it.
+	for _, cmd := range [][]string{
+		{"CONFIG", "SET", "masterauth", f.password},
+		{"CONFIG", "SET", "repl-timeout", "86400"},
+		{"REPLICAOF", "127.0.0.1", f.port()},
+	} {
+		if _, err := srv.do(cmd...); err != nil {
+			return fmt.Errorf("temporary server: %s %s: %w", cmd[0], cmd[1], err)
+		}
+	}
+	if err := f.accept(ctx, snap.info.ReplID, snap.info.Offset); err != nil {
+		return fmt.Errorf("%w%s", err, srv.logTail())
+	}
+	if err := f.sendRDB(io.NewSectionReader(snap.f, 0, snap.info.Size), snap.info.Size); err != nil {
+		return fmt.Errorf("send snapshot %s: %w%s", snap.info.File, err, srv.logTail())
+	}
+	if err := sendStream(ctx, src, f, res, opt); err != nil {
+		return fmt.Errorf("%w%s", err, srv.logTail())
+	}
+	if err := f.waitAck(ctx, res.Reached, srv.exited, srv.appliedOffset); err != nil {
+		return fmt.Errorf("%w%s", err, srv.logTail())
+	}
+	errorsAfter, err := srv.errorReplies()
+	if err != nil {
+		return err
+	}
+	if n := errorsAfter - errorsBefore; n > 0 {
+		return fmt.Errorf("the temporary server rejected %d command(s) of the stream, so its dataset is not the master's%s", n, srv.logTail())
+	}
+	return nil
+}
+
+// sendStream sends the units after the snapshot, up to the target, byte
+// for byte: PING and REPLCONF GETACK too, as a master's stream has them.
+func sendStream(ctx context.Context, src *source, f *feed, res *Result, opt Options) error {
 	units, err := src.units(res.From, res.Requested+1)
 	if err != nil {
 		return err
 	}
 	prog := newProgress(opt, res.Requested+1-res.From)
-	var pending []command
-	flush := func() error {
-		if len(pending) == 0 {
-			return nil
-		}
-		if err := srv.bw.Flush(); err != nil {
-			return fmt.Errorf("replay: %w", err)
-		}
-		for _, c := range pending {
-			if _, err := readReply(srv.br); err != nil {
-				return fmt.Errorf("replay of %s at offset %d: %w", c.name(), c.start, err)
-			}
-		}
-		pending = pending[:0]
-		return ctx.Err()
-	}
 	for {
 		u, err := units.next()
 		if errors.Is(err, io.EOF) || errors.Is(err, errIncomplete) {
@@ -257,22 +284,20 @@ func replay(ctx context.Context, src *source, srv *tempServer, res *Result, opt 
 			return err
 		}
 		for _, c := range u.cmds {
-			if !c.replayed() {
-				continue
+			if err := f.write(c.raw); err != nil {
+				return fmt.Errorf("replay of %s at offset %d: %w", c.name(), c.start, err)
 			}
-			srv.bw.Write(c.raw)
-			pending = append(pending, c)
-			res.Commands++
+			if c.replayed() {
+				res.Commands++
+			}
 		}
 		res.Reached, res.Bytes = u.lastByte(), u.end-res.From
-		if len(pending) >= 512 || srv.bw.Buffered() >= 128<<10 {
-			if err := flush(); err != nil {
-				return err
-			}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		prog.maybe(res)
 	}
-	return flush()
+	return f.flush()
 }
 
 // installFile copies the result to path via a temp file, fsync and rename,

@@ -13,14 +13,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/replproxy/replproxy/resp"
 )
 
 // tempServer is a redis-server of our own: no TCP port, a unix socket
-// readable only by us, no persistence but the SAVE we ask for. It loads
-// base.rdb from its dir at start.
+// readable only by us, no persistence but the SAVE we ask for, into
+// resultRDB. It starts empty, and gets its data as a replica of a feed.
 type tempServer struct {
 	dir     string
 	cmd     *exec.Cmd
@@ -32,7 +33,7 @@ type tempServer struct {
 	bw      *bufio.Writer
 }
 
-const baseRDB = "base.rdb"
+const resultRDB = "result.rdb"
 
 func startTempServer(ctx context.Context, bin, dir string) (*tempServer, error) {
 	sock := filepath.Join(dir, "redis.sock")
@@ -41,7 +42,7 @@ func startTempServer(ctx context.Context, bin, dir string) (*tempServer, error) 
 		"--unixsocket", sock,
 		"--unixsocketperm", "700",
 		"--dir", dir,
-		"--dbfilename", baseRDB,
+		"--dbfilename", resultRDB,
 		"--save", "",
 		"--appendonly", "no",
 		"--logfile", filepath.Join(dir, "redis.log"),
@@ -124,12 +125,55 @@ func (s *tempServer) do(args ...string) (string, error) {
 	return readReply(s.br)
 }
 
+// errorReplies is how many commands the server has refused so far, those
+// of its master included (0 where INFO has no total_error_replies, before
+// Redis 6.2).
+func (s *tempServer) errorReplies() (int64, error) {
+	info, err := s.do("INFO", "stats")
+	if err != nil {
+		return 0, fmt.Errorf("temporary server: INFO stats: %w", err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_error_replies:"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, nil
+}
+
+// appliedOffset is the replication offset the server has applied, as a
+// replica: ok only once its link is up, after the snapshot is loaded, as
+// INFO shows a placeholder offset before.
+func (s *tempServer) appliedOffset() (int64, bool) {
+	info, err := s.do("INFO", "replication")
+	if err != nil {
+		return 0, false
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(info, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			fields[k] = v
+		}
+	}
+	if fields["master_link_status"] != "up" || fields["master_sync_in_progress"] != "0" {
+		return 0, false
+	}
+	off, err := strconv.ParseInt(fields["slave_repl_offset"], 10, 64)
+	return off, err == nil
+}
+
 // stop shuts the server down without saving and waits for it.
 func (s *tempServer) stop() {
+	asked := false
 	if s.conn != nil {
 		s.bw.Write(resp.AppendCommand(nil, "SHUTDOWN", "NOSAVE"))
-		s.bw.Flush()
+		asked = s.bw.Flush() == nil
 		s.conn.Close()
+	}
+	if !asked {
+		// Not connected yet (interrupted while it started): SIGTERM shuts
+		// it down too, and it has nothing to save.
+		s.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	select {
 	case <-s.exited:

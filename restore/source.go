@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hdt3213/rdb/crc64jones"
@@ -127,24 +128,64 @@ func (s *source) timeOf(off int64) time.Time {
 	return t
 }
 
-// copySnapshot copies a held snapshot to path, checking its CRC-64
-// against the meta on the way: a damaged base is refused.
-func copySnapshot(h heldSnapshot, path string) error {
-	out, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
+// intactAtOrBefore returns the newest held snapshot at or before off whose
+// size and CRC-64 match the meta. A damaged one is passed over for an
+// older one, with a note naming it: the older one only means replaying
+// more of the stream. With none older, the error names the damaged files
+// and says which targets can still be restored.
+func (s *source) intactAtOrBefore(off int64, res *Result) (heldSnapshot, error) {
+	var damaged []string
+	for i := len(s.snaps) - 1; i >= 0; i-- {
+		h := s.snaps[i]
+		if h.info.Offset > off {
+			continue
+		}
+		err := s.checkIntact(h)
+		if err == nil {
+			for _, d := range damaged {
+				res.Notes = append(res.Notes, fmt.Sprintf("%s: started from the older kept snapshot %s instead, which replays more of the stream (replproxy verify --data-dir %s lists the damage)", d, h.info.File, s.dataDir))
+			}
+			return h, nil
+		}
+		if !errors.Is(err, backlog.ErrSnapshotDamaged) {
+			return heldSnapshot{}, err
+		}
+		damaged = append(damaged, strings.TrimSuffix(err.Error(), ": "+backlog.ErrSnapshotDamaged.Error()))
 	}
-	defer out.Close()
+	if len(damaged) == 0 {
+		return s.newestAtOrBefore(off)
+	}
+	msg := fmt.Sprintf("%s; no older kept snapshot is intact, so the state at offset %d cannot be rebuilt from this data dir", strings.Join(damaged, "; "), off)
+	for _, h := range s.snaps {
+		if h.info.Offset > off {
+			msg += fmt.Sprintf(". Targets at or after offset %d can still be restored, from the kept snapshot %s", h.info.Offset, h.info.File)
+			break
+		}
+	}
+	msg += fmt.Sprintf(". replproxy verify --data-dir %s lists every damaged file; an older copy of the data dir (a backup) may hold this snapshot intact", s.dataDir)
+	return heldSnapshot{}, fmt.Errorf("%s: %w", msg, backlog.ErrSnapshotDamaged)
+}
+
+// checkIntact reads a held snapshot whole against the size and CRC-64 the
+// meta recorded when it was received.
+func (s *source) checkIntact(h heldSnapshot) error {
+	path := filepath.Join(s.dataDir, "snapshot", h.info.File)
 	crc := crc64jones.New()
-	n, err := io.Copy(io.MultiWriter(out, crc), io.NewSectionReader(h.f, 0, h.info.Size))
+	n, err := io.Copy(crc, io.NewSectionReader(h.f, 0, h.info.Size+1))
 	if err != nil {
-		return fmt.Errorf("copy snapshot %s: %w", h.info.File, err)
+		return fmt.Errorf("read kept snapshot %s: %w", path, err)
 	}
 	if n != h.info.Size {
-		return fmt.Errorf("snapshot %s: %d bytes, meta says %d: %w", h.info.File, n, h.info.Size, backlog.ErrSnapshotDamaged)
+		return fmt.Errorf("kept snapshot %s is damaged: %d bytes, the meta records %d: %w", path, n, h.info.Size, backlog.ErrSnapshotDamaged)
 	}
 	if got := fmt.Sprintf("%016x", crc.Sum64()); h.info.CRC64 != "" && got != h.info.CRC64 {
-		return fmt.Errorf("snapshot %s: CRC-64 %s, meta says %s: %w", h.info.File, got, h.info.CRC64, backlog.ErrSnapshotDamaged)
+		// An RDB ends with its own CRC-64, so an intact one's CRC-64 over
+		// the whole file is 0: the zeros recorded are no mistake.
+		how := ""
+		if strings.Trim(h.info.CRC64, "0") == "" {
+			how = ", as every intact RDB with its trailing checksum has"
+		}
+		return fmt.Errorf("kept snapshot %s is damaged: its CRC-64 is %s, not the %s recorded when it was received%s: %w", path, got, h.info.CRC64, how, backlog.ErrSnapshotDamaged)
 	}
-	return out.Close()
+	return nil
 }

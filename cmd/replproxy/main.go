@@ -205,7 +205,7 @@ func checkConfigCommand() *cli.Command {
 func verifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "verify",
-		Usage: "check a data dir: meta checksum, the snapshot's CRC-64, every backlog segment's CRCs, and say what the proxy does about damage",
+		Usage: "check a data dir: meta checksum, the CRC-64 of the snapshot and of every kept one, every backlog segment's CRCs, and say what the proxy does about damage",
 		Flags: []cli.Flag{&cli.StringFlag{Name: "data-dir", Required: true, Usage: "the proxy's data dir"}},
 		Action: func(c *cli.Context) error {
 			rep, err := backlog.Verify(c.String("data-dir"))
@@ -216,6 +216,9 @@ func verifyCommand() *cli.Command {
 			fmt.Fprintf(w, "replid %s (replid2 %s up to %d)\n", rep.Meta.ReplID, rep.Meta.ReplID2, rep.Meta.SecondOffset)
 			if snap := rep.Meta.Snapshot; snap != nil {
 				fmt.Fprintf(w, "snapshot %s at offset %d, %d bytes\n", snap.File, snap.Offset, snap.Size)
+			}
+			for _, o := range rep.Meta.History {
+				fmt.Fprintf(w, "kept snapshot %s at offset %d, %d bytes\n", o.File, o.Offset, o.Size)
 			}
 			fmt.Fprintf(w, "backlog: %d segments, offsets [%d, %d), %d bytes\n", rep.Segments, rep.First, rep.End, rep.End-rep.First)
 			for i, p := range rep.Problems {

@@ -20,9 +20,11 @@ func restoreCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "restore",
 		Usage: "rebuild the dataset at a past point from the kept snapshots and the backlog, as an RDB (read-only, safe beside a running proxy)",
-		Description: "Give exactly one target. The newest kept snapshot before it is loaded into a temporary\n" +
-			"redis-server on a private unix socket, the backlog is replayed up to the target, rounded down\n" +
-			"to a command boundary outside any MULTI/EXEC, and the result is saved to --out.",
+		Description: "Give exactly one target. A temporary redis-server, on a private unix socket, becomes a\n" +
+			"replica of restore, which serves it the newest intact kept snapshot before the target and the\n" +
+			"backlog after it up to the target, rounded down to a command boundary outside any MULTI/EXEC.\n" +
+			"As a replica expires nothing, the result is the master's dataset at the target, TTLs included\n" +
+			"(keys whose TTL has passed since are in it too); it is saved to --out.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Required: true, Usage: "the proxy's data dir"},
 			&cli.StringFlag{Name: "out", Required: true, Usage: "the RDB file to write"},

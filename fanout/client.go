@@ -41,6 +41,9 @@ type client struct {
 	capaZstd      bool
 	capaRefresh   bool
 	rdbOnly       bool
+	// rdbNoData: REPLCONF rdb-filter-only "" (redis-cli --replica asks
+	// for an RDB without keys, then the stream from now).
+	rdbNoData bool
 	// replicaVersion is what a Valkey replica announces; shown in INFO
 	// and compared with the snapshot's producer.
 	replicaVersion string
@@ -278,6 +281,11 @@ func (c *client) replconf(args [][]byte) {
 			return // meaningful only on a replica connection; never answered
 		case "rdb-only":
 			c.rdbOnly = val == "1"
+		case "rdb-filter-only":
+			if msg := c.rdbFilter(val); msg != "" {
+				c.out = resp.AppendError(c.out, msg)
+				return
+			}
 		case "version":
 			if _, ok := parseVersion(val); !ok {
 				c.out = resp.AppendError(c.out, "ERR Unrecognized version format: "+val[:min(len(val), 64)])

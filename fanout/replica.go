@@ -55,6 +55,7 @@ type replica struct {
 	psync2   bool
 	rdbOnly  bool
 	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
+	noData   bool // REPLCONF rdb-filter-only "": an empty RDB at the current offset
 	zstd     bool // the peer (a replproxy) asked for a compressed stream
 	version  string
 	since    time.Time
@@ -155,6 +156,11 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 		}
 		req = &psyncRequest{replid: string(args[1]), offset: off}
 	}
+	if c.rdbNoData && !c.capaEOF {
+		// As Redis 7.0+ answers: a filtered RDB needs the EOF capability.
+		c.out = resp.AppendError(c.out, "ERR Filtered replica requires EOF capability")
+		return keepConn
+	}
 	r := c.newReplica(cmd == "sync")
 	if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
 		// The requester follows this proxy, so the most it needs is a
@@ -191,7 +197,8 @@ func (c *client) newReplica(prePsync bool) *replica {
 	r := &replica{
 		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
-		zstd: c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
+		noData: c.rdbNoData,
+		zstd:   c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
 	r.state.Store(StateWaitBgsave)

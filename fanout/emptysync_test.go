@@ -21,7 +21,7 @@ import (
 // offset 1000, followed by 500 bytes of stream, and sends setup.
 func filteredClient(t *testing.T, store *backlog.Store, setup ...[]string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	s := New(Config{Store: store, Logger: zerolog.Nop(), ReplTimeout: 10 * time.Second})
+	s := New(Config{Store: store, Logger: zerolog.Nop(), ReplTimeout: 10 * time.Second, Upstream: &fuzzUpstream{}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -160,6 +161,16 @@ func LoadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("open config: %w", err)
 	}
 	defer f.Close()
+	var doc yaml.Node
+	if err := yaml.NewDecoder(f).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := checkKeys(&doc, reflect.TypeFor[Config](), ""); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
 	dec := yaml.NewDecoder(f)
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) { // io.EOF: an empty file

@@ -34,6 +34,7 @@ type client struct {
 	dirty    bool       // a queued command was refused: EXEC aborts
 	inExec   bool
 
+	clientTrack
 	listeningPort int
 	announcedIP   string
 	capaEOF       bool
@@ -41,6 +42,9 @@ type client struct {
 	capaZstd      bool
 	capaRefresh   bool
 	rdbOnly       bool
+	// rdbNoData: REPLCONF rdb-filter-only "" (redis-cli --replica asks
+	// for an RDB without keys, then the stream from now).
+	rdbNoData bool
 	// replicaVersion is what a Valkey replica announces; shown in INFO
 	// and compared with the snapshot's producer.
 	replicaVersion string
@@ -70,6 +74,9 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		user:     s.initialUser(),
 		channels: map[string]struct{}{},
 	}
+	c.created = time.Now()
+	s.conns.add(c)
+	defer s.conns.remove(c)
 	// A small buffer: idle connections are cheap, and commands are small.
 	br := bufio.NewReaderSize(conn, 4<<10)
 	if c.user == nil {
@@ -88,6 +95,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		if len(args) == 0 {
 			continue // a bare newline: a keepalive
 		}
+		c.noteCommand(args)
 		next := keepConn
 		if !c.queue(args) {
 			next = c.dispatch(ctx, args)
@@ -182,8 +190,7 @@ func (c *client) dispatch(ctx context.Context, args [][]byte) outcome {
 		}
 		c.out = resp.AppendBulk(c.out, args[1])
 	case "command":
-		// redis-cli asks for command docs at startup; an empty answer is valid.
-		c.out = resp.AppendArrayHeader(c.out, 0)
+		c.command(args)
 	case "replicaof", "slaveof":
 		c.replicaof(args)
 	case "multi", "exec", "discard":
@@ -278,6 +285,11 @@ func (c *client) replconf(args [][]byte) {
 			return // meaningful only on a replica connection; never answered
 		case "rdb-only":
 			c.rdbOnly = val == "1"
+		case "rdb-filter-only":
+			if msg := c.rdbFilter(val); msg != "" {
+				c.out = resp.AppendError(c.out, msg)
+				return
+			}
 		case "version":
 			if _, ok := parseVersion(val); !ok {
 				c.out = resp.AppendError(c.out, "ERR Unrecognized version format: "+val[:min(len(val), 64)])
@@ -330,7 +342,13 @@ func (c *client) clientCmd(args [][]byte) {
 	case "setinfo":
 		c.out = resp.AppendSimple(c.out, "OK")
 	case "id":
-		c.out = resp.AppendInt(c.out, c.srv.stats.Connections.Load())
+		c.out = resp.AppendInt(c.out, c.id)
+	case "list":
+		c.clientList(args)
+	case "info":
+		c.out = resp.AppendBulkString(c.out, c.line(time.Now())+"\n")
+	case "help":
+		c.clientHelpReply()
 	case "kill":
 		// Sentinel kills normal and pub/sub clients after a reconfiguration
 		// so they reconnect to the new master; nobody here holds data.

@@ -16,6 +16,9 @@ import (
 // after it: a snapshot taken at offset S continues with the backlog at S+1.
 // A nil cursor with no error means the replica wanted the RDB only.
 func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
+	if r.noData {
+		return r.emptySync(ctx)
+	}
 	r.state.Store(StateWaitBgsave)
 	if err := r.waitPacing(ctx); err != nil {
 		return nil, err

@@ -12,7 +12,7 @@ import (
 
 // The sections INFO knows, in output order. A plain INFO, like Redis',
 // returns all of them.
-var infoSections = []string{"server", "clients", "replication", "replicas", "stats", "backlog", "proxy", "shard"}
+var infoSections = []string{"server", "clients", "memory", "persistence", "replication", "replicas", "stats", "cpu", "backlog", "proxy", "shard", "keyspace"}
 
 func (s *Server) infoText(args []string) string {
 	want := map[string]bool{}
@@ -33,6 +33,14 @@ func (s *Server) infoText(args []string) string {
 			s.infoServer(&b)
 		case "clients":
 			s.infoClients(&b)
+		case "memory":
+			s.infoMemory(&b)
+		case "persistence":
+			s.infoPersistence(&b)
+		case "cpu":
+			s.infoCPU(&b)
+		case "keyspace":
+			s.infoKeyspace(&b)
 		case "replication":
 			s.infoReplication(&b)
 		case "replicas":
@@ -80,6 +88,7 @@ func executable() string {
 func (s *Server) infoClients(b *strings.Builder) {
 	b.WriteString("# Clients\r\n")
 	field(b, "connected_clients", s.clientCount(0))
+	field(b, "blocked_clients", 0) // no command here blocks
 	field(b, "maxclients", s.cfg.MaxClients)
 }
 
@@ -158,6 +167,7 @@ func (s *Server) infoReplicas(b *strings.Builder) {
 func (s *Server) infoStats(b *strings.Builder) {
 	b.WriteString("# Stats\r\n")
 	field(b, "total_connections_received", s.stats.Connections.Load())
+	field(b, "total_commands_processed", s.stats.Commands.Load())
 	field(b, "sync_full", s.stats.SyncFull.Load())
 	field(b, "sync_partial_ok", s.stats.SyncPartialOK.Load())
 	field(b, "sync_partial_err", s.stats.SyncPartialErr.Load())

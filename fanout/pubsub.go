@@ -86,6 +86,15 @@ func (c *client) unsubscribeCmd(args [][]byte) {
 			chans = append(chans, ch)
 		}
 	}
+	if len(chans) == 0 {
+		// Subscribed to nothing: Redis still answers, with a nil channel,
+		// and a client waiting for that answer would hang without it.
+		c.out = resp.AppendArrayHeader(c.out, 3)
+		c.out = resp.AppendBulkString(c.out, "unsubscribe")
+		c.out = resp.AppendNullBulk(c.out)
+		c.out = resp.AppendInt(c.out, 0)
+		return
+	}
 	for _, ch := range chans {
 		delete(c.channels, ch)
 		c.srv.hub.unsubscribe(c, ch)

@@ -56,6 +56,7 @@ type replica struct {
 	rdbOnly  bool
 	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
 	refresh  bool // a downstream replproxy refreshing its snapshot
+	noData   bool // REPLCONF rdb-filter-only "": an empty RDB at the current offset
 	zstd     bool // the peer (a replproxy) asked for a compressed stream
 	version  string
 	since    time.Time
@@ -164,6 +165,11 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 		}
 		req = &psyncRequest{replid: string(args[1]), offset: off}
 	}
+	if c.rdbNoData && !c.capaEOF {
+		// As Redis 7.0+ answers: a filtered RDB needs the EOF capability.
+		c.out = resp.AppendError(c.out, "ERR Filtered replica requires EOF capability")
+		return keepConn
+	}
 	r := c.newReplica(cmd == "sync")
 	r.refresh = c.capaRefresh
 	if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
@@ -201,7 +207,8 @@ func (c *client) newReplica(prePsync bool) *replica {
 	r := &replica{
 		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
-		zstd: c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
+		noData: c.rdbNoData,
+		zstd:   c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
 	r.state.Store(StateWaitBgsave)

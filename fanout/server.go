@@ -113,6 +113,7 @@ type Stats struct {
 	SyncPartialErr atomic.Int64
 	SyncFullPaced  atomic.Int64 // full syncs held back after a replica failed one
 	Connections    atomic.Int64
+	Commands       atomic.Int64 // commands received, refused ones included
 	Rejected       atomic.Int64
 	CompressedRaw  atomic.Int64 // stream bytes sent compressed to downstream replproxies
 	CompressedWire atomic.Int64 // what they took on the wire
@@ -136,6 +137,7 @@ type Server struct {
 	mu       sync.Mutex
 	replicas map[int64]*replica
 	clients  int
+	conns    connRegistry
 	nextID   int64
 	departed int64 // bytes sent to replicas that have detached
 

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -159,6 +161,16 @@ func LoadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("open config: %w", err)
 	}
 	defer f.Close()
+	var doc yaml.Node
+	if err := yaml.NewDecoder(f).Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := checkKeys(&doc, reflect.TypeFor[Config](), ""); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
 	dec := yaml.NewDecoder(f)
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) { // io.EOF: an empty file
@@ -188,10 +200,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("backlog.fsync: %w", err)
 	}
 	if c.Backlog.SegmentBytes < 1<<20 {
-		return fmt.Errorf("backlog.segment_bytes %d: must be at least 1MiB", c.Backlog.SegmentBytes)
+		return fmt.Errorf("backlog.segment_bytes is %s: must be at least 1MiB", c.Backlog.SegmentBytes)
 	}
 	if c.Backlog.MaxBytes < c.Backlog.SegmentBytes {
-		return fmt.Errorf("backlog.max_bytes %d: must be at least one segment (%d)", c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
+		return fmt.Errorf("backlog.max_bytes is %s, less than one segment (backlog.segment_bytes is %s): raise max_bytes or lower segment_bytes (in sizes, 1mb is 2^20 bytes and 1m is 10^6, as in redis.conf)",
+			c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
 	}
 	if c.Master.Compression != "" && c.Master.Compression != "none" && c.Master.Compression != "zstd" {
 		return fmt.Errorf("master.compression %q: want zstd or none", c.Master.Compression)
@@ -215,7 +228,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("snapshot.min_interval %s: must be at least 1s (each refresh forks the master)", time.Duration(c.Snapshot.MinInterval))
 	}
 	if c.Snapshot.HoldMaxBytes < 0 {
-		return fmt.Errorf("snapshot.hold_max_bytes %d: must not be negative", c.Snapshot.HoldMaxBytes)
+		return fmt.Errorf("snapshot.hold_max_bytes is %d bytes: must not be negative", int64(c.Snapshot.HoldMaxBytes))
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
@@ -284,19 +297,24 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
-// Size is a byte count written as "1GiB", "512MiB", "100GB" or a plain number.
+// Size is a byte count, written as redis.conf writes one ("1k" is 1000,
+// "1kb" 1024, "1m" 10^6, "1mb" 2^20, "1g" 10^9, "1gb" 2^30, any case), or
+// with an IEC unit ("512MiB", "1GiB"), or as a plain number of bytes.
 type Size int64
 
+// sizeUnits follows Redis' memtoull (src/util.c), extended to terabytes
+// the same way; the IEC units are never ambiguous.
 var sizeUnits = []struct {
 	suffix string
 	mult   int64
 }{
 	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
-	{"kb", 1000}, {"mb", 1000 * 1000}, {"gb", 1000 * 1000 * 1000}, {"tb", 1000 * 1000 * 1000 * 1000},
-	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"t", 1 << 40}, {"b", 1},
+	{"kb", 1 << 10}, {"mb", 1 << 20}, {"gb", 1 << 30}, {"tb", 1 << 40},
+	{"k", 1e3}, {"m", 1e6}, {"g", 1e9}, {"t", 1e12}, {"b", 1},
 }
 
-// ParseSize parses a human byte count.
+// ParseSize parses a byte count as Size describes it. A fraction is
+// allowed ("1.5GiB"); the result is rounded down to a whole byte.
 func ParseSize(s string) (Size, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	mult := int64(1)
@@ -306,11 +324,25 @@ func ParseSize(s string) (Size, error) {
 			break
 		}
 	}
-	n, err := strconv.ParseFloat(t, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size like 1GiB, 512MiB or 1048576", s)
+	bad := fmt.Errorf("%q is not a size like 1gb (2^30 bytes), 1g (10^9), 512MiB or 1048576", s)
+	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
+		if n < 0 {
+			return 0, bad
+		}
+		if n > math.MaxInt64/mult {
+			return 0, fmt.Errorf("%q is too large: at most %d bytes", s, int64(math.MaxInt64))
+		}
+		return Size(n * mult), nil
 	}
-	return Size(n * float64(mult)), nil
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, bad
+	}
+	v := f * float64(mult)
+	if v >= math.MaxInt64 {
+		return 0, fmt.Errorf("%q is too large: at most %d bytes", s, int64(math.MaxInt64))
+	}
+	return Size(v), nil
 }
 
 func (z *Size) UnmarshalYAML(n *yaml.Node) error {
@@ -320,6 +352,34 @@ func (z *Size) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*z = v
 	return nil
+}
+
+// String gives the byte count, and its IEC reading when it is large, so
+// an error shows what a unit was taken to mean: "64000000 bytes (61.0 MiB)".
+func (z Size) String() string {
+	if z < 1<<10 {
+		return fmt.Sprintf("%d bytes", int64(z))
+	}
+	f, i := float64(z), -1
+	for f >= 1<<10 && i < 4 {
+		f /= 1 << 10
+		i++
+	}
+	return fmt.Sprintf("%d bytes (%.1f %ciB)", int64(z), f, "KMGTP"[i])
+}
+
+// MarshalYAML writes the exact IEC form when there is one, else bytes,
+// so the effective configuration reads back to the same value.
+func (z Size) MarshalYAML() (any, error) {
+	for _, u := range []struct {
+		unit string
+		mult int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if z != 0 && int64(z)%u.mult == 0 {
+			return fmt.Sprintf("%d%s", int64(z)/u.mult, u.unit), nil
+		}
+	}
+	return int64(z), nil
 }
 
 func validatePprofListen(addr string) error {

@@ -46,7 +46,10 @@ func TestConfigUnitsAndDefaults(t *testing.T) {
 // A bad config names what is wrong, so an operator can fix it at once.
 func TestConfigErrorsAreClear(t *testing.T) {
 	cases := []struct{ body, want string }{
-		{"master:\n  adr: x:1\n", "field adr not found"},
+		{"master:\n  adr: x:1\n", "line 2: unknown key master.adr (known keys under master: addr, "},
+		{"users:\n  - {name: a, role: admin}\n  - {name: b, rol: admin}\n", "unknown key users[1].rol"},
+		{"master:\n  addr: x:1\n  sentinel:\n    adrs: [h:1]\n", "unknown key master.sentinel.adrs"},
+		{"bogus: 1\n", "unknown key bogus (known keys at the top level: "},
 		{"master:\n  addr: x:1\nbacklog:\n  max_bytes: lots\n", `"lots" is not a size`},
 		{"master:\n  addr: x:1\n  repl_timeout: soon\n", `"soon" is not a duration`},
 		{"master:\n  addr: x:1\nbacklog:\n  fsync: sometimes\n", `fsync policy "sometimes"`},

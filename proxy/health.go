@@ -47,8 +47,21 @@ func (p *Proxy) readiness(now time.Time) (bool, string) {
 	return false, fmt.Sprintf("upstream link %s for %s", link.State, down.Round(time.Second))
 }
 
+// HealthHeader names the proxy on every /healthz and /readyz answer, so a
+// probe can tell it from another server on the port (an exporter answers
+// 200 to any path too).
+const HealthHeader = "X-Replproxy"
+
+// HealthHeaderValue is HealthHeader's value.
+const HealthHeaderValue = "replproxy"
+
+func nameTheProxy(w http.ResponseWriter) {
+	w.Header().Set(HealthHeader, HealthHeaderValue)
+}
+
 // serveHealthz answers while the process serves: liveness.
 func serveHealthz(w http.ResponseWriter, _ *http.Request) {
+	nameTheProxy(w)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintln(w, "ok")
 }
@@ -60,6 +73,7 @@ func readyzHandler(readiness func(time.Time) (bool, string)) http.HandlerFunc {
 
 func serveReadyz(w http.ResponseWriter, readiness func(time.Time) (bool, string)) {
 	ready, why := readiness(time.Now())
+	nameTheProxy(w)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)

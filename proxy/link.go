@@ -210,6 +210,7 @@ func (l *Link) setState(state, reason string) {
 // retries every second), and with doubling backoff only after failures.
 func (l *Link) Run(ctx context.Context) {
 	backoff := l.cfg.BackoffMin
+	var failures int // attempts since the last one that streamed
 	for ctx.Err() == nil {
 		l.waitUnparked(ctx)
 		before := l.connectedAt.Load()
@@ -239,6 +240,10 @@ func (l *Link) Run(ctx context.Context) {
 		l.setState(LinkConnect, err.Error())
 		if l.connectedAt.Load() != before {
 			backoff = l.cfg.BackoffMin // the link was healthy: this is no failure streak
+			failures = 0
+		} else {
+			failures++
+			l.warnFailed(err, failures, backoff)
 		}
 		select {
 		case <-ctx.Done():
@@ -250,6 +255,17 @@ func (l *Link) Run(ctx context.Context) {
 		}
 		backoff = min(backoff*2, l.cfg.BackoffMax)
 	}
+}
+
+// warnFailed logs an attempt that never reached the stream: an operator
+// must see a master that refuses or cannot be reached, and how long that
+// has lasted, without reading every state change.
+func (l *Link) warnFailed(err error, failures int, retryIn time.Duration) {
+	ev := l.log.Warn().Err(err).Str("master", l.Addr()).Int("failures_since_last_success", failures).Dur("retry_in", retryIn)
+	if at := l.connectedAt.Load(); at > 0 {
+		ev = ev.Time("last_success", time.Unix(0, at))
+	}
+	ev.Msg("connection to the master failed")
 }
 
 // session is one connection's life: handshake, sync, stream.

@@ -107,13 +107,13 @@ func TestProgressOf200MBFullSync(t *testing.T) {
 		t.Fatalf("downstream sync: total %d, done %v: want 200 MB and rising", sentTotal, sent)
 	}
 	const upSync = `{transfer="upstream_full_sync"}`
-	if upMetrics["replproxy_upstream_sync_bytes_done"+upSync] <= 0 || upMetrics["replproxy_upstream_sync_bytes_total"+upSync] < 200e6 {
-		t.Errorf("upstream sync metrics: done %v, total %v", upMetrics["replproxy_upstream_sync_bytes_done"+upSync], upMetrics["replproxy_upstream_sync_bytes_total"+upSync])
+	if upMetrics["replproxy_upstream_sync_done_bytes"+upSync] <= 0 || upMetrics["replproxy_upstream_sync_size_bytes"+upSync] < 200e6 {
+		t.Errorf("upstream sync metrics: done %v, total %v", upMetrics["replproxy_upstream_sync_done_bytes"+upSync], upMetrics["replproxy_upstream_sync_size_bytes"+upSync])
 	}
 	name := `{replica="127.0.0.1:` + strconv.Itoa(rep.Port) + `"}`
 	if downMetrics[`replproxy_replica_state{replica="127.0.0.1:`+strconv.Itoa(rep.Port)+`",state="send_bulk"}`] != 1 ||
-		downMetrics["replproxy_replica_sync_bytes_total"+name] < 200e6 {
-		t.Errorf("replica sync metrics: state send_bulk %v, total %v", downMetrics[`replproxy_replica_state{replica="127.0.0.1:`+strconv.Itoa(rep.Port)+`",state="send_bulk"}`], downMetrics["replproxy_replica_sync_bytes_total"+name])
+		downMetrics["replproxy_replica_sync_size_bytes"+name] < 200e6 {
+		t.Errorf("replica sync metrics: state send_bulk %v, total %v", downMetrics[`replproxy_replica_state{replica="127.0.0.1:`+strconv.Itoa(rep.Port)+`",state="send_bulk"}`], downMetrics["replproxy_replica_sync_size_bytes"+name])
 	}
 	if !regexp.MustCompile(`127\.0\.0\.1:` + strconv.Itoa(rep.Port) + ` +send_bulk .* full sync: .* of 19\d\.\d MiB \(`).MatchString(status) {
 		t.Errorf("status does not show the replica's full sync progress:\n%s", status)

@@ -197,7 +197,7 @@ func checkConfigCommand() *cli.Command {
 			for _, p := range cfg.Pipelines {
 				fmt.Fprintf(c.App.Writer, "pipeline %s: listen %s, shard %s, data_dir %s\n", p.Name, p.Listen, p.Shard, filepath.Join(cfg.DataDir, p.Name))
 			}
-			return nil
+			return printEffective(c.App.Writer, cfg)
 		},
 	}
 }
@@ -232,6 +232,18 @@ func verifyCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// printEffective shows the settings in force, defaults and flags applied,
+// as the README and --help promise; passwords are hidden.
+func printEffective(w io.Writer, cfg proxy.Config) error {
+	out, err := cfg.EffectiveYAML()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "# effective configuration: defaults filled in, flags and environment applied, passwords hidden")
+	_, err = w.Write(out)
+	return err
 }
 
 // newLogger writes for people on a terminal and JSON for log pipelines.

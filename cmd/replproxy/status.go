@@ -182,7 +182,7 @@ func renderUpstream(w io.Writer, info map[string]string, works map[string]map[st
 	if s := info["master_link_down_since_seconds"]; s != "" {
 		link += " for " + s + "s"
 	}
-	fmt.Fprintf(w, "upstream   %s, %s, last byte %ss ago, offset %s", master, link, info["master_last_io_seconds_ago"], info["master_repl_offset"])
+	fmt.Fprintf(w, "upstream   %s, %s, %s, offset %s", master, link, lastByteText(info["master_last_io_seconds_ago"]), info["master_repl_offset"])
 	if info["last_ack_sent_offset"] != "" {
 		fmt.Fprintf(w, ", last ACK %s (%ss ago)", info["last_ack_sent_offset"], info["last_ack_sent_seconds_ago"])
 	}
@@ -193,6 +193,15 @@ func renderUpstream(w io.Writer, info map[string]string, works map[string]map[st
 			fmt.Fprintf(w, "           %s\n", progressText(strings.ReplaceAll(kind, "_", " "), wk))
 		}
 	}
+}
+
+// lastByteText reads master_last_io_seconds_ago, which is -1 (as in
+// Redis) when no byte ever came from the master.
+func lastByteText(ago string) string {
+	if ago == "" || strings.HasPrefix(ago, "-") {
+		return "no byte from the master yet"
+	}
+	return "last byte " + ago + "s ago"
 }
 
 func renderStore(w io.Writer, info map[string]string, now time.Time) {

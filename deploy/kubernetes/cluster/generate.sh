@@ -75,7 +75,7 @@ data:
       - name: admin
         password_file: /run/secrets/replproxy/admin-password
         role: admin
-    metrics_listen: 0.0.0.0:9121
+    metrics_listen: 0.0.0.0:8380
     master:
       # The password (REPLPROXY_MASTER_PASSWORD, from the Secret) is used
       # for the replication link and for CLUSTER SHARDS alike.

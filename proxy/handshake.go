@@ -197,7 +197,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	start := time.Now()
 	w, err := l.store.NewSnapshot()
 	if err != nil {
-		return err
+		return &storeFailure{err}
 	}
 	eof, err := receiveRDB(rd, w, &l.sync)
 	if err != nil {
@@ -216,7 +216,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	size := w.Size()
 	l.rawBytes.Add(size)
 	if err := l.store.Reset(replid, offset, w); err != nil {
-		return fmt.Errorf("store snapshot: %w", err)
+		return &storeFailure{fmt.Errorf("store snapshot: %w", err)}
 	}
 	stopKeepalive()
 	l.fullSyncs.Add(1)

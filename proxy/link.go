@@ -43,6 +43,11 @@ type LinkConfig struct {
 	TLS            TLSConfig // used when TLS.Upstream
 	// Compress asks the master, if it is a replproxy, for a zstd stream.
 	Compress bool
+	// DataDir and SegmentBytes size the free space a session needs: the
+	// link waits for it rather than PSYNC into a full disk (diskspace.go).
+	DataDir         string
+	SegmentBytes    int64
+	SpaceCheckEvery time.Duration // 0: spaceCheckEvery
 }
 
 // Downstream is what the link needs of the replicas below the proxy: to
@@ -73,6 +78,7 @@ type Link struct {
 	endSess context.CancelCauseFunc // ends the current session, for a repoint
 	repoint chan struct{}           // wakes Run from its backoff
 	down    chan struct{}           // signalled when a streaming link breaks
+	waiting diskWait                // the wait for space in the data dir, if any
 
 	// forceFull makes the next PSYNC ask for a full sync: the fallback
 	// when the snapshot cannot be refreshed over rdb-only.
@@ -202,12 +208,20 @@ func (l *Link) setState(state, reason string) {
 }
 
 // Run keeps the link up until ctx ends, reconnecting at once after a
-// repoint, within BackoffMin after a session that streamed (a Redis replica
-// retries every second), and with doubling backoff only after failures.
+// repoint, within BackoffMin after a healthy session (a Redis replica
+// retries every second), and with doubling backoff after failures. A
+// session is healthy when it stored bytes, or streamed until the master's
+// side ended it (an idle master sends nothing for seconds); one that ended
+// on a disk error is a failure whatever it stored, and no session starts
+// while the data dir lacks room for it (awaitSpace).
 func (l *Link) Run(ctx context.Context) {
 	backoff := l.cfg.BackoffMin
 	for ctx.Err() == nil {
-		before := l.connectedAt.Load()
+		l.awaitSpace(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		stored, connected := l.rawBytes.Load(), l.connectedAt.Load()
 		sctx, end := context.WithCancelCause(ctx)
 		l.mu.Lock()
 		l.endSess = end
@@ -216,8 +230,7 @@ func (l *Link) Run(ctx context.Context) {
 		cause := context.Cause(sctx)
 		end(nil)
 		if ctx.Err() != nil {
-			l.setState(LinkConnect, "shutting down")
-			return
+			break
 		}
 		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) {
 			l.setState(LinkConnect, cause.Error()+", master "+l.Addr())
@@ -229,19 +242,38 @@ func (l *Link) Run(ctx context.Context) {
 			continue
 		}
 		l.setState(LinkConnect, err.Error())
-		if l.connectedAt.Load() != before {
-			backoff = l.cfg.BackoffMin // the link was healthy: this is no failure streak
-		}
+		healthy := l.rawBytes.Load() != stored || l.connectedAt.Load() != connected
+		wait, next := l.nextBackoff(backoff, err, healthy)
 		select {
 		case <-ctx.Done():
 			return
 		case <-l.repoint:
 			backoff = l.cfg.BackoffMin
 			continue
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, l.cfg.BackoffMax)
+		backoff = next
 	}
+	l.setState(LinkConnect, "shutting down")
+}
+
+// nextBackoff returns the wait before the next session and the backoff
+// after it. A disk error keeps the backoff growing, to diskBackoffMax,
+// however well the session went before it, and a full disk waits at least
+// one space check.
+func (l *Link) nextBackoff(backoff time.Duration, err error, healthy bool) (wait, next time.Duration) {
+	disk := isDiskError(err)
+	if healthy && !disk {
+		backoff = l.cfg.BackoffMin // the link was healthy: this is no failure streak
+	}
+	wait, limit := backoff, l.cfg.BackoffMax
+	if disk {
+		limit = max(limit, diskBackoffMax)
+	}
+	if isDiskFull(err) {
+		wait = max(wait, spaceCheckEvery)
+	}
+	return wait, min(max(wait, backoff)*2, limit)
 }
 
 // session is one connection's life: handshake, sync, stream.

@@ -69,6 +69,7 @@ var (
 	descDiskFree      = desc("data_dir_free_bytes", "Free bytes on the data dir's filesystem (for unprivileged users).")
 	descDiskSize      = desc("data_dir_size_bytes", "Size of the data dir's filesystem.")
 	descReady         = desc("ready", "1 when /readyz answers ready.")
+	descSpaceWait     = desc("upstream_waiting_for_space", "1 while the upstream link stays down because the data dir lacks room for what the master may send.")
 	replicaStates     = []string{fanout.StateWaitBgsave, fanout.StateSendBulk, fanout.StateOnline}
 	linkStates        = []string{LinkConnect, LinkConnecting, LinkHandshake, LinkSync, LinkConnected}
 	upstreamTransfers = []string{workUpstreamSync, workSnapshotRefresh}
@@ -116,6 +117,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ready, _ := c.p.readiness(now)
 	e.gauge(descReady, boolFloat(ready))
+	waiting, _ := c.p.link.DiskWait()
+	e.gauge(descSpaceWait, boolFloat(waiting != ""))
 }
 
 func boolFloat(b bool) float64 {

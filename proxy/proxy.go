@@ -151,6 +151,8 @@ func linkConfig(cfg Config, port int) LinkConfig {
 		AckQuorum:      cfg.AckQuorum,
 		TLS:            cfg.TLS,
 		Compress:       cfg.Master.Compression == "zstd",
+		DataDir:        cfg.DataDir,
+		SegmentBytes:   int64(cfg.Backlog.SegmentBytes),
 	}
 }
 
@@ -238,6 +240,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.log.Info().Str("listen", p.ln.Addr().String()).Str("master", p.cfg.Master.Addr).
 		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
 	p.warnIfOpen()
+	p.warnDiskSize()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	// fatal runs a part whose failure ends the whole process.

@@ -192,13 +192,13 @@ func checkConfigCommand() *cli.Command {
 			for _, w := range passwordFlagWarnings(c) {
 				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
 			}
-			for _, w := range proxy.DiskSizeWarnings(cfg) {
-				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
-			}
 			fmt.Fprintf(c.App.Writer, "ok: listen %s, master %s, data_dir %s, backlog %d bytes, fsync %s\n",
 				cfg.Listen, cfg.Master.Addr, cfg.DataDir, cfg.Backlog.MaxBytes, cfg.Backlog.Fsync)
 			for _, p := range cfg.Pipelines {
 				fmt.Fprintf(c.App.Writer, "pipeline %s: listen %s, shard %s, data_dir %s\n", p.Name, p.Listen, p.Shard, filepath.Join(cfg.DataDir, p.Name))
+			}
+			for _, w := range proxy.DiskSizeWarnings(cfg) {
+				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
 			}
 			return nil
 		},

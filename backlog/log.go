@@ -267,8 +267,7 @@ func (l *Log) recover() ([]*segment, error) {
 			s.synced.Store(chk.sealed && !last)
 			continue
 		}
-		l.log.Error().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
-			Msg("backlog segment damaged; the log ends at its last good record and upstream resends the rest")
+		l.logRecovered(path, chk, last)
 		if chk.unverifiable {
 			return l.dropFrom(segs, i, chk.problem)
 		}
@@ -284,6 +283,22 @@ func (l *Log) recover() ([]*segment, error) {
 		return l.dropFrom(segs, i+1, "follows a damaged segment")
 	}
 	return segs, nil
+}
+
+// logRecovered says what recovery found in a segment. Bytes past the last
+// index record of the last segment are an append that a crash cut short
+// between its data and its index record, as kill -9 leaves under fsync
+// no: an ordinary recovery, logged as a warning. A checksum mismatch, or
+// anything wrong elsewhere, is damage, logged at error level, where
+// alerts page.
+func (l *Log) logRecovered(path string, chk segmentCheck, last bool) {
+	if last && chk.pastIndex {
+		l.log.Warn().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
+			Msg("torn tail of the last backlog segment (an append cut short by a crash): the bytes past its last index record are dropped and upstream resends them")
+		return
+	}
+	l.log.Error().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
+		Msg("backlog segment damaged; the log ends at its last good record and upstream resends the rest")
 }
 
 // dropFrom moves segs[i:] aside: bytes after a damaged spot cannot be

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"syscall"
 	"time"
 
@@ -46,18 +45,16 @@ func isDiskError(err error) bool {
 	return isDiskFull(err) || errors.As(err, &sf) || errors.Is(err, backlog.ErrRewound)
 }
 
-// freeBytes is what the data dir's filesystem can still take from this
-// process: root may also use the blocks reserved for it.
+// freeBytes is the data dir's free space as df shows it, and as the
+// metric replproxy_data_dir_free_bytes reports it: blocks reserved for
+// root are not counted, even for a proxy running as root, so the link
+// never counts on space an operator sees as gone.
 func freeBytes(dir string) (int64, error) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(dir, &fs); err != nil {
 		return 0, fmt.Errorf("statfs %s: %w", dir, err)
 	}
-	blocks := fs.Bavail
-	if os.Geteuid() == 0 {
-		blocks = fs.Bfree
-	}
-	return int64(blocks) * int64(fs.Bsize), nil
+	return int64(fs.Bavail) * int64(fs.Bsize), nil
 }
 
 // spaceNeed is the free space the next session may use, and why. Any
@@ -144,6 +141,8 @@ func (p *Proxy) diskInfo(kv func(string, any), now time.Time) {
 	if free, err := freeBytes(p.cfg.DataDir); err == nil {
 		kv("data_dir_free_bytes", free)
 	}
+	kv("damaged_bytes", p.store.DamagedBytes())
+	kv("damaged_max_bytes", damagedMaxBytes(p.cfg))
 	why, since := p.link.DiskWait()
 	kv("upstream_waiting_for_space", boolInt(why != ""))
 	if why != "" {

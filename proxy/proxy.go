@@ -94,9 +94,10 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
 			HoldMaxBytes: holdMaxBytes(cfg),
 		},
-		ScrubRate:    int64(cfg.Backlog.ScrubRate),
-		SnapshotKeep: cfg.Snapshot.Keep,
-		Logger:       log.With().Str("component", "backlog").Logger(),
+		ScrubRate:       int64(cfg.Backlog.ScrubRate),
+		SnapshotKeep:    cfg.Snapshot.Keep,
+		DamagedMaxBytes: damagedMaxBytes(cfg),
+		Logger:          log.With().Str("component", "backlog").Logger(),
 	})
 }
 

@@ -1,11 +1,20 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
 )
@@ -39,5 +48,78 @@ func TestNextBackoffAfterDiskErrors(t *testing.T) {
 	}
 	if wait, next := l.nextBackoff(4*time.Second, errors.New("connect: refused"), false); wait != 4*time.Second || next != l.cfg.BackoffMax {
 		t.Fatalf("after a failed connect: wait %s then %s", wait, next)
+	}
+}
+
+// Issue 21, point 3: no PSYNC, which a master may answer with a full sync,
+// while the data dir cannot hold an RDB of the last one's size: the link
+// does not even dial, says why, and dials soon after space returns. Needs
+// root for the small tmpfs.
+func TestNoSyncWithoutRoomForTheRDB(t *testing.T) {
+	mnt := filepath.Join(t.TempDir(), "i21b-rdb-disk")
+	os.MkdirAll(mnt, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("this test mounts a small tmpfs, which needs root: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	dataDir := filepath.Join(mnt, "data")
+	store, err := backlog.Open(dataDir, backlog.Options{
+		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
+		Logger: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	w, err := store.NewSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(append([]byte("REDIS0010"), make([]byte, 7<<20)...))
+	if err := store.Reset(backlog.RandomReplID(), 0, w); err != nil {
+		t.Fatal(err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var dials atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			dials.Add(1)
+			c.Close()
+		}
+	}()
+	l := NewLink(LinkConfig{Addr: ln.Addr().String(), ReplTimeout: time.Minute, ConnectTimeout: time.Second,
+		BackoffMin: 200 * time.Millisecond, BackoffMax: time.Second,
+		DataDir: dataDir, SegmentBytes: 1 << 20, SpaceCheckEvery: 50 * time.Millisecond}, store, nil, zerolog.Nop())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	time.Sleep(time.Second)
+	why, _ := l.DiskWait()
+	if n := dials.Load(); n != 0 || !strings.Contains(why, "full sync") {
+		t.Fatalf("with room for less than the last RDB: %d connections to the master, wait reason %q", n, why)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,size=64m", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("remount: %v %s", err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for dials.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the link did not dial the master once the data dir had room")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if why, _ := l.DiskWait(); why != "" {
+		t.Fatalf("the link dialed but still says it waits: %q", why)
 	}
 }

@@ -63,12 +63,15 @@ func freeBytes(dir string) (int64, error) {
 // needs room for the next segment.
 func (l *Link) spaceNeed() (int64, string) {
 	st := l.store.State()
-	rdb := int64(0)
+	rdb, what := int64(0), "the last one's size"
 	if st.Snapshot != nil {
 		rdb = st.Snapshot.Size
 	}
+	if n := l.rdbNeed.Load(); n > rdb {
+		rdb, what = n, "the size of the one that did not fit"
+	}
 	if rdb >= l.cfg.SegmentBytes {
-		return rdb + spaceMargin, fmt.Sprintf("a full sync from the master would bring an RDB of about %d bytes (the last one's size), which the data dir cannot hold", rdb)
+		return rdb + spaceMargin, fmt.Sprintf("a full sync from the master would bring an RDB of about %d bytes (%s), which the data dir cannot hold", rdb, what)
 	}
 	return l.cfg.SegmentBytes + spaceMargin, fmt.Sprintf("the next backlog segment (%d bytes) does not fit", l.cfg.SegmentBytes)
 }
@@ -172,4 +175,20 @@ func (r *refresher) roomForRDB() bool {
 	}
 	r.noSpace = true
 	return false
+}
+
+// noteRDBTooLarge remembers, after a full sync's RDB did not fit in the
+// data dir, how much room the next one needs: the announced size, or
+// twice what a diskless transfer had brought by then. Without it, a
+// larger RDB than the stored snapshot would fork the master again at
+// each attempt.
+func (l *Link) noteRDBTooLarge(err error) {
+	if !isDiskFull(err) {
+		return
+	}
+	need := l.sync.total.Load()
+	if need <= 0 {
+		need = 2 * l.sync.done.Load()
+	}
+	l.rdbNeed.Store(max(need, l.rdbNeed.Load()))
 }

@@ -123,3 +123,27 @@ func TestNoSyncWithoutRoomForTheRDB(t *testing.T) {
 		t.Fatalf("the link dialed but still says it waits: %q", why)
 	}
 }
+
+// Issue 21, point 3: after a full sync's RDB did not fit, the link waits
+// for room for that RDB, not for the smaller stored snapshot: else each
+// attempt would fork the master for an RDB with nowhere to go.
+func TestRDBThatDidNotFitSetsTheNeed(t *testing.T) {
+	l := NewLink(LinkConfig{Addr: "127.0.0.1:1", SegmentBytes: 1 << 20}, newHistoryStore(t), nil, zerolog.Nop())
+	enospc := fmt.Errorf("receive RDB: write: %w", syscall.ENOSPC)
+	l.sync.begin()
+	l.sync.total.Store(5 << 20)
+	l.noteRDBTooLarge(errors.New("master closed the connection"))
+	if need, _ := l.spaceNeed(); need != 1<<20+spaceMargin {
+		t.Fatalf("a transfer cut by the master set the need to %d", need)
+	}
+	l.noteRDBTooLarge(enospc)
+	if need, why := l.spaceNeed(); need != 5<<20+spaceMargin || !strings.Contains(why, "did not fit") {
+		t.Fatalf("after a 5 MiB RDB did not fit: need %d (%s)", need, why)
+	}
+	l.sync.begin() // a diskless transfer: size unknown
+	l.sync.done.Store(4 << 20)
+	l.noteRDBTooLarge(enospc)
+	if need, _ := l.spaceNeed(); need != 8<<20+spaceMargin {
+		t.Fatalf("after a diskless RDB filled the disk at 4 MiB: need %d, want 8 MiB and the margin", need)
+	}
+}

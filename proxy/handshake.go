@@ -202,6 +202,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	eof, err := receiveRDB(rd, w, &l.sync)
 	if err != nil {
 		w.Abort()
+		l.noteRDBTooLarge(err)
 		return fmt.Errorf("receive RDB: %w", err)
 	}
 	// Checking and committing a large RDB takes a while; a newline a
@@ -221,6 +222,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	stopKeepalive()
 	l.fullSyncs.Add(1)
 	l.forceFull.Store(false)
+	l.rdbNeed.Store(0)
 	// Replicas of the old history need no explicit drop: Reset closed its
 	// log, which ends their senders, while replicas that attach from now on
 	// already follow the new history.

@@ -92,6 +92,7 @@ type Link struct {
 	lastIO       atomic.Int64 // unix nanoseconds
 	wireBytes    atomic.Int64 // read from the master's socket
 	rawBytes     atomic.Int64 // RDB and stream bytes those carried (more when compressed)
+	rdbNeed      atomic.Int64 // room the last full sync's RDB lacked (diskspace.go); 0: none
 }
 
 // NewLink returns a link; Run drives it.

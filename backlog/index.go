@@ -85,6 +85,7 @@ type segmentCheck struct {
 	problem      string
 	unverifiable bool // no usable index: nothing in the segment can be trusted
 	mismatch     bool // a CRC did not match: damage, not a torn write
+	pastIndex    bool // bytes follow the last indexed record: an append cut short
 }
 
 // verifySegment walks the index over the data file and checks every CRC,
@@ -138,6 +139,7 @@ func verifySegment(segPath string, trustSeal bool, pace func(int64) error) (segm
 	}
 	if info.Size() > chk.valid {
 		chk.problem = fmt.Sprintf("%d bytes past the last indexed record", info.Size()-chk.valid)
+		chk.pastIndex = true
 	}
 	return chk, nil
 }

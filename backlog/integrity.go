@@ -92,9 +92,11 @@ func (l *Log) damaged(seg *segment, problem string) {
 	}
 	l.log.Error().Str("file", path).Str("problem", problem).Int64("cut_at", seg.first).
 		Msg("backlog segment damaged: its bytes are not served; the log is cut at the segment's first offset, the files from there on are moved aside, and the upstream link resumes with PSYNC from there")
+	l.noteCulprit(seg.first)
 	if err := l.cut(seg.first, true); err != nil && !errors.Is(err, ErrClosed) {
 		l.log.Error().Err(err).Msg("cutting the log at the damage failed; nothing is appended until the cut is finished, retried each time the link resumes")
 	}
+	l.opt.damaged.bound()
 }
 
 // afterSyncFailure cuts the log back to its durable offset: the bytes after
@@ -286,6 +288,7 @@ func (l *Log) removeSegments(segs []*segment, damaged bool) error {
 	if damaged {
 		dir, err := moveAside(l.opt.DamagedDir, paths...)
 		if err == nil {
+			l.markCulprits(dir, segs)
 			l.log.Error().Int("segments", len(segs)).Int64("from", segs[0].first).Str("moved_to", dir).
 				Msg("backlog segments moved aside")
 		}

@@ -536,3 +536,53 @@ func TestRollWakesTheSyncer(t *testing.T) {
 		t.Fatal("the rolled segment was not sealed after its fsync")
 	}
 }
+
+// Issue 21, point 5: bytes past the last index record of the last segment
+// (an append whose index record a kill -9 prevented, under fsync no) are a
+// torn tail, logged as a warning; a checksum mismatch stays an error.
+func TestTornTailIsAWarningDamageAnError(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "log")
+	opt := logOptions(dir, nil, nil)
+	opt.Fsync = FsyncNo
+	l, err := OpenLog(logDir, 1, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Append(pattern(1500, 7))
+	l.Close()
+	seg := segmentPath(logDir, 1001)
+	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("*1\r\n$4\r\nPI")) // the data of an append, without its index record
+	f.Close()
+
+	logs := &logBuffer{}
+	opt.Logger = zerolog.New(logs)
+	if l, err = OpenLog(logDir, 1, opt); err != nil {
+		t.Fatal(err)
+	}
+	if _, end := l.Bounds(); end != 1501 {
+		t.Fatalf("log ends at %d after the torn tail, want 1501", end)
+	}
+	l.Close()
+	out := logs.String()
+	if !strings.Contains(out, `"level":"warn"`) || !strings.Contains(out, "torn tail") || !strings.Contains(out, seg) ||
+		strings.Contains(out, `"level":"error"`) || strings.Contains(out, "damaged") {
+		t.Fatalf("a torn tail is not a warning naming the segment:\n%s", out)
+	}
+
+	flipByte(t, seg, 100)
+	logs = &logBuffer{}
+	opt.Logger = zerolog.New(logs)
+	if l, err = OpenLog(logDir, 1, opt); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if out := logs.String(); !strings.Contains(out, `"level":"error"`) || !strings.Contains(out, "backlog segment damaged") ||
+		!strings.Contains(out, "checksum mismatch") {
+		t.Fatalf("a checksum mismatch is not an error:\n%s", out)
+	}
+}

@@ -44,7 +44,11 @@ type LogOptions struct {
 	// DamagedDir receives, under a timestamped directory, the segment
 	// files found damaged; nothing found damaged is deleted.
 	DamagedDir string
-	OnFsync    func(time.Duration) // observes each fsync's latency (metrics); nil: none
+	// DamagedMaxBytes bounds DamagedDir: past it, files moved there only
+	// along with damaged ones are deleted (0: unbounded).
+	DamagedMaxBytes int64
+	damaged         *damagedArea        // the Store's, shared with its own moves; nil: the log's own
+	OnFsync         func(time.Duration) // observes each fsync's latency (metrics); nil: none
 	// OnTrim is told the new first offset after retention removed
 	// segments, so that what depends on them (kept snapshots) goes too.
 	OnTrim func(first int64)
@@ -115,6 +119,9 @@ type Log struct {
 	follow    followers    // caught-up readers the writer feeds itself (follow.go)
 	times     *timeIndex   // offset -> wall clock, for operators (timeindex.go)
 	holding   bool         // retention is holding bytes for the snapshot (logged once per episode)
+
+	culpritMu sync.Mutex
+	culprits  map[int64]bool // first offsets of segments found damaged, until moved aside
 }
 
 type preparedSegment struct {
@@ -138,6 +145,9 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 	if opt.Sync == nil {
 		opt.Sync = fileSync
 	}
+	if opt.damaged == nil {
+		opt.damaged = newDamagedArea(opt.DamagedDir, opt.DamagedMaxBytes, opt.Logger)
+	}
 	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
 		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1)}
 	l.batches.New = func() any { return new(batch) }
@@ -145,6 +155,7 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.opt.damaged.bound()
 	// A kill -9 leaves the last appends, and segments rolled just before
 	// it, possibly only in the page cache: they count as durable only once
 	// this process has fsynced them.
@@ -237,7 +248,7 @@ func (l *Log) recover() ([]*segment, error) {
 	for i, s := range segs {
 		path := segmentPath(l.dir, s.first)
 		if i > 0 && s.first != segs[i-1].end() {
-			return l.dropFrom(segs, i, fmt.Sprintf("gap: previous segment ends at %d", segs[i-1].end()))
+			return l.dropFrom(segs, i, fmt.Sprintf("gap: previous segment ends at %d", segs[i-1].end()), false)
 		}
 		// Only a sealed segment is known to have reached the disk whole;
 		// any other may be torn by a power cut, so all its CRCs are
@@ -252,28 +263,48 @@ func (l *Log) recover() ([]*segment, error) {
 			s.synced.Store(chk.sealed && !last)
 			continue
 		}
-		l.log.Error().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
-			Msg("backlog segment damaged; the log ends at its last good record and upstream resends the rest")
+		l.logRecovered(path, chk, last)
 		if chk.unverifiable {
-			return l.dropFrom(segs, i, chk.problem)
+			return l.dropFrom(segs, i, chk.problem, true)
 		}
 		if chk.mismatch {
-			if _, err := copyAside(l.opt.DamagedDir, path, indexPath(path)); err != nil {
+			dir, err := copyAside(l.opt.DamagedDir, path, indexPath(path))
+			if err != nil {
 				return nil, err
+			}
+			if err := noteDamaged(dir, chk.problem, filepath.Base(path), filepath.Base(indexPath(path))); err != nil {
+				l.log.Error().Err(err).Msg("cannot mark the damaged segment in damaged/")
 			}
 		}
 		if err := repairSegment(path, chk); err != nil {
 			return nil, err
 		}
 		s.size = chk.valid
-		return l.dropFrom(segs, i+1, "follows a damaged segment")
+		return l.dropFrom(segs, i+1, "follows a damaged segment", false)
 	}
 	return segs, nil
 }
 
+// logRecovered says what recovery found in a segment. Bytes past the last
+// index record of the last segment are an append that a crash cut short
+// between its data and its index record, as kill -9 leaves under fsync
+// no: an ordinary recovery, logged as a warning. A checksum mismatch, or
+// anything wrong elsewhere, is damage, logged at error level, where
+// alerts page.
+func (l *Log) logRecovered(path string, chk segmentCheck, last bool) {
+	if last && chk.pastIndex {
+		l.log.Warn().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
+			Msg("torn tail of the last backlog segment (an append cut short by a crash): the bytes past its last index record are dropped and upstream resends them")
+		return
+	}
+	l.log.Error().Str("file", path).Str("problem", chk.problem).Int64("kept_bytes", chk.valid).
+		Msg("backlog segment damaged; the log ends at its last good record and upstream resends the rest")
+}
+
 // dropFrom moves segs[i:] aside: bytes after a damaged spot cannot be
-// served, but nothing found damaged is deleted.
-func (l *Log) dropFrom(segs []*segment, i int, why string) ([]*segment, error) {
+// served, but nothing found damaged is deleted. culprit says segs[i] is
+// itself damaged; the others are only moved along.
+func (l *Log) dropFrom(segs []*segment, i int, why string, culprit bool) ([]*segment, error) {
 	if i >= len(segs) {
 		return segs, nil
 	}
@@ -285,6 +316,13 @@ func (l *Log) dropFrom(segs []*segment, i int, why string) ([]*segment, error) {
 	dir, err := moveAside(l.opt.DamagedDir, paths...)
 	if err != nil {
 		return nil, err
+	}
+	var names []string
+	if culprit {
+		names = append(names, filepath.Base(paths[0]), filepath.Base(paths[1]))
+	}
+	if err := noteDamaged(dir, why, names...); err != nil {
+		l.log.Error().Err(err).Msg("cannot mark the damaged segment in damaged/")
 	}
 	for _, s := range segs[i:] {
 		l.log.Error().Str("file", segmentPath(l.dir, s.first)).Str("reason", why).Str("moved_to", dir).

@@ -29,6 +29,9 @@ type Options struct {
 	// SnapshotKeep is how many snapshots of the current generation are
 	// kept, the current one included (0 or 1: only the current one).
 	SnapshotKeep int
+	// DamagedMaxBytes bounds damaged/ (0: unbounded): past it, what was
+	// moved there only along with damaged files is deleted.
+	DamagedMaxBytes int64
 }
 
 // State is one consistent view of the replication position.
@@ -67,6 +70,8 @@ type Store struct {
 	meta         Meta
 	log          *Log // nil until there is a history
 
+	damaged *damagedArea
+
 	snapMu       sync.Mutex
 	snapVerified string // snapshot file whose CRC-64 this process checked
 	snapDamaged  string // snapshot file found damaged, moved aside
@@ -94,7 +99,10 @@ func Open(dir string, opt Options) (*Store, error) {
 		opt.Log.Sync = fileSync
 	}
 	opt.Log.DamagedDir = filepath.Join(dir, "damaged")
+	opt.Log.DamagedMaxBytes = opt.DamagedMaxBytes
 	s := &Store{dir: dir, opt: opt, lock: lock}
+	s.damaged = newDamagedArea(opt.Log.DamagedDir, opt.DamagedMaxBytes, opt.Logger)
+	s.opt.Log.damaged = s.damaged
 	s.opt.Log.OnTrim = s.pruneHistory
 	s.opt.Log.Hold = s.snapshotNeeds
 	if err := s.load(); err != nil {
@@ -102,6 +110,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		return nil, err
 	}
 	s.removeStale()
+	s.damaged.bound()
 	if opt.ScrubRate > 0 {
 		ctx, cancel := context.WithCancel(context.Background())
 		s.stopScrub, s.scrubDone = cancel, make(chan struct{})
@@ -180,8 +189,17 @@ func (s *Store) setAside(why string, cause error, file string, paths ...string) 
 	if err != nil {
 		s.opt.Logger.Error().Err(err).Msg("cannot move damaged files aside")
 	}
+	if dir != "" {
+		if err := noteDamaged(dir, why, filepath.Base(file)); err != nil {
+			s.opt.Logger.Error().Err(err).Msg("cannot mark the damaged file in damaged/")
+		}
+	}
 	s.opt.Logger.Error().Err(cause).Str("file", file).Str("moved_to", dir).Msg(why)
 }
+
+// DamagedBytes is damaged/'s size on disk, as of its last check (at
+// start, after each move into it, and at each scrub pass).
+func (s *Store) DamagedBytes() int64 { return s.damaged.Bytes() }
 
 // diskError logs err at error level, where alerting looks, and returns it.
 func (s *Store) diskError(err error) error {
@@ -415,6 +433,7 @@ func (s *Store) scrub(ctx context.Context) {
 		if err := s.scrubSnapshot(pace); err != nil && ctx.Err() == nil {
 			s.opt.Logger.Error().Err(err).Msg("scrub could not read the snapshot")
 		}
+		s.damaged.bound() // also sees a snapshot moved aside, and what an operator deleted
 		select {
 		case <-ctx.Done():
 			return

@@ -209,12 +209,41 @@ func (a *fullSyncAttempt) ended(cause error) {
 	pp.failures++
 	pp.delay = min(max(2*pp.delay, pacingMin), pacingMax)
 	pp.notBefore = time.Now().Add(pp.delay)
+	diagnosis, certainty := a.diagnose(pp.failures)
 	ev := r.log.Debug()
-	if pp.failures == 1 {
+	if pp.failures == 1 || (pp.failures == repeatedFailures && certainty == certaintyRepeated) {
 		ev = r.log.Warn()
 	}
 	a.explain(ev, cause).Dur("next_full_sync_in", pp.delay).Int("failed_full_syncs", pp.failures).
-		Msg(a.cause() + "; its next full syncs are paced, 1s doubling to 1m")
+		Str("diagnosis_certainty", certainty).Msg(a.cause() + "; " + diagnosis + "; its next full syncs are paced, 1s doubling to 1m")
+}
+
+// repeatedFailures full syncs in a row without an acknowledgement are the
+// evidence that a replica that announced no version cannot load the
+// snapshot: one failure is as likely a replica stopped or restarted on
+// purpose right after loading it, before its first ACK.
+const repeatedFailures = 3
+
+// How sure a diagnosis of a failed full sync is, as logged.
+const (
+	certaintyVersion  = "announced_version" // the replica's REPLCONF version is too old for the RDB
+	certaintyRepeated = "repeated_failures" // likely, from failures in a row
+	certaintyNone     = "none"              // one failure says nothing of why
+)
+
+// diagnose says why the replica probably failed, and how sure that is,
+// from its own evidence only: the version it announced, or failures in a
+// row.
+func (a *fullSyncAttempt) diagnose(failures int) (string, string) {
+	if why := olderThanProducer(a.r.version, a.meta); why != "" {
+		return "it cannot load it: " + why + " (certain, from the version the replica announced)", certaintyVersion
+	}
+	if failures >= repeatedFailures {
+		return fmt.Sprintf("%d full syncs in a row ended so: likely a replica older than the master, which cannot load it "+
+			"(a guess from repeated failures; the replica's own log says why)", failures), certaintyRepeated
+	}
+	return "it may have been stopped or restarted right after loading it, or have failed to load it " +
+		"(nothing yet tells which; the replica's own log says why)", certaintyNone
 }
 
 // forgetIdle drops replicas that have not failed for a while, so that
@@ -265,8 +294,7 @@ func (a *fullSyncAttempt) cause() string {
 	if !a.sent.Load() {
 		when = fmt.Sprintf("during (after %d of %d bytes)", a.r.sentBytes.Load(), a.snap.Size)
 	}
-	return "the replica dropped the connection " + when + " " + what +
-		" without loading it; a replica older than the master cannot load it"
+	return "the replica dropped the connection " + when + " " + what + " without acknowledging it"
 }
 
 // snapshotMeta reads the snapshot's header once per snapshot file. It

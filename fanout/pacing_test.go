@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +67,34 @@ func TestOlderThanProducer(t *testing.T) {
 	for _, c := range cases {
 		if got := olderThanProducer(c.replica, c.meta) != ""; got != c.warn {
 			t.Errorf("replica %q, snapshot %s from %s: warn %v, want %v", c.replica, c.meta.Header(), c.meta.Producer(), got, c.warn)
+		}
+	}
+}
+
+// Issue 21, point 6: the diagnosis of a failed full sync rests on the
+// replica's own evidence and says how sure it is: its announced version
+// (certain), failures in a row (likely), else none.
+func TestDiagnosisNeedsEvidence(t *testing.T) {
+	redis74 := rdbmeta.Info{Magic: "REDIS", Version: 12, RedisVer: "7.4.1"}
+	cases := []struct {
+		version   string
+		failures  int
+		certainty string
+	}{
+		{"", 1, certaintyNone},
+		{"", 2, certaintyNone},
+		{"", 3, certaintyRepeated},
+		{"8.0.1", 1, certaintyVersion},
+		{"9.0.0", 1, certaintyNone},
+	}
+	for _, c := range cases {
+		a := &fullSyncAttempt{r: &replica{version: c.version}, meta: redis74}
+		why, certainty := a.diagnose(c.failures)
+		if certainty != c.certainty {
+			t.Errorf("version %q, %d failures: %q (%s), want certainty %s", c.version, c.failures, why, certainty, c.certainty)
+		}
+		if older := strings.Contains(why, "older than") || strings.Contains(why, "cannot load"); older != (certainty != certaintyNone) {
+			t.Errorf("version %q, %d failures: %q claims more than its evidence", c.version, c.failures, why)
 		}
 	}
 }

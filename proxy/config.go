@@ -44,6 +44,7 @@ type Config struct {
 	Master      MasterConfig   `yaml:"master"`
 	Backlog     BacklogConfig  `yaml:"backlog"`
 	Snapshot    SnapshotConfig `yaml:"snapshot"`
+	Damaged     DamagedConfig  `yaml:"damaged"`
 	Replicas    ReplicaConfig  `yaml:"replicas"`
 	Log         LogConfig      `yaml:"log"`
 	TLS         TLSConfig      `yaml:"tls"`
@@ -102,6 +103,14 @@ type SnapshotConfig struct {
 	// the stream that follows the snapshot, so the snapshot stays usable
 	// until a newer one is adopted; 0 means backlog.max_bytes.
 	HoldMaxBytes Size `yaml:"hold_max_bytes"`
+}
+
+// DamagedConfig bounds damaged/, where files found damaged are moved.
+type DamagedConfig struct {
+	// MaxBytes: past it, the undamaged segments moved aside with a damaged
+	// one (stream the master can resend) are deleted, oldest first; what
+	// was found damaged is kept. 0 means backlog.max_bytes.
+	MaxBytes Size `yaml:"max_bytes"`
 }
 
 // ReplicaConfig is the downstream side.
@@ -226,6 +235,9 @@ func (c Config) Validate() error {
 	}
 	if c.Snapshot.MinInterval < Duration(time.Second) {
 		return fmt.Errorf("snapshot.min_interval %s: must be at least 1s (each refresh forks the master)", time.Duration(c.Snapshot.MinInterval))
+	}
+	if c.Damaged.MaxBytes < 0 {
+		return fmt.Errorf("damaged.max_bytes %d: must not be negative", c.Damaged.MaxBytes)
 	}
 	if c.Snapshot.HoldMaxBytes < 0 {
 		return fmt.Errorf("snapshot.hold_max_bytes is %d bytes: must not be negative", int64(c.Snapshot.HoldMaxBytes))

@@ -200,11 +200,12 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	start := time.Now()
 	w, err := l.store.NewSnapshot()
 	if err != nil {
-		return err
+		return &storeFailure{err}
 	}
 	eof, err := receiveRDB(rd, w, &l.sync)
 	if err != nil {
 		w.Abort()
+		l.noteRDBTooLarge(err)
 		return fmt.Errorf("receive RDB: %w", err)
 	}
 	// Checking and committing a large RDB takes a while; a newline a
@@ -219,11 +220,12 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	size := w.Size()
 	l.rawBytes.Add(size)
 	if err := l.store.Reset(replid, offset, w); err != nil {
-		return fmt.Errorf("store snapshot: %w", err)
+		return &storeFailure{fmt.Errorf("store snapshot: %w", err)}
 	}
 	stopKeepalive()
 	l.fullSyncs.Add(1)
 	l.forceFull.Store(false)
+	l.rdbNeed.Store(0)
 	// Replicas of the old history need no explicit drop: Reset closed its
 	// log, which ends their senders, while replicas that attach from now on
 	// already follow the new history.

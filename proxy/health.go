@@ -21,6 +21,9 @@ type HealthConfig struct {
 
 // readiness says whether the proxy is fit to serve replicas, and why.
 func (p *Proxy) readiness(now time.Time) (bool, string) {
+	if why, since := p.link.DiskWait(); why != "" {
+		return false, fmt.Sprintf("upstream link paused for %s: %s", now.Sub(since).Round(time.Second), why)
+	}
 	st := p.store.State()
 	if !st.HasHistory {
 		return false, "no data yet: waiting for the first full sync from the master"

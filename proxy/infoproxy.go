@@ -38,6 +38,7 @@ func (p *Proxy) proxyInfo() []fanout.KV {
 		kv("last_ack_sent_seconds_ago", int64(now.Sub(time.Unix(0, at)).Seconds()))
 	}
 	kv("upstream_bytes_received", p.link.wireBytes.Load())
+	p.diskInfo(kv, now)
 	kv("downstream_bytes_sent", p.fan.BytesSent())
 	for i, r := range latestReplicas(p.fan.Replicas()) {
 		kv(fmt.Sprintf("replica%d", i), fmt.Sprintf("addr=%s,state=%s,lag_bytes=%d,lag_seconds=%.1f",

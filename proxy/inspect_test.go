@@ -53,6 +53,7 @@ func TestStatusAndInspectOnARealRun(t *testing.T) {
 	for _, want := range []string{
 		"ready: upstream link up", "upstream   " + m.Addr() + ", link up", "syncs: 1 full, 0 partial",
 		"backlog    offsets [1, ", "oldest byte ", "snapshot   offset 0, ", "replicas   1",
+		"damaged/ 0 B of 256.0 MiB",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q", want)

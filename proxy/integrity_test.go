@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -256,4 +257,61 @@ func waitUnlocked(t *testing.T, dataDir string) {
 		unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		return true, ""
 	})
+}
+
+// Issue 21, point 4: damage found three times in a running proxy, each
+// time moving the damaged segment and the ones after it into damaged/:
+// damaged/ stays within damaged.max_bytes, each damaged segment is kept,
+// INFO shows the size, and the proxy keeps relaying (equal digests, no
+// full sync). Before the bound, damaged/ held every moved segment.
+func TestRepeatedDamageStaysWithinItsBound(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Backlog.ScrubRate = 0
+	cfg.Damaged.MaxBytes = 6 << 20
+	r := &relay{master: m, proxy: startProxy(t, cfg)}
+	rep := r.addReplica(t)
+	writeValues(t, m, "a", 200)
+	r.waitInSync(t)
+	var kept []string
+	for round := 0; round < 3; round++ {
+		if err := rep.Shutdown(true); err != nil {
+			t.Fatal(err)
+		}
+		writeValues(t, m, fmt.Sprintf("round%d", round), 2000) // about 8 segments
+		waitProxyWithin(t, m, r.proxy, 0)
+		segs := segmentsOf(t, cfg.DataDir)
+		seg := segs[len(segs)-4]
+		flipValueByte(t, seg)
+		rep.Restart(t)
+		r.waitInSync(t)
+		kept = append(kept, filepath.Base(seg))
+		used := duBytes(t, filepath.Join(cfg.DataDir, "damaged"))
+		reported := r.proxy.infoInt("proxy", "damaged_bytes")
+		t.Logf("round %d: damaged/ uses %d bytes, INFO damaged_bytes %d, bound %d", round, used, reported, cfg.Damaged.MaxBytes)
+		if used > int64(cfg.Damaged.MaxBytes) || reported <= 0 || reported > int64(cfg.Damaged.MaxBytes) {
+			t.Fatalf("round %d: damaged/ uses %d bytes (INFO says %d), over its bound %d", round, used, reported, cfg.Damaged.MaxBytes)
+		}
+		for _, name := range kept {
+			if found, _ := filepath.Glob(filepath.Join(cfg.DataDir, "damaged", "*", name)); len(found) != 1 {
+				t.Fatalf("round %d: the damaged segment %s is not kept", round, name)
+			}
+		}
+	}
+	if !strings.Contains(tail(r.proxy.logPath, 2000), "deleted from damaged/") {
+		t.Fatal("no deletion from damaged/ was logged")
+	}
+	expectInt(t, "master sync_full (the proxy resynced partially each time)", m.InfoInt("stats", "sync_full"), 1)
+}
+
+// duBytes is the disk space under path, as du counts it.
+func duBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	out, err := exec.Command("du", "-s", "-B1", path).Output()
+	if err != nil {
+		t.Fatalf("du %s: %v", path, err)
+	}
+	n, _ := strconv.ParseInt(strings.Fields(string(out))[0], 10, 64)
+	return n
 }

@@ -43,6 +43,11 @@ type LinkConfig struct {
 	TLS            TLSConfig // used when TLS.Upstream
 	// Compress asks the master, if it is a replproxy, for a zstd stream.
 	Compress bool
+	// DataDir and SegmentBytes size the free space a session needs: the
+	// link waits for it rather than PSYNC into a full disk (diskspace.go).
+	DataDir         string
+	SegmentBytes    int64
+	SpaceCheckEvery time.Duration // 0: spaceCheckEvery
 }
 
 // Downstream is what the link needs of the replicas below the proxy: to
@@ -73,6 +78,7 @@ type Link struct {
 	endSess context.CancelCauseFunc // ends the current session, for a repoint
 	repoint chan struct{}           // wakes Run from its backoff
 	down    chan struct{}           // signalled when a streaming link breaks
+	waiting diskWait                // the wait for space in the data dir, if any
 
 	// forceFull makes the next PSYNC ask for a full sync: the fallback
 	// when the snapshot cannot be refreshed over rdb-only.
@@ -86,6 +92,7 @@ type Link struct {
 	lastIO       atomic.Int64 // unix nanoseconds
 	wireBytes    atomic.Int64 // read from the master's socket
 	rawBytes     atomic.Int64 // RDB and stream bytes those carried (more when compressed)
+	rdbNeed      atomic.Int64 // room the last full sync's RDB lacked (diskspace.go); 0: none
 
 	park     parking        // a planned failover keeps the link off the old master
 	failover *failoverTimes // how soon a promotion was followed
@@ -206,14 +213,22 @@ func (l *Link) setState(state, reason string) {
 }
 
 // Run keeps the link up until ctx ends, reconnecting at once after a
-// repoint, within BackoffMin after a session that streamed (a Redis replica
-// retries every second), and with doubling backoff only after failures.
+// repoint, within BackoffMin after a healthy session (a Redis replica
+// retries every second), and with doubling backoff after failures. A
+// session is healthy when it stored bytes, or streamed until the master's
+// side ended it (an idle master sends nothing for seconds); one that ended
+// on a disk error is a failure whatever it stored, and no session starts
+// while the data dir lacks room for it (awaitSpace).
 func (l *Link) Run(ctx context.Context) {
 	backoff := l.cfg.BackoffMin
 	var failures int // attempts since the last one that streamed
 	for ctx.Err() == nil {
 		l.waitUnparked(ctx)
-		before := l.connectedAt.Load()
+		l.awaitSpace(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		stored, connected := l.rawBytes.Load(), l.connectedAt.Load()
 		sctx, end := context.WithCancelCause(ctx)
 		l.mu.Lock()
 		l.endSess = end
@@ -222,8 +237,7 @@ func (l *Link) Run(ctx context.Context) {
 		cause := context.Cause(sctx)
 		end(nil)
 		if ctx.Err() != nil {
-			l.setState(LinkConnect, "shutting down")
-			return
+			break
 		}
 		if cause == nil && errors.Is(err, errParked) {
 			cause = errParked // the session saw the park before it could be ended
@@ -238,12 +252,13 @@ func (l *Link) Run(ctx context.Context) {
 			continue
 		}
 		l.setState(LinkConnect, err.Error())
-		if l.connectedAt.Load() != before {
-			backoff = l.cfg.BackoffMin // the link was healthy: this is no failure streak
+		healthy := l.rawBytes.Load() != stored || l.connectedAt.Load() != connected
+		wait, next := l.nextBackoff(backoff, err, healthy)
+		if l.connectedAt.Load() != connected {
 			failures = 0
 		} else {
 			failures++
-			l.warnFailed(err, failures, backoff)
+			l.warnFailed(err, failures, wait)
 		}
 		select {
 		case <-ctx.Done():
@@ -251,10 +266,30 @@ func (l *Link) Run(ctx context.Context) {
 		case <-l.repoint:
 			backoff = l.cfg.BackoffMin
 			continue
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, l.cfg.BackoffMax)
+		backoff = next
 	}
+	l.setState(LinkConnect, "shutting down")
+}
+
+// nextBackoff returns the wait before the next session and the backoff
+// after it. A disk error keeps the backoff growing, to diskBackoffMax,
+// however well the session went before it, and a full disk waits at least
+// one space check.
+func (l *Link) nextBackoff(backoff time.Duration, err error, healthy bool) (wait, next time.Duration) {
+	disk := isDiskError(err)
+	if healthy && !disk {
+		backoff = l.cfg.BackoffMin // the link was healthy: this is no failure streak
+	}
+	wait, limit := backoff, l.cfg.BackoffMax
+	if disk {
+		limit = max(limit, diskBackoffMax)
+	}
+	if isDiskFull(err) {
+		wait = max(wait, spaceCheckEvery)
+	}
+	return wait, min(max(wait, backoff)*2, limit)
 }
 
 // warnFailed logs an attempt that never reached the stream: an operator

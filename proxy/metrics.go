@@ -69,6 +69,9 @@ var (
 	descDiskFree      = desc("data_dir_free_bytes", "Free bytes on the data dir's filesystem (for unprivileged users).")
 	descDiskSize      = desc("data_dir_size_bytes", "Size of the data dir's filesystem.")
 	descReady         = desc("ready", "1 when /readyz answers ready.")
+	descDamaged       = desc("damaged_bytes", "Bytes on disk under the data dir's damaged/ (files found damaged, and what was moved with them).")
+	descDamagedMax    = desc("damaged_max_bytes", "damaged.max_bytes: past it, only files found damaged are kept in damaged/.")
+	descSpaceWait     = desc("upstream_waiting_for_space", "1 while the upstream link stays down because the data dir lacks room for what the master may send.")
 	replicaStates     = []string{fanout.StateWaitBgsave, fanout.StateSendBulk, fanout.StateOnline}
 	linkStates        = []string{LinkConnect, LinkConnecting, LinkHandshake, LinkSync, LinkConnected}
 	upstreamTransfers = []string{workUpstreamSync, workSnapshotRefresh}
@@ -116,6 +119,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ready, _ := c.p.readiness(now)
 	e.gauge(descReady, boolFloat(ready))
+	e.gauge(descDamaged, float64(c.p.store.DamagedBytes()))
+	e.gauge(descDamagedMax, float64(damagedMaxBytes(c.p.cfg)))
+	waiting, _ := c.p.link.DiskWait()
+	e.gauge(descSpaceWait, boolFloat(waiting != ""))
 }
 
 func boolFloat(b bool) float64 {

@@ -94,9 +94,10 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
 			HoldMaxBytes: holdMaxBytes(cfg),
 		},
-		ScrubRate:    int64(cfg.Backlog.ScrubRate),
-		SnapshotKeep: cfg.Snapshot.Keep,
-		Logger:       log.With().Str("component", "backlog").Logger(),
+		ScrubRate:       int64(cfg.Backlog.ScrubRate),
+		SnapshotKeep:    cfg.Snapshot.Keep,
+		DamagedMaxBytes: damagedMaxBytes(cfg),
+		Logger:          log.With().Str("component", "backlog").Logger(),
 	})
 }
 
@@ -151,6 +152,8 @@ func linkConfig(cfg Config, port int) LinkConfig {
 		AckQuorum:      cfg.AckQuorum,
 		TLS:            cfg.TLS,
 		Compress:       cfg.Master.Compression == "zstd",
+		DataDir:        cfg.DataDir,
+		SegmentBytes:   int64(cfg.Backlog.SegmentBytes),
 	}
 }
 
@@ -238,6 +241,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.log.Info().Str("listen", p.ln.Addr().String()).Str("master", p.cfg.Master.Addr).
 		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
 	p.warnIfOpen()
+	p.warnDiskSize()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	// fatal runs a part whose failure ends the whole process.

@@ -70,7 +70,8 @@ type refresher struct {
 	failed    atomic.Int64
 	fallbacks atomic.Int64
 
-	rec backlog.RefreshRecord // owned by run
+	rec     backlog.RefreshRecord // owned by run
+	noSpace bool                  // the last refresh due was held for space (logged once); owned by run
 }
 
 func newRefresher(l *Link, cfg RefreshConfig) *refresher {
@@ -113,7 +114,7 @@ func (r *refresher) run(ctx context.Context) {
 		case <-r.demand:
 		}
 		reason, urgent := r.due()
-		if reason == "" || time.Now().Before(r.nextAllowed(urgent)) {
+		if reason == "" || time.Now().Before(r.nextAllowed(urgent)) || !r.roomForRDB() {
 			continue
 		}
 		r.refresh(ctx, reason, urgent)

@@ -78,7 +78,7 @@ func (in *ingest) take(b *backlog.Batch, n int) error {
 		if !errors.Is(err, backlog.ErrRewound) {
 			l.log.Error().Err(err).Msg("disk error storing the stream; the link stops and nothing more is acknowledged")
 		}
-		return fmt.Errorf("store stream: %w", err)
+		return &storeFailure{fmt.Errorf("store stream: %w", err)}
 	}
 	l.rawBytes.Add(int64(n))
 	if asked {

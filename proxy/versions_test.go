@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -86,8 +87,50 @@ func TestFailedFullSyncsPaced(t *testing.T) {
 		t.Fatalf("INFO stats sync_full_paced %d after %d full syncs", paced, n)
 	}
 	want := "the replica dropped the connection right after an RDB version 10 snapshot (from Redis " +
-		r.master.Info("server")["redis_version"] + ") without loading it; a replica older than the master cannot load it"
+		r.master.Info("server")["redis_version"] + ") without acknowledging it; 3 full syncs in a row ended so: likely a replica older than the master, which cannot load it"
 	if got := strings.Count(tail(r.proxy.logPath, 500), want); got != 1 {
 		t.Fatalf("the log explains the failed full syncs %d times, want once: %q", got, want)
 	}
+}
+
+// Issue 21, point 6: a replica killed on purpose right after it loaded the
+// snapshot (before its first ACK) left without acknowledging it, which one
+// too old to load it does too. With nothing else to go on, the proxy must
+// not tell the operator that it is older than the master.
+func TestKilledReplicaIsNotCalledTooOld(t *testing.T) {
+	t.Parallel()
+	r := startRelay(t, 0)
+	redisproc.Eventually(t, syncTimeout, "the proxy to hold a snapshot", func() (bool, string) {
+		return r.proxy.info("backlog")["snapshot_offset"] != "", "no snapshot yet"
+	})
+	s := redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(r.proxy.port))
+	deadline := time.Now().Add(syncTimeout)
+	for !strings.Contains(s.LogTail(50), "MASTER <-> REPLICA sync: Finished with success") {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica never loaded the snapshot")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	s.Kill()
+	var failed map[string]any
+	redisproc.Eventually(t, syncTimeout, "the proxy to judge the full sync", func() (bool, string) {
+		for _, line := range logLines(t, r.proxy.logPath) {
+			if msg, _ := line["message"].(string); strings.HasPrefix(msg, "the replica dropped the connection") {
+				failed = line
+				return true, ""
+			}
+			if line["message"] == "replica detached" && line["ack_offset"] != float64(0) {
+				return true, "" // the replica ACKed before the kill: nothing to judge
+			}
+		}
+		return false, "no verdict yet"
+	})
+	if failed == nil {
+		t.Skip("the replica acknowledged the snapshot before it was killed; nothing to diagnose this run")
+	}
+	msg := failed["message"].(string)
+	if strings.Contains(msg, "older than the master") || failed["diagnosis_certainty"] != "none" {
+		t.Fatalf("a replica killed right after loading the snapshot was diagnosed: %v", failed)
+	}
+	t.Logf("the proxy's verdict: %s", msg)
 }

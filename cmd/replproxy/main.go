@@ -197,6 +197,9 @@ func checkConfigCommand() *cli.Command {
 			for _, p := range cfg.Pipelines {
 				fmt.Fprintf(c.App.Writer, "pipeline %s: listen %s, shard %s, data_dir %s\n", p.Name, p.Listen, p.Shard, filepath.Join(cfg.DataDir, p.Name))
 			}
+			for _, w := range proxy.DiskSizeWarnings(cfg) {
+				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
+			}
 			return printEffective(c.App.Writer, cfg)
 		},
 	}

@@ -252,3 +252,21 @@ func TestInspect(t *testing.T) {
 		t.Fatalf("inspect --data-dir: %v\n%s", err, out)
 	}
 }
+
+// Issue 21, point 3: check-config warns when the data dir's filesystem is
+// smaller than what the configuration may put on it, naming each term.
+func TestCheckConfigWarnsOfASmallDisk(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "c.yaml")
+	body := "data_dir: " + filepath.Join(dir, "data") + "\nmaster:\n  addr: 127.0.0.1:6379\nbacklog:\n  max_bytes: 1000000TiB\n"
+	os.WriteFile(conf, []byte(body), 0o600)
+	out, err := runCLI(t, "check-config", "--config", conf)
+	if err != nil || !strings.Contains(out, "warning: the filesystem of data dir "+filepath.Join(dir, "data")) ||
+		!strings.Contains(out, "backlog.max_bytes") || !strings.Contains(out, "damaged.max_bytes") || !strings.Contains(out, "two RDBs") {
+		t.Fatalf("check-config with a backlog larger than the disk: %q %v", out, err)
+	}
+	os.WriteFile(conf, []byte("data_dir: "+filepath.Join(dir, "data")+"\nmaster:\n  addr: 127.0.0.1:6379\nbacklog:\n  max_bytes: 64MiB\n"), 0o600)
+	if out, err := runCLI(t, "check-config", "--config", conf); err != nil || strings.Contains(out, "warning") {
+		t.Fatalf("check-config with a small backlog: %q %v", out, err)
+	}
+}

@@ -213,6 +213,7 @@ func renderStore(w io.Writer, info map[string]string, now time.Time) {
 	}
 	fmt.Fprintf(w, "\n           fsync %s: last %sus, max %sus, %s slow\n", info["fsync_policy"], info["fsync_last_usec"],
 		info["fsync_max_usec"], info["fsync_slow_count"])
+	renderDisk(w, info)
 	if info["snapshot_offset"] == "" {
 		fmt.Fprintln(w, "snapshot   none yet")
 		return
@@ -232,4 +233,17 @@ func progressText(what string, wk map[string]string) string {
 		s += ", ETA " + eta + "s"
 	}
 	return s
+}
+
+// renderDisk shows the data dir's free space, damaged/ against its bound,
+// and a link that waits for space.
+func renderDisk(w io.Writer, info map[string]string) {
+	if info["damaged_bytes"] == "" {
+		return // an older proxy
+	}
+	fmt.Fprintf(w, "data dir   %s free; damaged/ %s of %s\n", human(num(info["data_dir_free_bytes"])),
+		human(num(info["damaged_bytes"])), human(num(info["damaged_max_bytes"])))
+	if info["upstream_waiting_for_space"] == "1" {
+		fmt.Fprintf(w, "           upstream waits for space for %ss: %s\n", info["upstream_waiting_for_space_seconds"], info["upstream_waiting_for_space_reason"])
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,7 +39,7 @@ type client struct {
 	announcedIP   string
 	capaEOF       bool
 	capaPsync2    bool
-	capaZstd      bool
+	codecs        []string // compression codecs asked for with REPLCONF capa, best first
 	capaRefresh   bool
 	rdbOnly       bool
 	// replicaVersion is what a Valkey replica announces; shown in INFO
@@ -269,8 +270,10 @@ func (c *client) replconf(args [][]byte) {
 				c.capaEOF = true
 			case "psync2":
 				c.capaPsync2 = true
-			case CapaZstd:
-				c.capaZstd = true
+			case CapaZstd, CapaS2:
+				if codec := codecOfCapa(strings.ToLower(val)); !slices.Contains(c.codecs, codec) && len(c.codecs) < len(Codecs) {
+					c.codecs = append(c.codecs, codec)
+				}
 			case CapaRefresh:
 				c.capaRefresh = true
 			}

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"os/exec"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/replproxy/replproxy/internal/redisproc"

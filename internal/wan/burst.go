@@ -1,0 +1,93 @@
+package wan
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/mixedload"
+)
+
+// Burst writes SETs of JSON-like values (mixedload.NewJSON) to the server
+// at network/addr at bytesPerSec of commands for d, pipelined, and says
+// how many bytes it wrote. Replies are read as they come, so the server's
+// pace, not the client's buffer, bounds what is in flight.
+func Burst(ctx context.Context, network, addr string, bytesPerSec int64, d time.Duration) (int64, error) {
+	conn, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		return 0, fmt.Errorf("burst: %w", err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	inflight := make(chan struct{}, 4096)
+	readErr := make(chan error, 1)
+	go func() {
+		br := bufio.NewReaderSize(conn, 64<<10)
+		for range inflight {
+			line, err := br.ReadSlice('\n')
+			if err == nil && len(line) > 0 && line[0] == '-' {
+				err = fmt.Errorf("server: %s", line)
+			}
+			if err != nil {
+				readErr <- err
+				conn.Close()
+				for range inflight {
+				}
+				return
+			}
+		}
+		readErr <- nil
+	}()
+
+	gen := mixedload.NewJSON(time.Now().Unix())
+	bw := bufio.NewWriterSize(conn, 64<<10)
+	start := time.Now()
+	var sent int64
+	var cmd []byte
+	var werr error
+	for werr == nil && ctx.Err() == nil {
+		el := time.Since(start)
+		if el >= d {
+			break
+		}
+		// Keep to the rate in 10 ms steps.
+		if due := int64(el.Seconds() * float64(bytesPerSec)); sent >= due {
+			if werr = bw.Flush(); werr != nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		select {
+		case inflight <- struct{}{}:
+		default:
+			if werr = bw.Flush(); werr == nil {
+				inflight <- struct{}{}
+			}
+		}
+		if werr != nil {
+			break
+		}
+		cmd, _ = gen.Append(cmd[:0])
+		_, werr = bw.Write(cmd)
+		sent += int64(len(cmd))
+	}
+	if werr == nil {
+		werr = bw.Flush()
+	}
+	close(inflight)
+	rerr := <-readErr
+	switch {
+	case ctx.Err() != nil:
+		return sent, ctx.Err()
+	case werr != nil:
+		return sent, fmt.Errorf("burst: %w", werr)
+	case rerr != nil:
+		return sent, fmt.Errorf("burst: %w", rerr)
+	}
+	return sent, nil
+}

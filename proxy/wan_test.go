@@ -274,3 +274,62 @@ func codecOf2(t *testing.T, p *nsProxy, ip string) string {
 	}
 	return "(not attached)"
 }
+
+// Issue 25, link flaps: the link goes down for 3 s, four times, under a
+// steady write. Proxy B, which gives up on a silent master after 1 s,
+// resumes each time with a partial resync from proxy A; the master never
+// serves another full sync, the replicas in B never resync at all, and
+// every digest ends equal. (The wan scenario runs ten 5 s flaps.)
+func TestWANLinkFlapsResyncPartially(t *testing.T) {
+	l := setupWAN(t)
+	const flaps, down = 4, 3 * time.Second
+	m := startWANMaster(t, l)
+	pa := startNsProxy(t, l.NsA, wan.AddrA, m.Addr(), func(c *proxy.Config) {
+		c.Replicas.Timeout = proxy.Duration(time.Second)
+	})
+	pb := startNsProxy(t, l.NsB, wan.AddrB, pa.addr, func(c *proxy.Config) {
+		c.Master.Compression = "auto"
+		c.Master.ReplTimeout = proxy.Duration(time.Second)
+		c.Master.ConnectTimeout = proxy.Duration(time.Second)
+	})
+	_, port, _ := net.SplitHostPort(pb.addr)
+	pbPort, _ := strconv.Atoi(port)
+	rs := startWANReplicas(t, l, wan.AddrB, pbPort)
+	redisproc.WaitInSync(t, syncTimeout, m, rs...)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	loadDone := make(chan error, 1)
+	go func() {
+		// A quarter of the link: the stream itself fits, the flaps do not.
+		_, err := wan.Burst(ctx, "unix", m.Socket(), wanRateBits/8/4, time.Hour)
+		loadDone <- err
+	}()
+	for i := range flaps {
+		time.Sleep(down)
+		if err := l.SetUp(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(down)
+		if err := l.SetUp(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		want := int64(i + 1)
+		redisproc.Eventually(t, 30*time.Second, "proxy B to resume after flap "+strconv.Itoa(i+1), func() (bool, string) {
+			got := pb.infoInt(t, "stats", "upstream_partial_syncs")
+			return got >= want, "upstream_partial_syncs " + strconv.FormatInt(got, 10)
+		})
+	}
+	time.Sleep(down)
+	cancel()
+	if err := <-loadDone; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	redisproc.WaitInSync(t, syncTimeout, m, rs...)
+	expectInt(t, "master sync_full (proxy A's first only)", m.InfoInt("stats", "sync_full"), 1)
+	expectInt(t, "proxy B upstream_full_syncs", pb.infoInt(t, "stats", "upstream_full_syncs"), 1)
+	expectInt(t, "proxy A sync_full (proxy B's first only)", pa.infoInt(t, "stats", "sync_full"), 1)
+	expectInt(t, "proxy B sync_full (its replicas' first only)", pb.infoInt(t, "stats", "sync_full"), wanReplicas)
+	expectInt(t, "proxy B sync_partial_ok (its replicas never resync)", pb.infoInt(t, "stats", "sync_partial_ok"), 0)
+	t.Logf("proxy B resumed partially %d times over %d flaps", pb.infoInt(t, "stats", "upstream_partial_syncs"), flaps)
+}

@@ -199,7 +199,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 			r.lag[i] = readProbes(sub)
 		}()
 	}
-	pub, err := dialRESP(m.addr())
+	pub, err := dialRESP("tcp", m.addr())
 	if err != nil {
 		return r, err
 	}
@@ -265,7 +265,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 }
 
 func subscribe(addr, channel string) (*respConn, error) {
-	rc, err := dialRESP(addr)
+	rc, err := dialRESP("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -22,8 +22,8 @@ type respConn struct {
 	br *bufio.Reader
 }
 
-func dialRESP(addr string) (*respConn, error) {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+func dialRESP(network, addr string) (*respConn, error) {
+	c, err := net.DialTimeout(network, addr, time.Second)
 	if err != nil {
 		return nil, err
 	}

@@ -74,9 +74,9 @@ func (c *client) codec(prePsync bool) string {
 	return pickCodec(c.codecs, offered)
 }
 
-// streamEncoder is a codec's writer: what goes in decodes to exactly the
+// StreamEncoder is a codec's writer: what goes in decodes to exactly the
 // stream, so offsets are untouched.
-type streamEncoder interface {
+type StreamEncoder interface {
 	io.Writer
 	Flush() error
 	Close() error
@@ -86,7 +86,7 @@ type streamEncoder interface {
 // reply when compression was negotiated. The streaming sender flushes at
 // most zstdFlushDelay after a byte went in, so blocks carry several sends.
 type compressedWriter struct {
-	enc  streamEncoder
+	enc  StreamEncoder
 	wire *countingWriter
 }
 
@@ -127,15 +127,25 @@ func s2StreamOptions() []s2.WriterOption {
 
 func newCompressedWriter(codec string, conn io.Writer, wireBytes *atomic.Int64) (*compressedWriter, error) {
 	wire := &countingWriter{w: conn, n: wireBytes}
+	enc, err := NewStreamEncoder(codec, wire)
+	if err != nil {
+		return nil, err
+	}
+	return &compressedWriter{enc: enc, wire: wire}, nil
+}
+
+// NewStreamEncoder is the sender's encoder for codec, writing to w: what
+// the compress scenario measures alone.
+func NewStreamEncoder(codec string, w io.Writer) (StreamEncoder, error) {
 	switch codec {
 	case CodecZstd:
-		enc, err := zstd.NewWriter(wire, zstdStreamOptions()...)
+		enc, err := zstd.NewWriter(w, zstdStreamOptions()...)
 		if err != nil {
 			return nil, fmt.Errorf("start zstd stream: %w", err)
 		}
-		return &compressedWriter{enc: enc, wire: wire}, nil
+		return enc, nil
 	case CodecS2:
-		return &compressedWriter{enc: s2.NewWriter(wire, s2StreamOptions()...), wire: wire}, nil
+		return s2.NewWriter(w, s2StreamOptions()...), nil
 	}
 	return nil, fmt.Errorf("unknown codec %q", codec)
 }

@@ -248,14 +248,14 @@ func (b *bench) wanRun(ctx context.Context, topo wanTopology, run int) (wanResul
 		res.senderCPU = procCPU(sender) - cpu0
 	}
 	res.memPeak = smp.peak()
+	b.printf("   run %d %-11s full syncs %d, link %.0f MB, stream %.0f MB, buffer peak %.0f MiB, converged %s\n",
+		run, topo.name, res.fullSyncs, float64(res.linkBytes)/1e6, float64(res.stream)/1e6, mib(res.memPeak), convergeText(res.converge))
 	if res.converge >= 0 {
 		res.digestsSame, err = digestsEqual(m, replicas)
 		if err != nil {
 			return res, nil, err
 		}
 	}
-	b.printf("   run %d %-11s full syncs %d, link %.0f MB, stream %.0f MB, buffer peak %.0f MiB, converged %s\n",
-		run, topo.name, res.fullSyncs, float64(res.linkBytes)/1e6, float64(res.stream)/1e6, mib(res.memPeak), convergeText(res.converge))
 	return res, smp.samples(), nil
 }
 
@@ -267,12 +267,12 @@ func convergeText(d time.Duration) string {
 }
 
 func digestsEqual(m *child, replicas []*child) (bool, error) {
-	want, err := digest(m)
+	want, err := patientDigest(m)
 	if err != nil {
 		return false, err
 	}
 	for _, r := range replicas {
-		got, err := digest(r)
+		got, err := patientDigest(r)
 		if err != nil {
 			return false, err
 		}
@@ -281,6 +281,20 @@ func digestsEqual(m *child, replicas []*child) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// patientDigest retries DEBUG DIGEST: on a busy machine one can outlast
+// the command timeout.
+func patientDigest(c *child) (string, error) {
+	var err error
+	for range 5 {
+		var d string
+		if d, err = digest(c); err == nil {
+			return d, nil
+		}
+		time.Sleep(time.Second)
+	}
+	return "", err
 }
 
 // wanProxyConfig is a proxy of upstream that asks for codec. Protected

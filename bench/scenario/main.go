@@ -115,7 +115,7 @@ func main() {
 		fmt.Fprintf(out, "  fanout-cpu       master CPU per GB with -fanout-replicas replicas attached directly vs. behind a proxy\n")
 		fmt.Fprintf(out, "  fanout-fullsync  -fanout-replicas new replicas full-syncing from a proxy at once\n")
 		fmt.Fprintf(out, "  fanout-rss       proxy RSS with -wide-replicas replicas streaming a moderate load\n")
-		fmt.Fprintf(out, "  compress         zstd between two proxies vs. none, under a mixed write load\n")
+		fmt.Fprintf(out, "  compress         zstd and s2 between two proxies vs. none, under a mixed write load, and the encoders alone\n")
 		fmt.Fprintf(out, "  relay            relay CPU and added lag: a chained redis-server vs. the proxy, side by side\n")
 		fmt.Fprintf(out, "  fanout-scale     proxy CPU per GB per replica with 1, 5, 20, 50 replicas, against a plain sendfile floor\n")
 		fmt.Fprintf(out, "  wan              regions A and B in network namespaces over a tbf-shaped link (root): direct, far, chain per codec\n\nflags:\n")

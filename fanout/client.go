@@ -271,7 +271,7 @@ func (c *client) replconf(args [][]byte) {
 			case "psync2":
 				c.capaPsync2 = true
 			case CapaZstd, CapaS2:
-				if codec := codecOfCapa(strings.ToLower(val)); !slices.Contains(c.codecs, codec) && len(c.codecs) < len(Codecs) {
+				if codec := codecOfCapa(strings.ToLower(val)); !slices.Contains(c.codecs, codec) && len(c.codecs) < len(AllCodecs()) {
 					c.codecs = append(c.codecs, codec)
 				}
 			case CapaRefresh:

@@ -20,9 +20,9 @@ const (
 	CodecZstd = "zstd"
 )
 
-// Codecs are the codecs this build speaks, fastest first: what a
+// AllCodecs are the codecs this build speaks, fastest first: what a
 // downstream set to "auto" asks for, and what a Server offers by default.
-var Codecs = []string{CodecS2, CodecZstd}
+func AllCodecs() []string { return []string{CodecS2, CodecZstd} }
 
 // CapaZstd and CapaS2 are the REPLCONF capas that ask for each codec. A
 // replproxy from before s2 knows only CapaZstd and ignores CapaS2, so a
@@ -47,7 +47,7 @@ func codecOfCapa(capa string) string {
 }
 
 // KnownCodec says whether this build speaks codec.
-func KnownCodec(codec string) bool { return slices.Contains(Codecs, codec) }
+func KnownCodec(codec string) bool { return slices.Contains(AllCodecs(), codec) }
 
 // pickCodec is the first codec of asked, the downstream's order, that
 // offered holds: the receiver knows what its link costs. "" means none.
@@ -69,7 +69,7 @@ func (c *client) codec(prePsync bool) string {
 	}
 	offered := c.srv.cfg.Codecs
 	if offered == nil {
-		offered = Codecs
+		offered = AllCodecs()
 	}
 	return pickCodec(c.codecs, offered)
 }

@@ -173,7 +173,7 @@ func TestZstdCompressesLikeZstd(t *testing.T) {
 		want := wireRatio(t, tc.stream, enc, &std)
 		enc.Close()
 		ratios := map[string]float64{}
-		for _, codec := range Codecs {
+		for _, codec := range AllCodecs() {
 			var wire countingDiscard
 			var n atomic.Int64
 			cw, err := newCompressedWriter(codec, &wire, &n)
@@ -240,12 +240,12 @@ func TestPickCodec(t *testing.T) {
 		asked, offered []string
 		want           string
 	}{
-		{[]string{CodecS2, CodecZstd}, Codecs, CodecS2},
-		{[]string{CodecZstd, CodecS2}, Codecs, CodecZstd},
+		{[]string{CodecS2, CodecZstd}, AllCodecs(), CodecS2},
+		{[]string{CodecZstd, CodecS2}, AllCodecs(), CodecZstd},
 		{[]string{CodecS2, CodecZstd}, []string{CodecZstd}, CodecZstd}, // an upstream from before s2
-		{[]string{CodecZstd}, Codecs, CodecZstd},                       // a downstream from before s2
+		{[]string{CodecZstd}, AllCodecs(), CodecZstd},                  // a downstream from before s2
 		{[]string{CodecS2}, []string{CodecZstd}, ""},
-		{nil, Codecs, ""},
+		{nil, AllCodecs(), ""},
 		{[]string{CodecS2}, []string{}, ""},
 	} {
 		if got := pickCodec(tc.asked, tc.offered); got != tc.want {

@@ -70,7 +70,7 @@ type Config struct {
 	// RateLimit caps each replica's stream in bytes per second (0: none).
 	RateLimit int64
 	// Codecs are the compression codecs offered to downstream replproxies
-	// that ask (nil: all of Codecs; empty: none).
+	// that ask (nil: AllCodecs; empty: none).
 	Codecs []string
 	// BacklogMaxBytes and Fsync are reported by INFO.
 	BacklogMaxBytes int64

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -149,7 +148,7 @@ func Defaults() Config {
 			ScrubRate:    16 << 20,
 		},
 		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1},
-		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second), Compression: slices.Clone(fanout.Codecs)},
+		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second), Compression: fanout.AllCodecs()},
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
 		AckMode:  AckStored,

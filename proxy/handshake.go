@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,7 +156,7 @@ func askedCodecs(compression string) []string {
 	case "", "none":
 		return nil
 	case "auto":
-		return slices.Clone(fanout.Codecs)
+		return fanout.AllCodecs()
 	}
 	return []string{compression}
 }

@@ -212,6 +212,7 @@ func (b *bench) wanRun(ctx context.Context, topo wanTopology, run int) (wanResul
 	if sender != nil {
 		cpu0 = procCPU(sender)
 	}
+	burst := wan.PrepareBurst(int64(o.burstMBps*1e6), o.burstTime)
 	start := time.Now()
 	smp := newWANSampler(m, replicas, l, start)
 	sctx, stopSampling := context.WithCancel(ctx)
@@ -226,7 +227,7 @@ func (b *bench) wanRun(ctx context.Context, topo wanTopology, run int) (wanResul
 		wg.Wait()
 	}()
 
-	if _, err := wan.Burst(ctx, "unix", m.sock, int64(o.burstMBps*1e6), o.burstTime); err != nil {
+	if _, err := burst.Send(ctx, "unix", m.sock); err != nil {
 		return res, nil, err
 	}
 	burstEnd := time.Now()

@@ -18,6 +18,25 @@ import (
 // in turn: on a busy machine making them cost more CPU than Redis spent
 // on them.
 func Burst(ctx context.Context, network, addr string, bytesPerSec int64, d time.Duration) (int64, error) {
+	return PrepareBurst(bytesPerSec, d).Send(ctx, network, addr)
+}
+
+// Prepared is a burst whose commands are made, ready to send.
+type Prepared struct {
+	cmds        [][]byte
+	bytesPerSec int64
+	d           time.Duration
+}
+
+// PrepareBurst makes the commands of a Burst, so that its clock can start
+// when it is sent.
+func PrepareBurst(bytesPerSec int64, d time.Duration) *Prepared {
+	return &Prepared{cmds: commands(min(bytesPerSec*int64(d/time.Second+1), cycleBytes)), bytesPerSec: bytesPerSec, d: d}
+}
+
+// Send writes the burst to the server at network/addr.
+func (p *Prepared) Send(ctx context.Context, network, addr string) (int64, error) {
+	cmds, bytesPerSec, d := p.cmds, p.bytesPerSec, p.d
 	conn, err := net.DialTimeout(network, addr, 5*time.Second)
 	if err != nil {
 		return 0, fmt.Errorf("burst: %w", err)
@@ -46,7 +65,6 @@ func Burst(ctx context.Context, network, addr string, bytesPerSec int64, d time.
 		readErr <- nil
 	}()
 
-	cmds := commands(min(bytesPerSec*int64(d/time.Second+1), cycleBytes))
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	start := time.Now()
 	var sent int64

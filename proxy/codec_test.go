@@ -66,7 +66,10 @@ func TestCodecsNegotiatedBetweenProxies(t *testing.T) {
 		}
 		wire, raw := h.p.infoInt("stats", "upstream_wire_bytes"), h.p.infoInt("stats", "upstream_stream_bytes")
 		t.Logf("%s: codec %q, %d wire bytes for %d stream bytes", h.name, got, wire, raw)
-		compressed := wire*10 < raw*9
+		// s2 packs no history across blocks, and under a slow test load a
+		// block is a few small sends: it saves less than zstd here, but
+		// a plain hop saves nothing (its wire bytes include the reply line).
+		compressed := wire*100 < raw*97
 		if compressed != (h.want != "") {
 			t.Errorf("%s: %d wire bytes for %d stream bytes, compressed %t, want %t", h.name, wire, raw, compressed, h.want != "")
 		}

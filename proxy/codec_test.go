@@ -1,9 +1,15 @@
 package proxy_test
 
 import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
@@ -96,4 +102,103 @@ func codecOf(up *testProxy, port int) string {
 		return ""
 	}
 	return "(not attached)"
+}
+
+// A hostile or broken upstream that names a codec and then sends bytes
+// that do not decode (a block header claiming 16 MiB, then junk) costs the
+// proxy that connection only: it allocates no such block, keeps serving
+// its own clients, and connects again.
+func TestUndecodableCompressedStreamFromUpstream(t *testing.T) {
+	t.Parallel()
+	for _, codec := range []string{"s2", "zstd"} {
+		t.Run(codec, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			conns := make(chan struct{}, 100)
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					conns <- struct{}{}
+					go hostileCompressedMaster(c, codec)
+				}
+			}()
+			cfg := proxyConfig(t, ln.Addr().String())
+			cfg.Master.Compression = codec
+			p := startProxy(t, cfg)
+			deadline := time.After(30 * time.Second)
+			for seen := 0; seen < 3; {
+				select {
+				case <-conns:
+					seen++
+				case <-deadline:
+					t.Fatalf("the proxy connected %d times to the broken upstream in 30 s", seen)
+				}
+			}
+			if got := p.info("server")["redis_version"]; got == "" {
+				t.Fatal("the proxy stopped answering INFO after undecodable streams")
+			}
+		})
+	}
+}
+
+// hostileCompressedMaster answers a replica's handshake, names codec after
+// +FULLRESYNC, then sends what no decoder accepts.
+func hostileCompressedMaster(c net.Conn, codec string) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		cmd, err := readCommand(br)
+		if err != nil {
+			return
+		}
+		switch strings.ToUpper(cmd[0]) {
+		case "PING":
+			c.Write([]byte("+PONG\r\n"))
+		case "REPLCONF":
+			c.Write([]byte("+OK\r\n"))
+		case "PSYNC":
+			c.Write([]byte("+FULLRESYNC " + strings.Repeat("a", 40) + " 0 " + codec + "\r\n"))
+			// s2: a compressed-data chunk claiming 16 MiB; zstd: a bad magic.
+			c.Write([]byte{0xff, 0x06, 0x00, 0x00, 'S', '2', 's', 'T', 'w', 'O', 0x00, 0xff, 0xff, 0xff})
+			c.Write(bytes.Repeat([]byte{0xa5}, 64<<10))
+			io.Copy(io.Discard, c)
+			return
+		}
+	}
+}
+
+// readCommand reads one RESP array of bulk strings.
+func readCommand(br *bufio.Reader) ([]string, error) {
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("bad array header %q", line)
+	}
+	out := make([]string, 0, n)
+	for range n {
+		hdr, err := br.ReadString('\n')
+		if err != nil {
+			return nil, err
+		}
+		size, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(hdr, "$")))
+		if err != nil || size < 0 || size > 1<<20 {
+			return nil, fmt.Errorf("bad bulk header %q", hdr)
+		}
+		buf := make([]byte, size+2)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return nil, err
+		}
+		out = append(out, string(buf[:size]))
+	}
+	return out, nil
 }

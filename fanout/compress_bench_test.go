@@ -85,7 +85,7 @@ func cpuTime() time.Duration {
 // scenario's), costs the sender, in CPU seconds (user+system, GC
 // included) per GB of stream, and the wire/stream ratio. The stream goes in
 // as sends of sendBytes; a flush ends every flushBytes of them, as the
-// sender's flush timer would at the scenario's rate (about 64 KiB per 2 ms).
+// sender's flush timer would at the scenario's rate (about 64 KiB per 5 ms).
 func BenchmarkCompressedStream(b *testing.B) {
 	const sendBytes = 16 << 10
 	// base is the sender's settings before no-entropy and no-checksum;

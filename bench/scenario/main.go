@@ -138,9 +138,7 @@ func main() {
 	}
 	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 ||
 		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 ||
-		o.relayRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 ||
-		o.wan.rateMbit <= 0 || o.wan.burstMBps <= 0 || o.wan.burstTime <= 0 || o.wan.replicas < 1 || o.wan.keys < 0 ||
-		o.wan.settle <= 0 || o.wan.flaps < 0 || o.wan.flapDown <= 0 || o.wan.runs < 1 || o.wan.sampleEvery <= 0 {
+		o.relayRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 || !o.wan.valid() {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
 		os.Exit(2)
 	}

@@ -33,6 +33,12 @@ type wanOptions struct {
 	sampleEvery time.Duration
 }
 
+// valid says every size and count is positive (keys and flaps may be 0).
+func (o wanOptions) valid() bool {
+	return o.rateMbit > 0 && o.burstMBps > 0 && o.burstTime > 0 && o.replicas >= 1 && o.keys >= 0 &&
+		o.settle > 0 && o.flaps >= 0 && o.flapDown > 0 && o.runs >= 1 && o.sampleEvery > 0
+}
+
 // wanTopology is one way of putting region B's replicas behind region A's
 // master.
 type wanTopology struct {

@@ -138,8 +138,12 @@ func main() {
 	}
 	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 ||
 		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 ||
-		o.relayRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 || !o.wan.valid() {
+		o.relayRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
+		os.Exit(2)
+	}
+	if !o.wan.valid() {
+		fmt.Fprintln(os.Stderr, "wan sizes, rates and counts must be positive")
 		os.Exit(2)
 	}
 	if err := run(o); err != nil {

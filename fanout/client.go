@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,7 +40,7 @@ type client struct {
 	announcedIP   string
 	capaEOF       bool
 	capaPsync2    bool
-	capaZstd      bool
+	codecs        []string // compression codecs asked for with REPLCONF capa, best first
 	capaRefresh   bool
 	rdbOnly       bool
 	// rdbNoData: REPLCONF rdb-filter-only "" (redis-cli --replica asks
@@ -276,8 +277,10 @@ func (c *client) replconf(args [][]byte) {
 				c.capaEOF = true
 			case "psync2":
 				c.capaPsync2 = true
-			case CapaZstd:
-				c.capaZstd = true
+			case CapaZstd, CapaS2:
+				if codec := codecOfCapa(strings.ToLower(val)); !slices.Contains(c.codecs, codec) && len(c.codecs) < len(AllCodecs()) {
+					c.codecs = append(c.codecs, codec)
+				}
 			case CapaRefresh:
 				c.capaRefresh = true
 			}

@@ -157,6 +157,9 @@ func (s *Server) infoReplicas(b *strings.Builder) {
 		fmt.Fprintf(b, "replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,sent_offset=%d,lag_bytes=%d,lag_seconds=%d,sent_bytes=%d,connected_since=%d,connected_seconds=%d%s",
 			i, r.IP, r.Port, r.State, r.AckOffset, r.SentOff-1, max(end-r.SentOff, 0), int64(now.Sub(r.AckTime).Seconds()),
 			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()), versionField(r))
+		if r.Codec != "" {
+			b.WriteString(",codec=" + r.Codec)
+		}
 		if r.WaitReason != "" {
 			fmt.Fprintf(b, ",wait_reason=%s,wait_seconds=%d", r.WaitReason, int64(now.Sub(r.WaitSince).Seconds()))
 		}

@@ -38,6 +38,7 @@ type ReplicaInfo struct {
 	SentBytes int64
 	Since     time.Time
 	Version   string // announced with REPLCONF version (Valkey); "" if not
+	Codec     string // the stream's compression codec; "" if plain
 	// WaitReason says why a replica in wait_bgsave has no snapshot yet
 	// ("" once it has one); WaitSince is when that wait began.
 	WaitReason string
@@ -57,15 +58,16 @@ type replica struct {
 	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
 	refresh  bool // a downstream replproxy refreshing its snapshot
 	noData   bool // REPLCONF rdb-filter-only "": an empty RDB at the current offset
-	zstd     bool // the peer (a replproxy) asked for a compressed stream
+	codec    string
 	version  string
 	since    time.Time
 	// need is the lowest snapshot offset a downstream replproxy asked for
 	// with the refresh capability (0: any usable snapshot).
 	need int64
 
-	// out carries everything after the PSYNC reply: the connection, or a
-	// zstd encoder on it.
+	// out carries everything after the PSYNC reply: the connection, or,
+	// for a peer replproxy that asked for a codec and got it, a
+	// compressing encoder on it.
 	out io.Writer
 	cw  *compressedWriter
 
@@ -121,7 +123,7 @@ func (r *replica) info() ReplicaInfo {
 	ri := ReplicaInfo{
 		ID: r.id, IP: r.ip, Port: r.port, State: r.state.Load().(string),
 		AckOffset: r.ackOff.Load(), AckTime: time.Unix(0, r.ackTime.Load()),
-		SentOff: r.sentOff.Load(), SentBytes: r.sentBytes.Load(), Since: r.since, Version: r.version,
+		SentOff: r.sentOff.Load(), SentBytes: r.sentBytes.Load(), Since: r.since, Version: r.version, Codec: r.codec,
 	}
 	if w := r.wait.Load(); w != nil {
 		ri.WaitReason, ri.WaitSince = w.reason, w.since
@@ -208,7 +210,7 @@ func (c *client) newReplica(prePsync bool) *replica {
 		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
 		noData: c.rdbNoData,
-		zstd:   c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
+		codec:  c.codec(prePsync), out: c.conn, version: c.replicaVersion,
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
 	r.state.Store(StateWaitBgsave)
@@ -406,8 +408,8 @@ func (r *replica) acceptContinue(st backlog.State, lg *backlog.Log, req psyncReq
 
 // marker is appended to the PSYNC reply when the stream will be compressed.
 func (r *replica) marker() string {
-	if r.zstd {
-		return zstdMarker
+	if r.codec != "" {
+		return " " + r.codec
 	}
 	return ""
 }
@@ -415,12 +417,12 @@ func (r *replica) marker() string {
 // beginStream switches the connection to compression, if negotiated, right
 // after the PSYNC reply line.
 func (r *replica) beginStream() error {
-	if !r.zstd {
+	if r.codec == "" {
 		return nil
 	}
-	cw, err := newCompressedWriter(r.conn, &r.srv.stats.CompressedWire)
+	cw, err := newCompressedWriter(r.codec, r.conn, &r.srv.stats.CompressedWire)
 	if err != nil {
-		return fmt.Errorf("start zstd stream: %w", err)
+		return err
 	}
 	r.cw, r.out = cw, cw
 	return nil
@@ -434,7 +436,7 @@ func (r *replica) flushed(n int64) error {
 	}
 	r.srv.stats.CompressedRaw.Add(n)
 	if err := r.cw.Flush(); err != nil {
-		return fmt.Errorf("flush zstd stream: %w", err)
+		return fmt.Errorf("flush %s stream: %w", r.codec, err)
 	}
 	return nil
 }
@@ -535,12 +537,15 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	}
 }
 
-// zstdFlushDelay is how long stream bytes may wait in a replica's zstd
-// encoder for more to pack into the same block. A flush per send made one
-// small block per upstream read, which cost the sending proxy most of its
-// CPU under many small writes; a compressed hop crosses a slow link, where
-// 2 ms is small against the round trip.
-const zstdFlushDelay = 2 * time.Millisecond
+// zstdFlushDelay is how long stream bytes may wait in a replica's
+// encoder (zstd or s2) for more to pack into the same block. A flush per
+// send made one small block per upstream read, which cost the sending
+// proxy most of its CPU under many small writes. 5 ms makes blocks of
+// about 64 KiB at 13 MB/s, where 2 ms made 27 KiB ones that cost zstd a
+// third more CPU per GB and s2 a tenth more wire (BenchmarkCompressedStream,
+// flush=send against flush=64K); a compressed hop crosses a slow link,
+// where 5 ms is small against the round trip.
+const zstdFlushDelay = 5 * time.Millisecond
 
 // pendingFlush is what a compressed stream has written but not flushed.
 type pendingFlush struct {

@@ -69,6 +69,9 @@ type Config struct {
 	MaxConcurrentFullSyncs int
 	// RateLimit caps each replica's stream in bytes per second (0: none).
 	RateLimit int64
+	// Codecs are the compression codecs offered to downstream replproxies
+	// that ask (nil: AllCodecs; empty: none).
+	Codecs []string
 	// BacklogMaxBytes and Fsync are reported by INFO.
 	BacklogMaxBytes int64
 	Fsync           string

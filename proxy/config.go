@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 )
 
 // Config is the whole proxy configuration, as config.yaml spells it.
@@ -72,6 +73,7 @@ type MasterConfig struct {
 	// Cluster, when it lists seeds, names a Redis Cluster shard to follow.
 	Cluster ClusterConfig `yaml:"cluster"`
 	// Compression asks an upstream replproxy for a compressed stream:
+	// "auto" (the best codec both sides speak: s2, else zstd), "s2",
 	// "zstd" or "none". A Redis master ignores the request.
 	Compression string `yaml:"compression"`
 }
@@ -120,6 +122,9 @@ type ReplicaConfig struct {
 	MaxLagSeconds          Duration `yaml:"max_lag_seconds"`
 	MaxConcurrentFullSyncs int      `yaml:"max_concurrent_full_syncs"`
 	RateLimit              Size     `yaml:"rate_limit"` // bytes per second per replica
+	// Compression lists the codecs offered to downstream replproxies that
+	// ask for one; an empty list offers none.
+	Compression []string `yaml:"compression"`
 }
 
 // LogConfig is the process log.
@@ -154,7 +159,7 @@ func Defaults() Config {
 			ScrubRate:    16 << 20,
 		},
 		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1},
-		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
+		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second), Compression: fanout.AllCodecs()},
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
 		AckMode:  AckStored,
@@ -215,8 +220,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("backlog.max_bytes is %s, less than one segment (backlog.segment_bytes is %s): raise max_bytes or lower segment_bytes (in sizes, 1mb is 2^20 bytes and 1m is 10^6, as in redis.conf)",
 			c.Backlog.MaxBytes, c.Backlog.SegmentBytes)
 	}
-	if c.Master.Compression != "" && c.Master.Compression != "none" && c.Master.Compression != "zstd" {
-		return fmt.Errorf("master.compression %q: want zstd or none", c.Master.Compression)
+	if mc := c.Master.Compression; mc != "" && mc != "none" && mc != "auto" && !fanout.KnownCodec(mc) {
+		return fmt.Errorf("master.compression %q: want auto, s2, zstd or none", mc)
+	}
+	for _, codec := range c.Replicas.Compression {
+		if !fanout.KnownCodec(codec) {
+			return fmt.Errorf("replicas.compression %q: want a list of s2 and zstd", codec)
+		}
 	}
 	if err := c.TLS.validate(); err != nil {
 		return err

@@ -66,6 +66,8 @@ func TestConfigErrorsAreClear(t *testing.T) {
 		{"master:\n  cluster:\n    seeds: [h:1]\npipelines:\n  - {name: a, listen: 'x:1', shard: '12'}\n", "pipeline a: master.cluster.shard \"12\": a slot number"},
 		{"master:\n  addr: x:1\nsnapshot:\n  min_interval: 500ms\n", "snapshot.min_interval 500ms: must be at least 1s"},
 		{"master:\n  addr: x:1\npprof_listen: 0.0.0.0:6060\n", "pprof_listen \"0.0.0.0:6060\": must be a loopback address"},
+		{"master:\n  addr: x:1\n  compression: lz4\n", `master.compression "lz4": want auto, s2, zstd or none`},
+		{"master:\n  addr: x:1\nreplicas:\n  compression: [s2, brotli]\n", `replicas.compression "brotli"`},
 	}
 	for _, c := range cases {
 		cfg, err := LoadConfig(writeConfig(t, c.body))

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/resp"
@@ -55,8 +53,10 @@ func (l *Link) handshakeCommands(rdbOnly bool) (out []byte, replies []string) {
 	}
 	out = resp.AppendCommand(out, "REPLCONF", "listening-port", strconv.Itoa(l.cfg.ListenPort))
 	capa := []string{"REPLCONF", "capa", "eof", "capa", "psync2"}
-	if l.cfg.Compress && !rdbOnly {
-		capa = append(capa, "capa", fanout.CapaZstd)
+	if !rdbOnly {
+		for _, codec := range l.cfg.Codecs {
+			capa = append(capa, "capa", fanout.Capa(codec))
+		}
 	}
 	if rdbOnly {
 		capa = append(capa, "capa", fanout.CapaRefresh)
@@ -132,11 +132,12 @@ func (l *Link) psync(conn net.Conn, rd *resp.Reader) (*resp.Reader, error) {
 		return nil, fmt.Errorf("read PSYNC reply: %w", err)
 	}
 	l.log.Info().Str("replid", replid).Str("offset", offset).Str("reply", line).Msg("PSYNC answered")
-	if strings.HasPrefix(line, "+") && strings.HasSuffix(line, " zstd") && l.cfg.Compress {
-		line = strings.TrimSuffix(line, " zstd")
-		if rd, err = decompressing(rd); err != nil {
+	if codec := replyCodec(line, l.cfg.Codecs); codec != "" {
+		line = strings.TrimSuffix(line, " "+codec)
+		if rd, err = decompressing(codec, rd); err != nil {
 			return nil, err
 		}
+		l.log.Info().Str("codec", codec).Msg("the stream comes compressed")
 	}
 	switch {
 	case strings.HasPrefix(line, "+FULLRESYNC"):
@@ -149,12 +150,37 @@ func (l *Link) psync(conn net.Conn, rd *resp.Reader) (*resp.Reader, error) {
 	return nil, fmt.Errorf("master refused PSYNC: %s", line)
 }
 
-// decompressing reads the rest of the connection through zstd. The window
-// bound keeps a hostile peer from making the proxy allocate much.
-func decompressing(rd *resp.Reader) (*resp.Reader, error) {
-	dec, err := zstd.NewReader(rd.Bufio(), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(8<<20))
+// askedCodecs are the codecs master.compression asks for, best first.
+func askedCodecs(compression string) []string {
+	switch compression {
+	case "", "none":
+		return nil
+	case "auto":
+		return fanout.AllCodecs()
+	}
+	return []string{compression}
+}
+
+// replyCodec is the codec a PSYNC reply names at its end, when it is one
+// this proxy asked for; "" otherwise. A replication ID is 40 hex digits,
+// so it never reads as a codec's name.
+func replyCodec(line string, asked []string) string {
+	if !strings.HasPrefix(line, "+") {
+		return ""
+	}
+	for _, codec := range asked {
+		if strings.HasSuffix(line, " "+codec) {
+			return codec
+		}
+	}
+	return ""
+}
+
+// decompressing reads the rest of the connection through codec.
+func decompressing(codec string, rd *resp.Reader) (*resp.Reader, error) {
+	dec, err := fanout.NewStreamDecoder(codec, rd.Bufio())
 	if err != nil {
-		return nil, fmt.Errorf("start zstd stream: %w", err)
+		return nil, err
 	}
 	return resp.NewReader(bufio.NewReaderSize(dec, 64<<10), resp.DefaultLimits()), nil
 }

@@ -41,8 +41,9 @@ type LinkConfig struct {
 	AckMode        string
 	AckQuorum      int       // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
 	TLS            TLSConfig // used when TLS.Upstream
-	// Compress asks the master, if it is a replproxy, for a zstd stream.
-	Compress bool
+	// Codecs ask the master, if it is a replproxy, for a compressed
+	// stream, best first (see askedCodecs).
+	Codecs []string
 	// DataDir and SegmentBytes size the free space a session needs: the
 	// link waits for it rather than PSYNC into a full disk (diskspace.go).
 	DataDir         string

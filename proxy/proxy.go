@@ -131,6 +131,7 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		MaxLag:                 time.Duration(cfg.Replicas.MaxLagSeconds),
 		MaxConcurrentFullSyncs: cfg.Replicas.MaxConcurrentFullSyncs,
 		RateLimit:              int64(cfg.Replicas.RateLimit),
+		Codecs:                 cfg.Replicas.Compression,
 	}
 }
 
@@ -151,7 +152,7 @@ func linkConfig(cfg Config, port int) LinkConfig {
 		AckMode:        cfg.AckMode,
 		AckQuorum:      cfg.AckQuorum,
 		TLS:            cfg.TLS,
-		Compress:       cfg.Master.Compression == "zstd",
+		Codecs:         askedCodecs(cfg.Master.Compression),
 		DataDir:        cfg.DataDir,
 		SegmentBytes:   int64(cfg.Backlog.SegmentBytes),
 	}

@@ -4,10 +4,15 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/internal/mixedload"
 )
 
@@ -145,26 +150,123 @@ func (b *bench) compress(ctx context.Context) error {
 	o := b.opt
 	b.printf("\n== compress: master -> P1 -> P2 and P2' (master.compression: none), both of P1;\n")
 	b.printf("   pipelined mixed writes for %s: JSON SETs, HSETs, INCR/INCRBY, 10%% random binary SETs.\n", o.compressTime)
-	b.printf("   Two passes of the same seeded commands: P2 with zstd, then P2 plain; P1's CPU\n")
-	b.printf("   per GB of stream in the second, taken from the first, is what zstd costs the sender.\n")
-	zp, err := b.compressPass(ctx, "zstd", 0)
+	b.printf("   Three passes of the same seeded commands: P2 with zstd, with s2, then P2 plain; P1's\n")
+	b.printf("   CPU per GB of stream in the last, taken from the others, is what each codec costs the sender.\n")
+	passes := map[string]compressPass{}
+	var cmds int64
+	for _, codec := range []string{"zstd", "s2", "none"} {
+		p, err := b.compressPass(ctx, codec, cmds)
+		if err != nil {
+			return err
+		}
+		b.teardown()
+		passes[codec], cmds = p, p.load.cmds
+	}
+	pp := passes["none"]
+	alone, err := codecsAlone(64 << 20)
 	if err != nil {
 		return err
 	}
-	b.teardown()
-	pp, err := b.compressPass(ctx, "none", zp.load.cmds)
-	if err != nil {
-		return err
+	for _, codec := range []string{"zstd", "s2"} {
+		zp := passes[codec]
+		c1 := zp.d[0]
+		b.printf("\n   %s: P1 sent %.1f MiB of stream as %.1f MiB on the wire (%.3f, %.1f%% saved)\n", codec,
+			mib(c1.sentRaw), mib(c1.sentWire), ratio(c1.sentWire, c1.sentRaw), 100*(1-ratio(c1.sentWire, c1.sentRaw)))
+		b.printf("   P1 CPU s per GB of stream (it ingests and serves P2 and P2'): %.2f with P2 %s, %.2f with P2 plain\n",
+			zp.p1PerGB(), codec, pp.p1PerGB())
+		b.printf("   %s cost on the sender, s per GB of stream: %.2f\n", codec, zp.p1PerGB()-pp.p1PerGB())
+		b.printf("   %s cost on the receiver, s per GB of stream (P2 %s against P2' plain, same pass): %.2f\n", codec, codec,
+			zp.d[1].cpu/gb(zp.d[1].stream)-zp.d[2].cpu/gb(zp.d[2].stream))
 	}
-	c1 := zp.d[0]
-	b.printf("\n   P1 sent compressed: %.1f MiB of stream as %.1f MiB on the wire (%.3f, %.1f%% saved)\n",
-		mib(c1.sentRaw), mib(c1.sentWire), ratio(c1.sentWire, c1.sentRaw), 100*(1-ratio(c1.sentWire, c1.sentRaw)))
-	b.printf("   P1 CPU s per GB of stream (it ingests and serves P2 and P2'): %.2f with P2 zstd, %.2f with P2 plain\n",
-		zp.p1PerGB(), pp.p1PerGB())
-	b.printf("   zstd cost on the sender, s per GB of stream: %.2f\n", zp.p1PerGB()-pp.p1PerGB())
-	b.printf("   zstd cost on the receiver, s per GB of stream (P2 zstd against P2' plain, same pass): %.2f\n",
-		zp.d[1].cpu/gb(zp.d[1].stream)-zp.d[2].cpu/gb(zp.d[2].stream))
+	b.printf("\n   encoders alone, in this process, on %d MiB of the same mixed stream (16 KiB writes, a flush every 64 KiB):\n", 64)
+	b.printf("   %-36s %8s %11s\n", "encoder", "s/GB", "wire/strm")
+	for _, a := range alone {
+		b.printf("   %-36s %8.2f %11.3f\n", a.name, a.cpuPerGB, a.ratio)
+	}
+	if std, ok := aloneByName(alone, "zstd standard (fastest level)"); ok && std.cpuPerGB > 0 {
+		inProxy := passes["zstd"].p1PerGB() - pp.p1PerGB()
+		b.printf("   zstd in the proxy / the standard encoder alone: %.2fx CPU, %.2fx wire\n",
+			inProxy/std.cpuPerGB, ratio(passes["zstd"].d[0].sentWire, passes["zstd"].d[0].sentRaw)/std.ratio)
+	}
 	return nil
+}
+
+// codecAlone is one encoder's cost and ratio, measured in this process.
+type codecAlone struct {
+	name            string
+	cpuPerGB, ratio float64
+}
+
+func aloneByName(list []codecAlone, name string) (codecAlone, bool) {
+	for _, a := range list {
+		if a.name == name {
+			return a, true
+		}
+	}
+	return codecAlone{}, false
+}
+
+// codecsAlone encodes n bytes of the mixed stream with a standard Go zstd
+// encoder at its fastest level and with the proxy's own encoders, as the
+// sender feeds them, and reports each one's CPU (this process's, GC
+// included; nothing else runs in it by then) per GB and wire/stream ratio.
+func codecsAlone(n int) ([]codecAlone, error) {
+	g := mixedload.New(1_700_000_000)
+	stream := make([]byte, 0, n+4096)
+	for len(stream) < n {
+		stream, _ = g.Append(stream)
+	}
+	type encoder interface {
+		Write([]byte) (int, error)
+		Flush() error
+		Close() error
+	}
+	makers := []struct {
+		name string
+		make func(w io.Writer) (encoder, error)
+	}{
+		{"zstd standard (fastest level)", func(w io.Writer) (encoder, error) {
+			return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		}},
+		{"zstd, the proxy's settings", func(w io.Writer) (encoder, error) { return fanout.NewStreamEncoder(fanout.CodecZstd, w) }},
+		{"s2, the proxy's settings", func(w io.Writer) (encoder, error) { return fanout.NewStreamEncoder(fanout.CodecS2, w) }},
+	}
+	var out []codecAlone
+	for _, mk := range makers {
+		var wire countWriter
+		enc, err := mk.make(&wire)
+		if err != nil {
+			return nil, err
+		}
+		cpu0 := selfCPU()
+		for off := 0; off < len(stream); off += 16 << 10 {
+			if _, err := enc.Write(stream[off:min(off+16<<10, len(stream))]); err != nil {
+				return nil, err
+			}
+			if (off+16<<10)%(64<<10) == 0 {
+				if err := enc.Flush(); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if err := enc.Flush(); err != nil {
+			return nil, err
+		}
+		cpu := selfCPU() - cpu0
+		enc.Close()
+		out = append(out, codecAlone{name: mk.name, cpuPerGB: cpu.Seconds() / gb(int64(len(stream))), ratio: ratio(wire.n, int64(len(stream)))})
+	}
+	return out, nil
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // compressPass starts master, P1, P2 (with p2Compression) and P2' (none)

@@ -53,20 +53,21 @@ type options struct {
 	relayRequests  int
 	relayAgainst   string
 	scaleMiB       int
+	wan            wanOptions
 }
 
 var allScenarios = []string{"rss", "catchup", "ingest"}
 
 // extraScenarios run only when named: "all" keeps meaning the three above,
 // so the default run stays as long as it was.
-var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress", "relay", "fanout-scale"}
+var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress", "relay", "fanout-scale", "wan"}
 
 func main() {
 	runSinkIfAsked()
 	var o options
 	var scenarios string
 	fs := flag.CommandLine
-	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, relay, fanout-scale, or all (the first three)")
+	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, relay, fanout-scale, wan, or all (the first three)")
 	fs.Float64Var(&o.gib, "gib", 2, "GiB written through the master (rss, catchup; fanout-cpu, where the default is 1)")
 	fs.IntVar(&o.replicas, "replicas", 20, "replicas of the proxy (rss)")
 	fs.IntVar(&o.valueBytes, "value", 256<<10, "SET value size in bytes (rss, catchup)")
@@ -90,6 +91,20 @@ func main() {
 	fs.IntVar(&o.relayRequests, "relay-requests", 400000, "redis-benchmark -n (relay)")
 	fs.StringVar(&o.relayAgainst, "relay-against", "", "another replproxy binary that relays the same stream beside P, to compare two builds in one run (relay)")
 	fs.IntVar(&o.scaleMiB, "scale-mib", 128, "MiB written per replica count (fanout-scale)")
+	fs.Float64Var(&o.wan.rateMbit, "wan-rate", 80, "link rate in Mbit/s each way (wan)")
+	fs.Float64Var(&o.wan.burstMBps, "wan-burst-mbps", 12, "burst write rate in MB/s of JSON-like SETs (wan)")
+	fs.DurationVar(&o.wan.burstTime, "wan-burst-time", 40*time.Second, "burst length (wan)")
+	fs.IntVar(&o.wan.replicas, "wan-replicas", 3, "replicas in region B (wan)")
+	fs.IntVar(&o.wan.keys, "wan-keys", 100000, "keys DEBUG POPULATE puts in the master first (wan)")
+	fs.StringVar(&o.wan.cobl, "wan-cobl", "replica 256mb 64mb 60", "the master's client-output-buffer-limit (wan)")
+	fs.StringVar(&o.wan.topologies, "wan-topologies", "direct,far,chain-s2,chain-zstd", "comma-separated: direct, far, chain-none, chain-s2, chain-zstd, chain-auto (wan)")
+	fs.DurationVar(&o.wan.settle, "wan-settle", 3*time.Minute, "how long to wait for the replicas to converge after the burst (wan)")
+	fs.IntVar(&o.wan.flaps, "wan-flaps", 10, "link cuts on the chain after the table, 0 for none (wan)")
+	fs.DurationVar(&o.wan.flapDown, "wan-flap-down", 5*time.Second, "how long each cut lasts, and the time between cuts (wan)")
+	fs.IntVar(&o.wan.runs, "wan-runs", 1, "runs of every topology (wan)")
+	fs.StringVar(&o.wan.out, "wan-out", "", "directory for wan-samples.csv and the plots (default: the temp dir; kept with -keep)")
+	fs.StringVar(&o.wan.nsPrefix, "wan-ns-prefix", "rpwan", "prefix of the network namespaces' names (wan)")
+	fs.DurationVar(&o.wan.sampleEvery, "wan-sample", 500*time.Millisecond, "sampling interval (wan)")
 	fs.StringVar(&o.proxyBin, "replproxy", "", "replproxy binary to run (default: go build ./cmd/replproxy into the temp dir)")
 	fs.Usage = func() {
 		out := fs.Output()
@@ -102,9 +117,10 @@ func main() {
 		fmt.Fprintf(out, "  fanout-cpu       master CPU per GB above its floor: one direct replica, one proxy, -fanout-replicas behind a proxy (-fanout-runs)\n")
 		fmt.Fprintf(out, "  fanout-fullsync  -fanout-replicas new replicas full-syncing from a proxy at once\n")
 		fmt.Fprintf(out, "  fanout-rss       proxy RSS with -wide-replicas replicas streaming a moderate load\n")
-		fmt.Fprintf(out, "  compress         zstd between two proxies vs. none, under a mixed write load\n")
+		fmt.Fprintf(out, "  compress         zstd and s2 between two proxies vs. none, under a mixed write load, and the encoders alone\n")
 		fmt.Fprintf(out, "  relay            relay CPU and added lag: a chained redis-server vs. the proxy, side by side\n")
-		fmt.Fprintf(out, "  fanout-scale     proxy CPU per GB per replica with 1, 5, 20, 50 replicas, against a plain sendfile floor\n\nflags:\n")
+		fmt.Fprintf(out, "  fanout-scale     proxy CPU per GB per replica with 1, 5, 20, 50 replicas, against a plain sendfile floor\n")
+		fmt.Fprintf(out, "  wan              regions A and B in network namespaces over a tbf-shaped link (root): direct, far, chain per codec\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	flag.Parse()
@@ -126,6 +142,10 @@ func main() {
 		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 ||
 		o.relayRuns < 1 || o.fanoutRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
+		os.Exit(2)
+	}
+	if !o.wan.valid() {
+		fmt.Fprintln(os.Stderr, "wan sizes, rates and counts must be positive")
 		os.Exit(2)
 	}
 	if err := run(o); err != nil {
@@ -199,6 +219,8 @@ func run(o options) error {
 			err = b.relay(ctx)
 		case "fanout-scale":
 			err = b.fanoutScale(ctx)
+		case "wan":
+			err = b.wan(ctx)
 		}
 		// Each scenario starts from nothing: stop its processes and free
 		// its disk before the next one.

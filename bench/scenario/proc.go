@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,13 @@ type child struct {
 	bin     string
 	argv    func(port int) []string
 	isProxy bool
+	// In a network namespace (wan scenario): prefix runs the command there,
+	// host is the address it listens on, and the scenario reaches a Redis
+	// through its unix socket sock and a proxy with redis-cli in the
+	// namespace.
+	prefix []string
+	host   string
+	sock   string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -46,7 +54,14 @@ type child struct {
 	admin  *respConn
 }
 
-func (c *child) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port)) }
+func (c *child) addr() string { return net.JoinHostPort(c.addrHost(), strconv.Itoa(c.port)) }
+
+func (c *child) addrHost() string {
+	if c.host == "" {
+		return "127.0.0.1"
+	}
+	return c.host
+}
 
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -60,11 +75,22 @@ func freePort() (int, error) {
 // startRedis runs redis-server without persistence (the scenarios measure
 // the proxy, not Redis' disk) and with extra arguments last, so they win.
 func (e *env) startRedis(ctx context.Context, name string, extra ...string) (*child, error) {
+	return e.startRedisAt(ctx, name, nil, "", extra...)
+}
+
+// startRedisAt is startRedis behind prefix, listening on host and on a
+// unix socket, the scenario's way in across network namespaces. Protected
+// mode is off there: the namespace holds only the scenario's processes.
+func (e *env) startRedisAt(ctx context.Context, name string, prefix []string, host string, extra ...string) (*child, error) {
 	dir := filepath.Join(e.root, name)
-	c := &child{name: name, dir: dir, bin: e.redisBin}
+	c := &child{name: name, dir: dir, bin: e.redisBin, prefix: prefix, host: host}
+	if len(prefix) > 0 {
+		c.sock = filepath.Join(dir, "redis.sock")
+		extra = append([]string{"--unixsocket", c.sock, "--unixsocketperm", "700", "--protected-mode", "no", "--enable-debug-command", "yes"}, extra...)
+	}
 	c.argv = func(port int) []string {
 		return append([]string{
-			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+			"--port", strconv.Itoa(port), "--bind", c.addrHost(), "--dir", dir,
 			"--save", "", "--appendonly", "no", "--daemonize", "no",
 			"--repl-diskless-sync-delay", "0",
 			"--logfile", filepath.Join(dir, "redis.log"),
@@ -76,6 +102,11 @@ func (e *env) startRedis(ctx context.Context, name string, extra ...string) (*ch
 // startProxy runs the replproxy binary with a config file for the settings
 // that have no flag; the listen port is a flag so a retry can change it.
 func (e *env) startProxy(ctx context.Context, name, config string) (*child, error) {
+	return e.startProxyAt(ctx, name, config, nil, "")
+}
+
+// startProxyAt is startProxy run behind prefix, listening on host.
+func (e *env) startProxyAt(ctx context.Context, name, config string, prefix []string, host string) (*child, error) {
 	dir := filepath.Join(e.root, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -84,9 +115,9 @@ func (e *env) startProxy(ctx context.Context, name, config string) (*child, erro
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	c := &child{name: name, dir: dir, bin: e.proxyBin, isProxy: true}
+	c := &child{name: name, dir: dir, bin: e.proxyBin, isProxy: true, prefix: prefix, host: host}
 	c.argv = func(port int) []string {
-		return []string{"run", "--config", cfgPath, "--listen", "127.0.0.1:" + strconv.Itoa(port),
+		return []string{"run", "--config", cfgPath, "--listen", c.addr(),
 			"--data-dir", filepath.Join(dir, "data"), "--log-format", "json"}
 	}
 	return c, e.start(ctx, c)
@@ -120,7 +151,8 @@ func (c *child) launch(ctx context.Context) error {
 		return err
 	}
 	defer out.Close()
-	cmd := exec.Command(c.bin, c.argv(c.port)...)
+	argv := append(slices.Clone(c.prefix), append([]string{c.bin}, c.argv(c.port)...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = c.dir
 	cmd.Stdout, cmd.Stderr = out, out
 	// Pdeathsig: if this program dies without cleaning up (kill -9), the
@@ -237,10 +269,17 @@ func (c *child) stop() {
 // do runs one command on a connection kept per process and redialled after
 // an error, so polling costs no connection setup each time.
 func (c *child) do(args ...string) (any, error) {
+	if c.sock == "" && len(c.prefix) > 0 {
+		return c.cliDo(args...)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.admin == nil {
-		rc, err := dialRESP(c.addr())
+		network, addr := "tcp", c.addr()
+		if c.sock != "" {
+			network, addr = "unix", c.sock
+		}
+		rc, err := dialRESP(network, addr)
 		if err != nil {
 			return nil, err
 		}
@@ -253,6 +292,24 @@ func (c *child) do(args ...string) (any, error) {
 		c.admin = nil
 	}
 	return r, err
+}
+
+// cliDo runs one command with redis-cli inside the child's namespace and
+// returns its output as one string: enough for PING and INFO.
+func (c *child) cliDo(args ...string) (any, error) {
+	host, port, _ := net.SplitHostPort(c.addr())
+	argv := append(slices.Clone(c.prefix), append([]string{"redis-cli", "-h", host, "-p", port}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+	text := strings.TrimSpace(string(out))
+	if err != nil {
+		return nil, fmt.Errorf("%s: redis-cli: %w", c.name, err)
+	}
+	if strings.HasPrefix(text, "ERR") || strings.HasPrefix(text, "Could not connect") {
+		return nil, fmt.Errorf("%s: %s", c.name, text)
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(text, "\r\n", "\n"), "\n", "\r\n"), nil
 }
 
 func (c *child) info(section string) (map[string]string, error) {

@@ -239,7 +239,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 			r.lag[i] = readProbes(sub)
 		}()
 	}
-	pub, err := dialRESP(m.addr())
+	pub, err := dialRESP("tcp", m.addr())
 	if err != nil {
 		return r, err
 	}
@@ -319,7 +319,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 // steadyLoad writes 512-byte SETs from one client, each waiting for its
 // reply, for d, and returns how many it wrote.
 func steadyLoad(ctx context.Context, addr string, d time.Duration) (int, error) {
-	c, err := dialRESP(addr)
+	c, err := dialRESP("tcp", addr)
 	if err != nil {
 		return 0, err
 	}
@@ -335,7 +335,7 @@ func steadyLoad(ctx context.Context, addr string, d time.Duration) (int, error) 
 }
 
 func subscribe(addr, channel string) (*respConn, error) {
-	rc, err := dialRESP(addr)
+	rc, err := dialRESP("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

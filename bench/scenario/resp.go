@@ -22,8 +22,8 @@ type respConn struct {
 	br *bufio.Reader
 }
 
-func dialRESP(addr string) (*respConn, error) {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+func dialRESP(network, addr string) (*respConn, error) {
+	c, err := net.DialTimeout(network, addr, time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -53,8 +53,11 @@ func appendCommand(dst []byte, args ...string) []byte {
 
 // do sends one command and returns its reply: a string for simple and bulk
 // strings, an int64, a []any, or nil.
-func (rc *respConn) do(args ...string) (any, error) {
-	rc.c.SetDeadline(time.Now().Add(cmdTimeout))
+func (rc *respConn) do(args ...string) (any, error) { return rc.doWithin(cmdTimeout, args...) }
+
+// doWithin is do with its own timeout, for a command known to be slow.
+func (rc *respConn) doWithin(timeout time.Duration, args ...string) (any, error) {
+	rc.c.SetDeadline(time.Now().Add(timeout))
 	if _, err := rc.c.Write(appendCommand(nil, args...)); err != nil {
 		return nil, err
 	}

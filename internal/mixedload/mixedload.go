@@ -41,6 +41,7 @@ type Gen struct {
 	i    int
 	sb   strings.Builder
 	blob []byte
+	json bool // only the JSON records
 }
 
 // New starts the sequence; now (Unix seconds) stamps the records, and
@@ -49,13 +50,25 @@ func New(now int64) *Gen {
 	return &Gen{rng: rand.New(rand.NewSource(7)), now: now, blob: make([]byte, 1024)}
 }
 
+// NewJSON is New restricted to the JSON records (SET user:<id>): the
+// JSON-like values of the WAN test and scenario.
+func NewJSON(now int64) *Gen {
+	g := New(now)
+	g.json = true
+	return g
+}
+
 // Append appends the next command, RESP-encoded, to dst; random is how
 // many of its bytes are random binary.
 func (g *Gen) Append(dst []byte) (out []byte, random int) {
 	rng := g.rng
 	ts := strconv.FormatInt(g.now+int64(g.i/1000), 10)
 	g.i++
-	switch p := rng.Intn(10); {
+	p := rng.Intn(10)
+	if g.json {
+		p = 0
+	}
+	switch {
 	case p < 5:
 		id := rng.Intn(100000)
 		sb := &g.sb

@@ -54,7 +54,7 @@ func (s *Server) Client() *redis.Client {
 
 // ClientDB returns a go-redis client for db. It is closed when the test ends.
 func (s *Server) ClientDB(db int) *redis.Client {
-	c := newClient(s.Addr(), db)
+	c := newClient(s.Addr(), db, s.viaSocket)
 	s.mu.Lock()
 	s.clients = append(s.clients, c)
 	s.mu.Unlock()
@@ -167,8 +167,8 @@ func (s *Server) ReplicaOf(host string, port int) error {
 // rawCommand sends one command on a fresh connection and returns the first
 // reply line ("+PONG", "-LOADING ..."). It is for the moments where a client
 // pool would get in the way: probing a starting server and SHUTDOWN.
-func rawCommand(addr string, timeout time.Duration, args ...string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
+func rawCommand(network, addr string, timeout time.Duration, args ...string) (string, error) {
+	conn, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
 		return "", err
 	}

@@ -74,7 +74,7 @@ func StartLoad(ctx context.Context, master *Server, opt LoadOptions) *Load {
 	for id := range opt.Workers {
 		clients := make([]*redis.Client, opt.DBs)
 		for db := range clients {
-			clients[db] = newClient(master.Addr(), db, loadOptions)
+			clients[db] = newClient(master.Addr(), db, loadOptions, master.viaSocket)
 		}
 		w := newWorker(l, id, clients, opt)
 		l.wg.Add(1)

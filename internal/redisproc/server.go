@@ -52,6 +52,7 @@ type Server struct {
 	tb    testing.TB // owner: its cleanup kills the process and prints logs
 	bin   Binary
 	extra []string // caller's arguments, appended after the defaults
+	place Place
 
 	mu      sync.Mutex
 	proc    *process
@@ -101,6 +102,48 @@ func StartBinary(t testing.TB, bin Binary, args ...string) *Server {
 	}
 }
 
+// Place runs a server elsewhere than on loopback: Prefix goes before the
+// command (e.g. ip netns exec NAME, for a network namespace), and the server
+// binds Host. The test reaches it through a unix socket in its dir, which
+// crosses network namespaces.
+type Place struct {
+	Prefix []string
+	Host   string
+}
+
+// StartAt is StartBinary in place p.
+func StartAt(t testing.TB, bin Binary, p Place, args ...string) *Server {
+	t.Helper()
+	s := &Server{Host: p.Host, Dir: t.TempDir(), tb: t, bin: bin, extra: slices.Clone(args), place: p}
+	t.Cleanup(s.cleanup)
+	s.Port = FreePort(t) // a new namespace has every port free
+	if err := s.launch(); err != nil {
+		t.Fatalf("redisproc: start %s: %v", s.Addr(), err)
+	}
+	return s
+}
+
+// Socket is the server's unix socket when it runs in a Place, or empty.
+func (s *Server) Socket() string {
+	if len(s.place.Prefix) == 0 {
+		return ""
+	}
+	return filepath.Join(s.Dir, "redis.sock")
+}
+
+// dial is how the test reaches the server: the unix socket if it has one.
+func (s *Server) dial() (network, addr string) {
+	if sock := s.Socket(); sock != "" {
+		return "unix", sock
+	}
+	return "tcp", s.Addr()
+}
+
+// viaSocket points a client at the server's unix socket, if it has one.
+func (s *Server) viaSocket(o *redis.Options) {
+	o.Network, o.Addr = s.dial()
+}
+
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
@@ -132,6 +175,11 @@ func (s *Server) argv() []string {
 	if !s.bin.NoDebugFlag {
 		base = append(base, "--enable-debug-command", "yes")
 	}
+	if sock := s.Socket(); sock != "" {
+		// Its namespace holds only the test's processes, which reach it
+		// on Host, not on loopback.
+		base = append(base, "--unixsocket", sock, "--unixsocketperm", "700", "--protected-mode", "no")
+	}
 	return append(base, s.extra...)
 }
 
@@ -144,7 +192,8 @@ func (s *Server) launch() error {
 	// The child keeps its own descriptor; ours is not needed after Start.
 	defer out.Close()
 
-	cmd := exec.Command(s.bin.Path, s.argv()...)
+	argv := append(slices.Clone(s.place.Prefix), append([]string{s.bin.Path}, s.argv()...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = s.Dir
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()
@@ -162,24 +211,24 @@ func (s *Server) launch() error {
 	old := s.admin
 	// A fresh admin client: the old one may have tripped go-redis's dial
 	// circuit breaker while the server was down, delaying reconnects by ~1 s.
-	s.admin = newClient(s.Addr(), 0, adminOptions)
+	s.admin = newClient(s.Addr(), 0, adminOptions, s.viaSocket)
 	s.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
 	}
-	return p.waitReady(s.Addr())
+	return p.waitReady(s.dial())
 }
 
 // waitReady polls with a raw PING so that no client pool state is involved;
 // a server still loading its RDB answers -LOADING and is not ready.
-func (p *process) waitReady(addr string) error {
+func (p *process) waitReady(network, addr string) error {
 	deadline := time.Now().Add(startTimeout)
 	var last string
 	for time.Now().Before(deadline) {
 		if !p.alive() {
 			return fmt.Errorf("%w: %v", errExitedEarly, p.waitErr)
 		}
-		reply, err := rawCommand(addr, time.Second, "PING")
+		reply, err := rawCommand(network, addr, time.Second, "PING")
 		if err == nil && reply == "+PONG" {
 			return nil
 		}
@@ -246,7 +295,8 @@ func (s *Server) Shutdown(save bool) error {
 	// A raw connection, because a successful SHUTDOWN never replies: the
 	// server just closes the socket, which go-redis would treat as a
 	// network error worth retrying.
-	reply, err := rawCommand(s.Addr(), stopTimeout, "SHUTDOWN", mode)
+	network, addr := s.dial()
+	reply, err := rawCommand(network, addr, stopTimeout, "SHUTDOWN", mode)
 	if strings.HasPrefix(reply, "-") {
 		// Refused (e.g. the RDB could not be written): it keeps running.
 		return fmt.Errorf("shutdown %s %s: %s", s.Addr(), mode, reply)

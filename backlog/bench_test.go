@@ -111,8 +111,15 @@ const catchUpBytes = 256 << 20
 
 // BenchmarkCatchUp sends a filled backlog to a replica over loopback TCP, as
 // a replica that was away catches up. The peer only drains the socket, so
-// the figure is the proxy's send path (sendfile from the segment files)
-// with a consumer that costs as little as possible on the same cores.
+// the figure is the proxy's send path with a consumer that costs as little
+// as possible on the same cores.
+//
+// send=cursor is the proxy's path: every record read into memory, checked
+// against its CRC-32C, and written from there. The two others are for
+// comparison only: send=check+sendfile checks each record from the page
+// cache and then sendfiles the same range (what the proxy did before, and
+// what it rejected, as a flip between the two would go out unchecked), and
+// send=sendfile is the unchecked floor.
 func BenchmarkCatchUp(b *testing.B) {
 	s, dir := openBenchStore(b, benchOptions(FsyncNo))
 	defer closeBenchStore(b, s, dir)
@@ -124,32 +131,15 @@ func BenchmarkCatchUp(b *testing.B) {
 	}
 	// The sub-benchmarks share one fill: with growing b.N the framework
 	// reruns only the inner function, and refilling would dominate.
-	// Each record is verified against its CRC once per process, before its
-	// first send: "verified" passes find the marks set and only sendfile,
-	// "first-read" passes clear the marks first and pay for the check.
-	for _, first := range []bool{false, true} {
+	for _, send := range []string{"cursor", "check+sendfile", "sendfile"} {
 		for _, evict := range []bool{false, true} {
-			name := map[bool]string{false: "cache=warm", true: "cache=evicted"}[evict] +
-				map[bool]string{false: "/verified", true: "/first-read"}[first]
-			b.Run(name, func(b *testing.B) { benchCatchUp(b, s.Log(), evict, first) })
+			name := map[bool]string{false: "cache=warm", true: "cache=evicted"}[evict] + "/send=" + send
+			b.Run(name, func(b *testing.B) { benchCatchUp(b, s.Log(), evict, send) })
 		}
 	}
 }
 
-// forgetVerified clears every segment's verified-up-to mark, as in a
-// process that has not read them yet.
-func forgetVerified(l *Log) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	for _, s := range l.segs {
-		s.ver.mu.Lock()
-		s.ver.upTo.Store(0)
-		s.ver.recs = 0
-		s.ver.mu.Unlock()
-	}
-}
-
-func benchCatchUp(b *testing.B, l *Log, evict, firstRead bool) {
+func benchCatchUp(b *testing.B, l *Log, evict bool, send string) {
 	conn, drained := drainingConn(b)
 	defer func() {
 		conn.Close()
@@ -163,10 +153,11 @@ func benchCatchUp(b *testing.B, l *Log, evict, firstRead bool) {
 		if evict {
 			evictSegments(b, l)
 		}
-		if firstRead {
-			forgetVerified(l)
-		}
 		b.StartTimer()
+		if send != "cursor" {
+			sendfileSegments(b, l, conn, send == "check+sendfile")
+			continue
+		}
 		c, err := l.NewCursor(first)
 		if err != nil {
 			b.Fatal(err)
@@ -182,6 +173,42 @@ func benchCatchUp(b *testing.B, l *Log, evict, firstRead bool) {
 			}
 		}
 		c.Close()
+	}
+}
+
+// sendfileSegments sends every segment with sendfile, record by record,
+// each checked from the page cache first when check is set.
+func sendfileSegments(b *testing.B, l *Log, conn *net.TCPConn, check bool) {
+	l.mu.RLock()
+	segs := append([]*segment(nil), l.segs...)
+	l.mu.RUnlock()
+	buf := make([]byte, sendBufBytes)
+	for _, s := range segs {
+		path := segmentPath(l.dir, s.first)
+		recs, _, err := readIndex(indexPath(path))
+		if err != nil {
+			b.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		off := int64(0)
+		for _, r := range recs {
+			if check {
+				if ok, err := checkRecord(f, off, r, buf); err != nil || !ok {
+					b.Fatalf("check %s at %d: %v %v", path, off, ok, err)
+				}
+			}
+			if _, err := f.Seek(off, io.SeekStart); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.Copy(conn, &io.LimitedReader{R: f, N: int64(r.length)}); err != nil {
+				b.Fatal(err)
+			}
+			off += int64(r.length)
+		}
+		f.Close()
 	}
 }
 

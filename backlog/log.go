@@ -60,7 +60,6 @@ type segment struct {
 	size   int64       // guarded by Log.mu
 	sealed time.Time   // when it stopped growing; zero for the active segment
 	synced atomic.Bool // fsynced whole after its roll, and sealed in its index
-	ver    verifier
 }
 
 func (s *segment) end() int64 { return s.first + s.size }

@@ -3,10 +3,13 @@ package backlog
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
 )
 
 // sendAll sends from c until the end or an error, in sends of at most max.
@@ -158,5 +161,70 @@ func TestCursorSendsAnyRecordSizeInAnyChunk(t *testing.T) {
 	defer c.Close()
 	if got, err := sendAll(c, 100000); err != nil || !bytes.Equal(got, data[19999:]) {
 		t.Fatalf("from inside a record: %d bytes, %v", len(got), err)
+	}
+}
+
+// readSnapshot reads snap through a SnapshotReader in reads of size n.
+func readSnapshot(t *testing.T, s *Store, n int) ([]byte, error) {
+	t.Helper()
+	f, snap, err := s.OpenSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rd := s.NewSnapshotReader(f, snap)
+	var got []byte
+	buf := make([]byte, n)
+	for {
+		k, err := rd.Read(buf)
+		got = append(got, buf[:k]...)
+		if errors.Is(err, io.EOF) {
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+	}
+}
+
+// Issue 21, point 2: the snapshot is checked at every full sync, not once
+// per process: a bit flipped after a first serve keeps the RDB's last
+// bytes back, so no replica gets it whole, and it is moved aside.
+func TestSnapshotDamagedAfterItsFirstServeIsHeldBack(t *testing.T) {
+	dir := t.TempDir()
+	logs := &logBuffer{}
+	opt := testOptions()
+	opt.Logger = zerolog.New(logs)
+	s := newStore(t, dir, opt, 0)
+	defer s.Close()
+	rdb := append([]byte("REDIS0011"), pattern(100000, 4)...)
+	s.Append(pattern(100, 1))
+	w, _ := s.NewSnapshot()
+	w.Write(rdb)
+	if err := s.AdoptSnapshot(s.State().ReplID, 50, w); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{8, 4096, 1 << 20} {
+		if got, err := readSnapshot(t, s, n); err != nil || !bytes.Equal(got, rdb) {
+			t.Fatalf("reads of %d: %d bytes, %v", n, len(got), err)
+		}
+	}
+	path := filepath.Join(dir, "snapshot", s.State().Snapshot.File)
+	flipByte(t, path, 5000)
+	got, err := readSnapshot(t, s, 4096)
+	if !errors.Is(err, ErrSnapshotDamaged) {
+		t.Fatalf("damaged snapshot read: %d bytes, %v; want ErrSnapshotDamaged", len(got), err)
+	}
+	if len(got) != len(rdb)-snapshotHeldBytes {
+		t.Fatalf("read %d bytes of %d; want all but the last %d", len(got), len(rdb), snapshotHeldBytes)
+	}
+	if moved, _ := filepath.Glob(filepath.Join(dir, "damaged", "*", filepath.Base(path))); len(moved) != 1 {
+		t.Fatalf("damaged snapshot not moved aside: %v", moved)
+	}
+	if !strings.Contains(logs.String(), path) || !strings.Contains(logs.String(), `"level":"error"`) {
+		t.Fatalf("no error-level line names the snapshot:\n%s", logs.String())
+	}
+	if _, _, err := s.OpenSnapshot(); !errors.Is(err, ErrSnapshotDamaged) {
+		t.Fatalf("open after the damage: %v, want ErrSnapshotDamaged", err)
 	}
 }

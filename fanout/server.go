@@ -143,6 +143,8 @@ type Server struct {
 	ackChanged chan struct{}
 
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
+	// snapshotBufs hold one chunk of an RDB on its way to a replica.
+	snapshotBufs sync.Pool
 	pacer         *pacer
 	hub           hub
 
@@ -155,6 +157,7 @@ type Server struct {
 func New(cfg Config) *Server {
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer()}
+	s.snapshotBufs.New = func() any { b := make([]byte, 256<<10); return &b }
 	s.users = make(map[string]*User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		s.users[u.Name] = &u

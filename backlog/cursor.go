@@ -150,6 +150,11 @@ func (c *Cursor) readChecked(seg *segment, pos, n, limit int64, more bool, buf [
 		if err != nil {
 			return nil, err
 		}
+		if end+int64(r.length) > limit {
+			// Appends index whole records only: a longer one is a damaged
+			// index, whose length must not size a read.
+			return nil, &damage{fmt.Sprintf("index record %d covers bytes %d..%d, past the %d the segment holds", i, end, end+int64(r.length), limit)}
+		}
 		fits := end+int64(r.length)-start <= int64(len(buf)) && end+int64(r.length) <= pos+n
 		if !fits && (len(recs) > 0 || more) {
 			break

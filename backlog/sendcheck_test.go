@@ -228,3 +228,38 @@ func TestSnapshotDamagedAfterItsFirstServeIsHeldBack(t *testing.T) {
 		t.Fatalf("open after the damage: %v, want ErrSnapshotDamaged", err)
 	}
 }
+
+// An index record whose length runs past its segment is damage: it is
+// not trusted to size a read (a flipped high bit would ask for gigabytes).
+func TestIndexRecordPastItsSegmentIsDamage(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "log")
+	l, err := OpenLog(logDir, 1, logOptions(dir, nil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	data := pattern(2500, 1)
+	for i := 0; i < len(data); i += 500 {
+		l.Append(data[i : i+500])
+	}
+	idx := indexPath(segmentPath(logDir, 1001))
+	f, err := os.OpenFile(idx, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The second record's length gets its top bit set.
+	if _, err := f.WriteAt([]byte{0x80}, int64(len(indexMagic))+recordSize+3); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	c, err := l.NewCursor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := sendAll(c, 1<<20)
+	if !errors.Is(err, ErrDamaged) || !bytes.Equal(got, data[:1000]) {
+		t.Fatalf("sent %d bytes, %v; want the 1000 before the damaged segment, then ErrDamaged", len(got), err)
+	}
+}

@@ -145,8 +145,8 @@ type Server struct {
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
 	// snapshotBufs hold one chunk of an RDB on its way to a replica.
 	snapshotBufs sync.Pool
-	pacer         *pacer
-	hub           hub
+	pacer        *pacer
+	hub          hub
 
 	users     map[string]*User
 	authFails failureLog

@@ -143,14 +143,15 @@ type Server struct {
 	ackChanged chan struct{}
 
 	fullSyncSlots chan struct{} // nil: no limit on concurrent full syncs
-	// snapshotBufs hold one chunk of an RDB on its way to a replica.
-	snapshotBufs sync.Pool
-	pacer        *pacer
-	hub          hub
+	pacer         *pacer
+	hub           hub
 
 	users     map[string]*User
 	authFails failureLog
 	cluster   clusterHooks
+
+	// snapshotBufs hold one chunk of an RDB on its way to a replica.
+	snapshotBufs sync.Pool
 }
 
 // New returns a Server; Serve runs it.

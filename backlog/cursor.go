@@ -29,6 +29,8 @@ type Cursor struct {
 	rest    []byte
 	restOff int64 // the offset of rest's first byte
 	restBuf []byte
+	// checking holds the records of one read, kept for the next one.
+	checking []record
 }
 
 // recordPos is where the cursor stands in its segment's index: record
@@ -144,7 +146,8 @@ func (c *Cursor) readChecked(seg *segment, pos, n, limit int64, more bool, buf [
 		return nil, err
 	}
 	start, end := c.at.start, c.at.start
-	var recs []record
+	recs := c.checking[:0]
+	defer func() { c.checking = recs[:0] }()
 	for i := c.at.rec; end < pos+n; i++ {
 		r, err := c.recordAt(i, end, limit)
 		if err != nil {

@@ -6,7 +6,6 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"sync"
 )
 
 // Cursor reads a Log from an offset at its own pace. Each cursor has its own
@@ -47,7 +46,28 @@ type recordPos struct {
 // a larger record gets a buffer of its own.
 const sendBufBytes = 512 << 10
 
-var sendBufs = sync.Pool{New: func() any { b := make([]byte, sendBufBytes); return &b }}
+// sendBufsKept is how many send buffers a log keeps between sends. Sends
+// hold one only while they read, check and write, so few run at once; a
+// free list this small keeps the proxy's memory flat, where a sync.Pool
+// would let the garbage collector free them and allocate them again.
+const sendBufsKept = 2
+
+// sendBuf takes a buffer for one send; putSendBuf gives it back.
+func (l *Log) sendBuf() []byte {
+	select {
+	case b := <-l.sendBufs:
+		return b
+	default:
+		return make([]byte, sendBufBytes)
+	}
+}
+
+func (l *Log) putSendBuf(b []byte) {
+	select {
+	case l.sendBufs <- b:
+	default: // enough kept: this one goes to the garbage collector
+	}
+}
 
 // NewCursor positions a cursor at off, which must lie in [first, end]. It
 // opens the segment holding off at once: a replica still receiving its RDB
@@ -99,12 +119,12 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 		return int64(k), err
 	}
 	c.rest = nil
-	bp := sendBufs.Get().(*[]byte)
-	defer sendBufs.Put(bp)
+	buf := c.log.sendBuf()
+	defer c.log.putSendBuf(buf)
 	total := int64(0)
 	for total < n {
 		pos := c.off - seg.first
-		p, err := c.readChecked(seg, pos, n-total, limit, total > 0, *bp)
+		p, err := c.readChecked(seg, pos, n-total, limit, total > 0, buf)
 		if err != nil {
 			return total, c.readFailed(seg, err)
 		}
@@ -114,8 +134,8 @@ func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 		k, err := w.Write(p)
 		c.off += int64(k)
 		total += int64(k)
-		if err != nil {
-			return total, err
+		if err != nil || k < len(p) {
+			return total, err // a writer that takes what fits now stops here
 		}
 	}
 	return total, nil

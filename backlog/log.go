@@ -125,6 +125,7 @@ type Log struct {
 	follow    followers    // caught-up readers the writer feeds itself (follow.go)
 	times     *timeIndex   // offset -> wall clock, for operators (timeindex.go)
 	holding   bool         // retention is holding bytes for the snapshot (logged once per episode)
+	sendBufs  chan []byte  // buffers kept for sends from disk (cursor.go)
 }
 
 type preparedSegment struct {
@@ -149,7 +150,8 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 		opt.Sync = fileSync
 	}
 	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
-		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1)}
+		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1),
+		sendBufs: make(chan []byte, sendBufsKept)}
 	l.batches.New = func() any { return new(batch) }
 	l.raw.log = func(took time.Duration) {
 		l.log.Warn().Dur("took", took).Dur("for", rawBackoff).

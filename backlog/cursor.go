@@ -3,15 +3,17 @@ package backlog
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 )
 
 // Cursor reads a Log from an offset at its own pace. Each cursor has its own
-// file handles, so many replicas read concurrently, and copies go from the
-// file to the writer with io.Copy, which is sendfile when the writer is a TCP
-// connection: the stream never passes through the proxy's memory. Bytes are
-// verified against their index CRCs before their first send by any cursor.
+// file handles, so many replicas read concurrently. What it sends from disk
+// is read into memory, checked record by record against the index's
+// CRC-32C, and those very bytes are written: a byte damaged on disk (or in
+// the page cache) at any time before a send is never sent, whoever read it
+// before.
 type Cursor struct {
 	log  *Log
 	off  int64
@@ -19,6 +21,52 @@ type Cursor struct {
 	f    *os.File
 	idx  *os.File
 	cuts int64 // the log's cut count when f was opened
+	at   recordPos
+	// rest is the checked tail of a record a send split (a rate-limited
+	// replica's bursts are smaller than a record): the next send starts
+	// with it instead of reading and checking the record again.
+	rest    []byte
+	restOff int64 // the offset of rest's first byte
+	restBuf []byte
+	// checking holds the records of one read, kept for the next one.
+	checking []record
+}
+
+// recordPos is where the cursor stands in its segment's index: record
+// number rec starts at byte start of the segment. A batch of decoded
+// records from number base on saves a read of the index per record.
+type recordPos struct {
+	rec, start int64
+	base       int64
+	recs       []record
+}
+
+// sendBufBytes holds the largest record the upstream link appends (one
+// network read, 512 KiB), so a send reads whole records in one pread;
+// a larger record gets a buffer of its own.
+const sendBufBytes = 512 << 10
+
+// sendBufsKept is how many send buffers a log keeps between sends. Sends
+// hold one only while they read, check and write, so few run at once; a
+// free list this small keeps the proxy's memory flat, where a sync.Pool
+// would let the garbage collector free them and allocate them again.
+const sendBufsKept = 2
+
+// sendBuf takes a buffer for one send; putSendBuf gives it back.
+func (l *Log) sendBuf() []byte {
+	select {
+	case b := <-l.sendBufs:
+		return b
+	default:
+		return make([]byte, sendBufBytes)
+	}
+}
+
+func (l *Log) putSendBuf(b []byte) {
+	select {
+	case l.sendBufs <- b:
+	default: // enough kept: this one goes to the garbage collector
+	}
 }
 
 // NewCursor positions a cursor at off, which must lie in [first, end]. It
@@ -48,36 +96,174 @@ func (c *Cursor) Log() *Log { return c.log }
 // when the cursor is at the end: wait on Log.Changed and call again. Bytes
 // that fail their checksum are not sent: the log is cut before them and
 // Send returns ErrDamaged.
+//
+// The bytes go through memory rather than sendfile: a check of the page
+// cache followed by a sendfile of the same range would send whatever the
+// file holds by then, and a write into the file (or a page evicted and
+// read back from a failing disk) between the two would go out unchecked.
+// The check already copies every byte into memory, so writing from that
+// copy costs one more copy into the socket, not another read.
 func (c *Cursor) Send(w io.Writer, max int64) (int64, error) {
 	seg, n, err := c.find()
 	if err != nil || n == 0 {
 		return 0, err
 	}
+	// Records ending by limit are whole in the index: an append writes
+	// its record there before the log's end moves past its bytes.
+	limit := c.off - seg.first + n
 	n = min(n, max)
-	pos := c.off - seg.first
-	if err := seg.verifyTo(pos+n, c.f, c.idx); err != nil {
-		if c.cutSince() {
-			return 0, nil // the index was cut after find: look again
+	if len(c.rest) > 0 && c.restOff == c.off {
+		k, err := w.Write(c.rest[:min(n, int64(len(c.rest)))])
+		c.off += int64(k)
+		c.rest, c.restOff = c.rest[k:], c.off
+		return int64(k), err
+	}
+	c.rest = nil
+	buf := c.log.sendBuf()
+	defer c.log.putSendBuf(buf)
+	total := int64(0)
+	for total < n {
+		pos := c.off - seg.first
+		p, err := c.readChecked(seg, pos, n-total, limit, total > 0, buf)
+		if err != nil {
+			return total, c.readFailed(seg, err)
 		}
-		var d *damage
-		if errors.As(err, &d) {
-			c.log.damaged(seg, d.problem)
-			return 0, fmt.Errorf("segment %s: %s: %w", c.f.Name(), d.problem, ErrDamaged)
+		if len(p) == 0 {
+			break // the next record does not fit in what is left of max
 		}
-		c.log.log.Error().Err(err).Msg("disk error reading the backlog; the replica is dropped and may resync")
-		return 0, err
+		k, err := w.Write(p)
+		c.off += int64(k)
+		total += int64(k)
+		if err != nil || k < len(p) {
+			return total, err // a writer that takes what fits now stops here
+		}
 	}
-	// Seek before every copy: after a short write the file position says
-	// nothing about what the writer took.
-	if _, err := c.f.Seek(pos, io.SeekStart); err != nil {
-		return 0, fmt.Errorf("seek segment %d to %d: %w", seg.first, pos, err)
+	return total, nil
+}
+
+// readFailed turns a failed read into Send's result: a cut under the read
+// is no error (the next send finds the new end), a checksum mismatch cuts
+// the log at the damaged segment, anything else is a disk error.
+func (c *Cursor) readFailed(seg *segment, err error) error {
+	if c.cutSince() {
+		return nil
 	}
-	sent, err := io.Copy(w, &io.LimitedReader{R: c.f, N: n})
-	c.off += sent
-	if err == nil && sent < n && !c.cutSince() {
-		err = fmt.Errorf("segment %d: %w", seg.first, io.ErrUnexpectedEOF)
+	var d *damage
+	if errors.As(err, &d) {
+		c.log.damaged(seg, d.problem)
+		return fmt.Errorf("segment %s: %s: %w", c.f.Name(), d.problem, ErrDamaged)
 	}
-	return sent, err
+	c.log.log.Error().Err(err).Msg("disk error reading the backlog; the replica is dropped and may resync")
+	return err
+}
+
+// readChecked reads the whole records holding [pos, pos+n) of seg, as many
+// as fit in buf (at least one, unless more is set: then a record that does
+// not fit whole is left for the next call), checks each against its
+// CRC-32C, and returns the checked bytes from pos on, at most n.
+func (c *Cursor) readChecked(seg *segment, pos, n, limit int64, more bool, buf []byte) ([]byte, error) {
+	if err := c.seekRecord(pos, limit); err != nil {
+		return nil, err
+	}
+	start, end := c.at.start, c.at.start
+	recs := c.checking[:0]
+	defer func() { c.checking = recs[:0] }()
+	for i := c.at.rec; end < pos+n; i++ {
+		r, err := c.recordAt(i, end, limit)
+		if err != nil {
+			return nil, err
+		}
+		if end+int64(r.length) > limit {
+			// Appends index whole records only: a longer one is a damaged
+			// index, whose length must not size a read.
+			return nil, &damage{fmt.Sprintf("index record %d covers bytes %d..%d, past the %d the segment holds", i, end, end+int64(r.length), limit)}
+		}
+		fits := end+int64(r.length)-start <= int64(len(buf)) && end+int64(r.length) <= pos+n
+		if !fits && (len(recs) > 0 || more) {
+			break
+		}
+		recs = append(recs, r)
+		end += int64(r.length)
+		if !fits {
+			break
+		}
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	if end-start > int64(len(buf)) {
+		buf = make([]byte, end-start) // one record larger than any network read
+	}
+	b := buf[:end-start]
+	if _, err := c.f.ReadAt(b, start); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("read segment %s at %d: %w", c.f.Name(), start, err)
+	}
+	at := int64(0)
+	for _, r := range recs {
+		rb := b[at : at+int64(r.length)]
+		if crc32.Checksum(rb, castagnoli) != r.crc {
+			from := start + at
+			return nil, &damage{fmt.Sprintf("checksum mismatch in bytes %d..%d (stream offsets %d..%d)",
+				from, from+int64(r.length), seg.first+from, seg.first+from+int64(r.length))}
+		}
+		at += int64(r.length)
+	}
+	if pos+n < end {
+		c.restBuf = append(c.restBuf[:0], b[pos+n-start:]...)
+		c.rest, c.restOff = c.restBuf, seg.first+pos+n
+	}
+	return b[pos-start : min(end, pos+n)-start], nil
+}
+
+// seekRecord moves the cursor's place in the index to the record holding
+// pos; limit is how far the segment's bytes (and so its records) go.
+func (c *Cursor) seekRecord(pos, limit int64) error {
+	if pos < c.at.start {
+		c.at = recordPos{recs: c.at.recs[:0]}
+	}
+	for {
+		r, err := c.recordAt(c.at.rec, c.at.start, limit)
+		if err != nil {
+			return err
+		}
+		if pos < c.at.start+int64(r.length) {
+			return nil
+		}
+		c.at.start += int64(r.length)
+		c.at.rec++
+	}
+}
+
+// recordAt returns record number i of the index, whose bytes start at
+// byte start of the segment, reading a batch of records when i is not in
+// the one held. Only records whose bytes end by limit are kept: in the
+// active segment's index, a record after them may be half written.
+func (c *Cursor) recordAt(i, start, limit int64) (record, error) {
+	if k := i - c.at.base; k >= 0 && k < int64(len(c.at.recs)) {
+		return c.at.recs[k], nil
+	}
+	var raw [512 * recordSize]byte
+	n, err := c.idx.ReadAt(raw[:], int64(len(indexMagic))+i*recordSize)
+	recs := decodeRecords(raw[:n-n%recordSize], c.at.recs[:0])
+	end := start
+	for k, r := range recs {
+		end += int64(r.length)
+		if r.seal() || (end > limit && k > 0) {
+			recs = recs[:k]
+			break
+		}
+	}
+	c.at.base, c.at.recs = i, recs
+	if len(recs) == 0 {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = fmt.Errorf("has no record %d for bytes up to %d", i, limit)
+		}
+		return record{}, fmt.Errorf("read index %s: %w", c.idx.Name(), err)
+	}
+	return recs[0], nil
 }
 
 // cutSince says whether the log was cut since find looked: a cut that
@@ -186,6 +372,7 @@ func (c *Cursor) open(seg *segment) error {
 		return fmt.Errorf("open index of segment %d: %w", seg.first, err)
 	}
 	c.f, c.idx, c.seg = f, idx, seg
+	c.at = recordPos{recs: c.at.recs[:0]}
 	return nil
 }
 
@@ -195,6 +382,8 @@ func (c *Cursor) closeFile() {
 		c.idx.Close()
 		c.f, c.idx, c.seg = nil, nil, nil
 	}
+	c.at = recordPos{recs: c.at.recs[:0]}
+	c.rest = nil
 }
 
 // Close releases the cursor's file handles.

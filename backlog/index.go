@@ -12,13 +12,13 @@ import (
 
 // Each segment has an index beside it: one record per append, holding the
 // length and CRC-32C of the bytes appended. The stream itself stays raw in
-// the segment, so replicas are still served with sendfile, while recovery
-// can tell the last good byte after a crash and refuse corrupted data.
+// the segment, so recovery can tell the last good byte after a crash, and
+// every send from disk checks each record it reads before sending it.
 //
 // A segment whose data and index were fsynced after it was rolled gets one
 // more record, the seal. Recovery trusts the sizes of a sealed segment and
 // checks every CRC of any other: only a segment known to be on disk may skip
-// the check (its bytes are still verified before their first send).
+// the check (its bytes are still checked at every send).
 const (
 	indexSuffix = ".idx"
 	indexMagic  = "RPIDX001"

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -16,64 +14,10 @@ import (
 // sent; the log was cut before them and upstream resends them.
 var ErrDamaged = errors.New("stored bytes do not match their checksum")
 
-// verifier is a segment's verified-up-to mark, shared by every cursor: each
-// record is checked against its CRC once per process lifetime, before its
-// first send, and later readers go straight to sendfile.
-type verifier struct {
-	mu   sync.Mutex
-	upTo atomic.Int64 // bytes from the segment's start checked
-	recs int64        // index records upTo covers; guarded by mu
-}
-
-var verifyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
-
-// damage is a checksum mismatch found while verifying.
+// damage is a checksum mismatch found while reading records to send.
 type damage struct{ problem string }
 
 func (d *damage) Error() string { return d.problem }
-
-// verifyTo checks the records of s until at least need bytes from its start
-// are verified. data and idx are the reader's own handles on its files.
-func (s *segment) verifyTo(need int64, data, idx *os.File) error {
-	if s.ver.upTo.Load() >= need {
-		return nil
-	}
-	s.ver.mu.Lock()
-	defer s.ver.mu.Unlock()
-	bp := verifyBufs.Get().(*[]byte)
-	defer verifyBufs.Put(bp)
-	var raw [512 * recordSize]byte
-	var recs []record
-	for upTo := s.ver.upTo.Load(); upTo < need; {
-		n, err := idx.ReadAt(raw[:], int64(len(indexMagic))+s.ver.recs*recordSize)
-		recs = decodeRecords(raw[:n-n%recordSize], recs[:0])
-		if len(recs) == 0 {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = fmt.Errorf("index %s ends at byte %d of the segment, %d needed", idx.Name(), upTo, need)
-			}
-			return fmt.Errorf("read index %s: %w", idx.Name(), err)
-		}
-		for _, r := range recs {
-			if r.seal() {
-				return fmt.Errorf("index %s is sealed at byte %d of the segment, %d needed", idx.Name(), upTo, need)
-			}
-			ok, err := checkRecord(data, upTo, r, *bp)
-			if err != nil {
-				return fmt.Errorf("verify segment %s at %d: %w", data.Name(), upTo, err)
-			}
-			if !ok {
-				return &damage{fmt.Sprintf("checksum mismatch in bytes %d..%d", upTo, upTo+int64(r.length))}
-			}
-			upTo += int64(r.length)
-			s.ver.recs++
-			s.ver.upTo.Store(upTo)
-			if upTo >= need {
-				return nil
-			}
-		}
-	}
-	return nil
-}
 
 // damaged handles a checksum mismatch in seg: nothing from the start of seg
 // on is served any more; its files and the later segments' are moved aside,
@@ -88,7 +32,12 @@ func (l *Log) damaged(seg *segment, problem string) {
 	}
 	l.mu.RUnlock()
 	if !current {
-		return // already cut, by another reader or the scrub
+		// Cut already (by another reader or the scrub, which logged it),
+		// or removed by retention while a reader held it open: the bytes
+		// are not sent either way, and this reader's find is logged.
+		l.log.Error().Str("file", path).Str("problem", problem).
+			Msg("backlog segment damaged: its bytes are not sent; it is no longer in the log (cut already, or removed by retention), so the replica reading it is dropped and resyncs")
+		return
 	}
 	l.log.Error().Str("file", path).Str("problem", problem).Int64("cut_at", seg.first).
 		Msg("backlog segment damaged: its bytes are not served; the log is cut at the segment's first offset, the files from there on are moved aside, and the upstream link resumes with PSYNC from there")
@@ -305,12 +254,6 @@ func (l *Log) removeSegments(segs []*segment, damaged bool) error {
 // truncate cuts seg's files to size bytes (a record boundary) and makes that
 // durable; the caller has already set seg.size.
 func (l *Log) truncate(seg *segment, size int64) error {
-	seg.ver.mu.Lock()
-	defer seg.ver.mu.Unlock()
-	if seg.ver.upTo.Load() > size {
-		seg.ver.upTo.Store(0)
-		seg.ver.recs = 0
-	}
 	path := segmentPath(l.dir, seg.first)
 	recs, err := recordsUpTo(path, size)
 	if err != nil {

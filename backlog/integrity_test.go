@@ -293,7 +293,7 @@ func TestScrubFindsDamage(t *testing.T) {
 	s.Append(pattern(2500, 7))
 	s.SyncNow()
 	seg := segmentPath(filepath.Join(dir, "log", "1"), 1001)
-	readAll(t, s.Log(), 1) // every record verified once, as a replica's first read does
+	readAll(t, s.Log(), 1) // a replica read it all: the scrub still rechecks it
 	redisprocEventually(t, "segment 1001 sealed", func() bool { _, sealed, _ := readIndex(indexPath(seg)); return sealed })
 	flipByte(t, seg, 10)
 	redisprocEventually(t, "the scrub to cut the log at 1001", func() bool { return s.State().End == 1001 })

@@ -64,7 +64,6 @@ type segment struct {
 	size   int64       // guarded by Log.mu
 	sealed time.Time   // when it stopped growing; zero for the active segment
 	synced atomic.Bool // fsynced whole after its roll, and sealed in its index
-	ver    verifier
 }
 
 func (s *segment) end() int64 { return s.first + s.size }
@@ -119,6 +118,7 @@ type Log struct {
 	follow    followers    // caught-up readers the writer feeds itself (follow.go)
 	times     *timeIndex   // offset -> wall clock, for operators (timeindex.go)
 	holding   bool         // retention is holding bytes for the snapshot (logged once per episode)
+	sendBufs  chan []byte  // buffers kept for sends from disk (cursor.go)
 
 	culpritMu sync.Mutex
 	culprits  map[int64]bool // first offsets of segments found damaged, until moved aside
@@ -149,7 +149,8 @@ func OpenLog(dir string, start int64, opt LogOptions) (*Log, error) {
 		opt.damaged = newDamagedArea(opt.DamagedDir, opt.DamagedMaxBytes, opt.Logger)
 	}
 	l := &Log{dir: dir, opt: opt, log: opt.Logger, first: start, end: start,
-		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1)}
+		changed: make(chan struct{}), rewound: make(chan struct{}), next: make(chan preparedSegment, 1),
+		sendBufs: make(chan []byte, sendBufsKept)}
 	l.batches.New = func() any { return new(batch) }
 	segs, err := l.recover()
 	if err != nil {

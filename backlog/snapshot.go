@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/hdt3213/rdb/crc64jones"
 )
@@ -213,8 +214,10 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 
 // OpenSnapshot opens the current snapshot for a full sync. The handle stays
 // valid even if a newer snapshot replaces it meanwhile. The first time a
-// snapshot is served in this process its CRC-64 is checked; a damaged one is
-// moved aside and ErrSnapshotDamaged returned until a fresh one is adopted.
+// snapshot is served in this process its CRC-64 is checked whole, before a
+// byte goes out; a damaged one is moved aside and ErrSnapshotDamaged
+// returned until a fresh one is adopted. Damage after that check is caught
+// by the send itself (SnapshotReader), at every full sync.
 func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 	s.mu.RLock()
 	snap := s.meta.Snapshot
@@ -234,7 +237,9 @@ func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 	return f, *snap, nil
 }
 
-// verifySnapshotOnce checks snap's CRC-64 unless this process already did.
+// verifySnapshotOnce checks snap's CRC-64 unless this process already did:
+// a replica then waits rather than be sent an RDB that stops short of its
+// end. It is no guarantee by itself, as the file may change after it.
 func (s *Store) verifySnapshotOnce(snap SnapshotInfo) error {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
@@ -454,4 +459,97 @@ func (s *Store) scrubSnapshot(pace func(int64) error) error {
 		s.snapshotDamagedLocked(*snap, err)
 	}
 	return nil
+}
+
+// snapshotHeldBytes is what a full sync holds back until the running CRC-64
+// of everything sent matches the meta's: the RDB's own CRC-64 trailer. A
+// Redis replica that loads from disk loads nothing it has not received
+// whole, and one that loads from the socket does not accept an RDB without
+// its trailer, so a snapshot damaged at any time before or during a send
+// never reaches a replica complete.
+const snapshotHeldBytes = 8
+
+// SnapshotReader reads the snapshot for one full sync. Every byte it
+// returns went through a running CRC-64, and the last snapshotHeldBytes
+// come only once the CRC-64 of the whole file, as read, matches the one
+// recorded when the RDB was received. A mismatch returns
+// ErrSnapshotDamaged and moves the snapshot aside, as the scrub does.
+type SnapshotReader struct {
+	store *Store
+	f     *os.File
+	snap  SnapshotInfo
+	crc   hash.Hash64
+	off   int64
+}
+
+// NewSnapshotReader reads f, opened by OpenSnapshot for snap, from its start.
+func (s *Store) NewSnapshotReader(f *os.File, snap SnapshotInfo) *SnapshotReader {
+	return &SnapshotReader{store: s, f: f, snap: snap, crc: crc64jones.New()}
+}
+
+// Read returns the next bytes of the snapshot, never the held-back tail
+// together with the bytes before it.
+func (r *SnapshotReader) Read(p []byte) (int, error) {
+	size := r.snap.Size
+	if r.off >= size {
+		return 0, io.EOF
+	}
+	held := max(size-snapshotHeldBytes, 0)
+	last := r.off >= held
+	if !last {
+		p = p[:min(int64(len(p)), held-r.off)]
+	} else if int64(len(p)) < size-r.off {
+		return 0, fmt.Errorf("snapshot %s: a read of %d bytes cannot take its last %d at once", r.snap.File, len(p), size-r.off)
+	}
+	p = p[:min(int64(len(p)), size-r.off)]
+	n, err := r.f.ReadAt(p, r.off)
+	if n < len(p) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // shorter than the meta says: cut under us
+		}
+		return 0, fmt.Errorf("read snapshot %s at %d: %w", r.snap.File, r.off, err)
+	}
+	if last {
+		if err := r.check(p[:n]); err != nil {
+			return 0, err
+		}
+	} else {
+		r.crc.Write(p[:n])
+	}
+	r.off += int64(n)
+	return n, nil
+}
+
+// check compares the CRC-64 of everything read with tail appended against
+// the meta's (or, for a meta that predates it, the RDB's own trailer).
+func (r *SnapshotReader) check(tail []byte) error {
+	var got, want uint64
+	before := r.crc.Sum64()
+	r.crc.Write(tail)
+	switch {
+	case r.snap.CRC64 != "":
+		got = r.crc.Sum64()
+		v, err := strconv.ParseUint(r.snap.CRC64, 16, 64)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: meta CRC-64 %q: %w", r.snap.File, r.snap.CRC64, err)
+		}
+		want = v
+	case len(tail) == snapshotHeldBytes:
+		got, want = before, binary.LittleEndian.Uint64(tail)
+		if want == 0 {
+			return nil // rdbchecksum no: nothing to check against
+		}
+	default:
+		return nil
+	}
+	if got == want {
+		return nil
+	}
+	err := fmt.Errorf("snapshot %s: CRC-64 of the bytes sent %016x, recorded %016x: %w", filepath.Join(r.store.dir, "snapshot", r.snap.File), got, want, ErrSnapshotDamaged)
+	r.store.snapMu.Lock()
+	defer r.store.snapMu.Unlock()
+	if r.store.snapDamaged != r.snap.File {
+		r.store.snapshotDamagedLocked(r.snap, fmt.Errorf("found while sending it, its last %d bytes held back: %w", len(tail), err))
+	}
+	return err
 }

@@ -417,8 +417,10 @@ func (s *Store) Close() error {
 }
 
 // scrub rechecks, at ScrubRate, every sealed segment's CRCs and the
-// snapshot's CRC-64: damage that appears after a record's first verified
-// send is found before a later replica reads it.
+// snapshot's CRC-64. It is not what keeps damage from replicas: every send
+// checks what it reads (Cursor.Send, SnapshotReader). It finds damage in
+// what nobody reads, so that it is logged, moved aside and resent by the
+// master while the master still holds it, before a replica needs it.
 func (s *Store) scrub(ctx context.Context) {
 	defer close(s.scrubDone)
 	pause := s.opt.ScrubPause

@@ -88,14 +88,14 @@ func keptSnapshotAction(o SnapshotInfo, err error) string {
 }
 
 // segmentAction says what the proxy does about a damaged segment, following
-// recovery (OpenLog), the check before each first send, and the scrub.
+// recovery (OpenLog), the check at every send, and the scrub.
 func segmentAction(first int64, chk segmentCheck, last bool) string {
 	cutAt := first + chk.valid
 	switch {
 	case chk.unverifiable:
 		return fmt.Sprintf("at start, the proxy moves this segment and those after it into damaged/ and resumes with PSYNC from offset %d%s", first, resendNote)
 	case chk.mismatch && chk.sealed && !last:
-		return fmt.Sprintf("this segment was fsynced whole, so recovery trusts its sizes; the proxy finds the mismatch before sending these bytes (at their first read, or by the background scrub), moves this segment and those after it into damaged/ and resumes with PSYNC from offset %d%s", first, resendNote)
+		return fmt.Sprintf("this segment was fsynced whole, so recovery trusts its sizes; the proxy finds the mismatch before sending these bytes (at every read for a replica, or by the background scrub), moves this segment and those after it into damaged/ and resumes with PSYNC from offset %d%s", first, resendNote)
 	case chk.mismatch:
 		return fmt.Sprintf("at start, the proxy keeps a copy of this segment in damaged/, cuts it at its last good record (offset %d), moves the segments after it into damaged/ and resumes with PSYNC from there%s", cutAt, resendNote)
 	}

@@ -48,7 +48,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		cur.Close()
 		return nil, err
 	}
-	if err := r.sendFile(ctx, f, snap.Size); err != nil {
+	if err := r.sendFile(ctx, r.srv.cfg.Store.NewSnapshotReader(f, snap), snap.Size); err != nil {
 		cur.Close()
 		return nil, fmt.Errorf("send snapshot %s: %w", snap.File, err)
 	}
@@ -172,35 +172,51 @@ func (r *replica) openSnapshot() (*os.File, backlog.SnapshotInfo, *backlog.Curso
 	return f, snap, cur, st.ReplID, nil
 }
 
-// sendFile copies the RDB in chunks, each under its own write deadline, so a
+// sendFile sends the RDB in chunks, each under its own write deadline, so a
 // slow but live replica is not cut off while a dead one is. A replica that
 // took no byte for a whole timeout is not slow but stuck: it would hold
 // its full-sync slot and the snapshot file for as long as it kept talking.
-func (r *replica) sendFile(ctx context.Context, f *os.File, size int64) error {
+//
+// The bytes go through memory, read from rd (a backlog.SnapshotReader):
+// what is written is what went through its CRC-64, and the RDB's last
+// bytes go only once that matches (sendfile would send whatever the file
+// holds by then). After a short write the rest of the same chunk is
+// written, never read again.
+func (r *replica) sendFile(ctx context.Context, rd io.Reader, size int64) error {
+	bp := r.srv.snapshotBufs.Get().(*[]byte)
+	defer r.srv.snapshotBufs.Put(bp)
+	buf := (*bp)[:min(int64(len(*bp)), r.chunk())]
 	for sent := int64(0); sent < size; {
-		// After a short write the file position says nothing about what
-		// the replica took: a copy through a buffer read ahead of it.
-		if _, err := f.Seek(sent, io.SeekStart); err != nil {
-			return fmt.Errorf("seek snapshot to %d: %w", sent, err)
-		}
-		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
-		n, err := io.Copy(r.out, &io.LimitedReader{R: f, N: min(size-sent, r.chunk())})
-		sent += n
-		r.sentBytes.Add(n)
-		if err == nil {
-			err = r.flushed(n)
-		}
-		if err != nil && n > 0 && r.alive(err) {
-			continue
-		}
-		if err != nil {
+		k, err := rd.Read(buf)
+		if errors.Is(err, backlog.ErrSnapshotDamaged) {
+			r.log.Error().Err(err).Int64("sent", sent).Int64("rdb_bytes", size).
+				Msg("snapshot damaged: its last bytes are not sent, so the replica never gets a whole RDB; it is dropped and waits for a fresh snapshot")
 			return err
 		}
-		if err := r.pace(ctx, n); err != nil {
+		if k == 0 && (err == nil || errors.Is(err, io.EOF)) {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
-		if n == 0 {
-			return io.ErrUnexpectedEOF
+		for p := buf[:k]; len(p) > 0; {
+			r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
+			n, err := r.out.Write(p)
+			p = p[n:]
+			sent += int64(n)
+			r.sentBytes.Add(int64(n))
+			if err == nil {
+				err = r.flushed(int64(n))
+			}
+			if err != nil && n > 0 && r.alive(err) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if err := r.pace(ctx, int64(k)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -611,7 +611,13 @@ func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 		}
 	}
 	r.full = false
-	n, err := cur.Send(r.out, r.chunk())
+	var n int64
+	var err error
+	if w, ok := r.memOut.(memoryWriter); ok {
+		n, err = r.sendFromDisk(cur, w.raw)
+	} else {
+		n, err = cur.Send(r.out, r.chunk())
+	}
 	r.srv.stats.SentFromDisk.Add(n)
 	return n, err
 }

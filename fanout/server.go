@@ -154,12 +154,16 @@ type Server struct {
 	users     map[string]*User
 	authFails failureLog
 	cluster   clusterHooks
+
+	// snapshotBufs hold one chunk of an RDB on its way to a replica.
+	snapshotBufs sync.Pool
 }
 
 // New returns a Server; Serve runs it.
 func New(cfg Config) *Server {
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer()}
+	s.snapshotBufs.New = func() any { b := make([]byte, 256<<10); return &b }
 	s.users = make(map[string]*User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		s.users[u.Name] = &u

@@ -175,16 +175,19 @@ type failureLog struct {
 }
 
 // note counts one failure and says whether to log now, and how many.
-func (f *failureLog) note(now time.Time) (int, bool) {
+func (f *failureLog) note(now time.Time) (int, bool) { return f.noteN(now, 1) }
+
+// noteN counts n failures at once.
+func (f *failureLog) noteN(now time.Time, n int) (int, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pending++
+	f.pending += n
 	if now.Sub(f.last) < time.Second {
 		return 0, false
 	}
-	n := f.pending
+	k := f.pending
 	f.pending, f.last = 0, now
-	return n, true
+	return k, true
 }
 
 func (c *client) auth(args [][]byte) {
@@ -212,6 +215,8 @@ func (c *client) auth(args [][]byte) {
 	if c.user == nil {
 		// Authenticated: the limits for strangers and their deadline end.
 		c.rd.SetLimits(resp.DefaultLimits())
+		c.rd.SetMemoryHook(nil)
+		c.srv.releaseUnauth(c)
 		c.conn.SetReadDeadline(time.Time{})
 	}
 	c.user = u

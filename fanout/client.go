@@ -44,6 +44,9 @@ type client struct {
 	// replicaVersion is what a Valkey replica announces; shown in INFO
 	// and compared with the snapshot's producer.
 	replicaVersion string
+	// evicted is set, under the budget's lock, when the client is closed
+	// to keep unauthenticated buffers within their budget.
+	evicted bool
 }
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
@@ -74,6 +77,8 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	br := bufio.NewReaderSize(conn, 4<<10)
 	if c.user == nil {
 		c.rd = resp.NewReader(br, resp.UnauthenticatedLimits())
+		c.rd.SetMemoryHook(func(n int) error { return s.chargeUnauth(c, n) })
+		defer s.releaseUnauth(c)
 		conn.SetReadDeadline(time.Now().Add(s.cfg.AuthTimeout))
 	} else {
 		c.rd = resp.NewReader(br, resp.DefaultLimits())
@@ -117,6 +122,9 @@ func (c *client) flush() error {
 }
 
 func (c *client) readFailed(err error) {
+	if errors.Is(err, errEvicted) {
+		return // counted and logged, at most once a second, by chargeUnauth
+	}
 	var pe *resp.ProtocolError
 	if errors.As(err, &pe) {
 		c.srv.stats.Rejected.Add(1)

@@ -50,6 +50,9 @@ type Config struct {
 	// MultiMaxCommands and MultiMaxBytes cap one client's MULTI queue.
 	MultiMaxCommands int
 	MultiMaxBytes    int
+	// UnauthMaxMemory bounds the query buffers of all unauthenticated
+	// clients together; past it the largest are closed.
+	UnauthMaxMemory int64
 	Logger           zerolog.Logger
 	Version          string
 	RunID            string
@@ -104,6 +107,9 @@ func (c *Config) setDefaults() {
 	if c.MultiMaxBytes == 0 {
 		c.MultiMaxBytes = 1 << 20
 	}
+	if c.UnauthMaxMemory == 0 {
+		c.UnauthMaxMemory = DefaultUnauthMaxMemory
+	}
 }
 
 // Stats are the counters INFO stats reports.
@@ -124,7 +130,13 @@ type Stats struct {
 	RejectedConns   atomic.Int64 // over maxclients
 	ProtectedDenied atomic.Int64 // -DENIED by protected mode
 	AuthTimeouts    atomic.Int64 // closed for not authenticating in time
+	EvictedClients  atomic.Int64 // unauthenticated, closed to keep their buffers within budget
 }
+
+// DefaultUnauthMaxMemory is room for about 25 unauthenticated clients
+// at their largest (10 arguments of 16 KiB), and for many thousands that
+// send only an AUTH.
+const DefaultUnauthMaxMemory = 4 << 20
 
 // Server accepts downstream connections: replicas, operators, Sentinel.
 type Server struct {
@@ -148,13 +160,15 @@ type Server struct {
 
 	users     map[string]*User
 	authFails failureLog
+	unauth    *unauthBudget
 	cluster   clusterHooks
 }
 
 // New returns a Server; Serve runs it.
 func New(cfg Config) *Server {
 	cfg.setDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer()}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer(),
+		unauth: newUnauthBudget(cfg.UnauthMaxMemory)}
 	s.users = make(map[string]*User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		s.users[u.Name] = &u

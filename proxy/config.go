@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 )
 
 // Config is the whole proxy configuration, as config.yaml spells it.
@@ -33,9 +34,13 @@ type Config struct {
 	// (only when a password or user is configured).
 	AuthTimeout Duration `yaml:"auth_timeout"`
 	// MultiMaxCommands and MultiMaxBytes cap what one MULTI may queue.
-	MultiMaxCommands int    `yaml:"multi_max_commands"`
-	MultiMaxBytes    Size   `yaml:"multi_max_bytes"`
-	MetricsListen    string `yaml:"metrics_listen"`
+	MultiMaxCommands int  `yaml:"multi_max_commands"`
+	MultiMaxBytes    Size `yaml:"multi_max_bytes"`
+	// MaxMemoryUnauthClients bounds the buffers of all unauthenticated
+	// clients together (Redis 7's maxmemory-clients, for strangers only);
+	// past it the largest are closed first.
+	MaxMemoryUnauthClients Size   `yaml:"maxmemory_unauthenticated_clients"`
+	MetricsListen          string `yaml:"metrics_listen"`
 	// PprofListen serves Go's profiles at /debug/pprof/ (empty: off). It
 	// has no authentication, so only a loopback address is accepted.
 	PprofListen string         `yaml:"pprof_listen"`
@@ -123,13 +128,14 @@ type LogConfig struct {
 // Defaults returns a configuration with every default filled in.
 func Defaults() Config {
 	return Config{
-		Listen:           "127.0.0.1:6380",
-		DataDir:          "./data",
-		ProtectedMode:    true,
-		MaxClients:       10000,
-		AuthTimeout:      Duration(10 * time.Second),
-		MultiMaxCommands: 1000,
-		MultiMaxBytes:    1 << 20,
+		Listen:                 "127.0.0.1:6380",
+		DataDir:                "./data",
+		ProtectedMode:          true,
+		MaxClients:             10000,
+		AuthTimeout:            Duration(10 * time.Second),
+		MultiMaxCommands:       1000,
+		MultiMaxBytes:          1 << 20,
+		MaxMemoryUnauthClients: fanout.DefaultUnauthMaxMemory,
 		Master: MasterConfig{
 			ReplTimeout:    Duration(60 * time.Second),
 			ConnectTimeout: Duration(5 * time.Second),

@@ -118,6 +118,7 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		AuthTimeout:      time.Duration(cfg.AuthTimeout),
 		MultiMaxCommands: cfg.MultiMaxCommands,
 		MultiMaxBytes:    int(cfg.MultiMaxBytes),
+		UnauthMaxMemory:  int64(cfg.MaxMemoryUnauthClients),
 		Logger:           log.With().Str("component", "fanout").Logger(),
 		Version:          version,
 		RunID:            backlog.RandomReplID(),

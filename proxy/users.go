@@ -81,6 +81,9 @@ func (c Config) validateClients() error {
 	if c.MultiMaxCommands < 1 || c.MultiMaxBytes < 1 {
 		return errors.New("multi_max_commands and multi_max_bytes must be positive")
 	}
+	if c.MaxMemoryUnauthClients < 256<<10 {
+		return fmt.Errorf("maxmemory_unauthenticated_clients %d: must be at least 256KiB (one unauthenticated client may hold 160KiB)", c.MaxMemoryUnauthClients)
+	}
 	_, err := c.fanoutUsers()
 	return err
 }

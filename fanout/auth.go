@@ -24,6 +24,9 @@ const (
 	// RoleMonitor is for Sentinel without failover rights, and for
 	// exporters: reading state and the hello channel.
 	RoleMonitor Role = "monitor"
+	// RoleProxy is for downstream replproxies: a replica's commands, and
+	// also REPLCONF capa replproxy-refresh, which may fork the master.
+	RoleProxy Role = "proxy"
 	// RoleAdmin may do everything, REPLICAOF included.
 	RoleAdmin Role = "admin"
 )
@@ -44,12 +47,20 @@ type User struct {
 }
 
 // Valid reports whether r names a role.
-func (r Role) Valid() bool { return r == RoleReplica || r == RoleMonitor || r == RoleAdmin }
+func (r Role) Valid() bool {
+	return r == RoleReplica || r == RoleMonitor || r == RoleProxy || r == RoleAdmin
+}
+
+// mayRefresh says whether u's capa replproxy-refresh is honoured: it makes
+// the proxy fork its master for a newer snapshot, which a Redis replica
+// never needs and a replica-role password must not be able to ask for.
+func (u *User) mayRefresh() bool { return u.Role == RoleAdmin || u.Role == RoleProxy }
 
 // roleCommands lists what each limited role may run; "cmd|sub" names a
 // subcommand, as Redis' ACL does. AUTH and QUIT are open to everyone.
 var roleCommands = map[Role]map[string]bool{
 	RoleReplica: setOf("auth", "quit", "ping", "replconf", "psync", "sync", "info", "role"),
+	RoleProxy:   setOf("auth", "quit", "ping", "replconf", "psync", "sync", "info", "role"),
 	// CLUSTER SLOTS and SHARDS are read-only: far-side cluster clients
 	// need them, and must not need credentials that can repoint the proxy.
 	RoleMonitor: setOf("auth", "quit", "ping", "info", "role", "client|setname", "client|getname", "subscribe",

@@ -156,7 +156,12 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 		req = &psyncRequest{replid: string(args[1]), offset: off}
 	}
 	r := c.newReplica(cmd == "sync")
-	if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
+	if c.capaRefresh && !c.user.mayRefresh() {
+		// Served as any replica: the stored snapshot, and a wait only
+		// when the proxy itself needs a newer one.
+		c.log.Info().Str("user", c.user.Name).Str("role", string(c.user.Role)).
+			Msg("capa " + CapaRefresh + " ignored: only the proxy and admin roles may ask for a newer snapshot, which forks the master")
+	} else if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
 		// The requester follows this proxy, so the most it needs is a
 		// snapshot one byte past the stream it holds, which is never past
 		// the stream held here. One that asks for more could only wait in

@@ -105,6 +105,10 @@ type SnapshotConfig struct {
 	// the stream that follows the snapshot, so the snapshot stays usable
 	// until a newer one is adopted; 0 means backlog.max_bytes.
 	HoldMaxBytes Size `yaml:"hold_max_bytes"`
+	// MaxRefreshesPerHour bounds the refreshes, each a fork of the master,
+	// in any hour, whoever asks: the proxy itself, a waiting replica or a
+	// downstream replproxy.
+	MaxRefreshesPerHour int `yaml:"max_refreshes_per_hour"`
 }
 
 // ReplicaConfig is the downstream side.
@@ -148,7 +152,7 @@ func Defaults() Config {
 			Fsync:        string(backlog.FsyncEverySec),
 			ScrubRate:    16 << 20,
 		},
-		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1},
+		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1, MaxRefreshesPerHour: 6},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second)},
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
@@ -219,6 +223,9 @@ func (c Config) Validate() error {
 	}
 	if c.Snapshot.MinInterval < Duration(time.Second) {
 		return fmt.Errorf("snapshot.min_interval %s: must be at least 1s (each refresh forks the master)", time.Duration(c.Snapshot.MinInterval))
+	}
+	if c.Snapshot.MaxRefreshesPerHour < 1 {
+		return fmt.Errorf("snapshot.max_refreshes_per_hour %d: must be at least 1 (a snapshot past retention can only be renewed by a refresh)", c.Snapshot.MaxRefreshesPerHour)
 	}
 	if c.Snapshot.HoldMaxBytes < 0 {
 		return fmt.Errorf("snapshot.hold_max_bytes %d: must not be negative", c.Snapshot.HoldMaxBytes)

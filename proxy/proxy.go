@@ -164,6 +164,7 @@ func refreshConfig(cfg Config) RefreshConfig {
 		AfterBytes:  after,
 		MinInterval: time.Duration(cfg.Snapshot.MinInterval),
 		HoldTimeout: time.Duration(cfg.Master.ReplTimeout),
+		MaxPerHour:  cfg.Snapshot.MaxRefreshesPerHour,
 	}
 }
 
@@ -172,6 +173,7 @@ func (p *Proxy) stats() []fanout.KV {
 	return append(p.link.Stats(),
 		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
 		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
+		fanout.KV{Key: "snapshot_refreshes_refused", Value: p.snap.refused.Load()},
 		// Redis 7's names, so redis_exporter's net_repl_*_bytes_total work.
 		fanout.KV{Key: "total_net_repl_input_bytes", Value: p.link.wireBytes.Load()},
 		fanout.KV{Key: "total_net_repl_output_bytes", Value: p.fan.BytesSent()},

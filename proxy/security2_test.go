@@ -1,16 +1,21 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
+	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/resp"
 )
 
 // withheldCommand is the largest command an unauthenticated client may
@@ -105,4 +110,150 @@ func TestUnauthenticatedBuffersHaveATotalBudget(t *testing.T) {
 	stopLoad()
 	r.waitInSync(t)
 	expectInt(t, "proxy connected_slaves", tp.infoInt("replication", "connected_slaves"), 1)
+}
+
+// askForRefresh sends what a downstream replproxy sends for a snapshot at
+// need or later, as user, and returns the first reply line (or "" when
+// none came within wait) and the connection, which the caller closes.
+func askForRefresh(t *testing.T, addr, user, pass string, need int64, wait time.Duration) (string, net.Conn) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var req []byte
+	req = resp.AppendCommand(req, "AUTH", user, pass)
+	req = resp.AppendCommand(req, "REPLCONF", "capa", fanout.CapaRefresh)
+	req = resp.AppendCommand(req, "REPLCONF", "rdb-only", "1")
+	req = resp.AppendCommand(req, "PSYNC", "?", strconv.FormatInt(need, 10))
+	if _, err := conn.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	conn.SetReadDeadline(time.Now().Add(wait))
+	for i := 0; i < 3; i++ { // AUTH and the two REPLCONFs
+		if line, err := br.ReadString('\n'); err != nil || line != "+OK\r\n" {
+			t.Fatalf("handshake as %s: %q %v", user, line, err)
+		}
+	}
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return "", conn
+		}
+		if line != "\n" { // keepalives while it waits
+			return strings.TrimSpace(line), conn
+		}
+	}
+}
+
+func fullResyncOffset(t *testing.T, line string) int64 {
+	t.Helper()
+	f := strings.Fields(line)
+	if len(f) != 3 || f[0] != "+FULLRESYNC" {
+		t.Fatalf("want +FULLRESYNC <replid> <offset>, got %q", line)
+	}
+	off, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return off
+}
+
+// writeAndFollow writes a key and waits for the proxy to hold it; it
+// returns the proxy's offset then.
+func writeAndFollow(t *testing.T, m *redisproc.Server, p *testProxy, key string) int64 {
+	t.Helper()
+	m.Client().Set(t.Context(), key, "v", 0)
+	want := m.InfoInt("replication", "master_repl_offset")
+	redisproc.Eventually(t, 10*time.Second, "the proxy to hold "+key, func() (bool, string) {
+		got := p.infoInt("replication", "master_repl_offset")
+		return got >= want, fmt.Sprintf("proxy at %d, master at %d", got, want)
+	})
+	return p.infoInt("replication", "master_repl_offset")
+}
+
+func refreshUsers() []proxy.UserConfig {
+	return []proxy.UserConfig{
+		{Name: "repl", Password: "replica-pw", Role: "replica"},
+		{Name: "down", Password: "proxy-pw", Role: "proxy"},
+		{Name: "op", Password: "op-pw", Role: "admin"},
+	}
+}
+
+// Issue 23, point 2: a replica-role user's capa replproxy-refresh is
+// ignored. It gets the stored snapshot at once, as any replica, and the
+// master is not forked (its sync_full stays at the proxy's first sync),
+// past the 10 s floor between urgent refreshes.
+func TestReplicaRoleCannotForkTheMaster(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Users = refreshUsers()
+	p := startProxy(t, cfg)
+	redisproc.Eventually(t, syncTimeout, "the proxy's first sync", func() (bool, string) {
+		st := p.info("replication")["master_link_status"]
+		return st == "up", st
+	})
+	stored := p.infoInt("proxy", "snapshot_offset")
+	deadline := time.Now().Add(12 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		end := writeAndFollow(t, m, p, "k"+strconv.Itoa(i))
+		line, conn := askForRefresh(t, cfg.Listen, "repl", "replica-pw", end, 5*time.Second)
+		conn.Close()
+		if off := fullResyncOffset(t, line); off >= end {
+			t.Fatalf("a replica-role user asked for offset %d and got a snapshot at %d", end, off)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	expectInt(t, "master sync_full", m.InfoInt("stats", "sync_full"), 1)
+	if got := p.infoInt("proxy", "snapshot_offset"); got != stored && stored >= 0 {
+		t.Fatalf("the stored snapshot moved from %d to %d", stored, got)
+	}
+}
+
+// Issue 23, point 2: whoever asks, at most snapshot.max_refreshes_per_hour
+// refreshes fork the master in an hour. A proxy-role user gets two
+// (10 s apart, the urgent floor); the third is refused, counted in INFO
+// stats and logged, and the master's sync_full stays at 3.
+func TestRefreshesPerHourAreCapped(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Users = refreshUsers()
+	cfg.Snapshot.MinInterval = proxy.Duration(10 * time.Minute)
+	cfg.Snapshot.MaxRefreshesPerHour = 2
+	p := startProxy(t, cfg)
+	redisproc.Eventually(t, syncTimeout, "the proxy's first sync", func() (bool, string) {
+		st := p.info("replication")["master_link_status"]
+		return st == "up", st
+	})
+	for i := 0; i < 2; i++ {
+		end := writeAndFollow(t, m, p, "k"+strconv.Itoa(i))
+		line, conn := askForRefresh(t, cfg.Listen, "down", "proxy-pw", end, 60*time.Second)
+		conn.Close()
+		if off := fullResyncOffset(t, line); off < end {
+			t.Fatalf("refresh %d: asked for offset %d, got a snapshot at %d", i+1, end, off)
+		}
+	}
+	expectInt(t, "master sync_full after two refreshes", m.InfoInt("stats", "sync_full"), 3)
+	end := writeAndFollow(t, m, p, "k-third")
+	waiting := make(chan string, 1)
+	go func() {
+		line, conn := askForRefresh(t, cfg.Listen, "down", "proxy-pw", end, 20*time.Second)
+		conn.Close()
+		waiting <- line
+	}()
+	redisproc.Eventually(t, 20*time.Second, "the third refresh to be refused", func() (bool, string) {
+		n := p.infoInt("stats", "snapshot_refreshes_refused")
+		return n == 1, fmt.Sprintf("snapshot_refreshes_refused %d", n)
+	})
+	if line := <-waiting; line != "" {
+		t.Fatalf("the third request was served: %q", line)
+	}
+	expectInt(t, "master sync_full", m.InfoInt("stats", "sync_full"), 3)
+	expectInt(t, "snapshot_refreshes_refused", p.infoInt("stats", "snapshot_refreshes_refused"), 1)
+	if log, _ := os.ReadFile(p.logPath); !strings.Contains(string(log), "max_refreshes_per_hour") {
+		t.Fatal("no log line says the refresh was refused")
+	}
 }

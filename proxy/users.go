@@ -14,7 +14,7 @@ import (
 
 // UserConfig is one downstream account, like an ACL user in Redis: a name,
 // a password (or "#" and its SHA-256 in hex, as ACL SETUSER takes it), and
-// a role: replica, monitor or admin.
+// a role: replica, monitor, proxy or admin.
 type UserConfig struct {
 	Name         string `yaml:"name"`
 	Password     string `yaml:"password"`
@@ -108,7 +108,7 @@ func (c Config) fanoutUsers() ([]fanout.User, error) {
 		seen[u.Name] = true
 		role := fanout.Role(u.Role)
 		if !role.Valid() {
-			return nil, fmt.Errorf("%s (%s): role %q: want replica, monitor or admin", where, u.Name, u.Role)
+			return nil, fmt.Errorf("%s (%s): role %q: want replica, monitor, proxy or admin", where, u.Name, u.Role)
 		}
 		hash, err := passwordHash(u.Password)
 		if err != nil {

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/resp"
 )

@@ -50,14 +50,11 @@ type Config struct {
 	// MultiMaxCommands and MultiMaxBytes cap one client's MULTI queue.
 	MultiMaxCommands int
 	MultiMaxBytes    int
-	// UnauthMaxMemory bounds the query buffers of all unauthenticated
-	// clients together; past it the largest are closed.
-	UnauthMaxMemory int64
-	Logger          zerolog.Logger
-	Version         string
-	RunID           string
-	Port            int           // announced in INFO server
-	ReplTimeout     time.Duration // a replica that accepts no byte for this long is dropped
+	Logger           zerolog.Logger
+	Version          string
+	RunID            string
+	Port             int           // announced in INFO server
+	ReplTimeout      time.Duration // a replica that accepts no byte for this long is dropped
 	// HoldAhead is how long a PSYNC for an offset the proxy has not yet
 	// received (same history, e.g. after a proxy crash) waits for the
 	// upstream to catch up before it falls back to a full sync.
@@ -83,6 +80,10 @@ type Config struct {
 	NeedSnapshot func(minOffset int64)
 	// ProxyInfo fills INFO's proxy section: ages, last ACK and progress.
 	ProxyInfo func() []KV
+
+	// UnauthMaxMemory bounds the query buffers of all unauthenticated
+	// clients together; past it the largest are closed.
+	UnauthMaxMemory int64
 }
 
 func (c *Config) setDefaults() {

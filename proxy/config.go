@@ -34,13 +34,9 @@ type Config struct {
 	// (only when a password or user is configured).
 	AuthTimeout Duration `yaml:"auth_timeout"`
 	// MultiMaxCommands and MultiMaxBytes cap what one MULTI may queue.
-	MultiMaxCommands int  `yaml:"multi_max_commands"`
-	MultiMaxBytes    Size `yaml:"multi_max_bytes"`
-	// MaxMemoryUnauthClients bounds the buffers of all unauthenticated
-	// clients together (Redis 7's maxmemory-clients, for strangers only);
-	// past it the largest are closed first.
-	MaxMemoryUnauthClients Size   `yaml:"maxmemory_unauthenticated_clients"`
-	MetricsListen          string `yaml:"metrics_listen"`
+	MultiMaxCommands int    `yaml:"multi_max_commands"`
+	MultiMaxBytes    Size   `yaml:"multi_max_bytes"`
+	MetricsListen    string `yaml:"metrics_listen"`
 	// PprofListen serves Go's profiles at /debug/pprof/ (empty: off). It
 	// has no authentication, so only a loopback address is accepted.
 	PprofListen string         `yaml:"pprof_listen"`
@@ -57,6 +53,20 @@ type Config struct {
 	AckQuorum int    `yaml:"ack_quorum"`
 	// Pipelines relays several cluster shards from one process.
 	Pipelines []PipelineConfig `yaml:"pipelines"`
+
+	// MaxMemoryUnauthClients bounds the buffers of all unauthenticated
+	// clients together (Redis 7's maxmemory-clients, for strangers only);
+	// past it the largest are closed first.
+	MaxMemoryUnauthClients Size `yaml:"maxmemory_unauthenticated_clients"`
+	// The metrics listener's connection cap and idle timeout, and the
+	// credentials /metrics requires (a bearer token, or user:password for
+	// basic auth, each read from a file).
+	MetricsMaxConnections  int      `yaml:"metrics_max_connections"`
+	MetricsIdleTimeout     Duration `yaml:"metrics_idle_timeout"`
+	MetricsBearerTokenFile string   `yaml:"metrics_bearer_token_file"`
+	MetricsBasicAuthFile   string   `yaml:"metrics_basic_auth_file"`
+	metricsToken           string   // read from MetricsBearerTokenFile
+	metricsBasic           string   // read from MetricsBasicAuthFile
 }
 
 // MasterConfig is the upstream side.
@@ -132,14 +142,13 @@ type LogConfig struct {
 // Defaults returns a configuration with every default filled in.
 func Defaults() Config {
 	return Config{
-		Listen:                 "127.0.0.1:6380",
-		DataDir:                "./data",
-		ProtectedMode:          true,
-		MaxClients:             10000,
-		AuthTimeout:            Duration(10 * time.Second),
-		MultiMaxCommands:       1000,
-		MultiMaxBytes:          1 << 20,
-		MaxMemoryUnauthClients: fanout.DefaultUnauthMaxMemory,
+		Listen:           "127.0.0.1:6380",
+		DataDir:          "./data",
+		ProtectedMode:    true,
+		MaxClients:       10000,
+		AuthTimeout:      Duration(10 * time.Second),
+		MultiMaxCommands: 1000,
+		MultiMaxBytes:    1 << 20,
 		Master: MasterConfig{
 			ReplTimeout:    Duration(60 * time.Second),
 			ConnectTimeout: Duration(5 * time.Second),
@@ -157,6 +166,10 @@ func Defaults() Config {
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
 		AckMode:  AckStored,
+
+		MaxMemoryUnauthClients: fanout.DefaultUnauthMaxMemory,
+		MetricsMaxConnections:  64,
+		MetricsIdleTimeout:     Duration(30 * time.Second),
 	}
 }
 
@@ -239,6 +252,9 @@ func (c Config) Validate() error {
 // validateOps checks the health and progress settings.
 func (c Config) validateOps() error {
 	if err := validatePprofListen(c.PprofListen); err != nil {
+		return err
+	}
+	if err := c.validateMetrics(); err != nil {
 		return err
 	}
 	if c.Health.ReadyMaxLag < 0 || c.Health.ReadyLinkDownGrace < 0 {

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,6 +146,10 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 	if !cfg.ProtectedMode || cfg.RequirePass != "" || len(cfg.Users) != 0 {
 		t.Fatalf("container config: protected_mode %v with a password baked in: %q %v", cfg.ProtectedMode, cfg.RequirePass, cfg.Users)
 	}
+	// Issue 23: no example serves /metrics to the network without credentials.
+	if w := SecurityWarnings(cfg); len(w) > 0 {
+		t.Fatalf("container config: %q", w)
+	}
 
 	raw, err := os.ReadFile("../deploy/kubernetes/configmap.yaml")
 	if err != nil {
@@ -156,7 +162,7 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets := t.TempDir()
-	for _, k := range []string{"replica-password", "admin-password"} {
+	for _, k := range []string{"replica-password", "admin-password", "metrics-token"} {
 		os.WriteFile(filepath.Join(secrets, k), []byte(k+"-value\n"), 0o600)
 	}
 	cfg, err = LoadConfig(writeConfig(t, strings.ReplaceAll(cm.Data["config.yaml"], "/run/secrets/replproxy", secrets)))
@@ -172,6 +178,9 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 	users, _ := cfg.fanoutUsers()
 	if !cfg.ProtectedMode || len(users) != 2 || users[0].Role != "replica" || users[1].Role != "admin" {
 		t.Fatalf("kubernetes users: %+v", users)
+	}
+	if w := SecurityWarnings(cfg); len(w) > 0 || !metricsGuardOf(cfg).hasAuth() {
+		t.Fatalf("kubernetes config: /metrics without credentials: %q", w)
 	}
 	sts, err := os.ReadFile("../deploy/kubernetes/statefulset.yaml")
 	if err != nil {
@@ -201,5 +210,60 @@ func TestClusterCredentialsDefaultToTheMasters(t *testing.T) {
 	defer p.ln.Close()
 	if got := p.cluster.cfg; got.User != "repl" || got.Password != "secret" {
 		t.Fatalf("cluster credentials %q/%q, want the master's", got.User, got.Password)
+	}
+}
+
+// Issue 23, point 3: /metrics requires the configured bearer token or
+// basic auth; the probes do not. A non-loopback listener without either is
+// warned about.
+func TestMetricsCredentials(t *testing.T) {
+	dir := t.TempDir()
+	token := filepath.Join(dir, "token")
+	basic := filepath.Join(dir, "basic")
+	os.WriteFile(token, []byte("s3cret-token\n"), 0o600)
+	os.WriteFile(basic, []byte("scraper:s3cret-pass\n"), 0o600)
+	for _, tc := range []struct {
+		name      string
+		set       func(*Config)
+		good, bad func(*http.Request)
+	}{
+		{"bearer", func(c *Config) { c.MetricsBearerTokenFile = token },
+			func(r *http.Request) { r.Header.Set("Authorization", "Bearer s3cret-token") },
+			func(r *http.Request) { r.Header.Set("Authorization", "Bearer s3cret-tokenX") }},
+		{"basic", func(c *Config) { c.MetricsBasicAuthFile = basic },
+			func(r *http.Request) { r.SetBasicAuth("scraper", "s3cret-pass") },
+			func(r *http.Request) { r.SetBasicAuth("scraper", "wrong") }},
+	} {
+		cfg := Defaults()
+		cfg.Master.Addr = "127.0.0.1:6379"
+		cfg.MetricsListen = "0.0.0.0:9121"
+		if w := SecurityWarnings(cfg); len(w) != 1 || !strings.Contains(w[0], "metrics_listen 0.0.0.0:9121") {
+			t.Fatalf("no credentials: warnings %q", w)
+		}
+		tc.set(&cfg)
+		if err := cfg.LoadSecrets(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if w := SecurityWarnings(cfg); len(w) != 0 {
+			t.Fatalf("%s: warnings %q", tc.name, w)
+		}
+		g := metricsGuardOf(cfg)
+		h := g.protect(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("metrics")) }))
+		for _, c := range []struct {
+			what string
+			req  func(*http.Request)
+			want int
+		}{{"none", func(*http.Request) {}, 401}, {"wrong", tc.bad, 401}, {"right", tc.good, 200}} {
+			r := httptest.NewRequest("GET", "/metrics", nil)
+			c.req(r)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			if rec.Code != c.want {
+				t.Fatalf("%s, %s credentials: %d, want %d", tc.name, c.what, rec.Code, c.want)
+			}
+		}
 	}
 }

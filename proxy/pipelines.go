@@ -169,10 +169,13 @@ func (g *Group) Run(ctx context.Context) error {
 		}()
 	}
 	if g.cfg.MetricsListen != "" {
+		for _, w := range MetricsWarnings(g.cfg) {
+			g.log.Warn().Msg(w)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := serveRegistry(ctx, g.cfg.MetricsListen, g.registry(), g.readiness); err != nil {
+			if err := serveRegistry(ctx, g.cfg.MetricsListen, metricsGuardOf(g.cfg), g.registry(), g.readiness); err != nil {
 				errs[len(g.proxies)] = err
 				cancel() // a misconfigured endpoint is the operator's to fix, not to run without
 			}

@@ -241,6 +241,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.log.Info().Str("listen", p.ln.Addr().String()).Str("master", p.cfg.Master.Addr).
 		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
 	p.warnIfOpen()
+	p.warnMetricsOpen()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	// fatal runs a part whose failure ends the whole process.

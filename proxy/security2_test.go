@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/proxy"
@@ -256,4 +258,94 @@ func TestRefreshesPerHourAreCapped(t *testing.T) {
 	if log, _ := os.ReadFile(p.logPath); !strings.Contains(string(log), "max_refreshes_per_hour") {
 		t.Fatal("no log line says the refresh was refused")
 	}
+}
+
+// Issue 23, point 3: the metrics listener closes idle keep-alive
+// connections and caps how many are open, so they cannot take the
+// descriptors the replication port needs. The proxy (a child process) runs
+// with 1024 descriptors; 3000 connections each make one request and stay
+// idle. All are closed within the idle timeout, the replication port
+// accepts throughout, and a replica keeps streaming.
+func TestMetricsListenerIsBounded(t *testing.T) {
+	t.Parallel()
+	const conns = 3000
+	idle := 3 * time.Second
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.MetricsListen = "127.0.0.1:" + strconv.Itoa(redisproc.FreePort(t))
+	cfg.MetricsIdleTimeout = proxy.Duration(idle)
+	tp := newProcessProxy(t, cfg)
+	lim := &unix.Rlimit{Cur: 1024, Max: 1024}
+	if err := unix.Prlimit(tp.cmd.Process.Pid, unix.RLIMIT_NOFILE, lim, nil); err != nil {
+		t.Skipf("cannot lower the proxy's descriptor limit: %v", err)
+	}
+	r := &relay{master: m, proxy: tp}
+	r.addReplica(t)
+	stopLoad := runLoad(t, m, 233)
+	r.waitInSyncWhileLoading(t)
+
+	open := make([]net.Conn, conns)
+	t.Cleanup(func() {
+		for _, c := range open {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < conns; i += 8 {
+				c, err := net.DialTimeout("tcp", cfg.MetricsListen, 10*time.Second)
+				if err != nil {
+					t.Errorf("metrics connection %d: %v", i, err)
+					return
+				}
+				open[i] = c
+				c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: replproxy\r\n\r\n"))
+			}
+		}()
+	}
+	// The replication port accepts while the metrics connections pile up.
+	for i := 0; i < 5; i++ {
+		w, err := dialWire(cfg.Listen)
+		if err != nil {
+			t.Fatalf("replication port: %v", err)
+		}
+		w.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if got, err := w.do("PING"); got != "+PONG" {
+			t.Fatalf("PING on the replication port beside %d metrics connections: %q %v", conns, got, err)
+		}
+		w.Close()
+		time.Sleep(100 * time.Millisecond)
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	opened := time.Since(start)
+	for i, c := range open {
+		expectClosed(t, c, idle+10*time.Second, fmt.Sprintf("metrics connection %d", i))
+	}
+	t.Logf("%d metrics connections opened in %s, all closed %s after the first", conns, opened.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	if time.Since(start) > opened+idle+10*time.Second {
+		t.Fatalf("the idle metrics connections took %s to close (idle timeout %s)", time.Since(start)-opened, idle)
+	}
+	w, err := dialWire(cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if got, err := w.do("PING"); got != "+PONG" {
+		t.Fatalf("PING after: %q %v", got, err)
+	}
+	if log, _ := os.ReadFile(tp.logPath); strings.Contains(string(log), "too many open files") {
+		t.Fatal("the proxy ran out of descriptors")
+	}
+	waitOps(t, m, 1000)
+	stopLoad()
+	r.waitInSync(t)
 }

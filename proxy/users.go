@@ -54,7 +54,7 @@ func (c *Config) LoadSecrets() error {
 		}
 		*p.value, *p.src = secret, ""
 	}
-	return nil
+	return c.loadMetricsSecrets()
 }
 
 // readSecret takes a file's content without its final newline, which

@@ -29,7 +29,7 @@ const (
 // ReplicaInfo is one replica as INFO and metrics show it.
 type ReplicaInfo struct {
 	ID        int64
-	IP        string
+	IP        string // as announced (REPLCONF ip-address), else PeerIP
 	Port      int
 	State     string
 	AckOffset int64
@@ -42,6 +42,18 @@ type ReplicaInfo struct {
 	// ("" once it has one); WaitSince is when that wait began.
 	WaitReason string
 	WaitSince  time.Time
+	// PeerIP is the address the replica connects from, whatever it
+	// announced.
+	PeerIP string
+}
+
+// AnnouncedOwnAddress says whether the replica announced no address or the
+// one it connects from: only then may its address be handed to others
+// (the cluster slot map), since any replica-role client may announce any
+// address with REPLCONF ip-address.
+func (ri ReplicaInfo) AnnouncedOwnAddress() bool {
+	a, p := net.ParseIP(ri.IP), net.ParseIP(ri.PeerIP)
+	return a != nil && p != nil && a.Equal(p)
 }
 
 type replica struct {
@@ -124,6 +136,7 @@ func (r *replica) info() ReplicaInfo {
 	if w := r.wait.Load(); w != nil {
 		ri.WaitReason, ri.WaitSince = w.reason, w.since
 	}
+	ri.PeerIP, _, _ = net.SplitHostPort(r.conn.RemoteAddr().String())
 	return ri
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/fanout"
@@ -348,4 +350,136 @@ func TestMetricsListenerIsBounded(t *testing.T) {
 	waitOps(t, m, 1000)
 	stopLoad()
 	r.waitInSync(t)
+}
+
+// announcingReplica attaches as a replica that announces ip:port, takes the RDB
+// and keeps acknowledging, so that it stays online until the test ends.
+func announcingReplica(t *testing.T, addr, ip string, port int, auth ...string) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	var req []byte
+	n := 3
+	if len(auth) > 0 {
+		req = resp.AppendCommand(req, append([]string{"AUTH"}, auth...)...)
+		n++
+	}
+	req = resp.AppendCommand(req, "REPLCONF", "listening-port", strconv.Itoa(port))
+	if ip != "" {
+		req = resp.AppendCommand(req, "REPLCONF", "ip-address", ip)
+		n++
+	}
+	req = resp.AppendCommand(req, "REPLCONF", "capa", "psync2")
+	req = resp.AppendCommand(req, "PSYNC", "?", "-1")
+	if _, err := conn.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for i := 0; i < n-1; i++ {
+		if line, err := br.ReadString('\n'); err != nil || line != "+OK\r\n" {
+			t.Fatalf("fake replica %s:%d handshake: %q %v", ip, port, line, err)
+		}
+	}
+	var offset int64
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("fake replica %s:%d: %v", ip, port, err)
+		}
+		if strings.HasPrefix(line, "+FULLRESYNC") {
+			offset = fullResyncOffset(t, strings.TrimSpace(line))
+		}
+		if strings.HasPrefix(line, "$") {
+			size, _ := strconv.ParseInt(strings.TrimSpace(line[1:]), 10, 64)
+			if _, err := io.CopyN(io.Discard, br, size); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	conn.SetReadDeadline(time.Time{})
+	go io.Copy(io.Discard, br)
+	go func() {
+		for {
+			if _, err := conn.Write(resp.AppendCommand(nil, "REPLCONF", "ACK", strconv.FormatInt(offset, 10))); err != nil {
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+}
+
+// slotMapAddrs is every node address in the proxy's CLUSTER SLOTS.
+func slotMapAddrs(t *testing.T, addr string) (string, error) {
+	c := redis.NewClient(&redis.Options{Addr: addr, Username: "mon", Password: "monitor-pw"})
+	defer c.Close()
+	slots, err := c.ClusterSlots(t.Context()).Result()
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, s := range slots {
+		for _, n := range s.Nodes {
+			out = append(out, n.Addr)
+		}
+	}
+	return strings.Join(out, " "), nil
+}
+
+// Issue 23, point 4: a replica-role client that announces 203.0.113.66:6666
+// (a string here: nothing connects to it) is never in the slot map; a
+// replica that announces its own address is. With an operator's
+// master.cluster.announce, the map lists exactly that.
+func TestSlotMapListsNoAnnouncedStranger(t *testing.T) {
+	t.Parallel()
+	cl := redisproc.StartCluster(t, 3, 0, masterArgs...)
+	users := []proxy.UserConfig{
+		{Name: "repl", Password: "replica-pw", Role: "replica"},
+		{Name: "mon", Password: "monitor-pw", Role: "monitor"},
+		{Name: "op", Password: "op-pw", Role: "admin"},
+	}
+	start := func(announce ...string) *testProxy {
+		cfg := proxyConfig(t, "")
+		cfg.Users = users
+		cfg.Master.Cluster.Seeds = []string{cl.Nodes[0].Addr()}
+		cfg.Master.Cluster.Shard = cl.Primaries()[0].NodeID()
+		cfg.Master.Cluster.Announce = announce
+		p := startProxy(t, cfg)
+		redisproc.Eventually(t, syncTimeout, "the proxy's first sync", func() (bool, string) {
+			st := p.info("replication")["master_link_status"]
+			return st == "up", st
+		})
+		return p
+	}
+	p := start()
+	announcingReplica(t, p.cfg.Listen, "203.0.113.66", 6666, "repl", "replica-pw")
+	announcingReplica(t, p.cfg.Listen, "127.0.0.1", 7777, "repl", "replica-pw")
+	announcingReplica(t, p.cfg.Listen, "", 7778, "repl", "replica-pw")
+	redisproc.Eventually(t, 30*time.Second, "three replicas online", func() (bool, string) {
+		n := p.infoInt("replication", "connected_slaves")
+		return n == 3, fmt.Sprint("connected_slaves ", n)
+	})
+	var addrs string
+	redisproc.Eventually(t, 30*time.Second, "the slot map to list the honest replicas", func() (bool, string) {
+		var err error
+		addrs, err = slotMapAddrs(t, p.cfg.Listen)
+		return err == nil && strings.Contains(addrs, "127.0.0.1:7777") && strings.Contains(addrs, "127.0.0.1:7778"), fmt.Sprint(addrs, err)
+	})
+	if strings.Contains(addrs, "203.0.113.66") || strings.Contains(addrs, "6666") {
+		t.Fatalf("the slot map lists an address a replica-role client announced: %s", addrs)
+	}
+	t.Logf("slot map nodes: %s", addrs)
+
+	// The operator's list replaces the replicas' own addresses.
+	q := start("198.18.0.5:6379")
+	announcingReplica(t, q.cfg.Listen, "203.0.113.66", 6666, "repl", "replica-pw")
+	announcingReplica(t, q.cfg.Listen, "127.0.0.1", 7777, "repl", "replica-pw")
+	redisproc.Eventually(t, 30*time.Second, "the slot map to list the configured address", func() (bool, string) {
+		addrs, err := slotMapAddrs(t, q.cfg.Listen)
+		return err == nil && addrs == "198.18.0.5:6379", fmt.Sprint(addrs, err)
+	})
 }

@@ -67,6 +67,9 @@ type Config struct {
 	MetricsBasicAuthFile   string   `yaml:"metrics_basic_auth_file"`
 	metricsToken           string   // read from MetricsBearerTokenFile
 	metricsBasic           string   // read from MetricsBasicAuthFile
+	// AllowInsecureSecretFiles accepts password files that other users
+	// can read.
+	AllowInsecureSecretFiles bool `yaml:"allow_insecure_secret_files"`
 }
 
 // MasterConfig is the upstream side.

@@ -110,7 +110,7 @@ users:
 	}
 
 	bad := []struct{ body, want string }{
-		{"users:\n  - {name: a, password: x, role: root}\n", `role "root": want replica, monitor or admin`},
+		{"users:\n  - {name: a, password: x, role: root}\n", `role "root": want replica, monitor, proxy or admin`},
 		{"users:\n  - {name: a, password: x, role: admin}\n  - {name: a, password: y, role: admin}\n", `user "a" is defined twice`},
 		{"requirepass: x\nusers:\n  - {name: default, password: y, role: admin}\n", `user "default" is defined twice`},
 		{"users:\n  - {name: a, password: '#abc', role: admin}\n", "64 hex digits"},
@@ -189,6 +189,10 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 	if strings.Contains(string(sts), "optional: true") {
 		t.Fatal("statefulset.yaml marks a secret optional")
 	}
+	// The kubelet's default mode, 0644, would be refused (issue 23, point 7).
+	if !strings.Contains(string(sts), "defaultMode: 0440") {
+		t.Fatal("statefulset.yaml mounts the Secret readable by other users")
+	}
 }
 
 func nodeID(c byte) string { return strings.Repeat(string(c), 40) }
@@ -265,5 +269,51 @@ func TestMetricsCredentials(t *testing.T) {
 				t.Fatalf("%s, %s credentials: %d, want %d", tc.name, c.what, rec.Code, c.want)
 			}
 		}
+	}
+}
+
+// Issue 23, point 7: a password file that other users can read is refused,
+// as ssh refuses such a key, unless allow_insecure_secret_files is set; a
+// group-readable one only when the group is the proxy's own.
+func TestInsecureSecretFilesAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "pw")
+	os.WriteFile(file, []byte("secret\n"), 0o600)
+	load := func(extra string) error {
+		cfg, err := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nrequirepass_file: "+file+"\n"+extra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.LoadSecrets()
+	}
+	if err := load(""); err != nil {
+		t.Fatalf("mode 0600: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o604} {
+		os.Chmod(file, mode)
+		if err := load(""); err == nil || !strings.Contains(err.Error(), "other users can read it") {
+			t.Fatalf("mode %#o: %v", mode, err)
+		}
+		if err := load("allow_insecure_secret_files: yes\n"); err != nil {
+			t.Fatalf("mode %#o, allowed: %v", mode, err)
+		}
+	}
+	// Group-readable: fine for the proxy's own group, refused for another.
+	os.Chmod(file, 0o640)
+	os.Chown(file, -1, os.Getegid())
+	if err := load(""); err != nil {
+		t.Fatalf("mode 0640, own group: %v", err)
+	}
+	if os.Geteuid() == 0 {
+		os.Chown(file, -1, os.Getegid()+12345)
+		if err := load(""); err == nil {
+			t.Fatal("mode 0640, another group: accepted")
+		}
+	}
+	// The metrics credentials too.
+	os.Chmod(file, 0o644)
+	cfg, _ := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nmetrics_bearer_token_file: "+file+"\n"))
+	if err := cfg.LoadSecrets(); err == nil {
+		t.Fatal("a world-readable metrics token file was accepted")
 	}
 }

@@ -48,11 +48,19 @@ func (c *Config) LoadSecrets() error {
 		if *p.value != "" {
 			return fmt.Errorf("%s is set both directly (or by its environment variable) and by a file (%s): set one", p.name, *p.src)
 		}
+		if err := c.checkSecretFile(*p.src); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
 		secret, err := readSecret(*p.src)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 		*p.value, *p.src = secret, ""
+	}
+	for _, f := range []string{c.MetricsBearerTokenFile, c.MetricsBasicAuthFile} {
+		if err := c.checkSecretFile(f); f != "" && err != nil {
+			return err
+		}
 	}
 	return c.loadMetricsSecrets()
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -482,4 +484,67 @@ func TestSlotMapListsNoAnnouncedStranger(t *testing.T) {
 		addrs, err := slotMapAddrs(t, q.cfg.Listen)
 		return err == nil && addrs == "198.18.0.5:6379", fmt.Sprint(addrs, err)
 	})
+}
+
+// Issue 23, point 8: export --out writes through a temp file and a rename,
+// mode 0600: a symlink at --out is replaced, not followed; an existing
+// file's looser mode is not kept; a failed export leaves the target whole.
+func TestExportOutIsWrittenSafely(t *testing.T) {
+	t.Parallel()
+	m := redisproc.Start(t, masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	tp := startProxy(t, cfg)
+	redisproc.Eventually(t, syncTimeout, "the proxy's first sync", func() (bool, string) {
+		st := tp.info("replication")["master_link_status"]
+		return st == "up", st
+	})
+	end := writeAndFollow(t, m, tp, "exported")
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	os.WriteFile(victim, []byte("precious"), 0o644)
+	out := filepath.Join(dir, "out.resp")
+	if err := os.Symlink(victim, out); err != nil {
+		t.Fatal(err)
+	}
+	export := func(from, to int64) error {
+		cmd := exec.Command(binary, "export", "--data-dir", cfg.DataDir, "--from", strconv.FormatInt(from, 10), "--to", strconv.FormatInt(to, 10), "--out", out)
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, b)
+		}
+		return nil
+	}
+	if err := export(1, end); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious" {
+		t.Fatalf("export followed the symlink at --out: the victim now holds %.60q", b)
+	}
+	fi, err := os.Lstat(out)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("--out is %v (%v), want a regular file of mode 0600", fi.Mode(), err)
+	}
+	if b, _ := os.ReadFile(out); !strings.Contains(string(b), "exported") {
+		t.Fatalf("the export lacks the key written: %.200q", b)
+	}
+	// A looser existing file: replaced by a 0600 one.
+	os.Remove(out)
+	os.WriteFile(out, []byte("old export"), 0o644)
+	if err := export(1, end); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(out); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("--out kept mode %v", fi.Mode().Perm())
+	}
+	// A failed export (a range past the stream) leaves the target whole.
+	os.WriteFile(out, []byte("old export"), 0o600)
+	if err := export(1, end+1<<30); err == nil {
+		t.Fatal("an export past the stream succeeded")
+	}
+	if b, _ := os.ReadFile(out); string(b) != "old export" {
+		t.Fatalf("a failed export changed the target: %.60q", b)
+	}
+	if left, _ := filepath.Glob(out + ".tmp-*"); len(left) > 0 {
+		t.Fatalf("temp files left behind: %v", left)
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -27,7 +26,9 @@ type client struct {
 	user *User // nil until the client authenticates
 	name string
 
-	wmu      sync.Mutex // pub/sub pushes and replies share the connection
+	// wlock is held by whoever writes: pub/sub pushes and replies share
+	// the connection. A channel, so that a publisher can give up waiting.
+	wlock    chan struct{}
 	channels map[string]struct{}
 	queued   [][][]byte // non-nil inside MULTI
 	queuedSz int        // bytes held by queued
@@ -72,6 +73,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		log:      s.log.With().Str("peer", conn.RemoteAddr().String()).Logger(),
 		user:     s.initialUser(),
 		channels: map[string]struct{}{},
+		wlock:    make(chan struct{}, 1),
 	}
 	// A small buffer: idle connections are cheap, and commands are small.
 	br := bufio.NewReaderSize(conn, 4<<10)
@@ -113,8 +115,8 @@ func (c *client) flush() error {
 	if len(c.out) == 0 {
 		return nil
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
 	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	_, err := c.conn.Write(c.out)
 	c.out = c.out[:0]

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"io"
 	"net"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,5 +74,73 @@ func TestInlineCommandsObeyTheArgumentLimit(t *testing.T) {
 	got = sendLines(t, addr, "AUTH a b c d e f g h i\r\n", "AUTH pw\r\n", "QUIT\r\n")
 	if len(got) != 3 || !strings.HasPrefix(got[0], "-ERR wrong number") || got[1] != "+OK" || got[2] != "+OK" {
 		t.Fatalf("10 inline arguments: %q", got)
+	}
+}
+
+// Issue 23, point 9: subscribers that stop reading never hold a PUBLISH
+// for more than the promised second (plus scheduling): eight stalled
+// subscribers used to cost a second each, in turn.
+func TestStalledSubscribersDoNotHoldPublish(t *testing.T) {
+	hash := func(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+	addr := startAuthServer(t, Config{Users: []User{
+		{DefaultUser, hash("pw"), RoleAdmin},
+		{"mon", hash("mon-pw"), RoleMonitor},
+	}})
+	small := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return nil
+	}}
+	for i := 0; i < 8; i++ {
+		c, err := small.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("AUTH mon mon-pw\r\nSUBSCRIBE " + HelloChannel + "\r\n"))
+		// Read the two replies, then never again.
+		br := bufio.NewReader(c)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if line, err := br.ReadString('\n'); err != nil || line != "+OK\r\n" {
+			t.Fatalf("subscriber %d AUTH: %q %v", i, line, err)
+		}
+		for j := 0; j < 4; j++ { // *3, $9 subscribe, $18 channel, :1
+			if _, err := br.ReadString('\n'); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pub, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	br := bufio.NewReader(pub)
+	pub.Write([]byte("AUTH pw\r\n"))
+	if line, _ := br.ReadString('\n'); line != "+OK\r\n" {
+		t.Fatalf("AUTH: %q", line)
+	}
+	msg := strings.Repeat("h", 400<<10)
+	cmd := []byte("*3\r\n$7\r\nPUBLISH\r\n$" + strconv.Itoa(len(HelloChannel)) + "\r\n" + HelloChannel + "\r\n$" + strconv.Itoa(len(msg)) + "\r\n" + msg + "\r\n")
+	var slowest time.Duration
+	// Enough to fill the kernel's buffers (several MB on loopback) and
+	// stall every subscriber.
+	for i := 0; i < 40; i++ {
+		start := time.Now()
+		pub.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := pub.Write(cmd); err != nil {
+			t.Fatal(err)
+		}
+		line, err := br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, ":") {
+			t.Fatalf("PUBLISH %d: %q %v", i, line, err)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	t.Logf("slowest PUBLISH beside 8 stalled subscribers: %s", slowest.Round(time.Millisecond))
+	if slowest < pushTimeout/2 {
+		t.Fatalf("no PUBLISH waited (slowest %s): the subscribers never stalled, and the test shows nothing", slowest)
+	}
+	if slowest > 3*time.Second {
+		t.Fatalf("a PUBLISH took %s beside 8 stalled subscribers; the promise is a second", slowest)
 	}
 }

@@ -62,6 +62,7 @@ type replica struct {
 	conn     net.Conn
 	log      zerolog.Logger
 	ip       string
+	peerIP   string // the address it connects from
 	port     int
 	capaEOF  bool
 	psync2   bool
@@ -136,7 +137,7 @@ func (r *replica) info() ReplicaInfo {
 	if w := r.wait.Load(); w != nil {
 		ri.WaitReason, ri.WaitSince = w.reason, w.since
 	}
-	ri.PeerIP, _, _ = net.SplitHostPort(r.conn.RemoteAddr().String())
+	ri.PeerIP = r.peerIP
 	return ri
 }
 
@@ -202,12 +203,13 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 }
 
 func (c *client) newReplica(prePsync bool) *replica {
-	ip, _, _ := net.SplitHostPort(c.conn.RemoteAddr().String())
+	peer, _, _ := net.SplitHostPort(c.conn.RemoteAddr().String())
+	ip := peer
 	if c.announcedIP != "" {
 		ip = c.announcedIP
 	}
 	r := &replica{
-		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
+		srv: c.srv, conn: c.conn, ip: ip, peerIP: peer, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
 		zstd: c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),

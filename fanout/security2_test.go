@@ -144,3 +144,44 @@ func TestStalledSubscribersDoNotHoldPublish(t *testing.T) {
 		t.Fatalf("a PUBLISH took %s beside 8 stalled subscribers; the promise is a second", slowest)
 	}
 }
+
+// Issue 23, point 1: past the budget, the largest unauthenticated clients
+// are closed first, until the rest fit; the small ones stay.
+func TestUnauthBudgetClosesTheLargestFirst(t *testing.T) {
+	s := New(Config{Store: openTestStore(t), Logger: zerolog.Nop(), UnauthMaxMemory: 1000})
+	clients := make([]*client, 5)
+	for i := range clients {
+		a, b := net.Pipe()
+		defer b.Close()
+		clients[i] = &client{srv: s, conn: a}
+	}
+	for i, n := range []int{400, 300, 100, 50} {
+		if err := s.chargeUnauth(clients[i], n); err != nil {
+			t.Fatalf("client %d within budget: %v", i, err)
+		}
+	}
+	// 850 + 500 > 1000: the 500 itself is now the largest and goes first.
+	if err := s.chargeUnauth(clients[4], 500); err != errEvicted {
+		t.Fatalf("the largest, asking: %v", err)
+	}
+	// 50 grows to 350, 1150 > 1000: the 400 goes, and 750 fit.
+	if err := s.chargeUnauth(clients[3], 350); err != nil {
+		t.Fatalf("growing a small client: %v", err)
+	}
+	if !clients[0].evicted || clients[1].evicted || clients[2].evicted || clients[3].evicted {
+		t.Fatalf("evicted: %v %v %v %v", clients[0].evicted, clients[1].evicted, clients[2].evicted, clients[3].evicted)
+	}
+	if _, err := clients[0].conn.Write([]byte("x")); err == nil {
+		t.Fatal("the evicted client's connection is open")
+	}
+	if err := s.chargeUnauth(clients[0], 10); err != errEvicted {
+		t.Fatalf("an evicted client grows again: %v", err)
+	}
+	if got := s.stats.EvictedClients.Load(); got != 2 {
+		t.Fatalf("evicted_clients %d, want 2", got)
+	}
+	s.releaseUnauth(clients[1])
+	if s.unauth.total != 450 {
+		t.Fatalf("total %d after a release, want 450", s.unauth.total)
+	}
+}

@@ -133,9 +133,9 @@ func writeMeta(path string, m Meta, sync SyncFunc) error {
 // new content, never a mix: temp file, fsync, rename, fsync of the directory.
 func writeFileAtomic(path string, data []byte, sync SyncFunc) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := createTemp(tmp)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", tmp, err)
+		return err
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()

@@ -15,6 +15,9 @@ import (
 type RefreshRecord struct {
 	LastAttempt time.Time `json:"last_attempt"`
 	Failures    int       `json:"failures"` // consecutive failed or unusable refreshes
+	// Attempts are the starts of the refreshes of the last hour, for
+	// snapshot.max_refreshes_per_hour across restarts.
+	Attempts []time.Time `json:"attempts,omitempty"`
 }
 
 func (s *Store) refreshPath() string { return filepath.Join(s.dir, "refresh.json") }

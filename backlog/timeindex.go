@@ -165,7 +165,12 @@ func (ti *timeIndex) rewrite(points []TimePoint) {
 		ti.f = nil
 	}
 	tmp := ti.path + ".tmp"
-	if err := os.WriteFile(tmp, buf, 0o600); err != nil {
+	tf, err := createTemp(tmp)
+	if err != nil {
+		return
+	}
+	_, err = tf.Write(buf)
+	if cerr := tf.Close(); err != nil || cerr != nil {
 		return
 	}
 	if err := os.Rename(tmp, ti.path); err != nil {

@@ -24,6 +24,9 @@ const (
 	// RoleMonitor is for Sentinel without failover rights, and for
 	// exporters: reading state and the hello channel.
 	RoleMonitor Role = "monitor"
+	// RoleProxy is for downstream replproxies: a replica's commands, and
+	// also REPLCONF capa replproxy-refresh, which may fork the master.
+	RoleProxy Role = "proxy"
 	// RoleAdmin may do everything, REPLICAOF included.
 	RoleAdmin Role = "admin"
 )
@@ -44,12 +47,20 @@ type User struct {
 }
 
 // Valid reports whether r names a role.
-func (r Role) Valid() bool { return r == RoleReplica || r == RoleMonitor || r == RoleAdmin }
+func (r Role) Valid() bool {
+	return r == RoleReplica || r == RoleMonitor || r == RoleProxy || r == RoleAdmin
+}
+
+// mayRefresh says whether u's capa replproxy-refresh is honoured: it makes
+// the proxy fork its master for a newer snapshot, which a Redis replica
+// never needs and a replica-role password must not be able to ask for.
+func (u *User) mayRefresh() bool { return u.Role == RoleAdmin || u.Role == RoleProxy }
 
 // roleCommands lists what each limited role may run; "cmd|sub" names a
 // subcommand, as Redis' ACL does. AUTH and QUIT are open to everyone.
 var roleCommands = map[Role]map[string]bool{
 	RoleReplica: setOf("auth", "quit", "ping", "replconf", "psync", "sync", "info", "role"),
+	RoleProxy:   setOf("auth", "quit", "ping", "replconf", "psync", "sync", "info", "role"),
 	// CLUSTER SLOTS and SHARDS are read-only: far-side cluster clients
 	// need them, and must not need credentials that can repoint the proxy.
 	RoleMonitor: setOf("auth", "quit", "ping", "info", "role", "client|setname", "client|getname", "subscribe",
@@ -175,16 +186,19 @@ type failureLog struct {
 }
 
 // note counts one failure and says whether to log now, and how many.
-func (f *failureLog) note(now time.Time) (int, bool) {
+func (f *failureLog) note(now time.Time) (int, bool) { return f.noteN(now, 1) }
+
+// noteN counts n failures at once.
+func (f *failureLog) noteN(now time.Time, n int) (int, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pending++
+	f.pending += n
 	if now.Sub(f.last) < time.Second {
 		return 0, false
 	}
-	n := f.pending
+	k := f.pending
 	f.pending, f.last = 0, now
-	return n, true
+	return k, true
 }
 
 func (c *client) auth(args [][]byte) {
@@ -212,6 +226,8 @@ func (c *client) auth(args [][]byte) {
 	if c.user == nil {
 		// Authenticated: the limits for strangers and their deadline end.
 		c.rd.SetLimits(resp.DefaultLimits())
+		c.rd.SetMemoryHook(nil)
+		c.srv.releaseUnauth(c)
 		c.conn.SetReadDeadline(time.Time{})
 	}
 	c.user = u

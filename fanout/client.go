@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -28,7 +27,9 @@ type client struct {
 	user *User // nil until the client authenticates
 	name string
 
-	wmu      sync.Mutex // pub/sub pushes and replies share the connection
+	// wlock is held by whoever writes: pub/sub pushes and replies share
+	// the connection. A channel, so that a publisher can give up waiting.
+	wlock    chan struct{}
 	channels map[string]struct{}
 	queued   [][][]byte // non-nil inside MULTI
 	queuedSz int        // bytes held by queued
@@ -49,6 +50,9 @@ type client struct {
 	// replicaVersion is what a Valkey replica announces; shown in INFO
 	// and compared with the snapshot's producer.
 	replicaVersion string
+	// evicted is set, under the budget's lock, when the client is closed
+	// to keep unauthenticated buffers within their budget.
+	evicted bool
 }
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
@@ -74,6 +78,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		log:      s.log.With().Str("peer", conn.RemoteAddr().String()).Logger(),
 		user:     s.initialUser(),
 		channels: map[string]struct{}{},
+		wlock:    make(chan struct{}, 1),
 	}
 	c.created = time.Now()
 	s.conns.add(c)
@@ -82,6 +87,8 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	br := bufio.NewReaderSize(conn, 4<<10)
 	if c.user == nil {
 		c.rd = resp.NewReader(br, resp.UnauthenticatedLimits())
+		c.rd.SetMemoryHook(func(n int) error { return s.chargeUnauth(c, n) })
+		defer s.releaseUnauth(c)
 		conn.SetReadDeadline(time.Now().Add(s.cfg.AuthTimeout))
 	} else {
 		c.rd = resp.NewReader(br, resp.DefaultLimits())
@@ -117,8 +124,8 @@ func (c *client) flush() error {
 	if len(c.out) == 0 {
 		return nil
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
 	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	_, err := c.conn.Write(c.out)
 	c.out = c.out[:0]
@@ -126,6 +133,9 @@ func (c *client) flush() error {
 }
 
 func (c *client) readFailed(err error) {
+	if errors.Is(err, errEvicted) {
+		return // counted and logged, at most once a second, by chargeUnauth
+	}
 	var pe *resp.ProtocolError
 	if errors.As(err, &pe) {
 		c.srv.stats.Rejected.Add(1)

@@ -156,6 +156,9 @@ func FuzzDispatch(f *testing.F) {
 		f.Add(append([]byte{byte(mode), 0}, "*11\r\n$1\r\na\r\n"...))
 		f.Add(append([]byte{byte(mode), 0}, "*1\r\n$20000\r\n"...))
 		f.Add(append([]byte{byte(mode), 0}, "PING\r\nAUTH x\r\nREPLICAOF no one\r\n"...))
+		// Inline commands past the argument limits, before and after AUTH.
+		f.Add(append([]byte{byte(mode), 0}, "AUTH a b c d e f g h i j k\r\nPING\r\n"...))
+		f.Add(append([]byte{byte(mode), 0}, "AUTH "+fuzzPass+"\r\nECHO"+strings.Repeat(" x", 1100)+"\r\nPING\r\n"...))
 	}
 	store := openTestStore(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -208,7 +211,10 @@ func checkFuzzOutput(t *testing.T, mode fuzzMode, out []byte, repoints int64) {
 		t.Fatalf("mode %d: malformed output: %v\n%q", mode, err, out)
 	}
 	queued := 0
-	for _, r := range replies {
+	for i, r := range replies {
+		if strings.HasPrefix(r, "-ERR Protocol error") && i != len(replies)-1 {
+			t.Fatalf("mode %d: replies after a protocol error: %q", mode, replies[i:])
+		}
 		if r == "+QUEUED" {
 			if queued++; queued > 4 {
 				t.Fatalf("mode %d: more commands queued than MultiMaxCommands", mode)

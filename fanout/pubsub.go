@@ -44,18 +44,39 @@ func (h *hub) publish(ch string, msg []byte) int {
 	payload = resp.AppendBulkString(payload, "message")
 	payload = resp.AppendBulkString(payload, ch)
 	payload = resp.AppendBulk(payload, msg)
+	// All at once, against one deadline: however many subscribers stall,
+	// the publisher waits a second at most.
+	deadline := time.Now().Add(pushTimeout)
+	var wg sync.WaitGroup
 	for _, c := range subs {
-		c.deliver(payload)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.deliver(payload, deadline)
+		}()
 	}
+	wg.Wait()
 	return len(subs)
 }
 
-// deliver writes a pushed message; a subscriber that does not read within
-// a second is closed rather than allowed to hold publishers up.
-func (c *client) deliver(payload []byte) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+// pushTimeout is the longest a PUBLISH waits for its subscribers.
+const pushTimeout = time.Second
+
+// deliver writes a pushed message by the deadline; a subscriber that does
+// not take it by then is closed rather than allowed to hold publishers up.
+// That includes the wait for the connection: the subscriber's own reply
+// may be stuck in a write to it.
+func (c *client) deliver(payload []byte, deadline time.Time) {
+	wait := time.NewTimer(time.Until(deadline))
+	defer wait.Stop()
+	select {
+	case c.wlock <- struct{}{}:
+	case <-wait.C:
+		c.conn.Close() // also ends the write that holds the lock
+		return
+	}
+	defer func() { <-c.wlock }()
+	c.conn.SetWriteDeadline(deadline)
 	if _, err := c.conn.Write(payload); err != nil {
 		c.conn.Close()
 	}

@@ -29,7 +29,7 @@ const (
 // ReplicaInfo is one replica as INFO and metrics show it.
 type ReplicaInfo struct {
 	ID        int64
-	IP        string
+	IP        string // as announced (REPLCONF ip-address), else PeerIP
 	Port      int
 	State     string
 	AckOffset int64
@@ -43,6 +43,18 @@ type ReplicaInfo struct {
 	// ("" once it has one); WaitSince is when that wait began.
 	WaitReason string
 	WaitSince  time.Time
+	// PeerIP is the address the replica connects from, whatever it
+	// announced.
+	PeerIP string
+}
+
+// AnnouncedOwnAddress says whether the replica announced no address or the
+// one it connects from: only then may its address be handed to others
+// (the cluster slot map), since any replica-role client may announce any
+// address with REPLCONF ip-address.
+func (ri ReplicaInfo) AnnouncedOwnAddress() bool {
+	a, p := net.ParseIP(ri.IP), net.ParseIP(ri.PeerIP)
+	return a != nil && p != nil && a.Equal(p)
 }
 
 type replica struct {
@@ -51,6 +63,7 @@ type replica struct {
 	conn     net.Conn
 	log      zerolog.Logger
 	ip       string
+	peerIP   string // the address it connects from
 	port     int
 	capaEOF  bool
 	psync2   bool
@@ -128,6 +141,7 @@ func (r *replica) info() ReplicaInfo {
 	if w := r.wait.Load(); w != nil {
 		ri.WaitReason, ri.WaitSince = w.reason, w.since
 	}
+	ri.PeerIP = r.peerIP
 	return ri
 }
 
@@ -173,8 +187,13 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 		return keepConn
 	}
 	r := c.newReplica(cmd == "sync")
-	r.refresh = c.capaRefresh
-	if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
+	r.refresh = c.capaRefresh && c.user.mayRefresh()
+	if c.capaRefresh && !c.user.mayRefresh() {
+		// Served as any replica: the stored snapshot, and a wait only
+		// when the proxy itself needs a newer one.
+		c.log.Info().Str("user", c.user.Name).Str("role", string(c.user.Role)).
+			Msg("capa " + CapaRefresh + " ignored: only the proxy and admin roles may ask for a newer snapshot, which forks the master")
+	} else if req != nil && c.capaRefresh && c.rdbOnly && req.replid == "?" && req.offset > 0 {
 		// The requester follows this proxy, so the most it needs is a
 		// snapshot one byte past the stream it holds, which is never past
 		// the stream held here. One that asks for more could only wait in
@@ -202,12 +221,13 @@ func (c *client) startReplica(ctx context.Context, cmd string, args [][]byte) ou
 }
 
 func (c *client) newReplica(prePsync bool) *replica {
-	ip, _, _ := net.SplitHostPort(c.conn.RemoteAddr().String())
+	peer, _, _ := net.SplitHostPort(c.conn.RemoteAddr().String())
+	ip := peer
 	if c.announcedIP != "" {
 		ip = c.announcedIP
 	}
 	r := &replica{
-		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
+		srv: c.srv, conn: c.conn, ip: ip, peerIP: peer, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
 		noData: c.rdbNoData,
 		codec:  c.codec(prePsync), out: c.conn, version: c.replicaVersion,

@@ -83,6 +83,10 @@ type Config struct {
 	NeedSnapshot func(minOffset int64)
 	// ProxyInfo fills INFO's proxy section: ages, last ACK and progress.
 	ProxyInfo func() []KV
+
+	// UnauthMaxMemory bounds the query buffers of all unauthenticated
+	// clients together; past it the largest are closed.
+	UnauthMaxMemory int64
 }
 
 func (c *Config) setDefaults() {
@@ -107,6 +111,9 @@ func (c *Config) setDefaults() {
 	if c.MultiMaxBytes == 0 {
 		c.MultiMaxBytes = 1 << 20
 	}
+	if c.UnauthMaxMemory == 0 {
+		c.UnauthMaxMemory = DefaultUnauthMaxMemory
+	}
 }
 
 // Stats are the counters INFO stats reports.
@@ -128,7 +135,13 @@ type Stats struct {
 	RejectedConns   atomic.Int64 // over maxclients
 	ProtectedDenied atomic.Int64 // -DENIED by protected mode
 	AuthTimeouts    atomic.Int64 // closed for not authenticating in time
+	EvictedClients  atomic.Int64 // unauthenticated, closed to keep their buffers within budget
 }
+
+// DefaultUnauthMaxMemory is room for about 25 unauthenticated clients
+// at their largest (10 arguments of 16 KiB), and for many thousands that
+// send only an AUTH.
+const DefaultUnauthMaxMemory = 4 << 20
 
 // Server accepts downstream connections: replicas, operators, Sentinel.
 type Server struct {
@@ -153,6 +166,7 @@ type Server struct {
 
 	users     map[string]*User
 	authFails failureLog
+	unauth    *unauthBudget
 	cluster   clusterHooks
 
 	// snapshotBufs hold one chunk of an RDB on its way to a replica.
@@ -162,7 +176,8 @@ type Server struct {
 // New returns a Server; Serve runs it.
 func New(cfg Config) *Server {
 	cfg.setDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer()}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), replicas: map[int64]*replica{}, ackChanged: make(chan struct{}), pacer: newPacer(),
+		unauth: newUnauthBudget(cfg.UnauthMaxMemory)}
 	s.snapshotBufs.New = func() any { b := make([]byte, 256<<10); return &b }
 	s.users = make(map[string]*User, len(cfg.Users))
 	for _, u := range cfg.Users {

@@ -33,6 +33,10 @@ type ClusterConfig struct {
 	// Poll is how often the shard's primary is looked up; a broken link
 	// triggers a lookup at once.
 	Poll Duration `yaml:"poll"`
+	// Announce, when set, is what the slot map lists for this shard
+	// (host:port, the first as its primary) while a replica is online,
+	// instead of the attached replicas' own addresses.
+	Announce []string `yaml:"announce"`
 }
 
 func (c ClusterConfig) enabled() bool { return len(c.Seeds) > 0 }
@@ -57,7 +61,7 @@ func (c ClusterConfig) validate() error {
 	if c.User != "" && c.Password == "" {
 		return errors.New("master.cluster.user is set but master.cluster.password is not")
 	}
-	return nil
+	return validateAnnounce(c.Announce)
 }
 
 // clusterNode is one node as CLUSTER SHARDS or CLUSTER NODES shows it.
@@ -583,12 +587,52 @@ func slotMap(proxies []*Proxy) []fanout.SlotShard {
 	return out
 }
 
+// farEndpoints lists a shard's far-side addresses. A replica-role client
+// may announce any address (REPLCONF ip-address), and the slot map steers
+// far-side clients, their AUTH included: so the map lists only addresses
+// the operator configured (master.cluster.announce, or a pipeline's
+// announce), or else replicas that announced the address they connect from.
 func farEndpoints(p *Proxy) []fanout.Endpoint {
 	var nodes []fanout.Endpoint
 	for _, r := range p.fan.Replicas() {
-		if r.State == fanout.StateOnline && r.Port > 0 {
+		if r.State == fanout.StateOnline && r.Port > 0 && r.AnnouncedOwnAddress() {
 			nodes = append(nodes, fanout.Endpoint{IP: r.IP, Port: r.Port})
 		}
 	}
+	if announce := p.cfg.Master.Cluster.Announce; len(announce) > 0 {
+		return configuredEndpoints(p.fan.Replicas(), announce)
+	}
 	return nodes
+}
+
+// configuredEndpoints is the operator's list, while any replica is online
+// to answer for the shard.
+func configuredEndpoints(replicas []fanout.ReplicaInfo, announce []string) []fanout.Endpoint {
+	online := false
+	for _, r := range replicas {
+		online = online || r.State == fanout.StateOnline
+	}
+	if !online {
+		return nil
+	}
+	out := make([]fanout.Endpoint, 0, len(announce))
+	for _, a := range announce {
+		host, port, _ := net.SplitHostPort(a) // validated
+		n, _ := strconv.Atoi(port)
+		out = append(out, fanout.Endpoint{IP: host, Port: n})
+	}
+	return out
+}
+
+func validateAnnounce(addrs []string) error {
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return fmt.Errorf("cluster announce entry %q: want host:port", a)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("cluster announce entry %q: the port must be 1-65535", a)
+		}
+	}
+	return nil
 }

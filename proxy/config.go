@@ -56,6 +56,23 @@ type Config struct {
 	AckQuorum int    `yaml:"ack_quorum"`
 	// Pipelines relays several cluster shards from one process.
 	Pipelines []PipelineConfig `yaml:"pipelines"`
+
+	// MaxMemoryUnauthClients bounds the buffers of all unauthenticated
+	// clients together (Redis 7's maxmemory-clients, for strangers only);
+	// past it the largest are closed first.
+	MaxMemoryUnauthClients Size `yaml:"maxmemory_unauthenticated_clients"`
+	// The metrics listener's connection cap and idle timeout, and the
+	// credentials /metrics requires (a bearer token, or user:password for
+	// basic auth, each read from a file).
+	MetricsMaxConnections  int      `yaml:"metrics_max_connections"`
+	MetricsIdleTimeout     Duration `yaml:"metrics_idle_timeout"`
+	MetricsBearerTokenFile string   `yaml:"metrics_bearer_token_file"`
+	MetricsBasicAuthFile   string   `yaml:"metrics_basic_auth_file"`
+	metricsToken           string   // read from MetricsBearerTokenFile
+	metricsBasic           string   // read from MetricsBasicAuthFile
+	// AllowInsecureSecretFiles accepts password files that other users
+	// can read.
+	AllowInsecureSecretFiles bool `yaml:"allow_insecure_secret_files"`
 }
 
 // MasterConfig is the upstream side.
@@ -105,6 +122,10 @@ type SnapshotConfig struct {
 	// the stream that follows the snapshot, so the snapshot stays usable
 	// until a newer one is adopted; 0 means backlog.max_bytes.
 	HoldMaxBytes Size `yaml:"hold_max_bytes"`
+	// MaxRefreshesPerHour bounds the refreshes, each a fork of the master,
+	// in any hour, whoever asks: the proxy itself, a waiting replica or a
+	// downstream replproxy.
+	MaxRefreshesPerHour int `yaml:"max_refreshes_per_hour"`
 }
 
 // DamagedConfig bounds damaged/, where files found damaged are moved.
@@ -158,11 +179,15 @@ func Defaults() Config {
 			Fsync:        string(backlog.FsyncEverySec),
 			ScrubRate:    16 << 20,
 		},
-		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1},
+		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1, MaxRefreshesPerHour: 6},
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second), Compression: fanout.AllCodecs()},
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
 		AckMode:  AckStored,
+
+		MaxMemoryUnauthClients: fanout.DefaultUnauthMaxMemory,
+		MetricsMaxConnections:  64,
+		MetricsIdleTimeout:     Duration(30 * time.Second),
 	}
 }
 
@@ -249,6 +274,9 @@ func (c Config) Validate() error {
 	if c.Damaged.MaxBytes < 0 {
 		return fmt.Errorf("damaged.max_bytes %d: must not be negative", c.Damaged.MaxBytes)
 	}
+	if c.Snapshot.MaxRefreshesPerHour < 1 {
+		return fmt.Errorf("snapshot.max_refreshes_per_hour %d: must be at least 1 (a snapshot past retention can only be renewed by a refresh)", c.Snapshot.MaxRefreshesPerHour)
+	}
 	if c.Snapshot.HoldMaxBytes < 0 {
 		return fmt.Errorf("snapshot.hold_max_bytes is %d bytes: must not be negative", int64(c.Snapshot.HoldMaxBytes))
 	}
@@ -261,6 +289,9 @@ func (c Config) Validate() error {
 // validateOps checks the health and progress settings.
 func (c Config) validateOps() error {
 	if err := validatePprofListen(c.PprofListen); err != nil {
+		return err
+	}
+	if err := c.validateMetrics(); err != nil {
 		return err
 	}
 	if c.Health.ReadyMaxLag < 0 || c.Health.ReadyLinkDownGrace < 0 {

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,7 +116,7 @@ users:
 	}
 
 	bad := []struct{ body, want string }{
-		{"users:\n  - {name: a, password: x, role: root}\n", `role "root": want replica, monitor or admin`},
+		{"users:\n  - {name: a, password: x, role: root}\n", `role "root": want replica, monitor, proxy or admin`},
 		{"users:\n  - {name: a, password: x, role: admin}\n  - {name: a, password: y, role: admin}\n", `user "a" is defined twice`},
 		{"requirepass: x\nusers:\n  - {name: default, password: y, role: admin}\n", `user "default" is defined twice`},
 		{"users:\n  - {name: a, password: '#abc', role: admin}\n", "64 hex digits"},
@@ -150,6 +152,10 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 	if !cfg.ProtectedMode || cfg.RequirePass != "" || len(cfg.Users) != 0 {
 		t.Fatalf("container config: protected_mode %v with a password baked in: %q %v", cfg.ProtectedMode, cfg.RequirePass, cfg.Users)
 	}
+	// Issue 23: no example serves /metrics to the network without credentials.
+	if w := SecurityWarnings(cfg); len(w) > 0 {
+		t.Fatalf("container config: %q", w)
+	}
 
 	raw, err := os.ReadFile("../deploy/kubernetes/configmap.yaml")
 	if err != nil {
@@ -162,7 +168,7 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets := t.TempDir()
-	for _, k := range []string{"replica-password", "admin-password"} {
+	for _, k := range []string{"replica-password", "admin-password", "metrics-token"} {
 		os.WriteFile(filepath.Join(secrets, k), []byte(k+"-value\n"), 0o600)
 	}
 	cfg, err = LoadConfig(writeConfig(t, strings.ReplaceAll(cm.Data["config.yaml"], "/run/secrets/replproxy", secrets)))
@@ -179,12 +185,19 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 	if !cfg.ProtectedMode || len(users) != 2 || users[0].Role != "replica" || users[1].Role != "admin" {
 		t.Fatalf("kubernetes users: %+v", users)
 	}
+	if w := SecurityWarnings(cfg); len(w) > 0 || !metricsGuardOf(cfg).hasAuth() {
+		t.Fatalf("kubernetes config: /metrics without credentials: %q", w)
+	}
 	sts, err := os.ReadFile("../deploy/kubernetes/statefulset.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(string(sts), "optional: true") {
 		t.Fatal("statefulset.yaml marks a secret optional")
+	}
+	// The kubelet's default mode, 0644, would be refused (issue 23, point 7).
+	if !strings.Contains(string(sts), "defaultMode: 0440") {
+		t.Fatal("statefulset.yaml mounts the Secret readable by other users")
 	}
 }
 
@@ -207,5 +220,106 @@ func TestClusterCredentialsDefaultToTheMasters(t *testing.T) {
 	defer p.ln.Close()
 	if got := p.cluster.cfg; got.User != "repl" || got.Password != "secret" {
 		t.Fatalf("cluster credentials %q/%q, want the master's", got.User, got.Password)
+	}
+}
+
+// Issue 23, point 3: /metrics requires the configured bearer token or
+// basic auth; the probes do not. A non-loopback listener without either is
+// warned about.
+func TestMetricsCredentials(t *testing.T) {
+	dir := t.TempDir()
+	token := filepath.Join(dir, "token")
+	basic := filepath.Join(dir, "basic")
+	os.WriteFile(token, []byte("s3cret-token\n"), 0o600)
+	os.WriteFile(basic, []byte("scraper:s3cret-pass\n"), 0o600)
+	for _, tc := range []struct {
+		name      string
+		set       func(*Config)
+		good, bad func(*http.Request)
+	}{
+		{"bearer", func(c *Config) { c.MetricsBearerTokenFile = token },
+			func(r *http.Request) { r.Header.Set("Authorization", "Bearer s3cret-token") },
+			func(r *http.Request) { r.Header.Set("Authorization", "Bearer s3cret-tokenX") }},
+		{"basic", func(c *Config) { c.MetricsBasicAuthFile = basic },
+			func(r *http.Request) { r.SetBasicAuth("scraper", "s3cret-pass") },
+			func(r *http.Request) { r.SetBasicAuth("scraper", "wrong") }},
+	} {
+		cfg := Defaults()
+		cfg.Master.Addr = "127.0.0.1:6379"
+		cfg.MetricsListen = "0.0.0.0:9121"
+		if w := SecurityWarnings(cfg); len(w) != 1 || !strings.Contains(w[0], "metrics_listen 0.0.0.0:9121") {
+			t.Fatalf("no credentials: warnings %q", w)
+		}
+		tc.set(&cfg)
+		if err := cfg.LoadSecrets(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if w := SecurityWarnings(cfg); len(w) != 0 {
+			t.Fatalf("%s: warnings %q", tc.name, w)
+		}
+		g := metricsGuardOf(cfg)
+		h := g.protect(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("metrics")) }))
+		for _, c := range []struct {
+			what string
+			req  func(*http.Request)
+			want int
+		}{{"none", func(*http.Request) {}, 401}, {"wrong", tc.bad, 401}, {"right", tc.good, 200}} {
+			r := httptest.NewRequest("GET", "/metrics", nil)
+			c.req(r)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			if rec.Code != c.want {
+				t.Fatalf("%s, %s credentials: %d, want %d", tc.name, c.what, rec.Code, c.want)
+			}
+		}
+	}
+}
+
+// Issue 23, point 7: a password file that other users can read is refused,
+// as ssh refuses such a key, unless allow_insecure_secret_files is set; a
+// group-readable one only when the group is the proxy's own.
+func TestInsecureSecretFilesAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "pw")
+	os.WriteFile(file, []byte("secret\n"), 0o600)
+	load := func(extra string) error {
+		cfg, err := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nrequirepass_file: "+file+"\n"+extra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.LoadSecrets()
+	}
+	if err := load(""); err != nil {
+		t.Fatalf("mode 0600: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o604} {
+		os.Chmod(file, mode)
+		if err := load(""); err == nil || !strings.Contains(err.Error(), "other users can read it") {
+			t.Fatalf("mode %#o: %v", mode, err)
+		}
+		if err := load("allow_insecure_secret_files: yes\n"); err != nil {
+			t.Fatalf("mode %#o, allowed: %v", mode, err)
+		}
+	}
+	// Group-readable: fine for the proxy's own group, refused for another.
+	os.Chmod(file, 0o640)
+	os.Chown(file, -1, os.Getegid())
+	if err := load(""); err != nil {
+		t.Fatalf("mode 0640, own group: %v", err)
+	}
+	if os.Geteuid() == 0 {
+		os.Chown(file, -1, os.Getegid()+12345)
+		if err := load(""); err == nil {
+			t.Fatal("mode 0640, another group: accepted")
+		}
+	}
+	// The metrics credentials too.
+	os.Chmod(file, 0o644)
+	cfg, _ := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nmetrics_bearer_token_file: "+file+"\n"))
+	if err := cfg.LoadSecrets(); err == nil {
+		t.Fatal("a world-readable metrics token file was accepted")
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -266,18 +265,18 @@ func (p *Proxy) snapshotTime(st backlog.State) (time.Time, bool) {
 func (p *Proxy) serveMetrics(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{p}, p.fsyncHist, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return serveRegistry(ctx, p.cfg.MetricsListen, reg, p.readiness)
+	return serveRegistry(ctx, p.cfg.MetricsListen, metricsGuardOf(p.cfg), reg, p.readiness)
 }
 
 // serveRegistry serves /metrics from reg, and /healthz and /readyz, the
 // latter as ready says.
-func serveRegistry(ctx context.Context, addr string, reg *prometheus.Registry, ready func(time.Time) (bool, string)) error {
+func serveRegistry(ctx context.Context, addr string, guard metricsGuard, reg *prometheus.Registry, ready func(time.Time) (bool, string)) error {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", guard.protect(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})))
 	mux.HandleFunc("/healthz", serveHealthz)
 	mux.HandleFunc("/readyz", readyzHandler(ready))
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	ln, err := net.Listen("tcp", addr)
+	srv := guard.server(mux)
+	ln, err := guard.listen(addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}

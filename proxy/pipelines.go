@@ -26,6 +26,8 @@ type PipelineConfig struct {
 	Listen       string `yaml:"listen"` // host:port for this shard's replicas
 	Shard        string `yaml:"shard"`  // as master.cluster.shard
 	AnnouncePort int    `yaml:"announce_port"`
+	// Announce is this shard's master.cluster.announce.
+	Announce []string `yaml:"announce"`
 }
 
 var pipelineName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
@@ -46,6 +48,9 @@ func (c Config) Expand() []Config {
 		pc.PprofListen = ""
 		pc.Master.Cluster.Shard = p.Shard
 		pc.Master.AnnouncePort = p.AnnouncePort
+		if len(p.Announce) > 0 {
+			pc.Master.Cluster.Announce = p.Announce
+		}
 		out[i] = pc
 	}
 	return out
@@ -60,6 +65,9 @@ func (c Config) validatePipelines() error {
 	}
 	if c.Master.Cluster.Shard != "" {
 		return errors.New("master.cluster.shard and pipelines exclude each other: name each shard in its pipeline")
+	}
+	if len(c.Master.Cluster.Announce) > 0 {
+		return errors.New("master.cluster.announce and pipelines exclude each other: give each pipeline its announce list")
 	}
 	seen := map[string]string{}
 	for i, p := range c.Pipelines {
@@ -169,10 +177,13 @@ func (g *Group) Run(ctx context.Context) error {
 		}()
 	}
 	if g.cfg.MetricsListen != "" {
+		for _, w := range MetricsWarnings(g.cfg) {
+			g.log.Warn().Msg(w)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := serveRegistry(ctx, g.cfg.MetricsListen, g.registry(), g.readiness); err != nil {
+			if err := serveRegistry(ctx, g.cfg.MetricsListen, metricsGuardOf(g.cfg), g.registry(), g.readiness); err != nil {
 				errs[len(g.proxies)] = err
 				cancel() // a misconfigured endpoint is the operator's to fix, not to run without
 			}

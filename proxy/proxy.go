@@ -119,6 +119,7 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		AuthTimeout:      time.Duration(cfg.AuthTimeout),
 		MultiMaxCommands: cfg.MultiMaxCommands,
 		MultiMaxBytes:    int(cfg.MultiMaxBytes),
+		UnauthMaxMemory:  int64(cfg.MaxMemoryUnauthClients),
 		Logger:           log.With().Str("component", "fanout").Logger(),
 		Version:          version,
 		RunID:            backlog.RandomReplID(),
@@ -167,6 +168,7 @@ func refreshConfig(cfg Config) RefreshConfig {
 		AfterBytes:  after,
 		MinInterval: time.Duration(cfg.Snapshot.MinInterval),
 		HoldTimeout: time.Duration(cfg.Master.ReplTimeout),
+		MaxPerHour:  cfg.Snapshot.MaxRefreshesPerHour,
 	}
 }
 
@@ -175,6 +177,7 @@ func (p *Proxy) stats() []fanout.KV {
 	return append(p.link.Stats(),
 		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
 		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
+		fanout.KV{Key: "snapshot_refreshes_refused", Value: p.snap.refused.Load()},
 		// Redis 7's names, so redis_exporter's net_repl_*_bytes_total work.
 		fanout.KV{Key: "total_net_repl_input_bytes", Value: p.link.wireBytes.Load()},
 		fanout.KV{Key: "total_net_repl_output_bytes", Value: p.fan.BytesSent()},
@@ -243,6 +246,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		Str("data_dir", p.cfg.DataDir).Msg("replproxy starting")
 	p.warnIfOpen()
 	p.warnDiskSize()
+	p.warnMetricsOpen()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	// fatal runs a part whose failure ends the whole process.

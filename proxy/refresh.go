@@ -25,6 +25,9 @@ type RefreshConfig struct {
 	// HoldTimeout bounds the wait for the main link to reach the new RDB's
 	// offset before it can be adopted.
 	HoldTimeout time.Duration
+	// MaxPerHour bounds the refreshes (master forks) in any hour, whoever
+	// asks for them.
+	MaxPerHour int
 }
 
 // Refresh backoff after failed or unusable refreshes: 2s, doubling, at
@@ -69,9 +72,11 @@ type refresher struct {
 	count     atomic.Int64
 	failed    atomic.Int64
 	fallbacks atomic.Int64
+	refused   atomic.Int64 // due refreshes held back by MaxPerHour, once per wait
 
-	rec     backlog.RefreshRecord // owned by run
-	noSpace bool                  // the last refresh due was held for space (logged once); owned by run
+	rec         backlog.RefreshRecord // owned by run
+	noSpace     bool                  // the last refresh due was held for space (logged once); owned by run
+	refusedTill time.Time             // owned by run: the refusal in force was counted
 }
 
 func newRefresher(l *Link, cfg RefreshConfig) *refresher {
@@ -114,7 +119,7 @@ func (r *refresher) run(ctx context.Context) {
 		case <-r.demand:
 		}
 		reason, urgent := r.due()
-		if reason == "" || time.Now().Before(r.nextAllowed(urgent)) || !r.roomForRDB() {
+		if reason == "" || time.Now().Before(r.nextAllowed(urgent)) || !r.roomForRDB() || r.overHourlyCap(reason) {
 			continue
 		}
 		r.refresh(ctx, reason, urgent)
@@ -135,6 +140,32 @@ func (r *refresher) nextAllowed(urgent bool) time.Time {
 		wait = max(wait, r.cfg.MinInterval)
 	}
 	return r.rec.LastAttempt.Add(wait)
+}
+
+// overHourlyCap says whether MaxPerHour refreshes already started in the
+// last hour. Each refusal is counted and logged once, when it begins: the
+// demand is renewed every second while a replica waits.
+func (r *refresher) overHourlyCap(reason string) bool {
+	now := time.Now()
+	kept := r.rec.Attempts[:0]
+	for _, t := range r.rec.Attempts {
+		// A time in the future (a clock set back) still counts, for an hour.
+		if now.Sub(t) < time.Hour {
+			kept = append(kept, t)
+		}
+	}
+	r.rec.Attempts = kept
+	if r.cfg.MaxPerHour <= 0 || len(kept) < r.cfg.MaxPerHour {
+		return false
+	}
+	until := kept[len(kept)-r.cfg.MaxPerHour].Add(time.Hour)
+	if !until.Equal(r.refusedTill) {
+		r.refusedTill = until
+		r.refused.Add(1)
+		r.link.log.Warn().Str("reason", reason).Int("max_refreshes_per_hour", r.cfg.MaxPerHour).Time("next_allowed", until).
+			Msg("snapshot refresh refused: snapshot.max_refreshes_per_hour refreshes (master forks) already started in the last hour; replicas waiting for a newer snapshot wait until then")
+	}
+	return true
 }
 
 func backoff(failures int) time.Duration {
@@ -173,6 +204,7 @@ func (r *refresher) refresh(ctx context.Context, reason string, urgent bool) {
 	// The attempt is recorded before the master forks for it, so that a
 	// crash during the transfer still counts against min_interval.
 	r.rec.LastAttempt = time.Now()
+	r.rec.Attempts = append(r.rec.Attempts, r.rec.LastAttempt)
 	r.save()
 	log.Info().Msg("snapshot refresh starting (rdb-only transfer on a second connection)")
 	start := time.Now()

@@ -14,7 +14,7 @@ import (
 
 // UserConfig is one downstream account, like an ACL user in Redis: a name,
 // a password (or "#" and its SHA-256 in hex, as ACL SETUSER takes it), and
-// a role: replica, monitor or admin.
+// a role: replica, monitor, proxy or admin.
 type UserConfig struct {
 	Name         string `yaml:"name"`
 	Password     string `yaml:"password"`
@@ -48,13 +48,21 @@ func (c *Config) LoadSecrets() error {
 		if *p.value != "" {
 			return fmt.Errorf("%s is set both directly (or by its environment variable) and by a file (%s): set one", p.name, *p.src)
 		}
+		if err := c.checkSecretFile(*p.src); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
 		secret, err := readSecret(*p.src)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 		*p.value, *p.src = secret, ""
 	}
-	return nil
+	for _, f := range []string{c.MetricsBearerTokenFile, c.MetricsBasicAuthFile} {
+		if err := c.checkSecretFile(f); f != "" && err != nil {
+			return err
+		}
+	}
+	return c.loadMetricsSecrets()
 }
 
 // readSecret takes a file's content without its final newline, which
@@ -81,6 +89,9 @@ func (c Config) validateClients() error {
 	if c.MultiMaxCommands < 1 || c.MultiMaxBytes < 1 {
 		return errors.New("multi_max_commands and multi_max_bytes must be positive")
 	}
+	if c.MaxMemoryUnauthClients < 256<<10 {
+		return fmt.Errorf("maxmemory_unauthenticated_clients %d: must be at least 256KiB (one unauthenticated client may hold 160KiB)", c.MaxMemoryUnauthClients)
+	}
 	_, err := c.fanoutUsers()
 	return err
 }
@@ -105,7 +116,7 @@ func (c Config) fanoutUsers() ([]fanout.User, error) {
 		seen[u.Name] = true
 		role := fanout.Role(u.Role)
 		if !role.Valid() {
-			return nil, fmt.Errorf("%s (%s): role %q: want replica, monitor or admin", where, u.Name, u.Role)
+			return nil, fmt.Errorf("%s (%s): role %q: want replica, monitor, proxy or admin", where, u.Name, u.Role)
 		}
 		hash, err := passwordHash(u.Password)
 		if err != nil {

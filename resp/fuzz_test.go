@@ -44,6 +44,10 @@ var fuzzSeeds = []string{
 	"SET k " + strings.Repeat("v", 300) + "\r\n",
 	strings.Repeat("a", 200),
 	"\t \t\r\n  \n",
+	// Inline commands with more words than fuzzLimits' 8 arguments.
+	"AUTH a b c d e f g h i j k\r\n",
+	strings.Repeat("a ", 60) + "\r\n",
+	"PING\r\n" + strings.Repeat(" x", 9) + "\n",
 }
 
 // fuzzLimits are small so the fuzzer reaches every limit quickly.
@@ -73,6 +77,9 @@ func FuzzReadCommand(f *testing.F) {
 // proportion to the input, never to a length the input claims.
 func checkReaderOn(t *testing.T, data []byte, lim Limits, bufSize int) {
 	r := NewReader(bufio.NewReaderSize(bytes.NewReader(data), bufSize), lim)
+	// The memory hook must hear the buffer's capacity exactly.
+	heard := 0
+	r.SetMemoryHook(func(n int) error { heard = n; return nil })
 	for calls := 0; ; calls++ {
 		if calls > len(data) {
 			t.Fatalf("%d commands from %d bytes", calls, len(data))
@@ -92,7 +99,12 @@ func checkReaderOn(t *testing.T, data []byte, lim Limits, bufSize int) {
 		if args == nil {
 			t.Fatal("nil args without error")
 		}
-		if len(args) > max(lim.MaxArgs, lim.MaxInline) {
+		if heard != cap(r.buf) {
+			t.Fatalf("the memory hook heard %d, the buffer holds %d", heard, cap(r.buf))
+		}
+		// Inline commands too: a line of one-byte words must not carry
+		// more arguments than a multibulk command may.
+		if len(args) > lim.MaxArgs {
 			t.Fatalf("%d args over the limits", len(args))
 		}
 		for _, a := range args {

@@ -34,7 +34,9 @@ func DefaultLimits() Limits {
 // not proved anything may not make the server buffer more than a few
 // hundred kilobytes.
 func UnauthenticatedLimits() Limits {
-	return Limits{MaxBulk: 16 << 10, MaxArgs: 10, MaxInline: 16 << 10, Unauthenticated: true}
+	// MaxCommand is what the other two allow: it only keeps the buffer's
+	// growth from overshooting them, as its size counts against a budget.
+	return Limits{MaxBulk: 16 << 10, MaxArgs: 10, MaxInline: 16 << 10, MaxCommand: 10 * 16 << 10, Unauthenticated: true}
 }
 
 // ProtocolError is malformed input from the peer. Like Redis, the caller
@@ -59,6 +61,9 @@ type Reader struct {
 	buf  []byte   // bytes of the last command's arguments, or the last line
 	ends []int    // end of each argument in buf
 	args [][]byte // views into buf, handed to the caller
+	// hook is told buf's new capacity before buf grows (and after it
+	// shrinks); an error refuses the growth and ends the read.
+	hook func(capacity int) error
 }
 
 // NewReader reads from br within lim. A zero field of lim takes its
@@ -71,6 +76,33 @@ func NewReader(br *bufio.Reader, lim Limits) *Reader {
 // SetLimits replaces the limits for the following commands, e.g. once the
 // client has authenticated.
 func (r *Reader) SetLimits(lim Limits) { r.lim = withDefaults(lim) }
+
+// SetMemoryHook installs f, which is told the capacity of the Reader's
+// buffer before it grows and after it is released, so that a caller can
+// account for it against a budget shared by many connections; an error
+// from f refuses the growth and is returned by the read. nil removes it.
+func (r *Reader) SetMemoryHook(f func(capacity int) error) { r.hook = f }
+
+// grow makes room in dst (always r.buf or a prefix of it) for k more
+// bytes. It grows the buffer itself, rather than leaving it to append, so
+// that the hook hears the exact capacity and can refuse it beforehand.
+func (r *Reader) grow(dst []byte, k int) ([]byte, error) {
+	need := len(dst) + k
+	if need <= cap(dst) {
+		return dst, nil
+	}
+	// Doubling, but never past what the limits let one command hold.
+	ceiling := int(r.lim.MaxCommand) + r.lim.MaxInline + 2
+	newCap := max(need, min(2*cap(dst), ceiling))
+	if r.hook != nil {
+		if err := r.hook(newCap); err != nil {
+			return dst, err
+		}
+	}
+	nb := make([]byte, len(dst), newCap)
+	copy(nb, dst)
+	return nb, nil
+}
 
 func withDefaults(lim Limits) Limits {
 	def := DefaultLimits()
@@ -133,6 +165,9 @@ func (r *Reader) ReadCommand() ([][]byte, error) {
 func (r *Reader) reset() {
 	if cap(r.buf) > retainCap {
 		r.buf = nil
+		if r.hook != nil {
+			r.hook(0) // a release is never refused
+		}
 	}
 	r.buf, r.ends, r.args = r.buf[:0], r.ends[:0], r.args[:0]
 }
@@ -155,6 +190,14 @@ func (r *Reader) readInline() ([][]byte, error) {
 			i++
 		}
 		if i > start {
+			// The line's length bounds its memory, not its arguments: a
+			// command of many one-byte words costs a slice header each.
+			if len(r.args) >= r.lim.MaxArgs {
+				if r.lim.Unauthenticated {
+					return nil, protoErr("unauthenticated inline request: too many arguments")
+				}
+				return nil, protoErr("too many arguments in inline request")
+			}
 			r.args = append(r.args, line[start:i:i])
 		}
 	}
@@ -251,6 +294,9 @@ func (r *Reader) appendPayload(n int) error {
 		if err != nil {
 			return err
 		}
+		if r.buf, err = r.grow(r.buf, k); err != nil {
+			return err
+		}
 		r.buf = append(r.buf, chunk...)
 		if _, err := r.br.Discard(k); err != nil {
 			return err
@@ -281,6 +327,10 @@ func (r *Reader) appendLine(dst []byte, tooLong string) ([]byte, error) {
 		frag, err := r.br.ReadSlice('\n')
 		if len(dst)-start+len(frag) > r.lim.MaxInline+2 {
 			return dst, protoErr("%s", tooLong)
+		}
+		var gerr error
+		if dst, gerr = r.grow(dst, len(frag)); gerr != nil {
+			return dst, gerr
 		}
 		dst = append(dst, frag...)
 		switch {

@@ -183,7 +183,7 @@ func checkConfigCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "check-config",
 		Usage: "validate a configuration and print it with defaults filled in",
-		Flags: configFlags(),
+		Flags: append(configFlags(), strictFlag()),
 		Action: func(c *cli.Context) error {
 			cfg, err := loadConfig(c)
 			if err != nil {
@@ -191,6 +191,9 @@ func checkConfigCommand() *cli.Command {
 			}
 			for _, w := range passwordFlagWarnings(c) {
 				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
+			}
+			if err := securityWarnings(c, cfg); err != nil {
+				return err
 			}
 			fmt.Fprintf(c.App.Writer, "ok: listen %s, master %s, data_dir %s, backlog %d bytes, fsync %s\n",
 				cfg.Listen, cfg.Master.Addr, cfg.DataDir, cfg.Backlog.MaxBytes, cfg.Backlog.Fsync)

@@ -114,24 +114,15 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "out", Value: "-", Usage: "file to write (-: standard output)"},
 		},
 		Action: func(c *cli.Context) error {
-			var w io.Writer = c.App.Writer
-			var f *os.File
+			var res restore.ExportResult
+			var err error
 			if out := c.String("out"); out != "-" {
-				var err error
-				if f, err = os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600); err != nil {
-					return fmt.Errorf("export: %w", err)
-				}
-				defer f.Close()
-				w = f
+				res, err = restore.ExportFile(c.String("data-dir"), c.Int64("from"), c.Int64("to"), out)
+			} else {
+				res, err = restore.Export(c.String("data-dir"), c.Int64("from"), c.Int64("to"), c.App.Writer)
 			}
-			res, err := restore.Export(c.String("data-dir"), c.Int64("from"), c.Int64("to"), w)
 			if err != nil {
 				return fmt.Errorf("export: %w", err)
-			}
-			if f != nil {
-				if err := f.Close(); err != nil {
-					return fmt.Errorf("export: %w", err)
-				}
 			}
 			fmt.Fprintf(c.App.ErrWriter, "exported offsets %d..%d: %d commands, starting in db %s\n",
 				res.From, res.To, res.Commands, strconv.Itoa(res.DB))

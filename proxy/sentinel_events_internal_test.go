@@ -1,0 +1,63 @@
+package proxy
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/redisproc"
+)
+
+// eventedLink is a link to a real master, not running, and a watcher
+// that events are handed to as the sentinels at s1, s2 would send them.
+func eventedLink(t *testing.T) (*Link, *sentinelWatch, string) {
+	t.Helper()
+	m := redisproc.Start(t)
+	store, err := backlog.Open(t.TempDir(), backlog.Options{
+		Log:    backlog.LogOptions{SegmentBytes: 1 << 20, MaxBytes: 1 << 30, Fsync: backlog.FsyncNo},
+		Logger: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	l := NewLink(LinkConfig{Addr: m.Addr(), ListenPort: 1, ReplTimeout: time.Minute, ConnectTimeout: 2 * time.Second,
+		BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second, AckMode: AckStored}, store, nil, zerolog.Nop())
+	w := &sentinelWatch{cfg: SentinelConfig{Name: "mymaster", FailoverPause: Duration(time.Hour), Poll: Duration(time.Hour)},
+		link: l, log: zerolog.Nop()}
+	host, port, _ := net.SplitHostPort(m.Addr())
+	return l, w, "mymaster " + host + " " + port
+}
+
+// Only the sentinel leading a failover publishes its steps, but every
+// sentinel that tried to get elected for it and lost publishes
+// -failover-abort-not-elected when its election times out (up to 10 s
+// later, while the leader may still wait for the promotion). That abort
+// is about its own attempt, not the leader's failover: it must neither
+// unpark the link (it would read the old master past the fork point)
+// nor let polls act again.
+func TestAbortFromAnotherSentinelKeepsThePark(t *testing.T) {
+	l, w, master := eventedLink(t)
+	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
+	if !l.parked() {
+		t.Fatal("+selected-slave of the followed master did not park the link")
+	}
+	w.event("-failover-abort-not-elected", "master "+master, "s2:26379")
+	if !l.parked() {
+		t.Fatal("an abort from a sentinel that did not lead the failover unparked the link")
+	}
+	if w.pollMayRepoint(w.generation()) {
+		t.Fatal("an abort from a sentinel that did not lead the failover let polls act again")
+	}
+	w.event("-failover-abort-slave-timeout", "master "+master, "s1:26379")
+	if l.parked() {
+		t.Fatal("the leader's abort did not unpark the link")
+	}
+	if !w.pollMayRepoint(w.generation()) {
+		t.Fatal("polls stay ignored after the leader's abort")
+	}
+}
+

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
@@ -61,3 +62,24 @@ func TestAbortFromAnotherSentinelKeepsThePark(t *testing.T) {
 	}
 }
 
+// A REPLICAOF to another master while parked is obeyed at once: the park
+// keeps the link off the old master only, and the operator was told OK.
+func TestReplicaofWhileParkedMovesTheLink(t *testing.T) {
+	l, w, master := eventedLink(t)
+	other := redisproc.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() { defer close(done); l.Run(ctx) }()
+	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
+	if !l.parked() {
+		t.Fatal("+selected-slave of the followed master did not park the link")
+	}
+	if !l.Repoint(other.Addr(), "REPLICAOF from an operator") {
+		t.Fatal("the repoint changed nothing")
+	}
+	redisproc.Eventually(t, 30*time.Second, "the link to follow the operator's master", func() (bool, string) {
+		st := l.LinkStatus().State
+		return st == LinkConnected && other.Info("replication")["connected_slaves"] == "1", st
+	})
+}

@@ -302,6 +302,14 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 		if len(f) != 5 || f[0] != w.cfg.Name {
 			return
 		}
+		if old := net.JoinHostPort(f[1], f[2]); w.link.parked() && old != w.link.Addr() {
+			// A parked link is on the master whose failover is under way;
+			// a switch from another one is an earlier failover, told late
+			// by a sentinel that learned of it by hello.
+			w.log.Info().Str("sentinel", from).Str("from", old).Str("parked_on", w.link.Addr()).
+				Msg("+switch-master of an earlier failover ignored; the failover under way goes on")
+			return
+		}
 		w.noteFailover(false, from)
 		w.link.failover.switched(time.Now())
 		w.link.Repoint(net.JoinHostPort(f[3], f[4]), "sentinel +switch-master from "+from)

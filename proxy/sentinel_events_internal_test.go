@@ -83,3 +83,27 @@ func TestReplicaofWhileParkedMovesTheLink(t *testing.T) {
 		return st == LinkConnected && other.Info("replication")["connected_slaves"] == "1", st
 	})
 }
+
+// A +switch-master about another master than the one the link is parked
+// from is a stale sentinel's news of an earlier failover (one that learns
+// of it late, by hello, publishes it when it does): it must not end the
+// park of the failover under way, nor let polls act again.
+func TestStaleSwitchMasterKeepsThePark(t *testing.T) {
+	l, w, master := eventedLink(t)
+	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
+	if !l.parked() {
+		t.Fatal("+selected-slave of the followed master did not park the link")
+	}
+	host, port, _ := net.SplitHostPort(l.Addr())
+	w.event("+switch-master", "mymaster 127.0.0.1 2 "+host+" "+port, "s3:26379")
+	if !l.parked() {
+		t.Fatal("a +switch-master from another master to the parked one ended the park")
+	}
+	if w.pollMayRepoint(w.generation()) {
+		t.Fatal("a stale +switch-master let polls act again")
+	}
+	w.event("+switch-master", "mymaster "+host+" "+port+" 127.0.0.1 1", "s2:26379")
+	if l.parked() || l.Addr() != "127.0.0.1:1" {
+		t.Fatalf("the failover's +switch-master did not move the link: parked %v, at %s", l.parked(), l.Addr())
+	}
+}

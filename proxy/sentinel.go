@@ -302,12 +302,7 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 		if len(f) != 5 || f[0] != w.cfg.Name {
 			return
 		}
-		if old := net.JoinHostPort(f[1], f[2]); w.link.parked() && old != w.link.Addr() {
-			// A parked link is on the master whose failover is under way;
-			// a switch from another one is an earlier failover, told late
-			// by a sentinel that learned of it by hello.
-			w.log.Info().Str("sentinel", from).Str("from", old).Str("parked_on", w.link.Addr()).
-				Msg("+switch-master of an earlier failover ignored; the failover under way goes on")
+		if w.otherThanParked(channel, net.JoinHostPort(f[1], f[2]), from) {
 			return
 		}
 		w.noteFailover(false, from)
@@ -329,6 +324,9 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 		w.link.Park(time.Now().Add(time.Duration(w.cfg.FailoverPause)),
 			fmt.Sprintf("sentinel %s selected %s to replace %s", from, in.addr, in.masterAt))
 	case channel == "+promoted-slave":
+		if w.otherThanParked(channel, in.masterAt, from) {
+			return
+		}
 		w.noteFailover(true, from)
 		w.link.failover.promoted(time.Now())
 		w.link.Repoint(in.addr, "sentinel +promoted-slave from "+from)
@@ -341,4 +339,18 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 		w.log.Warn().Str("sentinel", from).Str("event", channel).Str("master", in.addr).Msg("sentinel aborted the failover; resuming from the master")
 		w.link.Unpark("sentinel " + channel + " from " + from)
 	}
+}
+
+// otherThanParked says whether an event that would end a park is about a
+// failover of another master than the one the link is parked on: an
+// earlier failover's, told late (a sentinel that learned of it by hello,
+// or a feed that lagged). Acting on it would resume reading the master
+// whose failover is under way.
+func (w *sentinelWatch) otherThanParked(channel, master, from string) bool {
+	if !w.link.parked() || master == w.link.Addr() {
+		return false
+	}
+	w.log.Info().Str("sentinel", from).Str("event", channel).Str("master", master).Str("parked_on", w.link.Addr()).
+		Msg("event of an earlier failover ignored; the failover under way goes on")
+	return true
 }

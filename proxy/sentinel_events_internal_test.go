@@ -107,3 +107,24 @@ func TestStaleSwitchMasterKeepsThePark(t *testing.T) {
 		t.Fatalf("the failover's +switch-master did not move the link: parked %v, at %s", l.parked(), l.Addr())
 	}
 }
+
+// A +promoted-slave of a failover of another master than the one the link
+// is parked on (an earlier failover's, delivered late) neither moves the
+// link nor ends the park of the failover under way.
+func TestLatePromotionOfAnotherMasterKeepsThePark(t *testing.T) {
+	l, w, master := eventedLink(t)
+	at := l.Addr()
+	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
+	if !l.parked() {
+		t.Fatal("+selected-slave of the followed master did not park the link")
+	}
+	host, port, _ := net.SplitHostPort(at)
+	w.event("+promoted-slave", "slave "+at+" "+host+" "+port+" @ mymaster 127.0.0.1 2", "s2:26379")
+	if !l.parked() || l.Addr() != at {
+		t.Fatalf("a promotion of a replica of another master moved the parked link: parked %v, at %s", l.parked(), l.Addr())
+	}
+	w.event("+promoted-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
+	if l.parked() || l.Addr() != "127.0.0.1:1" {
+		t.Fatalf("the failover's promotion did not move the link: parked %v, at %s", l.parked(), l.Addr())
+	}
+}

@@ -3,6 +3,9 @@ package proxy
 import (
 	"context"
 	"net"
+	"runtime"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,5 +129,71 @@ func TestLatePromotionOfAnotherMasterKeepsThePark(t *testing.T) {
 	w.event("+promoted-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
 	if l.parked() || l.Addr() != "127.0.0.1:1" {
 		t.Fatalf("the failover's promotion did not move the link: parked %v, at %s", l.parked(), l.Addr())
+	}
+}
+
+// Three sentinels' feeds firing failover events at once, between two real
+// masters, while the link runs: no race, no hang, and at the end the link
+// follows the last +switch-master, unparked, and Run stops with its
+// context leaving no goroutine.
+func TestFailoverEventStormWhileRunning(t *testing.T) {
+	l, w, _ := eventedLink(t)
+	w.cfg.FailoverPause = Duration(200 * time.Millisecond)
+	other := redisproc.Start(t)
+	before := runtime.NumGoroutine() // the servers' waiters are counted
+	ends := []string{l.Addr(), other.Addr()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.Run(ctx) }()
+	var wg sync.WaitGroup
+	for s := 0; s < 3; s++ {
+		from := "s" + strconv.Itoa(s) + ":26379"
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 150; i++ {
+				a, b := ends[(i+s)%2], ends[(i+s+1)%2]
+				ah, ap, _ := net.SplitHostPort(a)
+				bh, bp, _ := net.SplitHostPort(b)
+				slave := "slave " + b + " " + bh + " " + bp + " @ mymaster " + ah + " " + ap
+				switch i % 5 {
+				case 0:
+					w.event("+selected-slave", slave, from)
+				case 1:
+					w.event("+failover-state-send-slaveof-noone", slave, from)
+				case 2:
+					w.event("+promoted-slave", slave, from)
+				case 3:
+					w.event("-failover-abort-slave-timeout", "master mymaster "+ah+" "+ap, from)
+				case 4:
+					w.event("+switch-master", "mymaster "+ah+" "+ap+" "+bh+" "+bp, from)
+				}
+				time.Sleep(time.Duration(i%3) * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	oh, op, _ := net.SplitHostPort(other.Addr())
+	l.Unpark("storm over")
+	cur, _, _ := net.SplitHostPort(l.Addr())
+	_, curPort, _ := net.SplitHostPort(l.Addr())
+	w.event("+switch-master", "mymaster "+cur+" "+curPort+" "+oh+" "+op, "s0:26379")
+	redisproc.Eventually(t, 30*time.Second, "the link to follow the last switch", func() (bool, string) {
+		return l.Addr() == other.Addr() && !l.parked() && l.LinkStatus().State == LinkConnected &&
+			other.Info("replication")["connected_slaves"] == "1", l.Addr() + " " + l.LinkStatus().State
+	})
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not stop with its context")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after Run stopped, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }

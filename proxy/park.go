@@ -21,6 +21,7 @@ var errParked = errors.New("parked for a failover")
 type parking struct {
 	mu    sync.Mutex
 	until time.Time // zero: not parked
+	on    string    // the master the link was parked on
 	why   string
 	wake  chan struct{} // closed by Unpark
 }
@@ -29,11 +30,12 @@ type parking struct {
 // one until Unpark or until, whichever comes first. What is stored stays;
 // the next session PSYNCs from its end, to the old master or a new one.
 func (l *Link) Park(until time.Time, why string) {
+	on := l.Addr()
 	l.park.mu.Lock()
 	already := !l.park.until.IsZero()
 	if !already {
 		l.park.wake = make(chan struct{})
-		l.park.until, l.park.why = until, why
+		l.park.until, l.park.why, l.park.on = until, why, on
 	}
 	l.park.mu.Unlock()
 	if already {
@@ -60,6 +62,13 @@ func (l *Link) Unpark(why string) {
 	l.park.until = time.Time{}
 	close(l.park.wake)
 	l.log.Info().Str("master", l.Addr()).Str("reason", why).Msg("upstream link unparked")
+}
+
+// parkedOn is the master the link is parked on; ok false: not parked.
+func (l *Link) parkedOn() (addr string, ok bool) {
+	l.park.mu.Lock()
+	defer l.park.mu.Unlock()
+	return l.park.on, !l.park.until.IsZero()
 }
 
 func (l *Link) parked() bool {

@@ -347,10 +347,11 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 // or a feed that lagged). Acting on it would resume reading the master
 // whose failover is under way.
 func (w *sentinelWatch) otherThanParked(channel, master, from string) bool {
-	if !w.link.parked() || master == w.link.Addr() {
+	on, parked := w.link.parkedOn()
+	if !parked || master == on {
 		return false
 	}
-	w.log.Info().Str("sentinel", from).Str("event", channel).Str("master", master).Str("parked_on", w.link.Addr()).
+	w.log.Info().Str("sentinel", from).Str("event", channel).Str("master", master).Str("parked_on", on).
 		Msg("event of an earlier failover ignored; the failover under way goes on")
 	return true
 }

@@ -53,10 +53,14 @@ func (l *Link) Park(until time.Time, why string) {
 }
 
 // Unpark lets the link connect again at once.
-func (l *Link) Unpark(why string) {
+func (l *Link) Unpark(why string) { l.unpark(nil, why) }
+
+// unpark ends the park whose wake channel is wake (nil: whichever), so a
+// park's bound never ends a later park.
+func (l *Link) unpark(wake chan struct{}, why string) {
 	l.park.mu.Lock()
 	defer l.park.mu.Unlock()
-	if l.park.until.IsZero() {
+	if l.park.until.IsZero() || (wake != nil && wake != l.park.wake) {
 		return
 	}
 	l.park.until = time.Time{}
@@ -94,7 +98,7 @@ func (l *Link) waitUnparked(ctx context.Context) {
 	case <-t.C:
 		l.log.Warn().Str("master", l.Addr()).Str("reason", why).
 			Msg("failover pause ended with no promotion and no abort seen; resuming from the master the link follows")
-		l.Unpark("pause bound reached")
+		l.unpark(wake, "pause bound reached")
 	}
 	select { // a repoint made while parked is applied by the next session
 	case <-l.repoint:

@@ -5,6 +5,7 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -195,5 +196,41 @@ func TestFailoverEventStormWhileRunning(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("%d goroutines after Run stopped, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// gateLog blocks the log line containing match until release is closed,
+// and closes reached when it gets there.
+type gateLog struct {
+	match            string
+	reached, release chan struct{}
+	once             sync.Once
+}
+
+func (g *gateLog) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), g.match) {
+		g.once.Do(func() { close(g.reached) })
+		<-g.release
+	}
+	return len(p), nil
+}
+
+// The bound of one park ends that park only: when the promotion ended it
+// and the next failover parked the link again as the bound came, the new
+// park stays.
+func TestPauseBoundEndsOnlyItsOwnPark(t *testing.T) {
+	l, _, _ := eventedLink(t)
+	g := &gateLog{match: "failover pause ended", reached: make(chan struct{}), release: make(chan struct{})}
+	l.log = zerolog.New(g)
+	l.Park(time.Now().Add(-time.Millisecond), "first failover") // its bound is already past
+	done := make(chan struct{})
+	go func() { defer close(done); l.waitUnparked(context.Background()) }()
+	<-g.reached // the bound fired; the promotion and the next park come now
+	l.Unpark("promoted")
+	l.Park(time.Now().Add(time.Hour), "second failover")
+	close(g.release)
+	<-done
+	if !l.parked() {
+		t.Fatal("the first park's bound ended the second park")
 	}
 }

@@ -104,3 +104,105 @@ func TestStoreRefusesMetaWritesAfterClose(t *testing.T) {
 		t.Fatalf("reopened at epoch %d, closed at %d", got, epoch)
 	}
 }
+
+// Store.Close in the middle of everything the writer and the readers do
+// at once: appends that roll and trim (retention's history prune), a
+// snapshot adopted, IDs shifted, and INFO's readers of the state and the
+// time index. Close returns, every actor sees ErrClosed or finishes, and
+// the data dir reopens at a consistent state: the meta's offset is the
+// log's end, and its snapshot is one the history keeps.
+func TestStoreCloseAmidWritersAndReaders(t *testing.T) {
+	opt := testOptions()
+	opt.Log.SegmentBytes = 4 << 10
+	opt.Log.MaxBytes = 16 << 10
+	opt.Log.Fsync = FsyncNo
+	opt.SnapshotKeep = 3
+	chunk := pattern(1<<10, 3)
+	for round := 0; round < 30; round++ {
+		dir := t.TempDir()
+		s := newStore(t, dir, opt, 0)
+		stop := make(chan struct{})
+		done := make(chan struct{}, 3)
+		go func() { // the writer: appends, adopts, shifts, as the link does
+			defer func() { done <- struct{}{} }()
+			for i := 0; ; i++ {
+				if s.Append(chunk) != nil {
+					return
+				}
+				switch i % 7 {
+				case 3:
+					w, err := s.NewSnapshot()
+					if err != nil {
+						return
+					}
+					w.Write([]byte("REDIS0010 snapshot"))
+					if err := s.AdoptSnapshot(s.State().ReplID, s.State().MasterReplOffset(), w); err != nil {
+						if !errors.Is(err, ErrClosed) {
+							t.Errorf("round %d: adopt: %v", round, err)
+						}
+						return
+					}
+				case 5:
+					if err := s.ShiftID(RandomReplID()); err != nil {
+						if !errors.Is(err, ErrClosed) {
+							t.Errorf("round %d: shift: %v", round, err)
+						}
+						return
+					}
+				}
+			}
+		}()
+		for r := 0; r < 2; r++ {
+			go func() { // INFO and /metrics
+				defer func() { done <- struct{}{} }()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					st, l := s.View()
+					if l != nil {
+						l.TimeAt(st.MasterReplOffset())
+						l.LastAppend()
+						l.AppendStuck(time.Now())
+						l.Bounds()
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round%6) * time.Millisecond)
+		closed := make(chan error, 1)
+		go func() { closed <- s.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil && !errors.Is(err, ErrClosed) {
+				t.Fatalf("round %d: close: %v", round, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Store.Close hung", round)
+		}
+		close(stop)
+		for i := 0; i < 3; i++ {
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("round %d: an actor never saw the close", round)
+			}
+		}
+		again, err := Open(dir, opt)
+		if err != nil {
+			t.Fatalf("round %d: reopen: %v", round, err)
+		}
+		st, l := again.View()
+		if l == nil {
+			t.Fatalf("round %d: reopened with no log", round)
+		}
+		if _, end := l.Bounds(); end != st.End {
+			t.Fatalf("round %d: reopened with the meta at %d, the log at %d", round, st.End, end)
+		}
+		if err := again.Close(); err != nil {
+			t.Fatalf("round %d: close again: %v", round, err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // syncedSizes records, per file, its size at its last successful fsync: the
@@ -324,4 +325,27 @@ func openFailingLog(t *testing.T, fail *atomic.Bool) *Log {
 	t.Cleanup(func() { l.Close() })
 	manualSyncs(l)
 	return l
+}
+
+// An append that waits for a cut holding the writer's lock on a disk that
+// does not answer (a cut follows a failed fsync: a sick disk) is stuck on
+// the disk too: AppendStuck counts its wait, so /readyz says so.
+func TestAppendWaitingForACutIsStuck(t *testing.T) {
+	s := newStore(t, t.TempDir(), testOptions(), 0)
+	l := s.Log()
+	l.wmu.Lock() // a cut in progress, its truncate or fsync not answered
+	done := make(chan error, 1)
+	go func() { done <- l.Append([]byte("x")) }()
+	time.Sleep(300 * time.Millisecond)
+	stuck := l.AppendStuck(time.Now())
+	l.wmu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if stuck < 200*time.Millisecond {
+		t.Fatalf("an append waiting 300 ms behind a cut reported stuck for %s", stuck)
+	}
+	if got := l.AppendStuck(time.Now()); got != 0 {
+		t.Fatalf("stuck for %s after the append returned", got)
+	}
 }

@@ -593,6 +593,10 @@ func (l *Log) Append(p []byte) error {
 // the caller may retry from End. After a cut it returns ErrRewound until
 // Resume.
 func (l *Log) AppendBatch(b *Batch, n int) error {
+	// Stuck from before the writer's lock: a cut holds it across its
+	// truncate and fsync, and a cut follows a failed fsync, on a sick disk.
+	l.appending.Store(time.Now().UnixNano())
+	defer l.appending.Store(0)
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.mu.RLock()
@@ -610,8 +614,6 @@ func (l *Log) AppendBatch(b *Batch, n int) error {
 		return ErrRewound
 	}
 	now := time.Now()
-	l.appending.Store(now.UnixNano())
-	defer l.appending.Store(0)
 	l.times.note(start, now)
 	written := 0
 	// Waiters wake once, when the whole append is in, whether it ends well

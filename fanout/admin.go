@@ -28,6 +28,11 @@ func (c *client) replicaof(args [][]byte) {
 		c.out = resp.AppendError(c.out, "ERR Invalid master port")
 		return
 	}
+	if c.namesItself(host, port) {
+		c.log.Warn().Str("master", net.JoinHostPort(host, strconv.Itoa(port))).Msg("refused REPLICAOF naming the proxy itself")
+		c.out = resp.AppendError(c.out, "ERR "+net.JoinHostPort(host, strconv.Itoa(port))+" is this replproxy itself: replicating from itself would stall the link while it reports up")
+		return
+	}
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	if !c.srv.cfg.Upstream.Repoint(addr, strings.ToUpper(string(args[0]))+" from "+c.conn.RemoteAddr().String()) {
 		c.out = resp.AppendSimple(c.out, "OK Already connected to specified master")
@@ -131,4 +136,20 @@ func (c *client) config(args [][]byte) {
 	default:
 		c.out = resp.AppendError(c.out, "ERR CONFIG "+strings.ToUpper(string(args[1]))+" is not supported by replproxy")
 	}
+}
+
+// namesItself says whether host:port is the address this client reached
+// the proxy on ("localhost" when that is a loopback one). Other names of
+// the same socket (a resolver's, another interface's) are not checked: no
+// lookup on this path, and another loopback address may be another server.
+func (c *client) namesItself(host string, port int) bool {
+	local, ok := c.conn.LocalAddr().(*net.TCPAddr)
+	if !ok || local.Port != port {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return local.IP.IsLoopback()
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.Equal(local.IP)
 }

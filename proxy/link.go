@@ -142,6 +142,10 @@ func (l *Link) Repoint(addr, why string) bool {
 	case l.repoint <- struct{}{}:
 	default:
 	}
+	// A park keeps the link off the old master only: another one is
+	// followed at once (REPLICAOF answered OK means now). Last, so that
+	// the parked Run drains the wake-up above as it resumes.
+	l.Unpark(why)
 	return true
 }
 

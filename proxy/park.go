@@ -21,6 +21,7 @@ var errParked = errors.New("parked for a failover")
 type parking struct {
 	mu    sync.Mutex
 	until time.Time // zero: not parked
+	on    string    // the master the link was parked on
 	why   string
 	wake  chan struct{} // closed by Unpark
 }
@@ -29,11 +30,12 @@ type parking struct {
 // one until Unpark or until, whichever comes first. What is stored stays;
 // the next session PSYNCs from its end, to the old master or a new one.
 func (l *Link) Park(until time.Time, why string) {
+	on := l.Addr()
 	l.park.mu.Lock()
 	already := !l.park.until.IsZero()
 	if !already {
 		l.park.wake = make(chan struct{})
-		l.park.until, l.park.why = until, why
+		l.park.until, l.park.why, l.park.on = until, why, on
 	}
 	l.park.mu.Unlock()
 	if already {
@@ -51,15 +53,26 @@ func (l *Link) Park(until time.Time, why string) {
 }
 
 // Unpark lets the link connect again at once.
-func (l *Link) Unpark(why string) {
+func (l *Link) Unpark(why string) { l.unpark(nil, why) }
+
+// unpark ends the park whose wake channel is wake (nil: whichever), so a
+// park's bound never ends a later park.
+func (l *Link) unpark(wake chan struct{}, why string) {
 	l.park.mu.Lock()
 	defer l.park.mu.Unlock()
-	if l.park.until.IsZero() {
+	if l.park.until.IsZero() || (wake != nil && wake != l.park.wake) {
 		return
 	}
 	l.park.until = time.Time{}
 	close(l.park.wake)
 	l.log.Info().Str("master", l.Addr()).Str("reason", why).Msg("upstream link unparked")
+}
+
+// parkedOn is the master the link is parked on; ok false: not parked.
+func (l *Link) parkedOn() (addr string, ok bool) {
+	l.park.mu.Lock()
+	defer l.park.mu.Unlock()
+	return l.park.on, !l.park.until.IsZero()
 }
 
 func (l *Link) parked() bool {
@@ -85,7 +98,7 @@ func (l *Link) waitUnparked(ctx context.Context) {
 	case <-t.C:
 		l.log.Warn().Str("master", l.Addr()).Str("reason", why).
 			Msg("failover pause ended with no promotion and no abort seen; resuming from the master the link follows")
-		l.Unpark("pause bound reached")
+		l.unpark(wake, "pause bound reached")
 	}
 	select { // a repoint made while parked is applied by the next session
 	case <-l.repoint:

@@ -54,6 +54,7 @@ type sentinelWatch struct {
 	mu         sync.Mutex
 	gen        uint64    // counts failover events: a poll begun before one is stale
 	failoverAt time.Time // a failover of the master is under way since; zero: none
+	leader     string    // the sentinel that published the failover's last step; "": none
 }
 
 // failoverGuard is how long after a failover began polls are ignored
@@ -205,18 +206,36 @@ func (w *sentinelWatch) pollMayRepoint(gen uint64) bool {
 	return w.failoverAt.IsZero() || time.Since(w.failoverAt) > failoverGuard
 }
 
-// noteFailover records a failover event; begun says whether a failover is
-// under way after it.
-func (w *sentinelWatch) noteFailover(begun bool) {
+// noteFailover records a failover event from the sentinel at from; begun
+// says whether a failover is under way after it.
+func (w *sentinelWatch) noteFailover(begun bool, from string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.gen++
 	switch {
 	case !begun:
-		w.failoverAt = time.Time{}
+		w.failoverAt, w.leader = time.Time{}, ""
 	case w.failoverAt.IsZero():
-		w.failoverAt = time.Now()
+		w.failoverAt, w.leader = time.Now(), from
+	default:
+		w.leader = from
 	}
+}
+
+// abortEnds says whether an abort from the sentinel at from ends the
+// failover under way, and if so records that it did. Only the leader's
+// does: a sentinel that lost the election for the same failover publishes
+// -failover-abort-not-elected when its own election times out, up to 10 s
+// later, while the leader may still be waiting for the promotion.
+func (w *sentinelWatch) abortEnds(from string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.leader != "" && w.leader != from {
+		return false
+	}
+	w.gen++
+	w.failoverAt, w.leader = time.Time{}, ""
+	return true
 }
 
 // follow listens to one sentinel's events until ctx ends, reconnecting
@@ -283,7 +302,10 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 		if len(f) != 5 || f[0] != w.cfg.Name {
 			return
 		}
-		w.noteFailover(false)
+		if w.otherThanParked(channel, net.JoinHostPort(f[1], f[2]), from) {
+			return
+		}
+		w.noteFailover(false, from)
 		w.link.failover.switched(time.Now())
 		w.link.Repoint(net.JoinHostPort(f[3], f[4]), "sentinel +switch-master from "+from)
 		w.link.Unpark("sentinel +switch-master from " + from)
@@ -295,20 +317,41 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 	}
 	switch {
 	case channel == "+selected-slave" || channel == "+failover-state-send-slaveof-noone":
-		w.noteFailover(true)
+		w.noteFailover(true, from)
 		if w.cfg.FailoverPause <= 0 || in.masterAt != w.link.Addr() {
 			return
 		}
 		w.link.Park(time.Now().Add(time.Duration(w.cfg.FailoverPause)),
 			fmt.Sprintf("sentinel %s selected %s to replace %s", from, in.addr, in.masterAt))
 	case channel == "+promoted-slave":
-		w.noteFailover(true)
+		if w.otherThanParked(channel, in.masterAt, from) {
+			return
+		}
+		w.noteFailover(true, from)
 		w.link.failover.promoted(time.Now())
 		w.link.Repoint(in.addr, "sentinel +promoted-slave from "+from)
 		w.link.Unpark("sentinel +promoted-slave from " + from)
 	case strings.HasPrefix(channel, "-failover-abort-"):
-		w.noteFailover(false)
+		if !w.abortEnds(from) {
+			w.log.Info().Str("sentinel", from).Str("event", channel).Msg("abort of an attempt that did not lead the failover under way; the failover goes on")
+			return
+		}
 		w.log.Warn().Str("sentinel", from).Str("event", channel).Str("master", in.addr).Msg("sentinel aborted the failover; resuming from the master")
 		w.link.Unpark("sentinel " + channel + " from " + from)
 	}
+}
+
+// otherThanParked says whether an event that would end a park is about a
+// failover of another master than the one the link is parked on: an
+// earlier failover's, told late (a sentinel that learned of it by hello,
+// or a feed that lagged). Acting on it would resume reading the master
+// whose failover is under way.
+func (w *sentinelWatch) otherThanParked(channel, master, from string) bool {
+	on, parked := w.link.parkedOn()
+	if !parked || master == on {
+		return false
+	}
+	w.log.Info().Str("sentinel", from).Str("event", channel).Str("master", master).Str("parked_on", on).
+		Msg("event of an earlier failover ignored; the failover under way goes on")
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/hdt3213/rdb/crc64jones"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/rdbmeta"
 )
 
 // rdbFilter reads REPLCONF rdb-filter-only's value as Redis 7.0+ does: a
@@ -33,21 +35,27 @@ func (c *client) rdbFilter(val string) string {
 // emptySync serves a client that asked for no data (redis-cli --replica
 // sends REPLCONF rdb-filter-only ""): as Redis does, an RDB without keys at
 // the offset the stream has reached, then the stream from the next byte.
-// It needs no snapshot and forks nothing.
+// That offset is the last command boundary stored, not the log's end,
+// which can fall inside a command. It forks nothing.
 func (r *replica) emptySync(ctx context.Context) (*backlog.Cursor, error) {
 	st, lg, err := r.waitHistory(ctx)
 	if err != nil {
 		return nil, err
 	}
-	// An RDB at offset S continues at S+1: here S is the last byte stored.
-	off := st.End - 1
-	cur, err := lg.NewCursor(st.End)
+	start, db, err := r.commandBoundary(ctx, st, lg)
 	if err != nil {
-		return nil, fmt.Errorf("stream from offset %d: %w", st.End, err)
+		r.write([]byte("-ERR replproxy cannot tell where the stream's last command starts (" + strings.ReplaceAll(err.Error(), "\r\n", " ") + "); ask the master\r\n"))
+		return nil, fmt.Errorf("empty sync: %w", err)
 	}
-	rdb := emptyRDB(st.ReplID, off)
+	// An RDB at offset S continues at S+1.
+	off := start - 1
+	cur, err := lg.NewCursor(start)
+	if err != nil {
+		return nil, fmt.Errorf("stream from offset %d: %w", start, err)
+	}
+	rdb := emptyRDB(st.ReplID, off, db)
 	r.srv.stats.SyncFull.Add(1)
-	r.sentOff.Store(st.End)
+	r.sentOff.Store(start)
 	r.maxAck.Store(off)
 	r.state.Store(StateSendBulk)
 	r.log.Info().Str("replid", st.ReplID).Int64("offset", off).
@@ -98,11 +106,13 @@ func (r *replica) waitHistory(ctx context.Context) (backlog.State, *backlog.Log,
 }
 
 // emptyRDB is an RDB with no keys (version 9, which Redis 5.0 and later
-// load), naming the replication ID and offset as Redis' aux fields do.
-func emptyRDB(replid string, offset int64) []byte {
+// load), naming the replication ID, offset and the stream's database as
+// Redis' aux fields do: a replica's master client starts in that database.
+func emptyRDB(replid string, offset, db int64) []byte {
 	var b bytes.Buffer
 	b.WriteString("REDIS0009")
-	for _, kv := range [][2]string{{"repl-id", replid}, {"repl-offset", strconv.FormatInt(offset, 10)}} {
+	aux := [][2]string{{"repl-stream-db", strconv.FormatInt(db, 10)}, {"repl-id", replid}, {"repl-offset", strconv.FormatInt(offset, 10)}}
+	for _, kv := range aux {
 		b.WriteByte(0xFA) // AUX
 		for _, s := range kv {
 			b.WriteByte(byte(len(s))) // a length under 64 fits the 6-bit form
@@ -116,4 +126,52 @@ func emptyRDB(replid string, offset int64) []byte {
 	binary.LittleEndian.PutUint64(sum[:], h.Sum64())
 	b.Write(sum[:])
 	return b.Bytes()
+}
+
+// commandBoundary reads the stream from the snapshot's offset, a command
+// boundary the master set, up to the log's end, and returns the offset
+// where the last whole unit ends and the database selected there. It reads
+// from disk what a full sync would, and holds no lock.
+func (r *replica) commandBoundary(ctx context.Context, st backlog.State, lg *backlog.Log) (int64, int64, error) {
+	if st.Snapshot == nil || st.Snapshot.Offset+1 < st.First {
+		return 0, 0, errors.New("no snapshot whose continuation the backlog holds")
+	}
+	from := st.Snapshot.Offset + 1
+	sc := newCommandScanner(from, r.snapshotDB(*st.Snapshot))
+	cur, err := lg.NewCursor(from)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read stream from offset %d: %w", from, err)
+	}
+	defer cur.Close()
+	for cur.Offset() < st.End {
+		if err := ctx.Err(); err != nil {
+			return 0, 0, err
+		}
+		n, err := cur.Send(sc, st.End-cur.Offset())
+		if err != nil {
+			return 0, 0, fmt.Errorf("read stream at offset %d: %w", cur.Offset(), err)
+		}
+		if n == 0 {
+			return 0, 0, fmt.Errorf("the log was cut below offset %d", st.End)
+		}
+	}
+	return sc.boundary, sc.db, nil
+}
+
+// snapshotDB is the database the stream had selected at snap, from its
+// repl-stream-db; 0, where Redis starts, when it does not say.
+func (r *replica) snapshotDB(snap backlog.SnapshotInfo) int64 {
+	f, info, err := r.srv.cfg.Store.OpenSnapshot()
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	if info.File != snap.File {
+		return 0
+	}
+	meta, err := rdbmeta.Read(f)
+	if err != nil || meta.ReplStreamDB < 0 {
+		return 0
+	}
+	return meta.ReplStreamDB
 }

@@ -3,8 +3,11 @@ package fanout
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,12 +16,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/rdbmeta"
 	"github.com/replproxy/replproxy/resp"
 )
 
-// filteredClient connects to a server over a store whose snapshot is at
-// offset 1000, followed by 500 bytes of stream, and sends setup.
+// filteredClient connects to a server over a store and sends setup.
 func filteredClient(t *testing.T, store *backlog.Store, setup ...[]string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	s := New(Config{Store: store, Logger: zerolog.Nop(), ReplTimeout: 10 * time.Second, Upstream: &fuzzUpstream{}})
@@ -43,6 +46,8 @@ func filteredClient(t *testing.T, store *backlog.Store, setup ...[]string) (net.
 	return conn, bufio.NewReader(conn)
 }
 
+// storeWithHistory is a store whose snapshot is at offset 1000, followed by
+// 500 bytes of stream.
 func storeWithHistory(t *testing.T) (*backlog.Store, string) {
 	t.Helper()
 	store := openTestStore(t)
@@ -55,7 +60,8 @@ func storeWithHistory(t *testing.T) (*backlog.Store, string) {
 	if err := store.Reset(replid, 1000, w); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Append([]byte(strings.Repeat("x", 500))); err != nil {
+	// 500 bytes of stream: one SET of a 472-byte value.
+	if err := store.Append(resp.AppendCommand(nil, "SET", "k", strings.Repeat("x", 472))); err != nil {
 		t.Fatal(err)
 	}
 	return store, replid
@@ -136,51 +142,74 @@ func TestRDBFilterRefusals(t *testing.T) {
 }
 
 // Review rev4: the proxy stores the stream as the upstream reads bring it,
-// so its end can fall inside a command (a large value spans many reads).
-// Redis sends a filtered RDB at its own offset, always between commands;
-// the proxy's "now" must be one too, or the client's stream starts with
-// the tail of a command it cannot parse.
+// so its end can fall inside a command (a large value spans many reads) or
+// inside a MULTI ... EXEC block. Redis sends a filtered RDB at its own
+// offset, always between them, with the stream's database in the RDB's
+// repl-stream-db; the proxy's "now" must be such a boundary too, or the
+// client's stream starts with the tail of a command, or an EXEC without
+// its MULTI.
 func TestFilteredReplicaStreamStartsAtACommand(t *testing.T) {
-	t.Skip("finding (review rev4), not fixed: emptySync starts at the log's end, which can fall inside a command; it fails without a boundary tracker")
-	store, replid := storeWithHistory(t)
-	set := "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n"
-	// The 500 bytes of storeWithHistory are no command: start the stream's
-	// commands at a snapshot, as a full sync from the master does.
-	w, err := store.NewSnapshot()
-	if err != nil {
+	cmd := func(args ...string) string { return string(resp.AppendCommand(nil, args...)) }
+	set, sel := cmd("SET", "k", "value"), cmd("SELECT", "3")
+	multi, exec := cmd("MULTI"), cmd("EXEC")
+	for _, tc := range []struct {
+		name, stored, later string
+		offset, db          int64 // of the empty RDB
+		stream              string
+	}{
+		{"inside a command", set[:20], set[20:], 1500, 0, set},
+		{"inside a transaction", sel + multi + set, exec, 1500 + int64(len(sel)), 3, multi + set + exec},
+		{"after a transaction", sel + multi + set + exec + set[:3], set[3:], 1500 + int64(len(sel+multi+set+exec)), 3, set},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store, replid := storeWithHistory(t)
+			if err := store.Append([]byte(tc.stored)); err != nil {
+				t.Fatal(err)
+			}
+			_, br := filteredClient(t, store,
+				[]string{"REPLCONF", "capa", "eof"}, []string{"REPLCONF", "rdb-filter-only", ""}, []string{"PSYNC", "?", "-1"})
+			for _, want := range []string{"+OK", "+OK", "+FULLRESYNC " + replid + " " + strconv.FormatInt(tc.offset, 10)} {
+				if got := readLine(t, br); got != want {
+					t.Fatalf("reply %q, want %q", got, want)
+				}
+			}
+			n, err := strconv.Atoi(strings.TrimPrefix(readLine(t, br), "$"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rdb := make([]byte, n)
+			if _, err := io.ReadFull(br, rdb); err != nil {
+				t.Fatal(err)
+			}
+			info, err := rdbmeta.Read(bytes.NewReader(rdb))
+			if err != nil || info.ReplOffset != tc.offset || info.ReplStreamDB != tc.db {
+				t.Fatalf("empty RDB: %+v %v, want offset %d db %d", info, err, tc.offset, tc.db)
+			}
+			ping := cmd("PING")
+			if err := store.Append([]byte(tc.later + ping)); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(tc.stream+ping))
+			if _, err := io.ReadFull(br, got); err != nil || string(got) != tc.stream+ping {
+				t.Fatalf("stream after the empty RDB: %q %v, want %q", got, err, tc.stream+ping)
+			}
+		})
+	}
+}
+
+// The empty RDB, with the stream's database among its aux fields, is one
+// a real redis-server loads: no keys, and the replication offset it names.
+func TestEmptyRDBLoadsInRedis(t *testing.T) {
+	dir := t.TempDir()
+	replid := backlog.RandomReplID()
+	if err := os.WriteFile(filepath.Join(dir, "dump.rdb"), emptyRDB(replid, 123456, 3), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w.Write([]byte("REDIS0010fake"))
-	if err := store.Reset(replid, 2000, w); err != nil {
-		t.Fatal(err)
+	s := redisproc.Start(t, "--dir", dir, "--dbfilename", "dump.rdb")
+	if n, err := s.Do("DBSIZE"); err != nil || fmt.Sprint(n) != "0" {
+		t.Fatalf("DBSIZE %v %v, want 0", n, err)
 	}
-	if err := store.Append([]byte(set[:20])); err != nil {
-		t.Fatal(err)
-	}
-	_, br := filteredClient(t, store,
-		[]string{"REPLCONF", "capa", "eof"}, []string{"REPLCONF", "rdb-filter-only", ""}, []string{"PSYNC", "?", "-1"})
-	for _, want := range []string{"+OK", "+OK"} {
-		if got := readLine(t, br); got != want {
-			t.Fatalf("reply %q, want %q", got, want)
-		}
-	}
-	full := readLine(t, br)
-	n, err := strconv.Atoi(strings.TrimPrefix(readLine(t, br), "$"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(br, make([]byte, n)); err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Append([]byte(set[20:] + "*1\r\n$4\r\nPING\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	b, err := br.Peek(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b[0] != '*' {
-		rest, _ := br.Peek(br.Buffered())
-		t.Fatalf("after %q the stream starts inside a command: %q", full, rest)
+	if got := s.InfoInt("replication", "master_repl_offset"); got != 123456 {
+		t.Fatalf("master_repl_offset %d after loading the empty RDB, want 123456", got)
 	}
 }

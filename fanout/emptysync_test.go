@@ -213,3 +213,19 @@ func TestEmptyRDBLoadsInRedis(t *testing.T) {
 		t.Fatalf("master_repl_offset %d after loading the empty RDB, want 123456", got)
 	}
 }
+
+// Where the stream since the snapshot cannot be read as commands, the
+// client gets a clear error rather than a stream from a guessed offset.
+func TestFilteredReplicaRefusedWithoutABoundary(t *testing.T) {
+	store, _ := storeWithHistory(t)
+	if err := store.Append([]byte("not a command\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_, br := filteredClient(t, store,
+		[]string{"REPLCONF", "capa", "eof"}, []string{"REPLCONF", "rdb-filter-only", ""}, []string{"PSYNC", "?", "-1"})
+	for _, want := range []string{"+OK", "+OK", "-ERR replproxy cannot tell where the stream's last command starts"} {
+		if got := readLine(t, br); !strings.HasPrefix(got, want) {
+			t.Fatalf("reply %q, want %q", got, want)
+		}
+	}
+}

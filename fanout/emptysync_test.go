@@ -229,3 +229,29 @@ func TestFilteredReplicaRefusedWithoutABoundary(t *testing.T) {
 		}
 	}
 }
+
+// After an upstream +CONTINUE with a new ID, the empty RDB names the new
+// ID, at the boundary reached: the stream read since the snapshot spans the
+// shift, whose bytes continue as they were.
+func TestFilteredReplicaAfterAnIDShift(t *testing.T) {
+	store, _ := storeWithHistory(t)
+	set := string(resp.AppendCommand(nil, "SET", "k", "v"))
+	if err := store.Append([]byte(set[:7])); err != nil {
+		t.Fatal(err)
+	}
+	newID := backlog.RandomReplID()
+	if err := store.ShiftID(newID); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Append([]byte(set[7:] + set[:9])); err != nil {
+		t.Fatal(err)
+	}
+	_, br := filteredClient(t, store,
+		[]string{"REPLCONF", "capa", "eof"}, []string{"REPLCONF", "rdb-filter-only", ""}, []string{"PSYNC", "?", "-1"})
+	want := "+FULLRESYNC " + newID + " " + strconv.Itoa(1500+len(set))
+	for _, w := range []string{"+OK", "+OK", want} {
+		if got := readLine(t, br); got != w {
+			t.Fatalf("reply %q, want %q", got, w)
+		}
+	}
+}

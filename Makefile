@@ -23,7 +23,7 @@ vet:
 
 # The fuzz seed corpora run as ordinary tests here; `make fuzz` explores.
 test: deps fmt-check vet
-	$(GO) test -race -count=1 -timeout 14m ./...
+	$(GO) test -race -count=1 -timeout 18m ./...
 
 # The version matrix: Redis 6.2, 7.0, 7.2, 7.4 and Valkey 8.0, built once
 # from ../shared/redis-versions into ~/.cache/replproxy/redis-versions.

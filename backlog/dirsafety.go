@@ -14,6 +14,14 @@ import (
 // Kubernetes volume is root's, group-writable by the pod's fsGroup).
 // Whoever can write there could plant a snapshot or a symlink.
 func checkDataDir(dir string) error {
+	// A symlink at the path is checked too: its owner can point it at a
+	// directory of their own while the proxy runs, and every file opened
+	// after that (a new segment, a snapshot) would be created there.
+	if lfi, err := os.Lstat(dir); err == nil && lfi.Mode()&fs.ModeSymlink != 0 {
+		if st, ok := lfi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() && st.Uid != 0 {
+			return fmt.Errorf("data dir %s is a symlink that belongs to user %d, not to the proxy's user %d: they could point it elsewhere; use the directory's own path", dir, st.Uid, os.Geteuid())
+		}
+	}
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("data dir: %w", err)

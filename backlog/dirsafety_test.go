@@ -62,3 +62,44 @@ func TestTempFilesNeverFollowSymlinks(t *testing.T) {
 		t.Fatalf("refresh.json: %v %v", fi, err)
 	}
 }
+
+// A data dir reached through a symlink that another user owns is refused,
+// even when the directory it points at is the proxy's own: in a sticky
+// directory such as /tmp the link's owner can point it at a directory of
+// theirs while the proxy runs, and the next segment or snapshot would be
+// created there. Before, only the target was checked.
+func TestDataDirSymlinkOfAnotherUserIsRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the symlink is given to another user")
+	}
+	base := t.TempDir()
+	target := filepath.Join(base, "data")
+	if err := os.Mkdir(target, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	shared := filepath.Join(base, "shared")
+	os.Mkdir(shared, 0o777)
+	os.Chmod(shared, 0o1777) // like /tmp
+	link := filepath.Join(shared, "replproxy")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, 4242, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Open(link, testOptions()); err == nil || !strings.Contains(err.Error(), "symlink that belongs to user 4242") {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("a data dir through another user's symlink: %v", err)
+	}
+	// The proxy's own symlink (root's here) is used.
+	if err := os.Lchown(link, os.Geteuid(), -1); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(link, testOptions())
+	if err != nil {
+		t.Fatalf("a data dir through the proxy's own symlink: %v", err)
+	}
+	s.Close()
+}

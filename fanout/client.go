@@ -344,6 +344,10 @@ func (c *client) clientCmd(args [][]byte) {
 			c.wrongArgs("client|setname")
 			return
 		}
+		if !validClientName(args[2]) {
+			c.out = resp.AppendError(c.out, "ERR Client names cannot contain spaces, newlines or special characters.")
+			return
+		}
 		c.name = string(args[2])
 		c.out = resp.AppendSimple(c.out, "OK")
 	case "getname":

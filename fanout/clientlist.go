@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,10 +69,7 @@ type clientTrack struct {
 // command begins: a PSYNC shows while the replica streams.
 func (c *client) noteCommand(args [][]byte) {
 	c.srv.stats.Commands.Add(1)
-	cmd := strings.ToLower(string(args[0]))
-	if len(args) > 1 && (cmd == "client" || cmd == "config" || cmd == "cluster" || cmd == "command") {
-		cmd += "|" + strings.ToLower(string(args[1]))
-	}
+	cmd := shownCommand(args)
 	n := &clientNote{name: c.name, cmd: cmd, sub: len(c.channels), multi: -1, flags: "N", at: time.Now()}
 	if c.user != nil {
 		n.user = c.user.Name
@@ -88,6 +86,34 @@ func (c *client) noteCommand(args [][]byte) {
 		n.flags = "x"
 	}
 	c.note.Store(n)
+}
+
+// shownCommand is the cmd= field of CLIENT LIST. It names only commands
+// the proxy knows, and a subcommand only when it is a short word: the
+// line is split on blanks and newlines by tools, and whatever is shown is
+// kept per client, outside the unauthenticated clients' buffer budget.
+// Redis likewise shows only commands from its table.
+func shownCommand(args [][]byte) string {
+	cmd := strings.ToLower(string(args[0]))
+	if !slices.Contains(knownCommands, cmd) {
+		return "NULL"
+	}
+	if len(args) > 1 && (cmd == "client" || cmd == "config" || cmd == "cluster" || cmd == "command") &&
+		len(args[1]) <= 32 && validClientName(args[1]) {
+		cmd += "|" + strings.ToLower(string(args[1]))
+	}
+	return cmd
+}
+
+// validClientName is Redis' rule for CLIENT SETNAME: printable characters
+// without blanks, so a name stays one field of one CLIENT LIST line.
+func validClientName(name []byte) bool {
+	for _, c := range name {
+		if c < '!' || c > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // line is the client's CLIENT LIST line, with the fields the proxy knows

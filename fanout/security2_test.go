@@ -185,3 +185,67 @@ func TestUnauthBudgetClosesTheLargestFirst(t *testing.T) {
 		t.Fatalf("total %d after a release, want 450", s.unauth.total)
 	}
 }
+
+// The unauthenticated budget's total returns to 0 however its clients
+// end: EOF inside a command, a protocol error, the AUTH deadline, an
+// eviction, AUTH after a buffer past what is kept, QUIT, and a buffer
+// released between commands and grown again.
+func TestUnauthBudgetReturnsToZero(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Store: openTestStore(t), Logger: zerolog.Nop(), UnauthMaxMemory: 1 << 20,
+		AuthTimeout: 3 * time.Second, Users: []User{{DefaultUser, sha256.Sum256([]byte("pw")), RoleAdmin}}})
+	serveOn(t, s, ln)
+	addr := ln.Addr().String()
+	bulk := func(n int) string { return "$" + strconv.Itoa(n) + "\r\n" + strings.Repeat("v", n) + "\r\n" }
+	partial := "*10\r\n" + bulk(16<<10) + bulk(16<<10) + bulk(16<<10) + "$16384\r\n" + strings.Repeat("w", 8<<10)
+	full := "*10\r\n" + strings.Repeat(bulk(16<<10), 10)
+	var conns []net.Conn
+	open := func(data string) net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		go c.Write([]byte(data))
+		conns = append(conns, c)
+		return c
+	}
+	eof := open(partial)
+	open(partial + "x\r\n")                     // a protocol error: bulk not terminated by CRLF
+	open(partial)                               // left to the AUTH deadline
+	authed := open(full + "AUTH pw\r\n")        // buffer past retainCap, then AUTH
+	open(full + "QUIT\r\n")                     // QUIT after a released buffer
+	regrow := open(full + "PING\r\n" + partial) // released, grown again, then closed
+	for range 40 {                              // 40 × about 72 KiB: evictions
+		open(partial)
+	}
+	time.Sleep(time.Second) // let the reads arrive; the totals are checked after all end
+	eof.Close()
+	authed.Close()
+	regrow.Close()
+	if s.stats.EvictedClients.Load() == 0 {
+		t.Error("no client was evicted: the test does not cover evictions")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s.conns.mu.Lock()
+		open := len(s.conns.byID)
+		s.conns.mu.Unlock()
+		s.unauth.mu.Lock()
+		total, held := s.unauth.total, len(s.unauth.held)
+		s.unauth.mu.Unlock()
+		if open == 0 {
+			if total != 0 || held != 0 {
+				t.Fatalf("all clients gone, but the budget holds %d bytes for %d clients", total, held)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d clients still open (budget %d bytes for %d clients)", open, total, held)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

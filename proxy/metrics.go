@@ -280,6 +280,7 @@ func serveRegistry(ctx context.Context, addr string, guard metricsGuard, reg *pr
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
+	srv.ConnState = ln.connState
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

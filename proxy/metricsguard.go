@@ -90,20 +90,26 @@ func secretEqual(a, b string) bool {
 	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
 }
 
-// listen opens addr with at most maxConns connections open at once. One
-// more is accepted and closed at once, so that it neither waits in the
-// kernel's queue nor keeps a descriptor.
-func (g metricsGuard) listen(addr string) (net.Listener, error) {
+// listen opens addr with at most maxConns connections open at once. When
+// all are taken, a new connection takes the slot of the one that has
+// waited longest for a request (silent since it connected, or idle between
+// requests); when every one is busy with a request, the new one is closed
+// at once, so that it neither waits in the kernel's queue nor keeps a
+// descriptor. A stranger who opens maxConns silent connections thus cannot
+// shut out a kubelet's health probe.
+func (g metricsGuard) listen(addr string) (*cappedListener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return &cappedListener{Listener: ln, slots: make(chan struct{}, g.maxConns)}, nil
+	return &cappedListener{Listener: ln, max: g.maxConns, open: map[*slotConn]bool{}}, nil
 }
 
 type cappedListener struct {
 	net.Listener
-	slots chan struct{}
+	max  int
+	mu   sync.Mutex
+	open map[*slotConn]bool
 }
 
 func (l *cappedListener) Accept() (net.Conn, error) {
@@ -112,25 +118,72 @@ func (l *cappedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case l.slots <- struct{}{}:
-			return &slotConn{Conn: c, release: func() { <-l.slots }}, nil
-		default:
+		sc := &slotConn{Conn: c, l: l, waiting: true, since: time.Now()}
+		l.mu.Lock()
+		victim := l.oldestWaiting()
+		if len(l.open) >= l.max && victim == nil {
+			l.mu.Unlock()
 			c.Close()
+			continue
 		}
+		if len(l.open) >= l.max {
+			delete(l.open, victim)
+		} else {
+			victim = nil
+		}
+		l.open[sc] = true
+		l.mu.Unlock()
+		if victim != nil {
+			victim.Close()
+		}
+		return sc, nil
+	}
+}
+
+// oldestWaiting is the open connection waiting longest for a request, or
+// nil; the caller holds l.mu.
+func (l *cappedListener) oldestWaiting() *slotConn {
+	var v *slotConn
+	for c := range l.open {
+		if c.waiting && (v == nil || c.since.Before(v.since)) {
+			v = c
+		}
+	}
+	return v
+}
+
+// connState is the http.Server's ConnState hook: a connection is waiting
+// while new (no whole request header read yet) or idle between requests.
+func (l *cappedListener) connState(c net.Conn, st http.ConnState) {
+	sc, ok := c.(*slotConn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sc.waiting = st == http.StateNew || st == http.StateIdle
+	if st != http.StateNew {
+		sc.since = time.Now()
 	}
 }
 
 // slotConn gives its slot back once, however often it is closed.
 type slotConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	l    *cappedListener
+	once sync.Once
+	// waiting and since are guarded by l.mu.
+	waiting bool
+	since   time.Time
 }
 
 func (c *slotConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.release)
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.open, c)
+		c.l.mu.Unlock()
+	})
 	return err
 }
 

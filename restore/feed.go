@@ -12,6 +12,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -78,31 +79,75 @@ func (f *feed) close() {
 // accept takes the replica's connection and answers its handshake up to
 // PSYNC, which it answers with +FULLRESYNC replid offset. Anyone else on
 // the port is refused: only the one who knows the password gets the data.
+// Each connection's handshake runs on its own, so a local user who
+// connects first and says nothing cannot hold the replica out until the
+// handshake's deadline has passed and the restore failed.
 func (f *feed) accept(ctx context.Context, replid string, offset int64) error {
 	stop := context.AfterFunc(ctx, func() { f.ln.Close() })
 	defer stop()
 	f.ln.(*net.TCPListener).SetDeadline(time.Now().Add(handshakeTimeout))
+	var (
+		mu      sync.Mutex
+		pending = map[net.Conn]bool{}
+		winner  net.Conn
+		over    bool // accept returns: a handshake that ends now loses
+		wg      sync.WaitGroup
+	)
+	// Every handshake ends before accept returns: the winner's, and the
+	// others', which closing their connections ends.
+	defer func() {
+		mu.Lock()
+		for c := range pending {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
+	var acceptErr error
 	for {
 		conn, err := f.ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+			acceptErr = err
+			break
+		}
+		mu.Lock()
+		if winner != nil {
+			mu.Unlock()
+			conn.Close()
+			continue // the listener is closed: Accept fails next
+		}
+		pending[conn] = true
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok, err := f.handshake(conn, replid, offset)
+			mu.Lock()
+			defer mu.Unlock()
+			delete(pending, conn)
+			if !ok || err != nil || winner != nil || over {
+				conn.Close()
+				return
 			}
-			return fmt.Errorf("the temporary server did not connect for replication: %w", err)
-		}
-		ok, err := f.handshake(conn, replid, offset)
-		if ok {
-			f.ln.Close() // one replica only
-			f.conn, f.bw = conn, bufio.NewWriterSize(conn, 256<<10)
-			f.unwatch = context.AfterFunc(ctx, func() { conn.Close() })
-			go f.readAcks()
-			return nil
-		}
-		conn.Close()
-		if err != nil {
-			return err
-		}
+			winner = conn
+			f.ln.Close() // one replica only: this ends the accept loop
+		}()
 	}
+	// The winner is set before the listener is closed, both under mu.
+	mu.Lock()
+	over = true
+	conn := winner
+	mu.Unlock()
+	if conn == nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("the temporary server did not connect for replication: %w", acceptErr)
+	}
+	f.conn, f.bw = conn, bufio.NewWriterSize(conn, 256<<10)
+	f.unwatch = context.AfterFunc(ctx, func() { conn.Close() })
+	go f.readAcks()
+	return nil
 }
 
 // handshake answers one connection. ok is true once PSYNC is answered; a

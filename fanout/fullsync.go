@@ -30,6 +30,18 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		return nil, err
 	}
 	defer f.Close()
+	if cf, csnap, err := r.convertFor(ctx, f, snap); err != nil {
+		cur.Close()
+		if errors.Is(err, errConversion) {
+			// Paced: a replica that reconnects at once is not to start
+			// the same failing conversion once a second.
+			return nil, r.refuseFullSync(err)
+		}
+		return nil, fmt.Errorf("convert snapshot for the replica: %w", err)
+	} else if cf != f {
+		defer cf.Close()
+		f, snap = cf, csnap
+	}
 	attempt := r.beginFullSync(ctx, f, snap)
 	r.srv.stats.SyncFull.Add(1)
 	r.sentOff.Store(snap.Offset + 1)

@@ -172,6 +172,9 @@ func (s *Server) infoStats(b *strings.Builder) {
 	field(b, "acl_access_denied_auth", s.stats.AuthFailures.Load())
 	field(b, "acl_access_denied_cmd", s.stats.PermDenied.Load())
 	field(b, "auth_timeouts", s.stats.AuthTimeouts.Load())
+	for _, kv := range s.convertInfo() {
+		field(b, kv.Key, kv.Value)
+	}
 	if s.cfg.ExtraStats != nil {
 		for _, kv := range s.cfg.ExtraStats() {
 			field(b, kv.Key, kv.Value)

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/rdbconvert"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -57,7 +58,9 @@ type replica struct {
 	prePsync bool // plain SYNC: no +FULLRESYNC line, no ACKs
 	zstd     bool // the peer (a replproxy) asked for a compressed stream
 	version  string
-	since    time.Time
+	// userFormat is the RDB format its user's config names (zero: none).
+	userFormat rdbconvert.Format
+	since      time.Time
 	// need is the lowest snapshot offset a downstream replproxy asked for
 	// with the refresh capability (0: any usable snapshot).
 	need int64
@@ -191,7 +194,7 @@ func (c *client) newReplica(prePsync bool) *replica {
 	r := &replica{
 		srv: c.srv, conn: c.conn, ip: ip, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
-		zstd: c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion,
+		zstd: c.capaZstd && !prePsync, out: c.conn, version: c.replicaVersion, userFormat: c.userFormat(),
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
 	r.state.Store(StateWaitBgsave)

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/rdbconvert"
 )
 
 // LinkStatus describes the upstream link for INFO and ROLE.
@@ -80,6 +81,15 @@ type Config struct {
 	NeedSnapshot func(minOffset int64)
 	// ProxyInfo fills INFO's proxy section: ages, last ACK and progress.
 	ProxyInfo func() []KV
+	// RDBFormat is what replicas that announce no version load (zero:
+	// whatever the master writes); a snapshot they cannot load is
+	// converted into ConvertDir. RDBConvertLossy converts data the target
+	// cannot hold with the loss counted, instead of refusing.
+	RDBFormat rdbconvert.Format
+	// UserRDBFormats overrides RDBFormat for the replicas of a user.
+	UserRDBFormats  map[string]rdbconvert.Format
+	RDBConvertLossy bool
+	ConvertDir      string
 }
 
 func (c *Config) setDefaults() {
@@ -149,6 +159,9 @@ type Server struct {
 	users     map[string]*User
 	authFails failureLog
 	cluster   clusterHooks
+
+	conv      *converter // nil without ConvertDir
+	convStats ConvertStats
 }
 
 // New returns a Server; Serve runs it.
@@ -158,6 +171,9 @@ func New(cfg Config) *Server {
 	s.users = make(map[string]*User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		s.users[u.Name] = &u
+	}
+	if cfg.ConvertDir != "" {
+		s.conv = newConverter(cfg.ConvertDir, cfg.RDBConvertLossy, cfg.Logger, &s.convStats)
 	}
 	if cfg.MaxConcurrentFullSyncs > 0 {
 		s.fullSyncSlots = make(chan struct{}, cfg.MaxConcurrentFullSyncs)

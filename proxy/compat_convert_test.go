@@ -156,3 +156,34 @@ func runHashFieldTTLCase(t *testing.T, lossy bool) {
 		t.Fatalf("the proxy log does not count the lost field TTL")
 	}
 }
+
+// Issue 26, point 2: a Valkey 8.0 master writes RDB 11, which Redis 7.2
+// loads: a replica configured as redis-7.2 gets the stored snapshot byte
+// for byte, with no conversion, and the stream as for any replica.
+func TestCompatValkey8To72NeedsNoConversion(t *testing.T) {
+	t.Parallel()
+	m := redisproc.StartBinary(t, redisproc.Built(t, "valkey-8.0.1"), append(append([]string{}, masterArgs...),
+		"--dual-channel-replication-enabled", "no")...)
+	stopLoad := runLoad(t, m, 27)
+	waitOps(t, m, 3000)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Replicas.RDBFormat = "redis-7.2"
+	tp := startProxy(t, cfg)
+	r := &relay{master: m, proxy: tp}
+	old := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.2.6"), "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
+	r.replicas = []*redisproc.Server{old}
+	waitCaughtUp(t, m, old)
+	if err := old.Shutdown(true); err != nil {
+		t.Fatal(err)
+	}
+	waitOps(t, m, 300)
+	old.Restart(t)
+	waitCaughtUp(t, m, old)
+	stopLoad()
+	r.waitInSync(t)
+	expectInt(t, "proxy sync_full", tp.infoInt("stats", "sync_full"), 1)
+	expectInt(t, "proxy rdb_conversions", tp.infoInt("stats", "rdb_conversions"), 0)
+	if n := tp.infoInt("stats", "sync_partial_ok"); n < 1 {
+		t.Fatalf("the restarted replica did not resync partially (sync_partial_ok %d)", n)
+	}
+}

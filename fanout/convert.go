@@ -99,21 +99,72 @@ func (r *replica) convertFor(ctx context.Context, f *os.File, snap backlog.Snaps
 	if meta.Magic == "" || target.Loads(meta.Magic, meta.Version) {
 		return f, snap, nil
 	}
-	out, err := r.srv.conv.wait(ctx, f.Name(), snap, target, r)
-	if err != nil {
-		return nil, snap, err
+	for attempt := 0; ; attempt++ {
+		out, err := r.srv.conv.wait(ctx, f.Name(), snap, target, r)
+		if err != nil {
+			return nil, snap, err
+		}
+		cf, err := openConverted(out)
+		if err == nil {
+			r.log.Info().Str("rdb_header", meta.Header()).Str("target", target.Name).Int64("rdb_bytes", out.Size).
+				Str("file", filepath.Base(out.File)).Msg("serving the snapshot converted for the replica's format")
+			return cf, out, nil
+		}
+		if attempt > 0 {
+			return nil, snap, fmt.Errorf("%w: %w", errConversion, err)
+		}
+		r.log.Error().Err(err).Msg("converted snapshot damaged: it is not served; converting the snapshot again")
+		r.srv.conv.discard(snap, target)
 	}
+}
+
+// openConverted opens a conversion and checks it against the size and
+// CRC-64 taken as it was written: every full sync from it checks it, as
+// it is served rarely and only from this file.
+func openConverted(out backlog.SnapshotInfo) (*os.File, error) {
 	cf, err := os.Open(out.File)
 	if err != nil {
-		return nil, snap, fmt.Errorf("open converted snapshot: %w", err)
+		return nil, fmt.Errorf("open converted snapshot: %w", err)
 	}
-	if st, err := cf.Stat(); err != nil || st.Size() != out.Size {
+	h := crc64jones.New()
+	n, err := io.Copy(h, cf)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("read converted snapshot %s: %w", out.File, err)
+	case n != out.Size:
+		err = fmt.Errorf("converted snapshot %s has %d bytes, %d were written", out.File, n, out.Size)
+	case fmt.Sprintf("%016x", h.Sum64()) != out.CRC64:
+		err = fmt.Errorf("converted snapshot %s: CRC-64 %016x, %s was written", out.File, h.Sum64(), out.CRC64)
+	}
+	if err == nil {
+		_, err = cf.Seek(0, io.SeekStart)
+	}
+	if err != nil {
 		cf.Close()
-		return nil, snap, fmt.Errorf("converted snapshot %s is not the %d bytes written", out.File, out.Size)
+		return nil, err
 	}
-	r.log.Info().Str("rdb_header", meta.Header()).Str("target", target.Name).Int64("rdb_bytes", out.Size).
-		Str("file", filepath.Base(out.File)).Msg("serving the snapshot converted for the replica's format")
-	return cf, out, nil
+	return cf, nil
+}
+
+// discard forgets snap's finished conversion for target and removes it.
+func (c *converter) discard(snap backlog.SnapshotInfo, target rdbconvert.Format) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := convKey(snap, target)
+	j := c.jobs[key]
+	if j == nil {
+		return
+	}
+	select {
+	case <-j.done:
+		os.Remove(j.out.File)
+		delete(c.jobs, key)
+	default: // a new one runs already
+	}
+}
+
+func convKey(snap backlog.SnapshotInfo, target rdbconvert.Format) string {
+	return snap.File + "/" + strconv.Itoa(target.Written())
 }
 
 // wait joins or starts the conversion of snap for target, sending the
@@ -145,7 +196,7 @@ func (c *converter) wait(ctx context.Context, path string, snap backlog.Snapshot
 func (c *converter) join(path string, snap backlog.SnapshotInfo, target rdbconvert.Format) *convJob {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	key := snap.File + "/" + strconv.Itoa(target.Written())
+	key := convKey(snap, target)
 	if j := c.jobs[key]; j != nil && !j.failed() {
 		j.waiters++
 		return j

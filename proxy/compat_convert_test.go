@@ -3,6 +3,8 @@
 package proxy_test
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -70,6 +72,16 @@ func TestCompatConvert74To72AndValkey8(t *testing.T) {
 	expectInt(t, "proxy sync_full after the restarts", tp.infoInt("stats", "sync_full"), 2)
 	if n := tp.infoInt("stats", "sync_partial_ok"); n < 2 {
 		t.Fatalf("the restarted replicas did not resync partially (sync_partial_ok %d)", n)
+	}
+
+	// A damaged conversion is not served: the next full sync converts again.
+	corruptConverted(t, cfg.DataDir)
+	third := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.2.6"), "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
+	r.replicas = append(r.replicas, third)
+	waitCaughtUp(t, m, third)
+	expectInt(t, "proxy rdb_conversions after the damage", tp.infoInt("stats", "rdb_conversions"), 2)
+	if log := tail(tp.logPath, 2000); !strings.Contains(log, "converted snapshot damaged") {
+		t.Fatalf("the proxy log does not report the damaged conversion")
 	}
 	stopLoad()
 	r.waitInSync(t)
@@ -185,5 +197,24 @@ func TestCompatValkey8To72NeedsNoConversion(t *testing.T) {
 	expectInt(t, "proxy rdb_conversions", tp.infoInt("stats", "rdb_conversions"), 0)
 	if n := tp.infoInt("stats", "sync_partial_ok"); n < 1 {
 		t.Fatalf("the restarted replica did not resync partially (sync_partial_ok %d)", n)
+	}
+}
+
+// corruptConverted flips a byte in the middle of each converted snapshot.
+func corruptConverted(t *testing.T, dataDir string) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dataDir, "converted", "*.rdb"))
+	if len(files) == 0 {
+		t.Fatalf("no converted snapshot in %s", dataDir)
+	}
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)/2] ^= 0xff
+		if err := os.WriteFile(name, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -67,6 +67,7 @@ const (
 	typeSet      = 2
 	typeHash     = 4
 	typeZSet2    = 5
+	typeStream3  = 21
 	typeModule   = 6
 	typeModule2  = 7
 	functionsMin = 10 // RDB version of the first Redis with functions (7.0)
@@ -210,7 +211,9 @@ func (c *converter) record(op byte) error {
 
 // key reads a key's record; the scanner holds its opcodes and type.
 func (c *converter) key(typ byte) error {
-	if typ > c.maxType {
+	typeAt := len(c.in.rec) - 1
+	downStream := typ == typeStream3 && c.maxType < typeStream3
+	if typ > c.maxType && !downStream {
 		return c.newerKey(typ)
 	}
 	key, err := c.in.strValue()
@@ -227,6 +230,10 @@ func (c *converter) key(typ byte) error {
 		}
 		err = c.in.moduleValue()
 		c.in.reset()
+	} else if downStream {
+		err = c.in.streamAs19(typeAt)
+		c.stats.Keys++
+		c.stats.Reencoded++
 	} else {
 		err = c.in.value(typ)
 		c.stats.Keys++

@@ -16,6 +16,10 @@ import (
 type scanner struct {
 	r   *bufio.Reader
 	rec []byte
+	// cuts are the consumers' active times (in rec) of a stream being
+	// written as type 19, which has none.
+	cuts      []int
+	cutActive bool
 }
 
 // reset forgets the current record; a huge key's buffer is not kept.
@@ -298,6 +302,9 @@ func (s *scanner) stream(typ byte) error {
 			times := uint64(8) // seen time
 			if typ >= 21 {
 				times += 8 // active time
+				if s.cutActive {
+					s.cuts = append(s.cuts, len(s.rec)+8)
+				}
 			}
 			if err := s.n(times); err != nil {
 				return err
@@ -343,4 +350,22 @@ func (s *scanner) moduleValue() error {
 			return err
 		}
 	}
+}
+
+// streamAs19 reads a stream of type 21 and leaves it in rec as type 19,
+// the RDB 10 stream: the consumers' active times are left out (Redis 7.0
+// has none; 7.2 sets a loaded type 19 consumer's active time to its seen
+// time). typeAt is the type byte's index in rec.
+func (s *scanner) streamAs19(typeAt int) error {
+	s.cutActive, s.cuts = true, s.cuts[:0]
+	defer func() { s.cutActive = false }()
+	if err := s.stream(21); err != nil {
+		return err
+	}
+	for i := len(s.cuts) - 1; i >= 0; i-- {
+		at := s.cuts[i]
+		s.rec = append(s.rec[:at], s.rec[at+8:]...)
+	}
+	s.rec[typeAt] = 19
+	return nil
 }

@@ -39,15 +39,17 @@ func (s *scanner) byte() (byte, error) {
 	return b, nil
 }
 
-// n reads k bytes into the record.
+// n reads k bytes into the record, a chunk at a time, so that a length
+// the data does not have ends in an error rather than a huge allocation.
 func (s *scanner) n(k uint64) error {
-	if k > 1<<40 {
-		return fmt.Errorf("a length of %d bytes", k)
-	}
-	at := len(s.rec)
-	s.rec = append(s.rec, make([]byte, k)...)
-	if _, err := io.ReadFull(s.r, s.rec[at:]); err != nil {
-		return unexpected(err)
+	for k > 0 {
+		c := min(k, 1<<20)
+		at := len(s.rec)
+		s.rec = append(s.rec, make([]byte, c)...)
+		if _, err := io.ReadFull(s.r, s.rec[at:]); err != nil {
+			return unexpected(err)
+		}
+		k -= c
 	}
 	return nil
 }

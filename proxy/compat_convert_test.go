@@ -18,8 +18,8 @@ import (
 // Issue 26, points 1, 2 and 4: a Redis 7.4 master (RDB 12) under load feeds
 // a Redis 7.2 replica (configured format) and a Valkey 8.0 replica (its
 // REPLCONF version) from one conversion of the stored snapshot, at the
-// snapshot's offset; both then resync partially after a restart and end
-// with the master's digest.
+// snapshot's offset; both then resync partially after a restart and after
+// a proxy kill -9, and end with the master's digest.
 func TestCompatConvert74To72AndValkey8(t *testing.T) {
 	t.Parallel()
 	m := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.4.1"), masterArgs...)
@@ -43,7 +43,7 @@ func TestCompatConvert74To72AndValkey8(t *testing.T) {
 	cfg := proxyConfig(t, m.Addr())
 	cfg.Replicas.RDBFormat = "redis-7.2"
 	cfg.Snapshot.MinInterval = proxy.Duration(time.Hour)
-	tp := startProxy(t, cfg)
+	tp := newProcessProxy(t, cfg)
 	r := &relay{master: m, proxy: tp}
 	waitOps(t, m, 300)
 	old := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.2.6"), "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
@@ -84,6 +84,14 @@ func TestCompatConvert74To72AndValkey8(t *testing.T) {
 	if log := tail(tp.logPath, 2000); !strings.Contains(log, "converted snapshot damaged") {
 		t.Fatalf("the proxy log does not report the damaged conversion")
 	}
+
+	// Proxy kill -9 under load: every replica comes back partially.
+	tp.kill9()
+	waitOps(t, m, 300)
+	tp.startProcess()
+	waitOps(t, m, 300)
+	waitCaughtUp(t, m, r.replicas...)
+	expectInt(t, "proxy sync_full after kill -9", tp.infoInt("stats", "sync_full"), 0)
 	stopLoad()
 	r.waitInSync(t)
 	for _, rep := range r.replicas {

@@ -33,6 +33,20 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		return nil, err
 	}
 	defer f.Close()
+	converted := false
+	if cf, csnap, err := r.convertFor(ctx, f, snap); err != nil {
+		cur.Close()
+		if errors.Is(err, errConversion) {
+			// Paced: a replica that reconnects at once is not to start
+			// the same failing conversion once a second.
+			return nil, r.refuseFullSync(err)
+		}
+		return nil, fmt.Errorf("convert snapshot for the replica: %w", err)
+	} else if cf != f {
+		defer cf.Close()
+		f, snap = cf, csnap
+		converted = true
+	}
 	attempt := r.beginFullSync(ctx, f, snap)
 	r.srv.stats.SyncFull.Add(1)
 	r.sentOff.Store(snap.Offset + 1)
@@ -48,7 +62,14 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		cur.Close()
 		return nil, err
 	}
-	if err := r.sendFile(ctx, r.srv.cfg.Store.NewSnapshotReader(f, snap), snap.Size); err != nil {
+	// A conversion was checked against its CRC-64 as it was opened
+	// (openConverted); the stored snapshot's reader would report a
+	// mismatch in it as damage to the stored snapshot.
+	var rd io.Reader = r.srv.cfg.Store.NewSnapshotReader(f, snap)
+	if converted {
+		rd = io.NewSectionReader(f, 0, snap.Size)
+	}
+	if err := r.sendFile(ctx, rd, snap.Size); err != nil {
 		cur.Close()
 		return nil, fmt.Errorf("send snapshot %s: %w", snap.File, err)
 	}

@@ -186,6 +186,9 @@ func (s *Server) infoStats(b *strings.Builder) {
 	field(b, "acl_access_denied_cmd", s.stats.PermDenied.Load())
 	field(b, "auth_timeouts", s.stats.AuthTimeouts.Load())
 	field(b, "evicted_clients", s.stats.EvictedClients.Load())
+	for _, kv := range s.convertInfo() {
+		field(b, kv.Key, kv.Value)
+	}
 	if s.cfg.ExtraStats != nil {
 		for _, kv := range s.cfg.ExtraStats() {
 			field(b, kv.Key, kv.Value)

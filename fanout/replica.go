@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/rdbconvert"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -73,7 +74,9 @@ type replica struct {
 	noData   bool // REPLCONF rdb-filter-only "": an empty RDB at the current offset
 	codec    string
 	version  string
-	since    time.Time
+	// userFormat is the RDB format its user's config names (zero: none).
+	userFormat rdbconvert.Format
+	since      time.Time
 	// need is the lowest snapshot offset a downstream replproxy asked for
 	// with the refresh capability (0: any usable snapshot).
 	need int64
@@ -230,7 +233,7 @@ func (c *client) newReplica(prePsync bool) *replica {
 		srv: c.srv, conn: c.conn, ip: ip, peerIP: peer, port: c.listeningPort,
 		capaEOF: c.capaEOF, psync2: c.capaPsync2, rdbOnly: c.rdbOnly, prePsync: prePsync, since: time.Now(),
 		noData: c.rdbNoData,
-		codec:  c.codec(prePsync), out: c.conn, version: c.replicaVersion,
+		codec:  c.codec(prePsync), out: c.conn, version: c.replicaVersion, userFormat: c.userFormat(),
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
 	r.state.Store(StateWaitBgsave)

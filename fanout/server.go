@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/rdbconvert"
 )
 
 // LinkStatus describes the upstream link for INFO and ROLE.
@@ -87,6 +88,15 @@ type Config struct {
 	// UnauthMaxMemory bounds the query buffers of all unauthenticated
 	// clients together; past it the largest are closed.
 	UnauthMaxMemory int64
+	// RDBFormat is what replicas that announce no version load (zero:
+	// whatever the master writes); a snapshot they cannot load is
+	// converted into ConvertDir. RDBConvertLossy converts data the target
+	// cannot hold with the loss counted, instead of refusing.
+	RDBFormat rdbconvert.Format
+	// UserRDBFormats overrides RDBFormat for the replicas of a user.
+	UserRDBFormats  map[string]rdbconvert.Format
+	RDBConvertLossy bool
+	ConvertDir      string
 }
 
 func (c *Config) setDefaults() {
@@ -171,6 +181,8 @@ type Server struct {
 
 	// snapshotBufs hold one chunk of an RDB on its way to a replica.
 	snapshotBufs sync.Pool
+	conv         *converter // nil without ConvertDir
+	convStats    ConvertStats
 }
 
 // New returns a Server; Serve runs it.
@@ -182,6 +194,9 @@ func New(cfg Config) *Server {
 	s.users = make(map[string]*User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		s.users[u.Name] = &u
+	}
+	if cfg.ConvertDir != "" {
+		s.conv = newConverter(cfg.ConvertDir, cfg.RDBConvertLossy, cfg.Logger, &s.convStats)
 	}
 	if cfg.MaxConcurrentFullSyncs > 0 {
 		s.fullSyncSlots = make(chan struct{}, cfg.MaxConcurrentFullSyncs)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/rdbconvert"
 )
 
 // Config is the whole proxy configuration, as config.yaml spells it.
@@ -146,6 +147,12 @@ type ReplicaConfig struct {
 	// Compression lists the codecs offered to downstream replproxies that
 	// ask for one; an empty list offers none.
 	Compression []string `yaml:"compression"`
+	// RDBFormat is what replicas that announce no version load (e.g.
+	// redis-7.2); the snapshot is converted for them when they cannot load
+	// it. RDBConvertLossy converts what the target cannot hold (hash field
+	// TTLs, module keys) with the loss counted, instead of refusing.
+	RDBFormat       string `yaml:"rdb_format"`
+	RDBConvertLossy bool   `yaml:"rdb_convert_lossy"`
 }
 
 // LogConfig is the process log.
@@ -264,6 +271,9 @@ func (c Config) Validate() error {
 	}
 	if c.AckQuorum < 0 || c.Replicas.MaxConcurrentFullSyncs < 0 {
 		return errors.New("ack_quorum and replicas.max_concurrent_full_syncs must not be negative")
+	}
+	if _, err := rdbconvert.ParseFormat(c.Replicas.RDBFormat); err != nil {
+		return fmt.Errorf("replicas.rdb_format: %w", err)
 	}
 	if c.Snapshot.Keep < 0 {
 		return fmt.Errorf("snapshot.keep %d: must not be negative", c.Snapshot.Keep)

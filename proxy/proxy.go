@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/rdbconvert"
 )
 
 // Proxy is one running replproxy.
@@ -111,6 +113,7 @@ func holdMaxBytes(cfg Config) int64 {
 func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, log zerolog.Logger) fanout.Config {
 	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
 	users, _ := cfg.fanoutUsers() // Validate has checked them
+	rdbFormat, _ := rdbconvert.ParseFormat(cfg.Replicas.RDBFormat)
 	return fanout.Config{
 		Store:            store,
 		Users:            users,
@@ -133,6 +136,11 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		MaxConcurrentFullSyncs: cfg.Replicas.MaxConcurrentFullSyncs,
 		RateLimit:              int64(cfg.Replicas.RateLimit),
 		Codecs:                 cfg.Replicas.Compression,
+
+		RDBFormat:       rdbFormat,
+		UserRDBFormats:  cfg.userRDBFormats(),
+		RDBConvertLossy: cfg.Replicas.RDBConvertLossy,
+		ConvertDir:      filepath.Join(cfg.DataDir, "converted"),
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/rdbconvert"
 )
 
 // UserConfig is one downstream account, like an ACL user in Redis: a name,
@@ -20,6 +21,9 @@ type UserConfig struct {
 	Password     string `yaml:"password"`
 	PasswordFile string `yaml:"password_file"`
 	Role         string `yaml:"role"`
+	// RDBFormat is what replicas authenticating as this user load, when
+	// they announce no version; it overrides replicas.rdb_format.
+	RDBFormat string `yaml:"rdb_format"`
 }
 
 // LoadSecrets reads every *password_file into its password, so that no
@@ -122,9 +126,24 @@ func (c Config) fanoutUsers() ([]fanout.User, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s (%s): %w", where, u.Name, err)
 		}
+		if _, err := rdbconvert.ParseFormat(u.RDBFormat); err != nil {
+			return nil, fmt.Errorf("%s (%s): rdb_format: %w", where, u.Name, err)
+		}
 		out = append(out, fanout.User{Name: u.Name, PassHash: hash, Role: role})
 	}
 	return out, nil
+}
+
+// userRDBFormats maps the users that name an RDB format to it; Validate
+// has checked the names.
+func (c Config) userRDBFormats() map[string]rdbconvert.Format {
+	out := map[string]rdbconvert.Format{}
+	for _, u := range c.Users {
+		if f, err := rdbconvert.ParseFormat(u.RDBFormat); err == nil && !f.IsZero() {
+			out[u.Name] = f
+		}
+	}
+	return out
 }
 
 // passwordHash takes a password, or "#" and its SHA-256 in hex.

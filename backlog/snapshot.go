@@ -1,6 +1,7 @@
 package backlog
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -103,6 +104,12 @@ func checkSnapshot(dir string, snap *SnapshotInfo, full bool, pace func(int64) e
 	if !full {
 		return nil
 	}
+	return checkSnapshotFile(f, path, snap, pace)
+}
+
+// checkSnapshotFile checks f, the snapshot snap at path, against the
+// meta's CRC-64, or the RDB's own trailer for a meta that predates it.
+func checkSnapshotFile(f *os.File, path string, snap *SnapshotInfo, pace func(int64) error) error {
 	if snap.CRC64 == "" {
 		return checkRDBTrailer(f, path, snap.Size, pace)
 	}
@@ -546,10 +553,31 @@ func (r *SnapshotReader) check(tail []byte) error {
 		return nil
 	}
 	err := fmt.Errorf("snapshot %s: CRC-64 of the bytes sent %016x, recorded %016x: %w", filepath.Join(r.store.dir, "snapshot", r.snap.File), got, want, ErrSnapshotDamaged)
+	r.damaged(fmt.Errorf("found while sending it, its last %d bytes held back: %w", len(tail), err))
+	return err
+}
+
+// Verify checks the whole snapshot, as read now, before a byte of it is
+// sent. Holding back its last bytes protects a replica that loads from
+// disk only: one with repl-diskless-load parses the RDB as it arrives and
+// exits on a corrupt one ("Terminating server after rdb file reading
+// failure") long before the trailer is due. Damage arriving between this
+// check and the send is still caught by the held-back bytes. It stops
+// early when ctx ends (the replica's session closes).
+func (r *SnapshotReader) Verify(ctx context.Context) error {
+	stop := func(int64) error { return ctx.Err() }
+	err := checkSnapshotFile(r.f, filepath.Join(r.store.dir, "snapshot", r.snap.File), &r.snap, stop)
+	if errors.Is(err, ErrSnapshotDamaged) {
+		r.damaged(fmt.Errorf("found right before sending it, nothing of it sent: %w", err))
+	}
+	return err
+}
+
+// damaged moves the snapshot aside, once, as the scrub does.
+func (r *SnapshotReader) damaged(cause error) {
 	r.store.snapMu.Lock()
 	defer r.store.snapMu.Unlock()
 	if r.store.snapDamaged != r.snap.File {
-		r.store.snapshotDamagedLocked(r.snap, fmt.Errorf("found while sending it, its last %d bytes held back: %w", len(tail), err))
+		r.store.snapshotDamagedLocked(r.snap, cause)
 	}
-	return err
 }

@@ -44,11 +44,18 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	if r.rdbClient() {
 		r.logStoredSnapshot(f, snap)
 	}
+	rd := r.srv.cfg.Store.NewSnapshotReader(f, snap)
+	if err := rd.Verify(ctx); err != nil {
+		cur.Close()
+		r.log.Error().Err(err).Int64("rdb_bytes", snap.Size).
+			Msg("snapshot damaged: nothing of it is sent; the replica is dropped and waits for a fresh snapshot")
+		return nil, fmt.Errorf("check snapshot %s: %w", snap.File, err)
+	}
 	if err := r.preamble(replid, snap); err != nil {
 		cur.Close()
 		return nil, err
 	}
-	if err := r.sendFile(ctx, r.srv.cfg.Store.NewSnapshotReader(f, snap), snap.Size); err != nil {
+	if err := r.sendFile(ctx, rd, snap.Size); err != nil {
 		cur.Close()
 		return nil, fmt.Errorf("send snapshot %s: %w", snap.File, err)
 	}

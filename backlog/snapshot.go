@@ -195,7 +195,12 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	s.mu.RUnlock()
 	l, err := OpenLog(s.logDir(epoch), offset+1, s.opt.Log)
 	if err != nil {
-		return err
+		// No meta names the RDB nor this generation yet: leaving them
+		// until the next Open would keep an RDB's worth of a disk that
+		// may just have run full.
+		os.RemoveAll(s.logDir(epoch))
+		os.Remove(filepath.Join(snapDir, snap.File))
+		return s.diskError(fmt.Errorf("open the new history's log: %w", err))
 	}
 	m := Meta{ReplID: replid, ReplID2: NoReplID, SecondOffset: -1, Epoch: epoch, LogStart: offset + 1, Snapshot: snap}
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {

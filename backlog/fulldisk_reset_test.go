@@ -1,9 +1,12 @@
 package backlog
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -82,5 +85,37 @@ func TestResetOnFullDiskLeavesNoRDB(t *testing.T) {
 	}
 	if got := s.State().Snapshot.File; got != before {
 		t.Fatalf("the store's snapshot is %s, want %s", got, before)
+	}
+}
+
+// A snapshot whose directory fsync failed after its rename (EIO) is named
+// by no meta, as the adoption fails: it was left in snapshot/ until the
+// next restart, an RDB's worth of space on a disk already failing.
+func TestAdoptWithFailedDirSyncLeavesNoRDB(t *testing.T) {
+	dir := t.TempDir()
+	var failDir atomic.Bool
+	opt := testOptions()
+	opt.Log.Sync = func(f *os.File) error {
+		if failDir.Load() && filepath.Base(f.Name()) == "snapshot" {
+			return syscall.EIO
+		}
+		return f.Sync()
+	}
+	s := newStore(t, dir, opt, 0)
+	defer s.Close()
+	s.Append(pattern(100, 1))
+	before := s.State().Snapshot.File
+	w, err := s.NewSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(append([]byte("REDIS0011"), pattern(10000, 2)...))
+	failDir.Store(true)
+	if err := s.AdoptSnapshot(s.State().ReplID, 50, w); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("adopt with a failing directory fsync: %v, want EIO", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "snapshot", "*"))
+	if len(left) != 1 || filepath.Base(left[0]) != before {
+		t.Fatalf("after a failed adoption snapshot/ holds %v, want only %s", left, before)
 	}
 }

@@ -69,11 +69,18 @@ func (w *SnapshotWriter) commit(dir, replid string, offset int64) (*SnapshotInfo
 		return nil, fmt.Errorf("close snapshot %s: %w", w.f.Name(), err)
 	}
 	name := fmt.Sprintf("%s-%020d.rdb", replid, offset)
+	_, statErr := os.Lstat(filepath.Join(dir, name))
+	fresh := errors.Is(statErr, os.ErrNotExist)
 	if err := os.Rename(w.f.Name(), filepath.Join(dir, name)); err != nil {
 		os.Remove(w.f.Name())
 		return nil, fmt.Errorf("rename snapshot to %s: %w", name, err)
 	}
 	if err := syncDir(dir, w.sync); err != nil {
+		// The adoption fails, so no meta will name it; a file of that
+		// name that was there before may be named by the current meta.
+		if fresh {
+			os.Remove(filepath.Join(dir, name))
+		}
 		return nil, err
 	}
 	return &SnapshotInfo{File: name, ReplID: replid, Offset: offset, Size: w.size, CRC64: formatCRC64(w.crc.Sum64())}, nil
@@ -174,6 +181,21 @@ func fileCRC64(f *os.File, n int64, pace func(int64) error) (uint64, error) {
 	return h.Sum64(), nil
 }
 
+// removeUnnamedSnapshot removes a snapshot file just stored for an
+// adoption that failed, unless the meta names a file of that name (the
+// same replid and offset stored before).
+func (s *Store) removeUnnamedSnapshot(file string) {
+	s.mu.RLock()
+	snaps := s.meta.Snapshots()
+	s.mu.RUnlock()
+	for _, o := range snaps {
+		if o.File == file {
+			return
+		}
+	}
+	os.Remove(filepath.Join(s.dir, "snapshot", file))
+}
+
 // Reset starts a new history after an upstream +FULLRESYNC <replid> <offset>:
 // the RDB in w becomes the snapshot and a new, empty log generation begins at
 // offset+1. The meta write is the commit point; whatever a crash leaves of
@@ -199,7 +221,7 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 		// until the next Open would keep an RDB's worth of a disk that
 		// may just have run full.
 		os.RemoveAll(s.logDir(epoch))
-		os.Remove(filepath.Join(snapDir, snap.File))
+		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("open the new history's log: %w", err))
 	}
 	m := Meta{ReplID: replid, ReplID2: NoReplID, SecondOffset: -1, Epoch: epoch, LogStart: offset + 1, Snapshot: snap}

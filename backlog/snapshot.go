@@ -227,7 +227,7 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	m := Meta{ReplID: replid, ReplID2: NoReplID, SecondOffset: -1, Epoch: epoch, LogStart: offset + 1, Snapshot: snap}
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
 		l.Remove()
-		os.Remove(filepath.Join(snapDir, snap.File))
+		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("persist new history: %w", err))
 	}
 	s.mu.Lock()
@@ -350,7 +350,7 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	m.History, dropped = keepHistory(m.Snapshots(), st.First, s.opt.SnapshotKeep)
 	m.Snapshot = snap
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
-		os.Remove(filepath.Join(snapDir, snap.File))
+		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("persist new snapshot: %w", err))
 	}
 	s.mu.Lock()

@@ -1,9 +1,12 @@
 package backlog
 
 import (
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -76,5 +79,72 @@ func TestDamageAtRecoveryOnFullDisk(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("damaged segment not kept in damaged/: %v\n%s", names, logs.String())
+	}
+}
+
+// Damage found while running on a full data dir: the segments are moved
+// aside (renames need no space) but the manifest naming the damaged one
+// is created empty (ENOSPC). The bound, at that damage and at the next
+// ones, then took the damaged segment for stream moved along and deleted
+// it. It stays now, with its index.
+func TestDamageMovedOnFullDiskKeepsTheSegment(t *testing.T) {
+	mnt, err := os.MkdirTemp("", "rev2-fulldisk-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(mnt)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("this test mounts a small tmpfs, which needs root: %v %s", err, out)
+	}
+	defer exec.Command("umount", mnt).Run()
+	logDir := filepath.Join(mnt, "log")
+	opt := logOptions(mnt, nil, nil)
+	opt.SegmentBytes = 64 << 10
+	opt.DamagedMaxBytes = 16 << 10 // below one segment: everything moved along goes
+	l, err := OpenLog(logDir, 1, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 0; i < 8; i++ {
+		if err := l.Append(pattern(64<<10, byte(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.SyncNow()
+	segs, _ := filepath.Glob(filepath.Join(logDir, "*.seg"))
+	sort.Strings(segs)
+	victim := segs[2]
+	flipByte(t, victim, 1000)
+	fill, err := os.Create(filepath.Join(mnt, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := fill.Write(make([]byte, 4096)); err != nil {
+			break
+		}
+	}
+	fill.Close()
+	c, err := l.NewCursor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := c.Send(io.Discard, 1<<20)
+		if errors.Is(err, ErrDamaged) {
+			break
+		}
+		if err != nil || n == 0 {
+			c.Close()
+			t.Fatalf("send: %d %v; the flipped byte was not found", n, err)
+		}
+	}
+	c.Close()
+	l.opt.damaged.bound() // a later damage's pass
+	for _, f := range []string{filepath.Base(victim), filepath.Base(indexPath(victim))} {
+		if found, _ := filepath.Glob(filepath.Join(mnt, "damaged", "*", f)); len(found) != 1 {
+			t.Fatalf("%s, found damaged, is not kept in damaged/ after a move on a full disk", f)
+		}
 	}
 }

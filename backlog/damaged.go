@@ -1,7 +1,6 @@
 package backlog
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -22,6 +21,12 @@ import (
 // the master can resend, which the bound may delete. A directory without
 // a manifest is all evidence, kept whole.
 const damagedManifest = "DAMAGED"
+
+// damagedManifestEnd is a manifest's last line. A manifest without it was
+// cut short (ENOSPC, a crash while it was written) and may miss names of
+// damaged files; it then counts as none, so the bound deletes nothing
+// there rather than a damaged file it does not name.
+const damagedManifestEnd = "# end: the names above are complete"
 
 // damagedArea bounds damaged/: past max bytes, the files moved along with
 // damaged ones are deleted, oldest first, each deletion logged; what was
@@ -52,6 +57,7 @@ func noteDamaged(dir, why string, names ...string) error {
 	for _, n := range names {
 		b.WriteString(n + "\n")
 	}
+	b.WriteString(damagedManifestEnd + "\n")
 	_, err = f.WriteString(b.String())
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -63,17 +69,15 @@ func noteDamaged(dir, why string, names ...string) error {
 }
 
 // readManifest returns the names dir's manifest lists as damaged, or nil
-// when dir has no manifest (then everything in it counts as damaged).
+// when dir has no whole manifest (then everything in it counts as damaged).
 func readManifest(dir string) map[string]bool {
-	f, err := os.Open(filepath.Join(dir, damagedManifest))
-	if err != nil {
+	data, err := os.ReadFile(filepath.Join(dir, damagedManifest))
+	if err != nil || !strings.HasSuffix(string(data), "\n"+damagedManifestEnd+"\n") {
 		return nil
 	}
-	defer f.Close()
 	names := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
 			names[line] = true
 		}
 	}

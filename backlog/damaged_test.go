@@ -113,3 +113,53 @@ func TestDamagedKeepsEvidenceOverItsBound(t *testing.T) {
 		t.Fatalf("no warning that damaged/ stays over its bound:\n%s", logs.String())
 	}
 }
+
+// A manifest cut short (ENOSPC or a crash while it was written: created,
+// then nothing or part of its lines) names fewer damaged files than there
+// are, or none; the bound then took the damaged segment itself for stream
+// moved along and deleted it. A manifest that is not whole now counts as
+// none: everything in its directory is kept.
+func TestDamagedManifestCutShortKeepsAll(t *testing.T) {
+	for name, content := range map[string]string{
+		"empty":           "",
+		"header only":     "# checksum mismatch\n",
+		"index name lost": "# checksum mismatch\n00000000000000001000.seg\n",
+		"name cut":        "# checksum mismatch\n0000000000000000",
+	} {
+		t.Run(name, func(t *testing.T) {
+			root := filepath.Join(t.TempDir(), "damaged")
+			aside, err := asideDir(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			files := []string{"00000000000000001000.seg", "00000000000000001000.idx", "00000000000000002000.seg"}
+			for _, f := range files {
+				os.WriteFile(filepath.Join(aside, f), make([]byte, 64<<10), 0o600)
+			}
+			os.WriteFile(filepath.Join(aside, damagedManifest), []byte(content), 0o600)
+			logs := &logBuffer{}
+			newDamagedArea(root, 16<<10, zerolog.New(logs)).bound()
+			for _, f := range files {
+				if _, err := os.Stat(filepath.Join(aside, f)); err != nil {
+					t.Fatalf("%s deleted under a manifest cut short (%q): %v\n%s", f, content, err, logs.String())
+				}
+			}
+		})
+	}
+}
+
+// Whole manifests written by noteDamaged still let the bound delete what
+// was moved along, including one that names nothing (the segments after
+// one repaired in place).
+func TestDamagedWholeManifestStillBounds(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "damaged")
+	aside, _ := asideDir(root)
+	os.WriteFile(filepath.Join(aside, "a.seg"), make([]byte, 64<<10), 0o600)
+	if err := noteDamaged(aside, "follows a damaged segment"); err != nil {
+		t.Fatal(err)
+	}
+	newDamagedArea(root, 16<<10, zerolog.New(io.Discard)).bound()
+	if _, err := os.Stat(filepath.Join(aside, "a.seg")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a.seg, moved along under a whole manifest naming nothing, was not deleted past the bound: %v", err)
+	}
+}

@@ -271,7 +271,14 @@ func (l *Log) recover() ([]*segment, error) {
 		if chk.mismatch {
 			dir, err := copyAside(l.opt.DamagedDir, path, indexPath(path))
 			if err != nil {
-				return nil, err
+				// A full disk has no room for the copy: the segment is
+				// moved aside whole instead (a rename needs none), so the
+				// log opens, and the partial copy is not left to fill it.
+				if dir != "" {
+					os.RemoveAll(dir)
+				}
+				l.log.Error().Err(err).Str("file", path).Msg("cannot copy the damaged segment aside for repair: it is moved aside whole, with the segments after it")
+				return l.dropFrom(segs, i, chk.problem, true)
 			}
 			if err := noteDamaged(dir, chk.problem, filepath.Base(path), filepath.Base(indexPath(path))); err != nil {
 				l.log.Error().Err(err).Msg("cannot mark the damaged segment in damaged/")

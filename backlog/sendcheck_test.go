@@ -2,6 +2,7 @@ package backlog
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -261,5 +262,60 @@ func TestIndexRecordPastItsSegmentIsDamage(t *testing.T) {
 	got, err := sendAll(c, 1<<20)
 	if !errors.Is(err, ErrDamaged) || !bytes.Equal(got, data[:1000]) {
 		t.Fatalf("sent %d bytes, %v; want the 1000 before the damaged segment, then ErrDamaged", len(got), err)
+	}
+}
+
+// Verify, called right before a full sync, finds a flip anywhere in the
+// snapshot (its first byte, its middle, its last byte) before anything is
+// sent; a flip after Verify still keeps the last bytes back.
+func TestSnapshotVerifyBeforeServe(t *testing.T) {
+	rdb := append([]byte("REDIS0011"), pattern(100000, 4)...)
+	setup := func(t *testing.T) (*Store, string) {
+		dir := t.TempDir()
+		s := newStore(t, dir, testOptions(), 0)
+		t.Cleanup(func() { s.Close() })
+		s.Append(pattern(100, 1))
+		w, _ := s.NewSnapshot()
+		w.Write(rdb)
+		if err := s.AdoptSnapshot(s.State().ReplID, 50, w); err != nil {
+			t.Fatal(err)
+		}
+		f, _, err := s.OpenSnapshot() // a first serve: its open-time check is done
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		return s, filepath.Join(dir, "snapshot", s.State().Snapshot.File)
+	}
+	for _, at := range []int64{0, 5000, int64(len(rdb)) - snapshotHeldBytes, int64(len(rdb)) - 1} {
+		s, path := setup(t)
+		flipByte(t, path, at)
+		f, snap, err := s.OpenSnapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.NewSnapshotReader(f, snap).Verify(context.Background())
+		f.Close()
+		if !errors.Is(err, ErrSnapshotDamaged) {
+			t.Fatalf("flip at %d: Verify says %v, want ErrSnapshotDamaged", at, err)
+		}
+		if _, _, err := s.OpenSnapshot(); !errors.Is(err, ErrSnapshotDamaged) {
+			t.Fatalf("flip at %d: open after Verify found it: %v", at, err)
+		}
+	}
+	s, path := setup(t)
+	f, snap, err := s.OpenSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rd := s.NewSnapshotReader(f, snap)
+	if err := rd.Verify(context.Background()); err != nil {
+		t.Fatalf("intact snapshot: %v", err)
+	}
+	flipByte(t, path, 0) // after the check, before the send
+	got, err := io.ReadAll(io.LimitReader(rd, int64(len(rdb))))
+	if !errors.Is(err, ErrSnapshotDamaged) || len(got) != len(rdb)-snapshotHeldBytes {
+		t.Fatalf("flip after Verify: %d bytes read, %v; want all but the last %d and ErrSnapshotDamaged", len(got), err, snapshotHeldBytes)
 	}
 }

@@ -1,6 +1,7 @@
 package backlog
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -68,11 +69,18 @@ func (w *SnapshotWriter) commit(dir, replid string, offset int64) (*SnapshotInfo
 		return nil, fmt.Errorf("close snapshot %s: %w", w.f.Name(), err)
 	}
 	name := fmt.Sprintf("%s-%020d.rdb", replid, offset)
+	_, statErr := os.Lstat(filepath.Join(dir, name))
+	fresh := errors.Is(statErr, os.ErrNotExist)
 	if err := os.Rename(w.f.Name(), filepath.Join(dir, name)); err != nil {
 		os.Remove(w.f.Name())
 		return nil, fmt.Errorf("rename snapshot to %s: %w", name, err)
 	}
 	if err := syncDir(dir, w.sync); err != nil {
+		// The adoption fails, so no meta will name it; a file of that
+		// name that was there before may be named by the current meta.
+		if fresh {
+			os.Remove(filepath.Join(dir, name))
+		}
 		return nil, err
 	}
 	return &SnapshotInfo{File: name, ReplID: replid, Offset: offset, Size: w.size, CRC64: formatCRC64(w.crc.Sum64())}, nil
@@ -103,6 +111,12 @@ func checkSnapshot(dir string, snap *SnapshotInfo, full bool, pace func(int64) e
 	if !full {
 		return nil
 	}
+	return checkSnapshotFile(f, path, snap, pace)
+}
+
+// checkSnapshotFile checks f, the snapshot snap at path, against the
+// meta's CRC-64, or the RDB's own trailer for a meta that predates it.
+func checkSnapshotFile(f *os.File, path string, snap *SnapshotInfo, pace func(int64) error) error {
 	if snap.CRC64 == "" {
 		return checkRDBTrailer(f, path, snap.Size, pace)
 	}
@@ -167,6 +181,21 @@ func fileCRC64(f *os.File, n int64, pace func(int64) error) (uint64, error) {
 	return h.Sum64(), nil
 }
 
+// removeUnnamedSnapshot removes a snapshot file just stored for an
+// adoption that failed, unless the meta names a file of that name (the
+// same replid and offset stored before).
+func (s *Store) removeUnnamedSnapshot(file string) {
+	s.mu.RLock()
+	snaps := s.meta.Snapshots()
+	s.mu.RUnlock()
+	for _, o := range snaps {
+		if o.File == file {
+			return
+		}
+	}
+	os.Remove(filepath.Join(s.dir, "snapshot", file))
+}
+
 // Reset starts a new history after an upstream +FULLRESYNC <replid> <offset>:
 // the RDB in w becomes the snapshot and a new, empty log generation begins at
 // offset+1. The meta write is the commit point; whatever a crash leaves of
@@ -188,12 +217,17 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	s.mu.RUnlock()
 	l, err := OpenLog(s.logDir(epoch), offset+1, s.opt.Log)
 	if err != nil {
-		return err
+		// No meta names the RDB nor this generation yet: leaving them
+		// until the next Open would keep an RDB's worth of a disk that
+		// may just have run full.
+		os.RemoveAll(s.logDir(epoch))
+		s.removeUnnamedSnapshot(snap.File)
+		return s.diskError(fmt.Errorf("open the new history's log: %w", err))
 	}
 	m := Meta{ReplID: replid, ReplID2: NoReplID, SecondOffset: -1, Epoch: epoch, LogStart: offset + 1, Snapshot: snap}
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
 		l.Remove()
-		os.Remove(filepath.Join(snapDir, snap.File))
+		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("persist new history: %w", err))
 	}
 	s.mu.Lock()
@@ -316,7 +350,7 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	m.History, dropped = keepHistory(m.Snapshots(), st.First, s.opt.SnapshotKeep)
 	m.Snapshot = snap
 	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
-		os.Remove(filepath.Join(snapDir, snap.File))
+		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("persist new snapshot: %w", err))
 	}
 	s.mu.Lock()
@@ -546,10 +580,31 @@ func (r *SnapshotReader) check(tail []byte) error {
 		return nil
 	}
 	err := fmt.Errorf("snapshot %s: CRC-64 of the bytes sent %016x, recorded %016x: %w", filepath.Join(r.store.dir, "snapshot", r.snap.File), got, want, ErrSnapshotDamaged)
+	r.damaged(fmt.Errorf("found while sending it, its last %d bytes held back: %w", len(tail), err))
+	return err
+}
+
+// Verify checks the whole snapshot, as read now, before a byte of it is
+// sent. Holding back its last bytes protects a replica that loads from
+// disk only: one with repl-diskless-load parses the RDB as it arrives and
+// exits on a corrupt one ("Terminating server after rdb file reading
+// failure") long before the trailer is due. Damage arriving between this
+// check and the send is still caught by the held-back bytes. It stops
+// early when ctx ends (the replica's session closes).
+func (r *SnapshotReader) Verify(ctx context.Context) error {
+	stop := func(int64) error { return ctx.Err() }
+	err := checkSnapshotFile(r.f, filepath.Join(r.store.dir, "snapshot", r.snap.File), &r.snap, stop)
+	if errors.Is(err, ErrSnapshotDamaged) {
+		r.damaged(fmt.Errorf("found right before sending it, nothing of it sent: %w", err))
+	}
+	return err
+}
+
+// damaged moves the snapshot aside, once, as the scrub does.
+func (r *SnapshotReader) damaged(cause error) {
 	r.store.snapMu.Lock()
 	defer r.store.snapMu.Unlock()
 	if r.store.snapDamaged != r.snap.File {
-		r.store.snapshotDamagedLocked(r.snap, fmt.Errorf("found while sending it, its last %d bytes held back: %w", len(tail), err))
+		r.store.snapshotDamagedLocked(r.snap, cause)
 	}
-	return err
 }

@@ -58,16 +58,23 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	if r.rdbClient() {
 		r.logStoredSnapshot(f, snap)
 	}
+	// A conversion was checked against its own CRC-64 as it was opened
+	// (openConverted); the stored snapshot's reader would take a mismatch
+	// in it for damage to the stored snapshot.
+	var rd io.Reader = io.NewSectionReader(f, 0, snap.Size)
+	if !converted {
+		sr := r.srv.cfg.Store.NewSnapshotReader(f, snap)
+		if err := sr.Verify(ctx); err != nil {
+			cur.Close()
+			r.log.Error().Err(err).Int64("rdb_bytes", snap.Size).
+				Msg("snapshot damaged: nothing of it is sent; the replica is dropped and waits for a fresh snapshot")
+			return nil, fmt.Errorf("check snapshot %s: %w", snap.File, err)
+		}
+		rd = sr
+	}
 	if err := r.preamble(replid, snap); err != nil {
 		cur.Close()
 		return nil, err
-	}
-	// A conversion was checked against its CRC-64 as it was opened
-	// (openConverted); the stored snapshot's reader would report a
-	// mismatch in it as damage to the stored snapshot.
-	var rd io.Reader = r.srv.cfg.Store.NewSnapshotReader(f, snap)
-	if converted {
-		rd = io.NewSectionReader(f, 0, snap.Size)
 	}
 	if err := r.sendFile(ctx, rd, snap.Size); err != nil {
 		cur.Close()

@@ -152,7 +152,12 @@ func (c *converter) body() error {
 		prefix := true // an opcode that belongs to the next key
 		switch op {
 		case opEOF:
-			return nil // the source's checksum: the store verified it
+			// The store checks the source's CRC-64; a trailer that is
+			// not all there is a snapshot cut short.
+			if err := c.in.n(8); err != nil {
+				return fmt.Errorf("read the RDB's checksum: %w", err)
+			}
+			return nil
 		case opExpireMs:
 			err = c.in.n(8)
 		case opExpireSec:

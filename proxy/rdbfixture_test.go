@@ -160,9 +160,11 @@ func TestNewerRDBFormatsRelayed(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer w.Close()
-			// As a Valkey 8 replica announces itself: it cannot load any
-			// of these, and the proxy says so before sending.
-			for _, cmd := range [][]string{{"REPLCONF", "listening-port", "7777"}, {"REPLCONF", "capa", "eof", "capa", "psync2"}, {"REPLCONF", "version", "8.0.1"}} {
+			// As a Redis replica announces itself, with no version: the
+			// proxy cannot know what it loads and relays the RDB as stored.
+			// (One that announces an older version is served a converted
+			// snapshot, or refused with the reason: compat_convert_test.go.)
+			for _, cmd := range [][]string{{"REPLCONF", "listening-port", "7777"}, {"REPLCONF", "capa", "eof", "capa", "psync2"}} {
 				if reply, err := w.do(cmd...); err != nil || reply != "+OK" {
 					t.Fatalf("%v: %q %v", cmd, reply, err)
 				}
@@ -188,9 +190,6 @@ func TestNewerRDBFormatsRelayed(t *testing.T) {
 			log := tail(p.logPath, 40)
 			if !strings.Contains(log, `"rdb_header":"`+spec.Header+`"`) {
 				t.Fatalf("the log does not name the RDB header %s", spec.Header)
-			}
-			if !strings.Contains(log, "replica Valkey 8.0.1 loads RDB versions up to 11, the snapshot is "+spec.Header) {
-				t.Fatalf("no up-front warning that a Valkey 8.0.1 replica cannot load %s", spec.Header)
 			}
 			newer := strings.Contains(log, "RDB format newer than this proxy knows")
 			if newer != (spec.Header == "REDIS0099") {

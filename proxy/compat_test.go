@@ -207,7 +207,9 @@ func TestCompatOldReplicaPaced(t *testing.T) {
 	if !strings.Contains(old.LogTail(200), "Can't handle RDB format version 10") {
 		t.Fatalf("the 6.2 replica failed for another reason than the RDB version")
 	}
-	want := "the replica dropped the connection right after an RDB version 10 snapshot (from Redis " +
+	// "right after" or "during (after N of M bytes)": the replica may close
+	// before the proxy has counted the snapshot's held-back last bytes.
+	want := "an RDB version 10 snapshot (from Redis " +
 		m.Info("server")["redis_version"] + ") without acknowledging it; 3 full syncs in a row ended so: likely a replica older than the master, which cannot load it"
 	log := tail(tp.logPath, 2000)
 	if got := strings.Count(log, want); got != 1 {

@@ -86,7 +86,9 @@ func TestFailedFullSyncsPaced(t *testing.T) {
 	if paced := r.proxy.infoInt("stats", "sync_full_paced"); paced < n-1 {
 		t.Fatalf("INFO stats sync_full_paced %d after %d full syncs", paced, n)
 	}
-	want := "the replica dropped the connection right after an RDB version 10 snapshot (from Redis " +
+	// "right after" or "during (after N of M bytes)": the replica may close
+	// before the proxy has counted the snapshot's held-back last bytes.
+	want := "an RDB version 10 snapshot (from Redis " +
 		r.master.Info("server")["redis_version"] + ") without acknowledging it; 3 full syncs in a row ended so: likely a replica older than the master, which cannot load it"
 	if got := strings.Count(tail(r.proxy.logPath, 500), want); got != 1 {
 		t.Fatalf("the log explains the failed full syncs %d times, want once: %q", got, want)

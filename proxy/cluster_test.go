@@ -529,7 +529,7 @@ func checkFarSideReads(t *testing.T, r *clusterRelay, cc *redis.ClusterClient) {
 // On Redis 7.2+ a shard may be named by its shard ID (CLUSTER MYSHARDID),
 // which no CLUSTER SHARDS or NODES reply of that version carries.
 func TestClusterShardByShardID(t *testing.T) {
-	bin := filepath.Join(redisVersionsDir(), "redis-7.2.6", "src")
+	bin := filepath.Join(redisproc.VersionsDir(), "redis-7.2.6", "src")
 	if _, err := os.Stat(filepath.Join(bin, "redis-server")); err != nil {
 		t.Skipf("Redis 7.2 is not built (%v)", err)
 	}
@@ -555,7 +555,7 @@ func TestClusterShardByShardID(t *testing.T) {
 // relays it unchanged; a standalone far-side replica rejects it, logs the
 // rejection, and stays equal to its shard's primary.
 func TestClusterSetslotReachesStandaloneReplicas(t *testing.T) {
-	bin := filepath.Join(redisVersionsDir(), "valkey-8.0.1", "src")
+	bin := filepath.Join(redisproc.VersionsDir(), "valkey-8.0.1", "src")
 	if _, err := os.Stat(filepath.Join(bin, "valkey-server")); err != nil {
 		t.Skipf("Valkey 8 is not built (%v)", err)
 	}
@@ -594,12 +594,4 @@ func TestClusterSetslotReachesStandaloneReplicas(t *testing.T) {
 	if log := far.LogTail(400); !strings.Contains(log, "sending an error to its") {
 		t.Fatalf("the far-side replica did not log the rejection:\n%s", far.LogTail(20))
 	}
-}
-
-func redisVersionsDir() string {
-	if dir := os.Getenv("REPLPROXY_REDIS_VERSIONS"); dir != "" {
-		return dir
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "replproxy", "redis-versions")
 }

@@ -97,6 +97,20 @@ func (s *Server) Do(args ...any) (any, error) {
 	return res, nil
 }
 
+// DoWithin runs one slow command (DEBUG DIGEST of a large dataset on a
+// busy machine) on a client of its own that waits up to timeout.
+func (s *Server) DoWithin(timeout time.Duration, args ...any) (any, error) {
+	c := newClient(s.Addr(), 0, adminOptions, s.viaSocket, func(o *redis.Options) { o.ReadTimeout = timeout })
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	res, err := c.Do(ctx, args...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("%s %v: %w", s.Addr(), args, err)
+	}
+	return res, nil
+}
+
 // Info returns the "key:value" lines of INFO section (all default sections
 // for ""). It returns an empty map on error because callers poll with it.
 func (s *Server) Info(section string) map[string]string {
@@ -167,8 +181,14 @@ func (s *Server) ReplicaOf(host string, port int) error {
 // rawCommand sends one command on a fresh connection and returns the first
 // reply line ("+PONG", "-LOADING ..."). It is for the moments where a client
 // pool would get in the way: probing a starting server and SHUTDOWN.
-func rawCommand(network, addr string, timeout time.Duration, args ...string) (string, error) {
-	conn, err := net.DialTimeout(network, addr, timeout)
+// A nil dial is net.Dialer's.
+func rawCommand(dial func(ctx context.Context, network, addr string) (net.Conn, error), network, addr string, timeout time.Duration, args ...string) (string, error) {
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := dial(ctx, network, addr)
 	if err != nil {
 		return "", err
 	}

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,11 +19,11 @@ const clusterNodeTimeout = "3000"
 // Cluster is a Redis Cluster of real redis-server processes.
 type Cluster struct {
 	Nodes []*Server
-	tb    testing.TB
+	tb    TB
 	args  []string // every node's extra arguments
 }
 
-func (c *Cluster) startNode(t testing.TB) *Server {
+func (c *Cluster) startNode(t TB) *Server {
 	// The bus port is given explicitly: port+10000 may exceed 65535.
 	a := append([]string{
 		"--cluster-enabled", "yes",
@@ -37,7 +36,7 @@ func (c *Cluster) startNode(t testing.TB) *Server {
 
 // AddReplica starts a new node and joins it to the cluster as a replica
 // of primary, with redis-cli --cluster add-node.
-func (c *Cluster) AddReplica(t testing.TB, primary *Server) *Server {
+func (c *Cluster) AddReplica(t TB, primary *Server) *Server {
 	t.Helper()
 	n := c.startNode(t)
 	cmd := []string{"--cluster", "add-node", n.Addr(), primary.Addr(), "--cluster-slave", "--cluster-master-id", primary.NodeID()}
@@ -51,7 +50,7 @@ func (c *Cluster) AddReplica(t testing.TB, primary *Server) *Server {
 
 // ForgetNode removes a dead node: CLUSTER FORGET id on every live node,
 // and from the harness.
-func (c *Cluster) ForgetNode(t testing.TB, dead *Server, id string) {
+func (c *Cluster) ForgetNode(t TB, dead *Server, id string) {
 	t.Helper()
 	c.Forget(dead)
 	for _, n := range c.Live() {
@@ -65,7 +64,7 @@ func (c *Cluster) ForgetNode(t testing.TB, dead *Server, id string) {
 // StartCluster starts primaries*(1+replicasEach) cluster-enabled servers,
 // joins them with `redis-cli --cluster create` and waits until every node
 // reports cluster_state:ok and knows every other node.
-func StartCluster(t testing.TB, primaries, replicasEach int, args ...string) *Cluster {
+func StartCluster(t TB, primaries, replicasEach int, args ...string) *Cluster {
 	t.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		t.Fatalf("redisproc: %v", err)
@@ -98,7 +97,7 @@ func StartCluster(t testing.TB, primaries, replicasEach int, args ...string) *Cl
 
 // WaitOK waits until every live node reports cluster_state:ok and knows
 // every node of the harness, dead ones included (until forgotten).
-func (c *Cluster) WaitOK(t testing.TB, timeout time.Duration) {
+func (c *Cluster) WaitOK(t TB, timeout time.Duration) {
 	t.Helper()
 	Eventually(t, timeout, "cluster_state:ok on every node", func() (bool, string) {
 		for _, n := range c.Live() {
@@ -122,7 +121,7 @@ func must(v any, err error) any {
 func (c *Cluster) Live() []*Server {
 	var out []*Server
 	for _, n := range c.Nodes {
-		if p := n.current(); p != nil && p.alive() {
+		if n.Running() {
 			out = append(out, n)
 		}
 	}

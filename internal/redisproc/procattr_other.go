@@ -5,7 +5,8 @@ package redisproc
 import "syscall"
 
 // sysProcAttr: only Linux can tie the child's life to ours; elsewhere the
-// test cleanup is the only thing that stops the server.
+// owner's cleanup is the only thing that stops the server. Its own process
+// group keeps a Ctrl-C for the owner from reaching it.
 func sysProcAttr() *syscall.SysProcAttr {
-	return nil
+	return &syscall.SysProcAttr{Setpgid: true}
 }

@@ -174,7 +174,7 @@ func TestLoadSurvivesMasterRestart(t *testing.T) {
 func TestPauseResume(t *testing.T) {
 	s := Start(t)
 	s.Pause()
-	if _, err := rawCommand("tcp", s.Addr(), 200*time.Millisecond, "PING"); err == nil {
+	if _, err := s.raw(200*time.Millisecond, "PING"); err == nil {
 		t.Fatal("paused server answered PING")
 	}
 	s.Resume()

@@ -4,6 +4,8 @@
 package redisproc
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -15,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,18 +42,20 @@ const (
 // errExitedEarly marks a redis-server that died before it answered PING.
 var errExitedEarly = errors.New("redis-server exited before answering PING")
 
-// Server is one redis-server process on a free loopback port in its own temp
-// dir. It survives Kill/Shutdown so that Restart can bring it back with the
-// same port, dir and arguments.
+// Server is one redis-server process (or another RESP server, see
+// Command) on a free loopback port in its own temp dir. It survives
+// Kill/Shutdown so that Restart can bring it back with the same port, dir
+// and arguments.
 type Server struct {
 	Host string
 	Port int
 	Dir  string
 
-	tb    testing.TB // owner: its cleanup kills the process and prints logs
-	bin   Binary
-	extra []string // caller's arguments, appended after the defaults
-	place Place
+	tb      TB // owner: its cleanup kills the process and prints logs
+	bin     Binary
+	extra   []string                   // caller's arguments, appended after the defaults
+	command func(addr string) []string // all the arguments of a Command
+	place   Place
 
 	mu      sync.Mutex
 	proc    *process
@@ -70,7 +73,7 @@ type process struct {
 // Start launches redis-server with test-friendly defaults plus args (later
 // arguments override earlier ones), waits until it answers PING, and
 // registers a cleanup that kills it.
-func Start(t testing.TB, args ...string) *Server {
+func Start(t TB, args ...string) *Server {
 	t.Helper()
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -80,13 +83,51 @@ func Start(t testing.TB, args ...string) *Server {
 }
 
 // StartBinary is Start with a given server build, such as one from Built.
-func StartBinary(t testing.TB, bin Binary, args ...string) *Server {
+func StartBinary(t TB, bin Binary, args ...string) *Server {
 	t.Helper()
-	s := &Server{Host: loopback, Dir: t.TempDir(), tb: t, bin: bin, extra: slices.Clone(args)}
-	t.Cleanup(s.cleanup)
+	return start(t, &Server{Host: loopback, bin: bin, extra: slices.Clone(args)})
+}
 
-	// FreePort closes its listener before redis binds, so another process
-	// can grab the port in between; a fresh port is the cure.
+// Place runs a server elsewhere than on loopback: Prefix goes before the
+// command (e.g. ip netns exec NAME, for a network namespace), and the server
+// binds Host. The harness reaches a redis-server there through a unix
+// socket in its dir, which crosses network namespaces, and a Command
+// through Dial.
+type Place struct {
+	Prefix []string
+	Host   string
+	Dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// StartAt is StartBinary in place p.
+func StartAt(t TB, bin Binary, p Place, args ...string) *Server {
+	t.Helper()
+	return start(t, &Server{Host: p.Host, bin: bin, extra: slices.Clone(args), place: p})
+}
+
+// Command is a server other than redis-server that answers PING on its
+// port, such as replproxy. Args returns all its arguments for the address
+// it must listen on; it runs in its Server's dir, so relative paths in
+// them land there.
+type Command struct {
+	Path string
+	Args func(addr string) []string
+}
+
+// StartCommand runs c in place p (the zero Place is loopback) and waits
+// until it answers PING. Its output goes to redis.out in its dir.
+func StartCommand(t TB, c Command, p Place) *Server {
+	t.Helper()
+	host := cmp.Or(p.Host, loopback)
+	return start(t, &Server{Host: host, bin: Binary{Path: c.Path, NoDebugFlag: true}, command: c.Args, place: p})
+}
+
+func start(t TB, s *Server) *Server {
+	t.Helper()
+	s.Dir, s.tb = t.TempDir(), t
+	t.Cleanup(s.cleanup)
+	// FreePort closes its listener before the server binds, so another
+	// process can grab the port in between; a fresh port is the cure.
 	const attempts = 3
 	for i := 1; ; i++ {
 		s.Port = FreePort(t)
@@ -94,7 +135,7 @@ func StartBinary(t testing.TB, bin Binary, args ...string) *Server {
 		if err == nil {
 			return s
 		}
-		if i < attempts && errors.Is(err, errExitedEarly) && strings.Contains(s.LogTail(5), "in use") {
+		if i < attempts && errors.Is(err, errExitedEarly) && strings.Contains(s.diagnostics(5), "in use") {
 			continue
 		}
 		// The cleanup prints the logs of the failed start.
@@ -102,50 +143,45 @@ func StartBinary(t testing.TB, bin Binary, args ...string) *Server {
 	}
 }
 
-// Place runs a server elsewhere than on loopback: Prefix goes before the
-// command (e.g. ip netns exec NAME, for a network namespace), and the server
-// binds Host. The test reaches it through a unix socket in its dir, which
-// crosses network namespaces.
-type Place struct {
-	Prefix []string
-	Host   string
-}
-
-// StartAt is StartBinary in place p.
-func StartAt(t testing.TB, bin Binary, p Place, args ...string) *Server {
-	t.Helper()
-	s := &Server{Host: p.Host, Dir: t.TempDir(), tb: t, bin: bin, extra: slices.Clone(args), place: p}
-	t.Cleanup(s.cleanup)
-	s.Port = FreePort(t) // a new namespace has every port free
-	if err := s.launch(); err != nil {
-		t.Fatalf("redisproc: start %s: %v", s.Addr(), err)
-	}
-	return s
-}
-
-// Socket is the server's unix socket when it runs in a Place, or empty.
+// Socket is the unix socket of a redis-server that runs in a Place, or
+// empty.
 func (s *Server) Socket() string {
-	if len(s.place.Prefix) == 0 {
+	if len(s.place.Prefix) == 0 || s.command != nil {
 		return ""
 	}
 	return filepath.Join(s.Dir, "redis.sock")
 }
 
-// dial is how the test reaches the server: the unix socket if it has one.
-func (s *Server) dial() (network, addr string) {
+// target is where the harness reaches the server: the unix socket if it
+// has one.
+func (s *Server) target() (network, addr string) {
 	if sock := s.Socket(); sock != "" {
 		return "unix", sock
 	}
 	return "tcp", s.Addr()
 }
 
-// viaSocket points a client at the server's unix socket, if it has one.
+// viaSocket points a client at the server's unix socket, if it has one,
+// or through its Place's dialer.
 func (s *Server) viaSocket(o *redis.Options) {
-	o.Network, o.Addr = s.dial()
+	o.Network, o.Addr = s.target()
+	if s.Socket() == "" && s.place.Dial != nil {
+		o.Dialer = s.place.Dial
+	}
+}
+
+// raw sends one command on a fresh connection; see rawCommand.
+func (s *Server) raw(timeout time.Duration, args ...string) (string, error) {
+	var dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	if s.Socket() == "" {
+		dial = s.place.Dial
+	}
+	network, addr := s.target()
+	return rawCommand(dial, network, addr, timeout, args...)
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
+func FreePort(t TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(loopback, "0"))
 	if err != nil {
@@ -162,6 +198,9 @@ func (s *Server) Addr() string {
 
 // argv is recomputed per launch because Start may change the port.
 func (s *Server) argv() []string {
+	if s.command != nil {
+		return s.command(s.Addr())
+	}
 	base := []string{
 		"--port", strconv.Itoa(s.Port),
 		"--bind", s.Host,
@@ -216,19 +255,24 @@ func (s *Server) launch() error {
 	if old != nil {
 		_ = old.Close()
 	}
-	return p.waitReady(s.dial())
+	return s.waitReady(p)
 }
 
 // waitReady polls with a raw PING so that no client pool state is involved;
 // a server still loading its RDB answers -LOADING and is not ready.
-func (p *process) waitReady(network, addr string) error {
+func (s *Server) waitReady(p *process) error {
 	deadline := time.Now().Add(startTimeout)
 	var last string
 	for time.Now().Before(deadline) {
 		if !p.alive() {
 			return fmt.Errorf("%w: %v", errExitedEarly, p.waitErr)
 		}
-		reply, err := rawCommand(network, addr, time.Second, "PING")
+		select {
+		case <-interrupted(s.tb):
+			return errors.New("interrupted")
+		default:
+		}
+		reply, err := s.raw(time.Second, "PING")
 		if err == nil && reply == "+PONG" {
 			return nil
 		}
@@ -272,6 +316,12 @@ func (s *Server) current() *process {
 	return s.proc
 }
 
+// Running says whether the current incarnation has not exited.
+func (s *Server) Running() bool {
+	p := s.current()
+	return p != nil && p.alive()
+}
+
 // PID returns the process id of the current incarnation (0 if none).
 func (s *Server) PID() int {
 	if p := s.current(); p != nil {
@@ -295,8 +345,7 @@ func (s *Server) Shutdown(save bool) error {
 	// A raw connection, because a successful SHUTDOWN never replies: the
 	// server just closes the socket, which go-redis would treat as a
 	// network error worth retrying.
-	network, addr := s.dial()
-	reply, err := rawCommand(network, addr, stopTimeout, "SHUTDOWN", mode)
+	reply, err := s.raw(stopTimeout, "SHUTDOWN", mode)
 	if strings.HasPrefix(reply, "-") {
 		// Refused (e.g. the RDB could not be written): it keeps running.
 		return fmt.Errorf("shutdown %s %s: %s", s.Addr(), mode, reply)
@@ -322,7 +371,7 @@ func (s *Server) Kill() {
 
 // Restart starts the server again with the same port, dir and arguments,
 // after Kill or Shutdown, and waits for it to answer PING.
-func (s *Server) Restart(t testing.TB) {
+func (s *Server) Restart(t TB) {
 	t.Helper()
 	if p := s.current(); p != nil && p.alive() {
 		t.Fatalf("redisproc: restart %s: still running as pid %d", s.Addr(), p.cmd.Process.Pid)

@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"testing"
 )
 
 // Binary is one server build.
@@ -32,7 +31,7 @@ func VersionsDir() string {
 // Built returns the server binary of a build in VersionsDir, named as its
 // source archive unpacks ("redis-6.2.16", "valkey-8.0.1"). It fails the
 // test when the build is missing: `make compat` builds it.
-func Built(t testing.TB, name string) Binary {
+func Built(t TB, name string) Binary {
 	t.Helper()
 	server := "redis-server"
 	if strings.HasPrefix(name, "valkey-") {

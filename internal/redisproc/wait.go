@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -12,23 +11,27 @@ const pollInterval = 50 * time.Millisecond
 
 // Eventually polls cond every 50 ms until it returns true; after timeout it
 // fails the test with what and the message from the last poll.
-func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+func Eventually(t TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	if ok, msg := poll(timeout, cond); !ok {
+	if ok, msg := poll(t, timeout, cond); !ok {
 		t.Fatalf("redisproc: timed out after %s waiting for %s: %s", timeout, what, msg)
 	}
 }
 
-// poll calls cond until it returns true or timeout has passed, and returns
-// the last result.
-func poll(timeout time.Duration, cond func() (bool, string)) (bool, string) {
+// poll calls cond until it returns true, timeout has passed or the owner
+// is interrupted, and returns the last result.
+func poll(t TB, timeout time.Duration, cond func() (bool, string)) (bool, string) {
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, msg := cond()
 		if ok || time.Now().After(deadline) {
 			return ok, msg
 		}
-		time.Sleep(pollInterval)
+		select {
+		case <-interrupted(t):
+			return false, "interrupted; " + msg
+		case <-time.After(pollInterval):
+		}
 	}
 }
 
@@ -40,13 +43,13 @@ func poll(timeout time.Duration, cond func() (bool, string)) (bool, string) {
 // Offsets come from the master and from each replica only, never from the
 // replica's upstream, so the replicas may hang off something that is not
 // Redis, such as the proxy, as long as it preserves offsets.
-func WaitInSync(t testing.TB, timeout time.Duration, master *Server, replicas ...*Server) {
+func WaitInSync(t TB, timeout time.Duration, master *Server, replicas ...*Server) {
 	t.Helper()
 	// Digests hash the whole dataset (tens of ms per server, far more on a
 	// busy machine), so they are only worth computing once the offsets
 	// agree; polling them meanwhile would steal CPU from the replicas
 	// that are catching up.
-	ok, _ := poll(timeout, func() (bool, string) {
+	ok, _ := poll(t, timeout, func() (bool, string) {
 		return offsetsMatch(master, replicas) && inSync(master, replicas).ok(), ""
 	})
 	if ok {
@@ -54,6 +57,47 @@ func WaitInSync(t testing.TB, timeout time.Duration, master *Server, replicas ..
 	}
 	t.Fatalf("redisproc: timed out after %s waiting for %d replica(s) to be in sync with master %s:%s",
 		timeout, len(replicas), master.Addr(), inSync(master, replicas))
+}
+
+// WaitCaughtUp waits until every replica's link is up and it holds every
+// byte the master had written when asked. It compares offsets only: a
+// program measuring CPU spends none on digests, and a master that keeps
+// writing (probes) does not hold it back. The replicas may be proxies.
+func WaitCaughtUp(t TB, timeout time.Duration, master *Server, replicas ...*Server) {
+	t.Helper()
+	var st syncState
+	ok, _ := poll(t, timeout, func() (bool, string) {
+		st = offsets(master, replicas)
+		return st.caughtUp(), ""
+	})
+	if !ok {
+		t.Fatalf("redisproc: timed out after %s waiting for %d replica(s) to catch up with master %s:%s",
+			timeout, len(replicas), master.Addr(), st)
+	}
+}
+
+// offsets reads the master's offset, then each replica's offset and link.
+func offsets(master *Server, replicas []*Server) syncState {
+	m := master.InfoInt("replication", "master_repl_offset")
+	st := syncState{master: serverState{addr: master.Addr(), offset: m}, masterMoved: m}
+	for _, r := range replicas {
+		info := r.Info("replication")
+		st.replicas = append(st.replicas, serverState{
+			addr:   r.Addr(),
+			offset: parseOffset(info["slave_repl_offset"]),
+			link:   info["master_link_status"],
+		})
+	}
+	return st
+}
+
+func (st syncState) caughtUp() bool {
+	for _, r := range st.replicas {
+		if r.offset < st.master.offset || r.link != "up" {
+			return false
+		}
+	}
+	return st.master.offset >= 0
 }
 
 // offsetsMatch is the cheap precondition of inSync.

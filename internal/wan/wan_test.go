@@ -60,3 +60,32 @@ func TestLinkBuildsAndGoes(t *testing.T) {
 		t.Fatalf("namespaces left behind: %s", ns)
 	}
 }
+
+// Dialer reaches a server that listens only inside a namespace, with no
+// unix socket, as the wan scenario reaches its proxies.
+func TestDialerReachesIntoTheNamespace(t *testing.T) {
+	ctx := context.Background()
+	l, err := Setup(ctx, "rbench", 8_000_000)
+	if errors.Is(err, ErrUnavailable) {
+		t.Skipf("skipped: %v (run as root with ip, tc and the tbf qdisc)", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := redisproc.StartCommand(t, redisproc.Command{Path: bin, Args: func(addr string) []string {
+		_, port, _ := strings.Cut(addr, ":")
+		return []string{"--port", port, "--bind", AddrB, "--save", "", "--protected-mode", "no"}
+	}}, redisproc.Place{Prefix: In(l.NsB), Host: AddrB, Dial: Dialer(l.NsB)})
+	if got, err := srv.Do("SET", "k", "v"); err != nil || got != "OK" {
+		t.Fatalf("SET through the dialer: %v, %v", got, err)
+	}
+	if srv.Socket() != "" {
+		t.Fatalf("a Command has no unix socket, got %s", srv.Socket())
+	}
+	srv.Kill()
+}

@@ -31,15 +31,15 @@ func (b *bench) catchup(ctx context.Context) error {
 	if err := waitInSync(ctx, time.Minute, master, []*child{replica}); err != nil {
 		return err
 	}
-	if _, err := replica.do("SAVE"); err != nil {
+	if _, err := replica.Do("SAVE"); err != nil {
 		return fmt.Errorf("replica SAVE: %w", err)
 	}
 	base, err := infoField(replica, "replication", "slave_repl_offset")
 	if err != nil {
 		return err
 	}
-	replica.stop()
-	load, err := runLoad(ctx, loadSpec{addr: master.addr(), valueBytes: o.valueBytes, keys: o.keys, maxBytes: w})
+	replica.Kill()
+	load, err := runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: o.valueBytes, keys: o.keys, maxBytes: w})
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,7 @@ func (b *bench) catchup(ctx context.Context) error {
 		// From the exec on: the RDB is keys*value bytes and loads in
 		// milliseconds, so nearly all of it is the stream.
 		start := time.Now()
-		if err := replica.restart(ctx); err != nil {
+		if err := b.env.Try(func() { replica.Restart(b.env) }); err != nil {
 			return err
 		}
 		if err := waitInSync(ctx, o.timeout, master, []*child{replica}); err != nil {
@@ -82,7 +82,7 @@ func (b *bench) catchup(ctx context.Context) error {
 			kind = fmt.Sprintf("NOT partial: %d full, %d partial", full1-full0, partial1-partial0)
 		}
 		b.printf("%-14s %12.0f %9.2f %9.0f  %s\n", mode, mib(end-base), took.Seconds(), mbps(end-base, took), kind)
-		replica.stop()
+		replica.Kill()
 	}
 	return nil
 }

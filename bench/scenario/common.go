@@ -10,21 +10,88 @@ import (
 	"strings"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/redisproc"
 	"golang.org/x/sys/unix"
 )
+
+// env starts a scenario's processes through redisproc, whose Program owns
+// them: one Close, also after Ctrl-C, leaves nothing running.
+type env struct {
+	*redisproc.Program
+	root     string
+	proxyBin string
+	redisBin string
+}
+
+// child is one process of a scenario, under the name its figures use.
+type child struct {
+	*redisproc.Server
+	name string
+	env  *env // its owner, for the waits
+}
+
+// info is INFO section, or an error naming the process when it has none.
+func (c *child) info(section string) (map[string]string, error) {
+	if m := c.Info(section); len(m) > 0 {
+		return m, nil
+	}
+	return nil, fmt.Errorf("%s: no answer to INFO %s", c.name, section)
+}
+
+func servers(cs []*child) []*redisproc.Server {
+	out := make([]*redisproc.Server, len(cs))
+	for i, c := range cs {
+		out[i] = c.Server
+	}
+	return out
+}
+
+// startRedis runs redis-server (redisproc's defaults: no persistence, the
+// scenarios measure the proxy, not Redis' disk) with extra arguments last,
+// so they win.
+func (e *env) startRedis(ctx context.Context, name string, extra ...string) (*child, error) {
+	return e.startRedisAt(ctx, name, redisproc.Place{}, extra...)
+}
+
+// startRedisAt is startRedis in place p (a network namespace).
+func (e *env) startRedisAt(ctx context.Context, name string, p redisproc.Place, extra ...string) (c *child, err error) {
+	err = e.Try(func() {
+		bin := redisproc.Binary{Path: e.redisBin}
+		if p.Host == "" {
+			c = &child{redisproc.StartBinary(e, bin, extra...), name, e}
+		} else {
+			c = &child{redisproc.StartAt(e, bin, p, extra...), name, e}
+		}
+	})
+	return c, err
+}
+
+// startProxy runs the replproxy binary with a config file for the settings
+// that have no flag; the listen address is a flag so a retry can change it.
+func (e *env) startProxy(ctx context.Context, name, config string) (*child, error) {
+	return e.startProxyAt(ctx, name, config, redisproc.Place{})
+}
+
+// startProxyAt is startProxy in place p, whose Dial reaches it there.
+func (e *env) startProxyAt(ctx context.Context, name, config string, p redisproc.Place) (c *child, err error) {
+	err = e.Try(func() {
+		cfgPath := filepath.Join(e.TempDir(), "config.yaml")
+		if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+			e.Fatalf("%s: %v", name, err)
+		}
+		args := func(addr string) []string {
+			return []string{"run", "--config", cfgPath, "--listen", addr, "--data-dir", "data", "--log-format", "json"}
+		}
+		c = &child{redisproc.StartCommand(e, redisproc.Command{Path: e.proxyBin, Args: args}, p), name, e}
+	})
+	return c, err
+}
 
 // startMaster starts an empty master with no output-buffer limit toward its
 // replica, the proxy: a proxy that falls behind should show up as lag in
 // the figures, not as a disconnect and a full resync that hide it.
 func (b *bench) startMaster(ctx context.Context, name string) (*child, error) {
-	m, err := b.env.startRedis(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := m.do("CONFIG", "SET", "client-output-buffer-limit", "replica 0 0 0"); err != nil {
-		return nil, fmt.Errorf("%s: CONFIG SET: %w", name, err)
-	}
-	return m, nil
+	return b.env.startRedis(ctx, name, "--client-output-buffer-limit", "replica 0 0 0")
 }
 
 func (b *bench) proxyConfig(master *child, maxBytes int64, fsync string) string {
@@ -40,7 +107,7 @@ snapshot:
   refresh_after: %d
 log:
   level: info
-`, master.addr(), maxBytes, int64(b.opt.segmentMiB)<<20, fsync, 4*maxBytes)
+`, master.Addr(), maxBytes, int64(b.opt.segmentMiB)<<20, fsync, 4*maxBytes)
 }
 
 // startProxy starts a proxy of master and waits until it streams.
@@ -49,11 +116,7 @@ func (b *bench) startProxy(ctx context.Context, name string, master *child, maxB
 	if err != nil {
 		return nil, err
 	}
-	err = waitFor(ctx, time.Minute, name+" to sync from the master", func() (bool, string, error) {
-		done, lag, err := proxyCaughtUp(master, p)
-		return done, fmt.Sprintf("%d bytes behind", lag), err
-	})
-	return p, err
+	return p, waitInSync(ctx, time.Minute, master, []*child{p})
 }
 
 // startProxyBin starts a proxy of master from another replproxy binary, to
@@ -66,65 +129,45 @@ func (b *bench) startProxyBin(ctx context.Context, name, bin string, master *chi
 }
 
 func (b *bench) startReplica(ctx context.Context, name string, of *child) (*child, error) {
-	return b.env.startRedis(ctx, name, "--replicaof", "127.0.0.1", strconv.Itoa(of.port))
+	return b.env.startRedis(ctx, name, "--replicaof", of.Host, strconv.Itoa(of.Port))
 }
 
-// waitFor polls cond until it holds. Errors from cond are retried until
-// the timeout (a server may be restarting); the last one is reported.
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, string, error)) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state, err := cond()
-		if ok && err == nil {
-			return nil
+// startReplicas starts n replicas of of (none if nil) one after the other.
+func (b *bench) startReplicas(ctx context.Context, prefix string, of *child, n int, extra ...string) ([]*child, error) {
+	rs := make([]*child, n)
+	for i := range rs {
+		var err error
+		args := extra
+		if of != nil {
+			args = append([]string{"--replicaof", of.Host, strconv.Itoa(of.Port)}, extra...)
 		}
-		if time.Now().After(deadline) {
-			if err != nil {
-				state = err.Error()
-			}
-			return fmt.Errorf("timed out after %s waiting for %s (%s)", timeout, what, state)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		if rs[i], err = b.env.startRedis(ctx, fmt.Sprintf("%s%02d", prefix, i+1), args...); err != nil {
+			return nil, err
 		}
 	}
+	return rs, nil
 }
 
 func infoField(c *child, section, key string) (int64, error) {
-	m, err := c.info(section)
-	if err != nil {
-		return -1, fmt.Errorf("%s: %w", c.name, err)
-	}
-	n := infoInt(m, key)
+	n := c.InfoInt(section, key)
 	if n < 0 {
 		return -1, fmt.Errorf("%s: INFO %s has no %s", c.name, section, key)
 	}
 	return n, nil
 }
 
-// proxyCaughtUp says whether the proxy holds every byte the master had
-// produced when asked; the master is read first, so it is never behind.
+func infoInt(m map[string]string, key string) int64 {
+	n, err := strconv.ParseInt(m[key], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
 // waitProxyCaughtUp waits until the proxy holds everything the master has
 // written so far.
 func waitProxyCaughtUp(ctx context.Context, timeout time.Duration, master, proxy *child) error {
-	return waitFor(ctx, timeout, "the proxy to hold the master's writes", func() (bool, string, error) {
-		done, lag, err := proxyCaughtUp(master, proxy)
-		return done, fmt.Sprintf("%d bytes behind the master", lag), err
-	})
-}
-
-func proxyCaughtUp(master, proxy *child) (bool, int64, error) {
-	m, err := infoField(master, "replication", "master_repl_offset")
-	if err != nil {
-		return false, -1, err
-	}
-	p, err := infoField(proxy, "replication", "master_repl_offset")
-	if err != nil {
-		return false, -1, err
-	}
-	return p >= m, max(m-p, 0), nil
+	return waitInSync(ctx, timeout, master, []*child{proxy})
 }
 
 // replicasBehind sums how many stream bytes the replicas still miss, and
@@ -138,13 +181,9 @@ func replicasBehind(master *child, replicas []*child) (behind int64, up int, err
 	for _, r := range replicas {
 		info, err := r.info("replication")
 		if err != nil {
-			return -1, 0, fmt.Errorf("%s: %w", r.name, err)
+			return -1, 0, err
 		}
-		off := infoInt(info, "slave_repl_offset")
-		if off < 0 {
-			off = 0
-		}
-		behind += max(m-off, 0)
+		behind += max(m-max(infoInt(info, "slave_repl_offset"), 0), 0)
 		if info["master_link_status"] == "up" {
 			up++
 		}
@@ -152,12 +191,13 @@ func replicasBehind(master *child, replicas []*child) (behind int64, up int, err
 	return behind, up, nil
 }
 
-// waitInSync waits until every replica has the master's offset with its
-// link up.
+// waitInSync waits until every replica (or proxy) holds the master's
+// offset with its link up; it compares no digests, which would cost the
+// measured processes CPU.
 func waitInSync(ctx context.Context, timeout time.Duration, master *child, replicas []*child) error {
-	return waitFor(ctx, timeout, fmt.Sprintf("%d replica(s) to be in sync", len(replicas)), func() (bool, string, error) {
-		behind, up, err := replicasBehind(master, replicas)
-		return behind == 0 && up == len(replicas), fmt.Sprintf("%d bytes behind, %d/%d links up", behind, up, len(replicas)), err
+	e := master.env
+	return e.Try(func() {
+		redisproc.WaitCaughtUp(e, timeout, master.Server, servers(replicas)...)
 	})
 }
 
@@ -192,7 +232,7 @@ func evictBacklog(dataDir string) (int64, error) {
 	return total, err
 }
 
-func proxyDataDir(p *child) string { return filepath.Join(p.dir, "data") }
+func proxyDataDir(p *child) string { return filepath.Join(p.Dir, "data") }
 
 // proxySyncs reads the downstream sync counters, to tell a partial catch-up
 // from a full resync in the results.
@@ -214,18 +254,15 @@ func (b *bench) describeLagging(master *child, replicas []*child) {
 		if err == nil && info["master_link_status"] == "up" && infoInt(info, "slave_repl_offset") >= m {
 			continue
 		}
-		b.printf("   %s (pid %d, alive %v, dir %s):", r.name, r.pid(), r.alive(), r.dir)
+		b.printf("   %s (pid %d, running %v, dir %s):", r.name, r.PID(), r.Running(), r.Dir)
 		if err != nil {
 			b.printf(" INFO failed: %v\n", err)
 		} else {
 			b.printf(" link %s, offset %s, sync in progress %s\n", info["master_link_status"],
 				info["slave_repl_offset"], info["master_sync_in_progress"])
 		}
-		if raw, err := os.ReadFile(filepath.Join(r.dir, "redis.log")); err == nil {
-			lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
-			for _, l := range lines[max(0, len(lines)-8):] {
-				b.printf("      %s\n", l)
-			}
+		for _, l := range strings.Split(r.LogTail(8), "\n") {
+			b.printf("      %s\n", l)
 		}
 	}
 }

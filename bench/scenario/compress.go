@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"syscall"
 	"time"
@@ -19,73 +17,22 @@ import (
 // mixedLoad pipelines the seeded writes of package mixedload, so two runs
 // send the same commands: for d, or until maxCmds were sent if it is not 0.
 func mixedLoad(ctx context.Context, addr string, d time.Duration, maxCmds int64) (res loadResult, random int64, err error) {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return loadResult{}, 0, err
-	}
-	defer conn.Close()
-	stopWatch := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stopWatch()
-
+	gen := mixedload.New(time.Now().Unix())
+	cmd := [][]byte{nil}
 	const window = 512 // commands in flight: a few hundred KB, well under a second of work
-	inflight := make(chan struct{}, window)
-	readDone := make(chan error, 1)
-	go func() {
-		br := bufio.NewReaderSize(conn, 64<<10)
-		for range inflight {
-			if _, err := readReply(br); err != nil {
-				readDone <- err
-				conn.Close()
-				for range inflight {
-				}
-				return
-			}
-		}
-		readDone <- nil
-	}()
-
-	var cmd []byte
-	bw := bufio.NewWriterSize(conn, 256<<10)
-	start := time.Now()
-	gen := mixedload.New(start.Unix())
-	var werr error
-	for ctx.Err() == nil && time.Since(start) < d && (maxCmds == 0 || res.cmds < maxCmds) {
-		select {
-		case inflight <- struct{}{}:
-		default:
-			if werr = bw.Flush(); werr != nil {
-				break
-			}
-			inflight <- struct{}{}
-		}
-		if werr != nil {
-			break
+	res, err = pipeline(ctx, addr, window, func(sent loadResult) [][]byte {
+		if sent.elapsed >= d || (maxCmds > 0 && sent.cmds >= maxCmds) {
+			return nil
 		}
 		var r int
-		cmd, r = gen.Append(cmd[:0])
+		cmd[0], r = gen.Append(cmd[0][:0])
 		random += int64(r)
-		if _, werr = bw.Write(cmd); werr != nil {
-			break
-		}
-		res.bytes += int64(len(cmd))
-		res.cmds++
+		return cmd
+	})
+	if err != nil && ctx.Err() == nil {
+		err = fmt.Errorf("mixed load: %w", err)
 	}
-	if werr == nil {
-		werr = bw.Flush()
-	}
-	close(inflight)
-	rerr := <-readDone
-	res.elapsed = time.Since(start)
-	if ctx.Err() != nil {
-		return res, random, ctx.Err()
-	}
-	if werr != nil {
-		return res, random, fmt.Errorf("mixed load: %w", werr)
-	}
-	if rerr != nil {
-		return res, random, fmt.Errorf("mixed load: %w", rerr)
-	}
-	return res, random, nil
+	return res, random, err
 }
 
 // startProxyOf starts a proxy whose upstream is another proxy, with the
@@ -97,11 +44,7 @@ func (b *bench) startProxyOf(ctx context.Context, name string, upstream *child, 
 	if err != nil {
 		return nil, err
 	}
-	err = waitFor(ctx, time.Minute, name+" to sync from "+upstream.name, func() (bool, string, error) {
-		done, lag, err := proxyCaughtUp(upstream, p)
-		return done, fmt.Sprintf("%d bytes behind", lag), err
-	})
-	return p, err
+	return p, waitProxyCaughtUp(ctx, time.Minute, upstream, p)
 }
 
 type compressCounters struct {
@@ -306,18 +249,12 @@ func (b *bench) compressPass(ctx context.Context, p2Compression string, cmds int
 	if cmds > 0 {
 		d = 10 * o.compressTime // the command count ends it
 	}
-	res.load, res.random, err = mixedLoad(ctx, master.addr(), d, cmds)
+	res.load, res.random, err = mixedLoad(ctx, master.Addr(), d, cmds)
 	if err != nil {
 		return res, err
 	}
-	for _, p := range []*child{p2, p2n} {
-		err := waitFor(ctx, o.timeout, p.name+" to hold the whole write", func() (bool, string, error) {
-			done, lag, err := proxyCaughtUp(master, p)
-			return done, fmt.Sprintf("%d bytes behind the master", lag), err
-		})
-		if err != nil {
-			return res, err
-		}
+	if err := waitInSync(ctx, o.timeout, master, []*child{p2, p2n}); err != nil {
+		return res, err
 	}
 	res.d = make([]compressCounters, len(procs))
 	for i, p := range procs {

@@ -35,35 +35,8 @@ func redisCPU(c *child) (float64, error) {
 // procCPU is readCPU in seconds, 0 when the process is gone: a figure, not
 // a reason to abort a run.
 func procCPU(c *child) float64 {
-	d, _ := readCPU(c.pid())
+	d, _ := readCPU(c.PID())
 	return d.Seconds()
-}
-
-// startReplicas starts n replicas of of one after the other: started
-// concurrently, two could probe the same free port, and the loser's PING
-// would be answered by the winner.
-func (b *bench) startReplicas(ctx context.Context, prefix string, of *child, n int, extra ...string) ([]*child, error) {
-	rs := make([]*child, n)
-	for i := range rs {
-		var err error
-		args := extra
-		if of != nil {
-			args = append([]string{"--replicaof", "127.0.0.1", strconv.Itoa(of.port)}, extra...)
-		}
-		if rs[i], err = b.env.startRedis(ctx, fmt.Sprintf("%s%02d", prefix, i+1), args...); err != nil {
-			return nil, err
-		}
-	}
-	return rs, nil
-}
-
-// teardown ends one setup inside a scenario, as run does between
-// scenarios, so the next setup has the CPUs and the disk to itself.
-func (b *bench) teardown() {
-	b.env.cleanup()
-	if !b.opt.keep {
-		b.env.removeDirs()
-	}
 }
 
 // gb is the unit of the per-volume CPU figures.
@@ -181,7 +154,7 @@ func (b *bench) fanoutCPUOne(ctx context.Context, name string, n int, withProxy 
 		p0 = procCPU(proxy)
 	}
 	start := time.Now()
-	load, err := runLoad(ctx, loadSpec{addr: master.addr(), valueBytes: o.valueBytes, keys: o.keys, maxBytes: w})
+	load, err := runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: o.valueBytes, keys: o.keys, maxBytes: w})
 	if err != nil {
 		return r, err
 	}
@@ -213,26 +186,11 @@ func (b *bench) fanoutCPUOne(ctx context.Context, name string, n int, withProxy 
 	return r, nil
 }
 
-// startDebugMaster is startMaster with DEBUG allowed (Redis 7 refuses it by
-// default), for DEBUG POPULATE and DEBUG DIGEST.
-func (b *bench) startDebugMaster(ctx context.Context, name string) (*child, error) {
-	m, err := b.env.startRedis(ctx, name, "--enable-debug-command", "yes")
-	if err != nil {
-		return nil, err
-	}
-	if _, err := m.do("CONFIG", "SET", "client-output-buffer-limit", "replica 0 0 0"); err != nil {
-		return nil, fmt.Errorf("%s: CONFIG SET: %w", name, err)
-	}
-	return m, nil
-}
-
 func digest(c *child) (string, error) {
-	r, err := c.do("DEBUG", "DIGEST")
-	if err != nil {
-		return "", fmt.Errorf("%s: DEBUG DIGEST: %w", c.name, err)
+	if d := c.Digest(); d != "" {
+		return d, nil
 	}
-	s, _ := r.(string)
-	return s, nil
+	return "", fmt.Errorf("%s: no answer to DEBUG DIGEST", c.name)
 }
 
 func (b *bench) fanoutFullsync(ctx context.Context) error {
@@ -241,11 +199,11 @@ func (b *bench) fanoutFullsync(ctx context.Context) error {
 	const valueSize = 64
 	b.printf("\n== fanout-fullsync: %d new replicas of a synced replproxy at once; master holds %d keys of %d bytes (DEBUG POPULATE)\n",
 		n, o.populate, valueSize)
-	master, err := b.startDebugMaster(ctx, "fullsync-master")
+	master, err := b.startMaster(ctx, "fullsync-master")
 	if err != nil {
 		return err
 	}
-	if _, err := master.do("DEBUG", "POPULATE", strconv.Itoa(o.populate), "key", strconv.Itoa(valueSize)); err != nil {
+	if _, err := master.Do("DEBUG", "POPULATE", strconv.Itoa(o.populate), "key", strconv.Itoa(valueSize)); err != nil {
 		return fmt.Errorf("DEBUG POPULATE: %w", err)
 	}
 	proxy, err := b.startProxy(ctx, "fullsync-proxy", master, 1<<30, "everysec")
@@ -254,7 +212,7 @@ func (b *bench) fanoutFullsync(ctx context.Context) error {
 	}
 	// Writes after the proxy's snapshot make each full sync the snapshot
 	// plus a stretch of backlog, as in steady state, not the RDB alone.
-	extra, err := runLoad(ctx, loadSpec{addr: master.addr(), valueBytes: 4 << 10, keys: 1024, maxBytes: 32 << 20})
+	extra, err := runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: 4 << 10, keys: 1024, maxBytes: 32 << 20})
 	if err != nil {
 		return err
 	}
@@ -272,19 +230,19 @@ func (b *bench) fanoutFullsync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	keys, _ := master.do("DBSIZE")
+	keys, _ := master.Do("DBSIZE")
 	b.printf("   master: %v keys; %.0f MiB written after the proxy's snapshot; digest %s\n", keys, mib(extra.bytes), want)
 
 	// Started without a master and pointed at the proxy in one quick loop,
 	// so the syncs really overlap; starting each with --replicaof would
 	// spread them over the seconds the starts take.
-	replicas, err := b.startReplicas(ctx, "fullsync-replica", nil, n, "--enable-debug-command", "yes")
+	replicas, err := b.startReplicas(ctx, "fullsync-replica", nil, n)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
 	for _, r := range replicas {
-		if _, err := r.do("REPLICAOF", "127.0.0.1", strconv.Itoa(proxy.port)); err != nil {
+		if _, err := r.Do("REPLICAOF", "127.0.0.1", strconv.Itoa(proxy.Port)); err != nil {
 			return fmt.Errorf("%s: REPLICAOF: %w", r.name, err)
 		}
 	}
@@ -312,7 +270,7 @@ func (b *bench) fanoutFullsync(ctx context.Context) error {
 	}
 	mFull1, mForks1 := infoInt(mstats, "sync_full"), infoInt(mstats, "total_forks")
 	pFull1, pPartial1 := proxySyncs(proxy)
-	pmem, _ := readMem(proxy.pid())
+	pmem, _ := readMem(proxy.PID())
 
 	b.printf("   %d replicas at the master's offset with their link up after %.1fs; digests checked after %.1fs\n",
 		n, inSync.Seconds(), verified.Seconds())
@@ -396,7 +354,7 @@ func (b *bench) fanoutRSS(ctx context.Context) error {
 	var load loadResult
 	go func() {
 		var err error
-		load, err = pacedLoad(ctx, master.addr(), o.fanoutMBps, o.fanoutTime, o.valueBytes, o.keys)
+		load, err = pacedLoad(ctx, master.Addr(), o.fanoutMBps, o.fanoutTime, o.valueBytes, o.keys)
 		loaded <- err
 	}()
 	tick := time.NewTicker(o.interval)
@@ -437,7 +395,7 @@ writing:
 		return err
 	}
 	full1, partial1 := proxySyncs(proxy)
-	final, _ := readMem(proxy.pid())
+	final, _ := readMem(proxy.PID())
 	stream := off1 - off0
 
 	b.printf("\n   write: %.0f MiB in %.1fs (%.1f MB/s); %d replicas x %.0f MiB = %.0f MiB sent; at most %.1f MiB behind in total,\n",

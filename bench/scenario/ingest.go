@@ -38,20 +38,20 @@ func (b *bench) ingestOne(ctx context.Context, master *child, policy string, max
 		return err
 	}
 	defer func() {
-		proxy.stop()
+		proxy.Kill()
 		if !o.keep {
-			os.RemoveAll(proxy.dir)
+			os.RemoveAll(proxy.Dir)
 		}
 	}()
 	off0, err := infoField(proxy, "replication", "master_repl_offset")
 	if err != nil {
 		return err
 	}
-	cpu0, _ := readCPU(proxy.pid())
+	cpu0, _ := readCPU(proxy.PID())
 	start := time.Now()
 	loaded := make(chan error, 1)
 	go func() {
-		_, err := runLoad(ctx, loadSpec{addr: master.addr(), valueBytes: o.ingestValue, keys: 1024, duration: o.ingestSeconds})
+		_, err := runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: o.ingestValue, keys: 1024, duration: o.ingestSeconds})
 		loaded <- err
 	}()
 
@@ -79,10 +79,7 @@ writing:
 			return ctx.Err()
 		}
 	}
-	_, lagAtEnd, err := proxyCaughtUp(master, proxy)
-	if err != nil {
-		return err
-	}
+	lagAtEnd := max(master.InfoInt("replication", "master_repl_offset")-proxy.InfoInt("replication", "master_repl_offset"), 0)
 	err = waitProxyCaughtUp(ctx, o.timeout, master, proxy)
 	if err != nil {
 		return err
@@ -92,7 +89,7 @@ writing:
 	if err != nil {
 		return err
 	}
-	cpu1, _ := readCPU(proxy.pid())
+	cpu1, _ := readCPU(proxy.PID())
 	backlog, err := proxy.info("backlog")
 	if err != nil {
 		return err

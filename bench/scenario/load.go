@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand"
@@ -34,14 +35,6 @@ const pipelineBytes = 4 << 20
 // connection suffices: the master is single-threaded, and on two cores a
 // second writer would only take CPU from the processes being measured.
 func runLoad(ctx context.Context, spec loadSpec) (loadResult, error) {
-	conn, err := net.DialTimeout("tcp", spec.addr, time.Second)
-	if err != nil {
-		return loadResult{}, err
-	}
-	defer conn.Close()
-	stopWatch := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stopWatch()
-
 	value := make([]byte, spec.valueBytes)
 	rand.New(rand.NewSource(1)).Read(value)
 	headers := make([][]byte, spec.keys)
@@ -49,16 +42,46 @@ func runLoad(ctx context.Context, spec loadSpec) (loadResult, error) {
 		key := "bench:" + strconv.Itoa(i)
 		headers[i] = fmt.Appendf(nil, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n", len(key), key, len(value))
 	}
+	cmd := make([][]byte, 3)
+	window := max(4, pipelineBytes/spec.valueBytes)
+	res, err := pipeline(ctx, spec.addr, window, func(sent loadResult) [][]byte {
+		if (spec.maxBytes > 0 && sent.bytes >= spec.maxBytes) || (spec.duration > 0 && sent.elapsed >= spec.duration) {
+			return nil
+		}
+		cmd[0], cmd[1], cmd[2] = headers[sent.cmds%int64(len(headers))], value, crlf
+		return cmd
+	})
+	if err != nil && ctx.Err() == nil {
+		err = fmt.Errorf("write load: %w", err)
+	}
+	return res, err
+}
+
+var crlf = []byte("\r\n")
+
+// pipeline sends the commands next returns, each as its parts, on one
+// connection to addr, with at most window of them unanswered, until next
+// returns nil or ctx ends. next sees what was sent so far, to know when to
+// stop. Every reply the loads provoke is one line (+OK, :n); an error
+// reply ends the load.
+func pipeline(ctx context.Context, addr string, window int, next func(sent loadResult) [][]byte) (loadResult, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return loadResult{}, err
+	}
+	defer conn.Close()
+	stopWatch := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stopWatch()
 
 	// Each token is one command sent whose reply is still to be read.
-	inflight := make(chan struct{}, max(4, pipelineBytes/spec.valueBytes))
+	inflight := make(chan struct{}, window)
 	readDone := make(chan error, 1)
 	go func() {
 		br := bufio.NewReaderSize(conn, 64<<10)
 		for range inflight {
-			r, err := readReply(br)
-			if err == nil && r != "OK" {
-				err = fmt.Errorf("SET answered %v", r)
+			line, err := br.ReadSlice('\n')
+			if err == nil && len(line) > 0 && line[0] == '-' {
+				err = fmt.Errorf("server: %s", bytes.TrimSpace(line))
 			}
 			if err != nil {
 				readDone <- err
@@ -75,12 +98,11 @@ func runLoad(ctx context.Context, spec loadSpec) (loadResult, error) {
 	var res loadResult
 	bw := bufio.NewWriterSize(conn, 1<<20)
 	var werr error
-loop:
-	for i := 0; ; i++ {
-		if ctx.Err() != nil ||
-			(spec.maxBytes > 0 && res.bytes >= spec.maxBytes) ||
-			(spec.duration > 0 && time.Since(start) >= spec.duration) {
-			break loop
+	for ctx.Err() == nil && werr == nil {
+		res.elapsed = time.Since(start)
+		cmd := next(res)
+		if cmd == nil {
+			break
 		}
 		select {
 		case inflight <- struct{}{}:
@@ -88,17 +110,16 @@ loop:
 			// The window is full: what is buffered must go out, or the
 			// replies the reader waits for would never come.
 			if werr = bw.Flush(); werr != nil {
-				break loop
+				break
 			}
 			inflight <- struct{}{}
 		}
-		h := headers[i%len(headers)]
-		bw.Write(h)
-		bw.Write(value)
-		if _, werr = bw.WriteString("\r\n"); werr != nil {
-			break loop
+		for _, part := range cmd {
+			if werr == nil {
+				_, werr = bw.Write(part)
+				res.bytes += int64(len(part))
+			}
 		}
-		res.bytes += int64(len(h) + len(value) + 2)
 		res.cmds++
 	}
 	if werr == nil {
@@ -107,14 +128,11 @@ loop:
 	close(inflight)
 	rerr := <-readDone
 	res.elapsed = time.Since(start)
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		return res, ctx.Err()
+	case werr != nil:
+		return res, werr
 	}
-	if werr != nil {
-		return res, fmt.Errorf("write load: %w", werr)
-	}
-	if rerr != nil {
-		return res, fmt.Errorf("write load: %w", rerr)
-	}
-	return res, nil
+	return res, rerr
 }

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/replproxy/replproxy/internal/redisproc"
 )
 
 type options struct {
@@ -176,9 +178,9 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	e := &env{root: root, proxyBin: o.proxyBin}
+	e := &env{Program: redisproc.NewProgram(ctx, root, os.Stderr), root: root, proxyBin: o.proxyBin}
 	defer func() {
-		e.cleanup()
+		e.Close()
 		if o.keep {
 			fmt.Printf("kept %s\n", root)
 		} else {
@@ -200,34 +202,13 @@ func run(o options) error {
 	b := &bench{env: e, opt: o, out: os.Stdout}
 	for _, s := range o.scenarios {
 		var err error
-		switch s {
-		case "rss":
-			err = b.rss(ctx)
-		case "catchup":
-			err = b.catchup(ctx)
-		case "ingest":
-			err = b.ingest(ctx)
-		case "fanout-cpu":
-			err = b.fanoutCPU(ctx)
-		case "fanout-fullsync":
-			err = b.fanoutFullsync(ctx)
-		case "fanout-rss":
-			err = b.fanoutRSS(ctx)
-		case "compress":
-			err = b.compress(ctx)
-		case "relay":
-			err = b.relay(ctx)
-		case "fanout-scale":
-			err = b.fanoutScale(ctx)
-		case "wan":
-			err = b.wan(ctx)
+		// A redisproc failure the scenario did not catch ends it, too.
+		if terr := e.Try(func() { err = b.scenario(ctx, s) }); terr != nil {
+			err = terr
 		}
 		// Each scenario starts from nothing: stop its processes and free
 		// its disk before the next one.
-		e.cleanup()
-		if !o.keep {
-			e.removeDirs()
-		}
+		b.teardown()
 		if err != nil {
 			if ctx.Err() != nil {
 				return errors.New("interrupted; everything started was stopped")
@@ -236,6 +217,41 @@ func run(o options) error {
 		}
 	}
 	return nil
+}
+
+func (b *bench) scenario(ctx context.Context, s string) error {
+	switch s {
+	case "rss":
+		return b.rss(ctx)
+	case "catchup":
+		return b.catchup(ctx)
+	case "ingest":
+		return b.ingest(ctx)
+	case "fanout-cpu":
+		return b.fanoutCPU(ctx)
+	case "fanout-fullsync":
+		return b.fanoutFullsync(ctx)
+	case "fanout-rss":
+		return b.fanoutRSS(ctx)
+	case "compress":
+		return b.compress(ctx)
+	case "relay":
+		return b.relay(ctx)
+	case "fanout-scale":
+		return b.fanoutScale(ctx)
+	case "wan":
+		return b.wan(ctx)
+	}
+	return nil
+}
+
+// teardown ends one setup, as run does between scenarios, so the next has
+// the CPUs and the disk to itself.
+func (b *bench) teardown() {
+	b.env.Close()
+	if !b.opt.keep {
+		b.env.removeDirs()
+	}
 }
 
 // buildProxy compiles the proxy from the module the current directory is in,

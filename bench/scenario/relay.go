@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // relayProbeEvery is how often a PUBLISH probe goes to the master: often
@@ -181,7 +183,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 		if a, err = b.startReplica(ctx, pre+"A", m); err != nil {
 			return err
 		}
-		if _, err := a.do("CONFIG", "SET", "client-output-buffer-limit", "replica 0 0 0"); err != nil {
+		if _, err := a.Do("CONFIG", "SET", "client-output-buffer-limit", "replica 0 0 0"); err != nil {
 			return fmt.Errorf("A: CONFIG SET: %w", err)
 		}
 		ra, err = b.startReplica(ctx, pre+"RA", a)
@@ -227,7 +229,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 	defer stopProbes()
 	var wg sync.WaitGroup
 	for i, c := range []*child{d, ra, rb} {
-		sub, err := subscribe(c.addr(), "probe")
+		sub, err := subscribe(ctx, c, "probe")
 		if err != nil {
 			return r, fmt.Errorf("%s: SUBSCRIBE: %w", c.name, err)
 		}
@@ -236,14 +238,10 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.lag[i] = readProbes(sub)
+			r.lag[i] = readProbes(probeCtx, sub)
 		}()
 	}
-	pub, err := dialRESP("tcp", m.addr())
-	if err != nil {
-		return r, err
-	}
-	defer pub.Close()
+	pub := m.Client()
 	probeDone := make(chan struct{})
 	go func() {
 		defer close(probeDone)
@@ -255,7 +253,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 				return
 			case <-t.C:
 			}
-			if _, err := pub.do("PUBLISH", "probe", strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
+			if err := pub.Publish(probeCtx, "probe", strconv.FormatInt(time.Now().UnixNano(), 10)).Err(); err != nil {
 				return
 			}
 		}
@@ -271,7 +269,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 	if q != nil {
 		sq = procCPU(q)
 	}
-	if r.steadySets, err = steadyLoad(ctx, m.addr(), relaySteady); err != nil {
+	if r.steadySets, err = steadyLoad(ctx, m, relaySteady); err != nil {
 		return r, err
 	}
 	r.steadyEnd = time.Now()
@@ -289,7 +287,7 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 		q0 = procCPU(q)
 	}
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(m.port),
+	cmd := exec.CommandContext(ctx, "redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(m.Port),
 		"-t", "set", "-d", "512", "-r", "1000000", "-n", strconv.Itoa(b.opt.relayRequests), "-P", "16", "-c", "20", "-q")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
@@ -318,51 +316,39 @@ func (b *bench) relayOne(ctx context.Context, run int) (relayRun, error) {
 
 // steadyLoad writes 512-byte SETs from one client, each waiting for its
 // reply, for d, and returns how many it wrote.
-func steadyLoad(ctx context.Context, addr string, d time.Duration) (int, error) {
-	c, err := dialRESP("tcp", addr)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
+func steadyLoad(ctx context.Context, m *child, d time.Duration) (int, error) {
+	c := m.Client()
 	value := string(make([]byte, 512))
 	n := 0
 	for end := time.Now().Add(d); time.Now().Before(end) && ctx.Err() == nil; n++ {
-		if _, err := c.do("SET", "steady:"+strconv.Itoa(n%100000), value); err != nil {
+		if err := c.Set(ctx, "steady:"+strconv.Itoa(n%100000), value, 0).Err(); err != nil {
 			return n, fmt.Errorf("steady load: SET: %w", err)
 		}
 	}
 	return n, ctx.Err()
 }
 
-func subscribe(addr, channel string) (*respConn, error) {
-	rc, err := dialRESP("tcp", addr)
-	if err != nil {
+// subscribe returns once c has confirmed the subscription.
+func subscribe(ctx context.Context, c *child, channel string) (*redis.PubSub, error) {
+	sub := c.Client().Subscribe(ctx, channel)
+	if _, err := sub.Receive(ctx); err != nil {
+		sub.Close()
 		return nil, err
 	}
-	if _, err := rc.do("SUBSCRIBE", channel); err != nil {
-		rc.Close()
-		return nil, err
-	}
-	rc.c.SetDeadline(time.Time{})
-	return rc, nil
+	return sub, nil
 }
 
-// readProbes collects, until the connection closes, how long each probe
+// readProbes collects, until the subscription closes, how long each probe
 // took from PUBLISH on the master to arrival here.
-func readProbes(rc *respConn) []probe {
+func readProbes(ctx context.Context, sub *redis.PubSub) []probe {
 	var lags []probe
 	for {
-		msg, err := readReply(rc.br)
+		msg, err := sub.ReceiveMessage(ctx)
 		now := time.Now()
 		if err != nil {
 			return lags
 		}
-		parts, ok := msg.([]any)
-		if !ok || len(parts) != 3 {
-			continue
-		}
-		s, _ := parts[2].(string)
-		sent, err := strconv.ParseInt(s, 10, 64)
+		sent, err := strconv.ParseInt(msg.Payload, 10, 64)
 		if err != nil {
 			continue
 		}

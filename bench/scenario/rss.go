@@ -23,7 +23,7 @@ type sampler struct {
 
 func newSampler(b *bench, proxy *child) *sampler {
 	s := &sampler{b: b, proxy: proxy, start: time.Now(), lastAt: time.Now()}
-	s.lastCPU, _ = readCPU(proxy.pid())
+	s.lastCPU, _ = readCPU(proxy.PID())
 	b.printf("%-13s %7s %12s %12s %9s %9s %6s\n", "phase", "t(s)", "backlog MiB", "behind MiB", "RSS MiB", "anon MiB", "CPU%")
 	return s
 }
@@ -31,7 +31,7 @@ func newSampler(b *bench, proxy *child) *sampler {
 // row reads the proxy's RSS and CPU from /proc and its backlog size from
 // INFO; behind is the replicas' missing bytes, or -1 when not measured.
 func (s *sampler) row(phase string, behind int64) memStats {
-	pid := s.proxy.pid()
+	pid := s.proxy.PID()
 	mem, err := readMem(pid)
 	if err != nil {
 		s.b.printf("%-13s (cannot read /proc/%d: %v)\n", phase, pid, err)
@@ -84,13 +84,13 @@ func (b *bench) rss(ctx context.Context) error {
 	s := newSampler(b, proxy)
 	initial := s.row("initial sync", 0)
 	for _, r := range replicas {
-		r.pause()
+		r.Pause()
 	}
 	loaded := make(chan error, 1)
 	var load loadResult
 	go func() {
 		var err error
-		load, err = runLoad(ctx, loadSpec{addr: master.addr(), valueBytes: o.valueBytes, keys: o.keys, maxBytes: w})
+		load, err = runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: o.valueBytes, keys: o.keys, maxBytes: w})
 		loaded <- err
 	}()
 	tick := time.NewTicker(o.interval)
@@ -129,7 +129,7 @@ writing:
 	full0, partial0 := proxySyncs(proxy)
 	resumed := time.Now()
 	for _, r := range replicas {
-		r.resume()
+		r.Resume()
 	}
 	// A tick left over from the wait above would give a row at once.
 	tick.Reset(o.interval)
@@ -148,8 +148,8 @@ writing:
 		if err != nil {
 			b.printf("   (polling replicas: %v)\n", err)
 			for _, r := range replicas {
-				if !r.alive() {
-					b.printf("   %s has exited; its log is in %s (kept with -keep)\n", r.name, r.dir)
+				if !r.Running() {
+					b.printf("   %s has exited; its log is in %s (kept with -keep)\n", r.name, r.Dir)
 				}
 			}
 			continue
@@ -164,7 +164,7 @@ writing:
 		}
 	}
 	full1, partial1 := proxySyncs(proxy)
-	final, _ := readMem(proxy.pid())
+	final, _ := readMem(proxy.PID())
 
 	b.printf("\n   backlog %.0f MiB -> RSS after initial sync %.1f MiB, after the write %.1f MiB, peak sampled %.1f MiB\n",
 		mib(resumeOff-startOff), mib(initial.RSS), mib(written.RSS), mib(s.peakRSS))

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/internal/wan"
 )
 
@@ -108,7 +109,7 @@ func (b *bench) wan(ctx context.Context) error {
 		var row []wanResult
 		for _, topo := range topos {
 			res, s, err := b.wanRun(ctx, topo, run)
-			b.env.cleanup()
+			b.env.Close()
 			if err != nil {
 				if errors.Is(err, wan.ErrUnavailable) {
 					b.printf("   skipped: %v (the wan scenario needs root, ip, tc and the tbf qdisc)\n", err)
@@ -138,6 +139,12 @@ func (b *bench) wan(ctx context.Context) error {
 	return nil
 }
 
+// region is where a wan process runs: inside namespace ns, listening on
+// host. The scenario reaches a proxy there by a socket made in ns.
+func region(ns, host string) redisproc.Place {
+	return redisproc.Place{Prefix: wan.In(ns), Host: host, Dial: wan.Dialer(ns)}
+}
+
 // wanRegions is one run's link and master.
 type wanRegions struct {
 	link   *wan.Link
@@ -151,7 +158,7 @@ func (b *bench) wanSetup(ctx context.Context, name string) (*wanRegions, error) 
 		return nil, err
 	}
 	r := &wanRegions{link: l}
-	m, err := b.env.startRedisAt(ctx, name+"-master", wan.In(l.NsA), wan.AddrA,
+	m, err := b.env.startRedisAt(ctx, name+"-master", region(l.NsA, wan.AddrA),
 		"--client-output-buffer-limit", o.cobl, "--enable-debug-command", "yes")
 	if err != nil {
 		l.Close()
@@ -161,7 +168,7 @@ func (b *bench) wanSetup(ctx context.Context, name string) (*wanRegions, error) 
 	if o.keys == 0 {
 		return r, nil
 	}
-	if _, err := m.do("DEBUG", "POPULATE", strconv.Itoa(o.keys), "user:", "256"); err != nil {
+	if _, err := m.Do("DEBUG", "POPULATE", strconv.Itoa(o.keys), "user:", "256"); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("populate: %w", err)
 	}
@@ -182,14 +189,14 @@ func (b *bench) wanRun(ctx context.Context, topo wanTopology, run int) (wanResul
 	upstream := m
 	var sender *child
 	if topo.chain {
-		pa, err := b.env.startProxyAt(ctx, name+"-proxyA", b.wanProxyConfig(m, "none"), wan.In(l.NsA), wan.AddrA)
+		pa, err := b.env.startProxyAt(ctx, name+"-proxyA", b.wanProxyConfig(m, "none"), region(l.NsA, wan.AddrA))
 		if err != nil {
 			return res, nil, err
 		}
 		upstream, sender = pa, pa
 	}
 	if topo.far {
-		pb, err := b.env.startProxyAt(ctx, name+"-proxyB", b.wanProxyConfig(upstream, topo.codec), wan.In(l.NsB), wan.AddrB)
+		pb, err := b.env.startProxyAt(ctx, name+"-proxyB", b.wanProxyConfig(upstream, topo.codec), region(l.NsB, wan.AddrB))
 		if err != nil {
 			return res, nil, err
 		}
@@ -197,8 +204,8 @@ func (b *bench) wanRun(ctx context.Context, topo wanTopology, run int) (wanResul
 	}
 	var replicas []*child
 	for i := range o.replicas {
-		r, err := b.env.startRedisAt(ctx, fmt.Sprintf("%s-replica%d", name, i), wan.In(l.NsB), wan.AddrB,
-			"--replicaof", upstream.host, strconv.Itoa(upstream.port))
+		r, err := b.env.startRedisAt(ctx, fmt.Sprintf("%s-replica%d", name, i), region(l.NsB, wan.AddrB),
+			"--replicaof", upstream.Host, strconv.Itoa(upstream.Port))
 		if err != nil {
 			return res, nil, err
 		}
@@ -233,7 +240,7 @@ func (b *bench) wanRun(ctx context.Context, topo wanTopology, run int) (wanResul
 		wg.Wait()
 	}()
 
-	if _, err := burst.Send(ctx, "unix", m.sock); err != nil {
+	if _, err := burst.Send(ctx, "unix", m.Socket()); err != nil {
 		return res, nil, err
 	}
 	burstEnd := time.Now()
@@ -290,16 +297,10 @@ func digestsEqual(m *child, replicas []*child) (bool, error) {
 	return true, nil
 }
 
-// patientDigest runs DEBUG DIGEST on a connection of its own with two
-// minutes to answer: on a busy machine, 100k keys can outlast the usual
-// command timeout.
+// patientDigest gives DEBUG DIGEST two minutes: on a busy machine, 100k
+// keys can outlast the usual command timeout.
 func patientDigest(c *child) (string, error) {
-	rc, err := dialRESP("unix", c.sock)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", c.name, err)
-	}
-	defer rc.Close()
-	r, err := rc.doWithin(2*time.Minute, "DEBUG", "DIGEST")
+	r, err := c.DoWithin(2*time.Minute, "DEBUG", "DIGEST")
 	if err != nil {
 		return "", fmt.Errorf("%s: DEBUG DIGEST: %w", c.name, err)
 	}
@@ -322,7 +323,7 @@ snapshot:
   refresh_after: 1TiB
 log:
   level: info
-`, upstream.addr(), codec)
+`, upstream.Addr(), codec)
 }
 
 // wanSampler polls the master and the replicas.

@@ -24,21 +24,21 @@ func (b *bench) wanFlaps(ctx context.Context) error {
 		return err
 	}
 	defer reg.link.Close()
-	defer b.env.cleanup()
+	defer b.env.Close()
 	l, m := reg.link, reg.master
-	pa, err := b.env.startProxyAt(ctx, "wan-flaps-proxyA", b.wanProxyConfig(m, "none")+"replicas:\n  timeout: 2s\n", wan.In(l.NsA), wan.AddrA)
+	pa, err := b.env.startProxyAt(ctx, "wan-flaps-proxyA", b.wanProxyConfig(m, "none")+"replicas:\n  timeout: 2s\n", region(l.NsA, wan.AddrA))
 	if err != nil {
 		return err
 	}
 	cfgB := strings.Replace(b.wanProxyConfig(pa, "s2"), "master:\n", "master:\n  repl_timeout: 2s\n  connect_timeout: 1s\n", 1)
-	pb, err := b.env.startProxyAt(ctx, "wan-flaps-proxyB", cfgB, wan.In(l.NsB), wan.AddrB)
+	pb, err := b.env.startProxyAt(ctx, "wan-flaps-proxyB", cfgB, region(l.NsB, wan.AddrB))
 	if err != nil {
 		return err
 	}
 	var replicas []*child
 	for i := range o.replicas {
-		r, err := b.env.startRedisAt(ctx, fmt.Sprintf("wan-flaps-replica%d", i), wan.In(l.NsB), wan.AddrB,
-			"--replicaof", pb.host, fmt.Sprint(pb.port))
+		r, err := b.env.startRedisAt(ctx, fmt.Sprintf("wan-flaps-replica%d", i), region(l.NsB, wan.AddrB),
+			"--replicaof", pb.Host, fmt.Sprint(pb.Port))
 		if err != nil {
 			return err
 		}
@@ -55,7 +55,7 @@ func (b *bench) wanFlaps(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_, loadErr = wan.Burst(lctx, "unix", m.sock, int64(o.rateMbit*1e6/8/4), 24*time.Hour)
+		_, loadErr = wan.Burst(lctx, "unix", m.Socket(), int64(o.rateMbit*1e6/8/4), 24*time.Hour)
 	}()
 	for i := range o.flaps {
 		sleepCtx(ctx, o.flapDown)

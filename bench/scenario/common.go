@@ -201,6 +201,51 @@ func waitInSync(ctx context.Context, timeout time.Duration, master *child, repli
 	})
 }
 
+// fan is a master, a proxy of it and replicas of the proxy, all in sync.
+type fan struct {
+	master, proxy *child
+	replicas      []*child
+	off0          int64 // the master's offset once they were in sync
+}
+
+// startFan starts a fan of n replicas, its processes named from prefix.
+func (b *bench) startFan(ctx context.Context, prefix string, maxBytes int64, n int) (f fan, err error) {
+	if f.master, err = b.startMaster(ctx, prefix+"-master"); err != nil {
+		return f, err
+	}
+	if f.proxy, err = b.startProxy(ctx, prefix+"-proxy", f.master, maxBytes, "everysec"); err != nil {
+		return f, err
+	}
+	if f.replicas, err = b.startReplicas(ctx, prefix+"-replica", f.proxy, n); err != nil {
+		return f, err
+	}
+	if err := waitInSync(ctx, 2*time.Minute, f.master, f.replicas); err != nil {
+		return f, err
+	}
+	f.off0, err = infoField(f.master, "replication", "master_repl_offset")
+	return f, err
+}
+
+// sampleWhile runs load and calls sample every interval until load returns
+// (with its error) or ctx ends.
+func sampleWhile(ctx context.Context, interval time.Duration, load func() error, sample func()) error {
+	done := make(chan error, 1)
+	go func() { done <- load() }()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			sample()
+		case <-ctx.Done():
+			<-done // the load watches ctx too
+			return ctx.Err()
+		}
+	}
+}
+
 // evictBacklog drops the proxy's segment files from the page cache, so a
 // catch-up reads them from the disk. POSIX_FADV_DONTNEED needs no privilege,
 // unlike /proc/sys/vm/drop_caches, but only drops clean pages: each file is

@@ -39,6 +39,15 @@ func procCPU(c *child) float64 {
 	return d.Seconds()
 }
 
+// teardown ends one setup inside a scenario, as run does between
+// scenarios, so the next setup has the CPUs and the disk to itself.
+func (b *bench) teardown() {
+	b.env.Close()
+	if !b.opt.keep {
+		b.env.removeDirs()
+	}
+}
+
 // gb is the unit of the per-volume CPU figures.
 func gb(n int64) float64 { return float64(n) / 1e9 }
 
@@ -324,25 +333,11 @@ func (b *bench) fanoutRSS(ctx context.Context) error {
 	maxBytes := max(int64(o.fanoutMBps*1e6*o.fanoutTime.Seconds())+512<<20, 1<<30)
 	b.printf("\n== fanout-rss: master -> replproxy -> %d streaming replicas; about %.0f MB/s of %d-byte SETs for %s\n",
 		n, o.fanoutMBps, o.valueBytes, o.fanoutTime)
-	master, err := b.startMaster(ctx, "wide-master")
+	f, err := b.startFan(ctx, "wide", maxBytes, n)
 	if err != nil {
 		return err
 	}
-	proxy, err := b.startProxy(ctx, "wide-proxy", master, maxBytes, "everysec")
-	if err != nil {
-		return err
-	}
-	replicas, err := b.startReplicas(ctx, "wide-replica", proxy, n)
-	if err != nil {
-		return err
-	}
-	if err := waitInSync(ctx, 2*time.Minute, master, replicas); err != nil {
-		return err
-	}
-	off0, err := infoField(master, "replication", "master_repl_offset")
-	if err != nil {
-		return err
-	}
+	master, proxy, replicas, off0 := f.master, f.proxy, f.replicas, f.off0
 	s := newSampler(b, proxy)
 	baseline := s.row("in sync", 0)
 	// The baseline's peak holds the initial full syncs; the write phase's
@@ -350,15 +345,6 @@ func (b *bench) fanoutRSS(ctx context.Context) error {
 	s.peakRSS = 0
 	full0, partial0 := proxySyncs(proxy)
 
-	loaded := make(chan error, 1)
-	var load loadResult
-	go func() {
-		var err error
-		load, err = pacedLoad(ctx, master.Addr(), o.fanoutMBps, o.fanoutTime, o.valueBytes, o.keys)
-		loaded <- err
-	}()
-	tick := time.NewTicker(o.interval)
-	defer tick.Stop()
 	var maxBehind int64
 	sample := func(phase string) {
 		behind, _, err := replicasBehind(master, replicas)
@@ -369,19 +355,13 @@ func (b *bench) fanoutRSS(ctx context.Context) error {
 		maxBehind = max(maxBehind, behind)
 		s.row(phase, behind)
 	}
-writing:
-	for {
-		select {
-		case err := <-loaded:
-			if err != nil {
-				return err
-			}
-			break writing
-		case <-tick.C:
-			sample("write")
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	var load loadResult
+	err = sampleWhile(ctx, o.interval, func() (err error) {
+		load, err = pacedLoad(ctx, master.Addr(), o.fanoutMBps, o.fanoutTime, o.valueBytes, o.keys)
+		return err
+	}, func() { sample("write") })
+	if err != nil {
+		return err
 	}
 	caught := time.Now()
 	if err := waitInSync(ctx, o.timeout, master, replicas); err != nil {

@@ -49,35 +49,22 @@ func (b *bench) ingestOne(ctx context.Context, master *child, policy string, max
 	}
 	cpu0, _ := readCPU(proxy.PID())
 	start := time.Now()
-	loaded := make(chan error, 1)
-	go func() {
-		_, err := runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: o.ingestValue, keys: 1024, duration: o.ingestSeconds})
-		loaded <- err
-	}()
-
 	// The best one-second window shows the proxy's speed apart from the
 	// ramp-up and from the master's pace at the start.
 	var best float64
 	lastOff, lastAt := off0, start
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-writing:
-	for {
-		select {
-		case err := <-loaded:
-			if err != nil {
-				return err
-			}
-			break writing
-		case <-tick.C:
-			if off, err := infoField(proxy, "replication", "master_repl_offset"); err == nil {
-				now := time.Now()
-				best = max(best, mbps(off-lastOff, now.Sub(lastAt)))
-				lastOff, lastAt = off, now
-			}
-		case <-ctx.Done():
-			return ctx.Err()
+	err = sampleWhile(ctx, time.Second, func() error {
+		_, err := runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: o.ingestValue, keys: 1024, duration: o.ingestSeconds})
+		return err
+	}, func() {
+		if off, err := infoField(proxy, "replication", "master_repl_offset"); err == nil {
+			now := time.Now()
+			best = max(best, mbps(off-lastOff, now.Sub(lastAt)))
+			lastOff, lastAt = off, now
 		}
+	})
+	if err != nil {
+		return err
 	}
 	lagAtEnd := max(master.InfoInt("replication", "master_repl_offset")-proxy.InfoInt("replication", "master_repl_offset"), 0)
 	err = waitProxyCaughtUp(ctx, o.timeout, master, proxy)

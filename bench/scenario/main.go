@@ -202,13 +202,34 @@ func run(o options) error {
 	b := &bench{env: e, opt: o, out: os.Stdout}
 	for _, s := range o.scenarios {
 		var err error
-		// A redisproc failure the scenario did not catch ends it, too.
-		if terr := e.Try(func() { err = b.scenario(ctx, s) }); terr != nil {
-			err = terr
+		switch s {
+		case "rss":
+			err = b.rss(ctx)
+		case "catchup":
+			err = b.catchup(ctx)
+		case "ingest":
+			err = b.ingest(ctx)
+		case "fanout-cpu":
+			err = b.fanoutCPU(ctx)
+		case "fanout-fullsync":
+			err = b.fanoutFullsync(ctx)
+		case "fanout-rss":
+			err = b.fanoutRSS(ctx)
+		case "compress":
+			err = b.compress(ctx)
+		case "relay":
+			err = b.relay(ctx)
+		case "fanout-scale":
+			err = b.fanoutScale(ctx)
+		case "wan":
+			err = b.wan(ctx)
 		}
 		// Each scenario starts from nothing: stop its processes and free
 		// its disk before the next one.
-		b.teardown()
+		e.Close()
+		if !o.keep {
+			e.removeDirs()
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return errors.New("interrupted; everything started was stopped")
@@ -217,41 +238,6 @@ func run(o options) error {
 		}
 	}
 	return nil
-}
-
-func (b *bench) scenario(ctx context.Context, s string) error {
-	switch s {
-	case "rss":
-		return b.rss(ctx)
-	case "catchup":
-		return b.catchup(ctx)
-	case "ingest":
-		return b.ingest(ctx)
-	case "fanout-cpu":
-		return b.fanoutCPU(ctx)
-	case "fanout-fullsync":
-		return b.fanoutFullsync(ctx)
-	case "fanout-rss":
-		return b.fanoutRSS(ctx)
-	case "compress":
-		return b.compress(ctx)
-	case "relay":
-		return b.relay(ctx)
-	case "fanout-scale":
-		return b.fanoutScale(ctx)
-	case "wan":
-		return b.wan(ctx)
-	}
-	return nil
-}
-
-// teardown ends one setup, as run does between scenarios, so the next has
-// the CPUs and the disk to itself.
-func (b *bench) teardown() {
-	b.env.Close()
-	if !b.opt.keep {
-		b.env.removeDirs()
-	}
 }
 
 // buildProxy compiles the proxy from the module the current directory is in,

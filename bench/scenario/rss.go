@@ -61,53 +61,24 @@ func (b *bench) rss(ctx context.Context) error {
 	maxBytes := w + 512<<20
 	b.printf("\n== rss: master -> replproxy -> %d replicas; %.2f GiB of %d-byte SETs over %d keys;\n", o.replicas, o.gib, o.valueBytes, o.keys)
 	b.printf("   backlog.max_bytes %.0f MiB, segment %d MiB, fsync everysec; replicas SIGSTOPped during the write\n", mib(maxBytes), o.segmentMiB)
-	master, err := b.startMaster(ctx, "rss-master")
+	f, err := b.startFan(ctx, "rss", maxBytes, o.replicas)
 	if err != nil {
 		return err
 	}
-	proxy, err := b.startProxy(ctx, "rss-proxy", master, maxBytes, "everysec")
-	if err != nil {
-		return err
-	}
-	replicas, err := b.startReplicas(ctx, "rss-replica", proxy, o.replicas)
-	if err != nil {
-		return err
-	}
-	if err := waitInSync(ctx, 2*time.Minute, master, replicas); err != nil {
-		return err
-	}
-	startOff, err := infoField(master, "replication", "master_repl_offset")
-	if err != nil {
-		return err
-	}
+	master, proxy, replicas, startOff := f.master, f.proxy, f.replicas, f.off0
 
 	s := newSampler(b, proxy)
 	initial := s.row("initial sync", 0)
 	for _, r := range replicas {
 		r.Pause()
 	}
-	loaded := make(chan error, 1)
 	var load loadResult
-	go func() {
-		var err error
+	err = sampleWhile(ctx, o.interval, func() (err error) {
 		load, err = runLoad(ctx, loadSpec{addr: master.Addr(), valueBytes: o.valueBytes, keys: o.keys, maxBytes: w})
-		loaded <- err
-	}()
-	tick := time.NewTicker(o.interval)
-	defer tick.Stop()
-writing:
-	for {
-		select {
-		case err := <-loaded:
-			if err != nil {
-				return err
-			}
-			break writing
-		case <-tick.C:
-			s.row("write", -1)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return err
+	}, func() { s.row("write", -1) })
+	if err != nil {
+		return err
 	}
 	err = waitProxyCaughtUp(ctx, o.timeout, master, proxy)
 	if err != nil {
@@ -131,12 +102,8 @@ writing:
 	for _, r := range replicas {
 		r.Resume()
 	}
-	// A tick left over from the wait above would give a row at once.
-	tick.Reset(o.interval)
-	select {
-	case <-tick.C:
-	default:
-	}
+	tick := time.NewTicker(o.interval)
+	defer tick.Stop()
 	var caughtUp time.Duration
 	for caughtUp == 0 {
 		select {

@@ -1,6 +1,8 @@
-// Package redisproc runs real redis-server processes for end-to-end tests,
-// with polling helpers to wait on replication and a load generator that
-// writes every data type, so tests can compare a master and its replicas.
+// Package redisproc runs real redis-server processes (and other RESP
+// servers, such as replproxy) for end-to-end tests and for programs such
+// as the bench scenarios (see Program), with polling helpers to wait on
+// replication and a load generator that writes every data type, so tests
+// can compare a master and its replicas.
 package redisproc
 
 import (

@@ -88,7 +88,11 @@ func (s *Server) Do(args ...any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	return s.do(c, cmdTimeout, args)
+}
+
+func (s *Server) do(c *redis.Client, timeout time.Duration, args []any) (any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	res, err := c.Do(ctx, args...).Result()
 	if err != nil {
@@ -102,13 +106,7 @@ func (s *Server) Do(args ...any) (any, error) {
 func (s *Server) DoWithin(timeout time.Duration, args ...any) (any, error) {
 	c := newClient(s.Addr(), 0, adminOptions, s.viaSocket, func(o *redis.Options) { o.ReadTimeout = timeout })
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	res, err := c.Do(ctx, args...).Result()
-	if err != nil {
-		return nil, fmt.Errorf("%s %v: %w", s.Addr(), args, err)
-	}
-	return res, nil
+	return s.do(c, timeout, args)
 }
 
 // Info returns the "key:value" lines of INFO section (all default sections

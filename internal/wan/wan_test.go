@@ -15,14 +15,7 @@ import (
 // namespace behind.
 func TestLinkBuildsAndGoes(t *testing.T) {
 	ctx := context.Background()
-	l, err := Setup(ctx, "i25", 8_000_000)
-	if errors.Is(err, ErrUnavailable) {
-		t.Skipf("skipped: %v (run as root with ip, tc and the tbf qdisc)", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := setup(t, "i25")
 	before, err := l.TxBytes(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -64,15 +57,7 @@ func TestLinkBuildsAndGoes(t *testing.T) {
 // Dialer reaches a server that listens only inside a namespace, with no
 // unix socket, as the wan scenario reaches its proxies.
 func TestDialerReachesIntoTheNamespace(t *testing.T) {
-	ctx := context.Background()
-	l, err := Setup(ctx, "rbench", 8_000_000)
-	if errors.Is(err, ErrUnavailable) {
-		t.Skipf("skipped: %v (run as root with ip, tc and the tbf qdisc)", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := setup(t, "rbench")
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal(err)
@@ -88,4 +73,19 @@ func TestDialerReachesIntoTheNamespace(t *testing.T) {
 		t.Fatalf("a Command has no unix socket, got %s", srv.Socket())
 	}
 	srv.Kill()
+}
+
+// setup builds a link, or skips the test where the machine cannot; the
+// namespaces go when the test ends.
+func setup(t *testing.T, prefix string) *Link {
+	t.Helper()
+	l, err := Setup(context.Background(), prefix, 8_000_000)
+	if errors.Is(err, ErrUnavailable) {
+		t.Skipf("skipped: %v (run as root with ip, tc and the tbf qdisc)", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }

@@ -325,6 +325,9 @@ func (c Config) Validate() error {
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
 	}
+	if c.Replicas.Timeout < Duration(time.Second) { // it was 60s when left at 0; Defaults gives that
+		return fmt.Errorf("replicas.timeout %s: must be at least 1s", time.Duration(c.Replicas.Timeout))
+	}
 	return c.validateOps()
 }
 

@@ -5,8 +5,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 )
 
 // Issue 27, point 2: fsync's default, everysec (README, config.yaml), is
@@ -54,5 +58,29 @@ func TestResolveLeavesTheConfigAlone(t *testing.T) {
 	}
 	if cfg.Users[0].PasswordFile != pw || cfg.Users[0].Password != "" {
 		t.Fatalf("Resolve changed the caller's users: %+v", cfg.Users)
+	}
+}
+
+// Issue 27, point 2: the limits handed to the downstream server have one
+// default, Defaults; replicas.timeout 0 is refused where the server took
+// it for its own 60s.
+func TestConfigReplicasTimeoutZeroRefused(t *testing.T) {
+	cfg, err := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nreplicas:\n  timeout: 0s\n"))
+	if err == nil {
+		_, err = cfg.Resolve()
+	}
+	if want := "replicas.timeout 0s: must be at least 1s"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("replicas.timeout 0s: error %v, want %q", err, want)
+	}
+	cfg = Defaults()
+	cfg.Master.Addr = "x:1"
+	r, err := cfg.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fanoutConfig(r, nil, 0, "", zerolog.Nop())
+	if f.ReplTimeout != time.Minute || f.MaxClients != 10000 || f.AuthTimeout != 10*time.Second ||
+		f.MultiMaxCommands != 1000 || f.MultiMaxBytes != 1<<20 || f.UnauthMaxMemory != fanout.DefaultUnauthMaxMemory {
+		t.Fatalf("the downstream server's limits from Defaults: %+v", f)
 	}
 }

@@ -239,8 +239,8 @@ type Resolved struct {
 // Resolve loads the secrets, validates, and parses; the caller's Config is
 // left as it was.
 func (c Config) Resolve() (Resolved, error) {
-	c.Users = slices.Clone(c.Users) // LoadSecrets writes the passwords into them
-	if err := c.LoadSecrets(); err != nil {
+	c.Users = slices.Clone(c.Users) // loadSecrets writes the passwords into them
+	if err := c.loadSecrets(); err != nil {
 		return Resolved{}, err
 	}
 	if err := c.Validate(); err != nil {

@@ -128,7 +128,7 @@ users:
 	for _, c := range bad {
 		cfg, err := LoadConfig(writeConfig(t, "master:\n  addr: x:1\n"+c.body))
 		if err == nil {
-			err = cfg.LoadSecrets()
+			err = cfg.loadSecrets()
 		}
 		if err == nil {
 			err = cfg.Validate()
@@ -251,7 +251,7 @@ func TestMetricsCredentials(t *testing.T) {
 			t.Fatalf("no credentials: warnings %q", w)
 		}
 		tc.set(&cfg)
-		if err := cfg.LoadSecrets(); err != nil {
+		if err := cfg.loadSecrets(); err != nil {
 			t.Fatal(err)
 		}
 		if err := cfg.Validate(); err != nil {
@@ -290,7 +290,7 @@ func TestInsecureSecretFilesAreRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return cfg.LoadSecrets()
+		return cfg.loadSecrets()
 	}
 	if err := load(""); err != nil {
 		t.Fatalf("mode 0600: %v", err)
@@ -319,7 +319,7 @@ func TestInsecureSecretFilesAreRefused(t *testing.T) {
 	// The metrics credentials too.
 	os.Chmod(file, 0o644)
 	cfg, _ := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nmetrics_bearer_token_file: "+file+"\n"))
-	if err := cfg.LoadSecrets(); err == nil {
+	if err := cfg.loadSecrets(); err == nil {
 		t.Fatal("a world-readable metrics token file was accepted")
 	}
 }

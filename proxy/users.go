@@ -26,10 +26,10 @@ type UserConfig struct {
 	RDBFormat string `yaml:"rdb_format"`
 }
 
-// LoadSecrets reads every *password_file into its password, so that no
+// loadSecrets reads every *password_file into its password, so that no
 // secret need be written in the configuration or on a command line. A
 // password given both ways is an error: which one wins would be a guess.
-func (c *Config) LoadSecrets() error {
+func (c *Config) loadSecrets() error {
 	pairs := []struct {
 		name       string
 		value, src *string

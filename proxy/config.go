@@ -325,7 +325,7 @@ func (c Config) Validate() error {
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
 	}
-	if c.Replicas.Timeout < Duration(time.Second) { // it was 60s when left at 0; Defaults gives that
+	if c.Replicas.Timeout < Duration(time.Second) { // 0 would drop every replica at its first write
 		return fmt.Errorf("replicas.timeout %s: must be at least 1s", time.Duration(c.Replicas.Timeout))
 	}
 	return c.validateOps()

@@ -18,13 +18,12 @@ const (
 	FsyncNo       FsyncPolicy = "no"       // the kernel decides; a process crash loses nothing, a power failure may
 )
 
-// ParseFsyncPolicy validates a config value.
+// ParseFsyncPolicy validates a config value; the default, everysec, is
+// the proxy's configuration's to fill in, so "" is refused like any typo.
 func ParseFsyncPolicy(s string) (FsyncPolicy, error) {
 	switch p := FsyncPolicy(s); p {
 	case FsyncAlways, FsyncEverySec, FsyncNo:
 		return p, nil
-	case "":
-		return FsyncEverySec, nil
 	}
 	return "", fmt.Errorf("fsync policy %q: want always, everysec or no", s)
 }

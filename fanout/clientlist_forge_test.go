@@ -25,7 +25,7 @@ import (
 // client, outside the unauthenticated clients' buffer budget.
 func TestClientListLinesCannotBeForged(t *testing.T) {
 	store, _ := storeWithHistory(t)
-	s := New(Config{Store: store, Logger: zerolog.Nop(), Upstream: &fuzzUpstream{},
+	s := newTestServer(Config{Store: store, Logger: zerolog.Nop(), Upstream: &fuzzUpstream{},
 		Users: []User{
 			{"adm", sha256.Sum256([]byte("apw")), RoleAdmin},
 			{"mon", sha256.Sum256([]byte("mpw")), RoleMonitor},

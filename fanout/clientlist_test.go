@@ -32,7 +32,7 @@ func TestKnownCommandsAreDispatched(t *testing.T) {
 // may read it. A monitor (Sentinel without failover rights) is refused.
 func TestClientListIsForAdmins(t *testing.T) {
 	store, _ := storeWithHistory(t)
-	s := New(Config{Store: store, Logger: zerolog.Nop(), Upstream: &fuzzUpstream{},
+	s := newTestServer(Config{Store: store, Logger: zerolog.Nop(), Upstream: &fuzzUpstream{},
 		Users: []User{{"mon", sha256.Sum256([]byte("pw")), RoleMonitor}}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -24,7 +24,7 @@ import (
 // filteredClient connects to a server over a store and sends setup.
 func filteredClient(t *testing.T, store *backlog.Store, setup ...[]string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	s := New(Config{Store: store, Logger: zerolog.Nop(), ReplTimeout: 10 * time.Second, Upstream: &fuzzUpstream{}})
+	s := newTestServer(Config{Store: store, Logger: zerolog.Nop(), ReplTimeout: 10 * time.Second, Upstream: &fuzzUpstream{}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

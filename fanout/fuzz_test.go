@@ -178,7 +178,7 @@ func FuzzDispatch(f *testing.F) {
 			remote = &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 40000}
 		}
 		conn := &fuzzConn{in: bytes.NewReader(in), remote: remote}
-		srv := New(cfg)
+		srv := newTestServer(cfg)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

@@ -17,7 +17,7 @@ import (
 // sessions the proxy ended itself, and forgotten once the replica loads a
 // snapshot (ACKs its offset).
 func TestPacingBackoff(t *testing.T) {
-	s := New(Config{Logger: zerolog.Nop()})
+	s := newTestServer(Config{Logger: zerolog.Nop()})
 	r := &replica{srv: s, ip: "10.0.0.1", port: 6380, log: zerolog.Nop()}
 	attempt := func(cause error) time.Duration {
 		a := &fullSyncAttempt{r: r, snap: backlog.SnapshotInfo{Offset: 100}, done: make(chan struct{})}

@@ -33,7 +33,7 @@ func TestRefreshRequestBeyondTheStreamIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	var asked atomic.Int64
-	s := New(Config{Store: store, Logger: zerolog.Nop(), MaxConcurrentFullSyncs: 1,
+	s := newTestServer(Config{Store: store, Logger: zerolog.Nop(), MaxConcurrentFullSyncs: 1,
 		NeedSnapshot: func(off int64) {
 			for cur := asked.Load(); off > cur && !asked.CompareAndSwap(cur, off); cur = asked.Load() {
 			}

@@ -26,7 +26,7 @@ func startAuthServer(t *testing.T, cfg Config) string {
 	if cfg.Users == nil {
 		cfg.Users = []User{{DefaultUser, sha256.Sum256([]byte("pw")), RoleAdmin}}
 	}
-	serveOn(t, New(cfg), ln)
+	serveOn(t, newTestServer(cfg), ln)
 	return ln.Addr().String()
 }
 
@@ -148,7 +148,7 @@ func TestStalledSubscribersDoNotHoldPublish(t *testing.T) {
 // Issue 23, point 1: past the budget, the largest unauthenticated clients
 // are closed first, until the rest fit; the small ones stay.
 func TestUnauthBudgetClosesTheLargestFirst(t *testing.T) {
-	s := New(Config{Store: openTestStore(t), Logger: zerolog.Nop(), UnauthMaxMemory: 1000})
+	s := newTestServer(Config{Store: openTestStore(t), Logger: zerolog.Nop(), UnauthMaxMemory: 1000})
 	clients := make([]*client, 5)
 	for i := range clients {
 		a, b := net.Pipe()
@@ -195,7 +195,7 @@ func TestUnauthBudgetReturnsToZero(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Store: openTestStore(t), Logger: zerolog.Nop(), UnauthMaxMemory: 1 << 20,
+	s := newTestServer(Config{Store: openTestStore(t), Logger: zerolog.Nop(), UnauthMaxMemory: 1 << 20,
 		AuthTimeout: 3 * time.Second, Users: []User{{DefaultUser, sha256.Sum256([]byte("pw")), RoleAdmin}}})
 	serveOn(t, s, ln)
 	addr := ln.Addr().String()

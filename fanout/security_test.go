@@ -67,7 +67,7 @@ func TestRefusedTLSConnectionIsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := openTestStore(t)
-	s := New(Config{Store: store, Logger: zerolog.Nop(), MaxClients: 1})
+	s := newTestServer(Config{Store: store, Logger: zerolog.Nop(), MaxClients: 1})
 	serveOn(t, s, tls.NewListener(ln, selfSignedTLS(t)))
 
 	holder, err := net.Dial("tcp", ln.Addr().String())
@@ -105,7 +105,7 @@ func TestRefusedTLSConnectionIsClosed(t *testing.T) {
 // Only what a host name or an IP address is made of is accepted.
 func TestReplconfIPAddressCannotInjectInfoLines(t *testing.T) {
 	hash := sha256.Sum256([]byte("pw"))
-	s := New(Config{Logger: zerolog.Nop(), Users: []User{{"repl", hash, RoleReplica}}})
+	s := newTestServer(Config{Logger: zerolog.Nop(), Users: []User{{"repl", hash, RoleReplica}}})
 	var in []byte
 	in = resp.AppendCommand(in, "AUTH", "repl", "pw")
 	for _, ip := range []string{"10.0.0.1\r\nslave_priority:1", "a,port=1", "x\nrole:master", "a b"} {
@@ -136,7 +136,7 @@ func TestReplconfIPAddressCannotInjectInfoLines(t *testing.T) {
 // ACK the proxy sends its master in ack_mode replicas: that ACK is what
 // the master's WAIT and min-replicas-to-write trust.
 func TestAckQuorumIgnoresOffsetsNeverSent(t *testing.T) {
-	s := New(Config{Logger: zerolog.Nop()})
+	s := newTestServer(Config{Logger: zerolog.Nop()})
 	liar := &replica{srv: s, log: zerolog.Nop()}
 	liar.state.Store(StateOnline)
 	liar.sentOff.Store(1001) // bytes up to offset 1000 went out
@@ -154,7 +154,7 @@ func TestAckQuorumIgnoresOffsetsNeverSent(t *testing.T) {
 // full sync it abandons. It stays bounded, and one entry is not paid for
 // with a scan of all the others.
 func TestPacingMemoryIsBounded(t *testing.T) {
-	s := New(Config{Logger: zerolog.Nop()})
+	s := newTestServer(Config{Logger: zerolog.Nop()})
 	gone := errors.Join(errReplicaGone, errors.New("EOF"))
 	for i := 0; i < 3*maxPacedPeers; i++ {
 		r := &replica{srv: s, ip: "10.9.0.1", port: i + 1, log: zerolog.Nop()}
@@ -180,7 +180,7 @@ func (remoteConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 
 // must not take one of the maxclients slots while the refusal is under
 // way, or a remote flood would lock out the loopback replicas it protects.
 func TestProtectedModeRefusalTakesNoClientSlot(t *testing.T) {
-	s := New(Config{Logger: zerolog.Nop(), ProtectedMode: true, MaxClients: 1})
+	s := newTestServer(Config{Logger: zerolog.Nop(), ProtectedMode: true, MaxClients: 1})
 	srvEnd, peer := net.Pipe()
 	defer peer.Close()
 	done := make(chan struct{})
@@ -214,7 +214,7 @@ func TestFullSyncNeedsProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Seek(0, io.SeekStart)
-	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 300 * time.Millisecond})
+	s := newTestServer(Config{Logger: zerolog.Nop(), ReplTimeout: 300 * time.Millisecond})
 	srvEnd, peer := net.Pipe() // unbuffered: nothing is taken unless read
 	defer peer.Close()
 	defer srvEnd.Close()
@@ -258,7 +258,7 @@ func TestSlowFullSyncLosesNoBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Seek(0, io.SeekStart)
-	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond, ChunkBytes: 64 << 10})
+	s := newTestServer(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond, ChunkBytes: 64 << 10})
 	srvEnd, peer := net.Pipe()
 	defer peer.Close()
 	defer srvEnd.Close()
@@ -319,7 +319,7 @@ func TestTLSReplicaWriteTimeoutEndsStream(t *testing.T) {
 	if err := <-hs; err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond})
+	s := newTestServer(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond})
 	r := &replica{srv: s, conn: srvTLS, out: srvTLS, log: zerolog.Nop()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -36,7 +36,8 @@ type Upstream interface {
 	Repoint(addr, why string) bool
 }
 
-// Config holds what the Server needs; zero durations take Redis' defaults.
+// Config holds what the Server needs, taken as given (the proxy's
+// configuration has its defaults), but for HoldAhead and ChunkBytes.
 type Config struct {
 	Store    *backlog.Store
 	Upstream Upstream
@@ -100,29 +101,11 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.ReplTimeout == 0 {
-		c.ReplTimeout = 60 * time.Second
-	}
 	if c.HoldAhead == 0 {
 		c.HoldAhead = 10 * time.Second
 	}
 	if c.ChunkBytes == 0 {
 		c.ChunkBytes = 4 << 20
-	}
-	if c.MaxClients == 0 {
-		c.MaxClients = 10000
-	}
-	if c.AuthTimeout == 0 {
-		c.AuthTimeout = 10 * time.Second
-	}
-	if c.MultiMaxCommands == 0 {
-		c.MultiMaxCommands = 1000
-	}
-	if c.MultiMaxBytes == 0 {
-		c.MultiMaxBytes = 1 << 20
-	}
-	if c.UnauthMaxMemory == 0 {
-		c.UnauthMaxMemory = DefaultUnauthMaxMemory
 	}
 }
 

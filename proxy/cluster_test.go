@@ -106,7 +106,11 @@ func startClusterRelay(t *testing.T) *clusterRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.group, err = proxy.NewGroup(r.cfg, zerolog.New(f).With().Timestamp().Logger(), "test")
+	resolved, err := r.cfg.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.group, err = proxy.NewGroup(resolved, zerolog.New(f).With().Timestamp().Logger(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}

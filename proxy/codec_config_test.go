@@ -27,7 +27,7 @@ func TestCompressionConfig(t *testing.T) {
 	if got := cfg.Replicas.Compression; got == nil || len(got) != 0 {
 		t.Fatalf("replicas.compression [] gave %#v", got)
 	}
-	if got := fanoutConfig(cfg, nil, 0, "", zerolog.Nop()).Codecs; got == nil || len(got) != 0 {
+	if got := fanoutConfig(Resolved{Config: cfg}, nil, 0, "", zerolog.Nop()).Codecs; got == nil || len(got) != 0 {
 		t.Fatalf("replicas.compression [] offers %#v downstream", got)
 	}
 	if got := linkConfig(cfg, 1).Codecs; !slices.Equal(got, []string{"zstd"}) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,8 +54,8 @@ type Config struct {
 	Health      HealthConfig   `yaml:"health"`
 	// AckMode is what the proxy acknowledges to its master: AckStored or
 	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
-	AckMode   string `yaml:"ack_mode"`
-	AckQuorum int    `yaml:"ack_quorum"`
+	AckMode   AckMode `yaml:"ack_mode"`
+	AckQuorum int     `yaml:"ack_quorum"`
 	// Pipelines relays several cluster shards from one process.
 	Pipelines []PipelineConfig `yaml:"pipelines"`
 
@@ -98,10 +99,10 @@ type MasterConfig struct {
 
 // BacklogConfig is the disk log.
 type BacklogConfig struct {
-	MaxBytes     Size     `yaml:"max_bytes"`
-	MaxAge       Duration `yaml:"max_age"` // 0: retention by size only
-	SegmentBytes Size     `yaml:"segment_bytes"`
-	Fsync        string   `yaml:"fsync"`
+	MaxBytes     Size                `yaml:"max_bytes"`
+	MaxAge       Duration            `yaml:"max_age"` // 0: retention by size only
+	SegmentBytes Size                `yaml:"segment_bytes"`
+	Fsync        backlog.FsyncPolicy `yaml:"fsync"`
 	// ScrubRate bounds the background recheck of stored bytes against
 	// their checksums, per second; 0 turns it off.
 	ScrubRate Size `yaml:"scrub_rate"`
@@ -183,7 +184,7 @@ func Defaults() Config {
 		Backlog: BacklogConfig{
 			MaxBytes:     1 << 30,
 			SegmentBytes: 64 << 20,
-			Fsync:        string(backlog.FsyncEverySec),
+			Fsync:        backlog.FsyncEverySec,
 			ScrubRate:    16 << 20,
 		},
 		Snapshot: SnapshotConfig{MinInterval: Duration(5 * time.Minute), Keep: 1, MaxRefreshesPerHour: 6},
@@ -225,6 +226,37 @@ func LoadConfig(path string) (Config, error) {
 	return cfg, nil
 }
 
+// Resolved is a configuration read once per start or SIGHUP: secrets
+// loaded, checked, and parsed into the values the wiring takes, so that
+// building a proxy from it cannot fail on the configuration.
+type Resolved struct {
+	Config
+	users       []fanout.User
+	userFormats map[string]rdbconvert.Format // users that name an RDB format
+	rdbFormat   rdbconvert.Format
+}
+
+// Resolve loads the secrets, validates, and parses; the caller's Config is
+// left as it was.
+func (c Config) Resolve() (Resolved, error) {
+	c.Users = slices.Clone(c.Users) // loadSecrets writes the passwords into them
+	if err := c.loadSecrets(); err != nil {
+		return Resolved{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return Resolved{}, err
+	}
+	users, formats, err := c.fanoutUsers()
+	if err != nil {
+		return Resolved{}, err
+	}
+	format, err := rdbconvert.ParseFormat(c.Replicas.RDBFormat)
+	if err != nil {
+		return Resolved{}, fmt.Errorf("replicas.rdb_format: %w", err)
+	}
+	return Resolved{Config: c, users: users, userFormats: formats, rdbFormat: format}, nil
+}
+
 // Validate reports the first problem an operator must fix.
 func (c Config) Validate() error {
 	if len(c.Pipelines) > 0 {
@@ -242,7 +274,7 @@ func (c Config) Validate() error {
 	if c.Master.User != "" && c.Master.Password == "" {
 		return errors.New("master.user is set but master.password is not")
 	}
-	if _, err := backlog.ParseFsyncPolicy(c.Backlog.Fsync); err != nil {
+	if _, err := backlog.ParseFsyncPolicy(string(c.Backlog.Fsync)); err != nil {
 		return fmt.Errorf("backlog.fsync: %w", err)
 	}
 	if c.Backlog.SegmentBytes < 1<<20 {
@@ -292,6 +324,9 @@ func (c Config) Validate() error {
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
+	}
+	if c.Replicas.Timeout < Duration(time.Second) { // 0 would drop every replica at its first write
+		return fmt.Errorf("replicas.timeout %s: must be at least 1s", time.Duration(c.Replicas.Timeout))
 	}
 	return c.validateOps()
 }

@@ -101,18 +101,16 @@ users:
 	if !cfg.ProtectedMode || cfg.MaxClients != 10000 || time.Duration(cfg.AuthTimeout) != 10*time.Second {
 		t.Fatalf("defaults: protected %v, maxclients %d, auth_timeout %s", cfg.ProtectedMode, cfg.MaxClients, time.Duration(cfg.AuthTimeout))
 	}
-	if err := cfg.LoadSecrets(); err != nil {
+	r, err := cfg.Resolve()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	users, _ := cfg.fanoutUsers()
+	users := r.users
 	if len(users) != 3 || users[0].Name != "default" || users[0].Role != "admin" || users[1].Role != "replica" || users[2].PassHash[0] != 0xab {
 		t.Fatalf("users: %+v", users)
 	}
-	if cfg.RequirePass != "from-file" || cfg.Users[0].Password != "replica-secret" {
-		t.Fatalf("secrets read: %q %q", cfg.RequirePass, cfg.Users[0].Password)
+	if r.RequirePass != "from-file" || r.Users[0].Password != "replica-secret" {
+		t.Fatalf("secrets read: %q %q", r.RequirePass, r.Users[0].Password)
 	}
 
 	bad := []struct{ body, want string }{
@@ -130,7 +128,7 @@ users:
 	for _, c := range bad {
 		cfg, err := LoadConfig(writeConfig(t, "master:\n  addr: x:1\n"+c.body))
 		if err == nil {
-			err = cfg.LoadSecrets()
+			err = cfg.loadSecrets()
 		}
 		if err == nil {
 			err = cfg.Validate()
@@ -172,16 +170,14 @@ func TestDeployExamplesAreSafe(t *testing.T) {
 		os.WriteFile(filepath.Join(secrets, k), []byte(k+"-value\n"), 0o600)
 	}
 	cfg, err = LoadConfig(writeConfig(t, strings.ReplaceAll(cm.Data["config.yaml"], "/run/secrets/replproxy", secrets)))
+	var r Resolved
 	if err == nil {
-		err = cfg.LoadSecrets()
-	}
-	if err == nil {
-		err = cfg.Validate()
+		r, err = cfg.Resolve()
 	}
 	if err != nil {
 		t.Fatalf("kubernetes config: %v", err)
 	}
-	users, _ := cfg.fanoutUsers()
+	cfg, users := r.Config, r.users
 	if !cfg.ProtectedMode || len(users) != 2 || users[0].Role != "replica" || users[1].Role != "admin" {
 		t.Fatalf("kubernetes users: %+v", users)
 	}
@@ -212,7 +208,11 @@ func TestClusterCredentialsDefaultToTheMasters(t *testing.T) {
 	cfg.Master.User, cfg.Master.Password = "repl", "secret"
 	cfg.Master.Cluster.Seeds = []string{"127.0.0.1:1"}
 	cfg.Master.Cluster.Shard = nodeID('d')
-	p, err := New(cfg, zerolog.Nop(), "test")
+	r, err := cfg.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(r, zerolog.Nop(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestMetricsCredentials(t *testing.T) {
 			t.Fatalf("no credentials: warnings %q", w)
 		}
 		tc.set(&cfg)
-		if err := cfg.LoadSecrets(); err != nil {
+		if err := cfg.loadSecrets(); err != nil {
 			t.Fatal(err)
 		}
 		if err := cfg.Validate(); err != nil {
@@ -290,7 +290,7 @@ func TestInsecureSecretFilesAreRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return cfg.LoadSecrets()
+		return cfg.loadSecrets()
 	}
 	if err := load(""); err != nil {
 		t.Fatalf("mode 0600: %v", err)
@@ -319,7 +319,7 @@ func TestInsecureSecretFilesAreRefused(t *testing.T) {
 	// The metrics credentials too.
 	os.Chmod(file, 0o644)
 	cfg, _ := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nmetrics_bearer_token_file: "+file+"\n"))
-	if err := cfg.LoadSecrets(); err == nil {
+	if err := cfg.loadSecrets(); err == nil {
 		t.Fatal("a world-readable metrics token file was accepted")
 	}
 }

@@ -23,13 +23,14 @@ func TestRDBFormatConfig(t *testing.T) {
 	}
 	cfg, err := LoadConfig(writeConfig(t, "master:\n  addr: x:1\nreplicas:\n  rdb_format: Redis-7.2\n  rdb_convert_lossy: yes\n"+
 		"users:\n  - {name: old, password: pw, role: replica, rdb_format: redis-7.0}\n"))
+	var r Resolved
 	if err == nil {
-		err = cfg.Validate()
+		r, err = cfg.Resolve()
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := cfg.userRDBFormats()["old"]; f.Name != "redis-7.0" || !cfg.Replicas.RDBConvertLossy {
+	if f := r.userFormats["old"]; f.Name != "redis-7.0" || !cfg.Replicas.RDBConvertLossy {
 		t.Fatalf("user format %+v, lossy %v", f, cfg.Replicas.RDBConvertLossy)
 	}
 }

@@ -95,7 +95,11 @@ func (tp *testProxy) start() {
 	if err != nil || tp.cfg.Log.Level == "" {
 		level = zerolog.InfoLevel
 	}
-	p, err := proxy.New(tp.cfg, zerolog.New(f).Level(level).With().Timestamp().Logger(), "test")
+	r, err := tp.cfg.Resolve()
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	p, err := proxy.New(r, zerolog.New(f).Level(level).With().Timestamp().Logger(), "test")
 	if err != nil {
 		tp.t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ type LinkConfig struct {
 	ConnectTimeout time.Duration
 	BackoffMin     time.Duration
 	BackoffMax     time.Duration
-	AckMode        string
+	AckMode        AckMode
 	AckQuorum      int       // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
 	TLS            TLSConfig // used when TLS.Upstream
 	// Codecs ask the master, if it is a replproxy, for a compressed
@@ -59,10 +59,12 @@ type Downstream interface {
 	AckChanged() <-chan struct{}
 }
 
-// Ack modes: what the proxy acknowledges to its master.
+// AckMode is what the proxy acknowledges to its master.
+type AckMode string
+
 const (
-	AckStored   = "stored"   // what the proxy has stored, durable under the fsync policy
-	AckReplicas = "replicas" // what the downstream replicas have acknowledged (quorum), so WAIT stays honest
+	AckStored   AckMode = "stored"   // what the proxy has stored, durable under the fsync policy
+	AckReplicas AckMode = "replicas" // what the downstream replicas have acknowledged (quorum), so WAIT stays honest
 )
 
 // Link is the proxy's replica-side connection to its master. It is the only

@@ -100,10 +100,8 @@ type Group struct {
 
 // NewGroup opens every pipeline, or the single proxy the configuration
 // describes; on error, nothing stays open.
-func NewGroup(cfg Config, log zerolog.Logger, version string) (*Group, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
+func NewGroup(r Resolved, log zerolog.Logger, version string) (*Group, error) {
+	cfg := r.Config
 	g := &Group{cfg: cfg, log: log}
 	for i, pc := range cfg.Expand() {
 		plog := log
@@ -111,7 +109,9 @@ func NewGroup(cfg Config, log zerolog.Logger, version string) (*Group, error) {
 			g.names = append(g.names, cfg.Pipelines[i].Name)
 			plog = log.With().Str("pipeline", cfg.Pipelines[i].Name).Logger()
 		}
-		p, err := New(pc, plog, version)
+		pr := r // the pipelines share all that Resolve parsed
+		pr.Config = pc
+		p, err := New(pr, plog, version)
 		if err != nil {
 			g.closeAll()
 			return nil, err
@@ -134,17 +134,11 @@ func (g *Group) closeAll() {
 	}
 }
 
-// Proxies are the pipelines, in configuration order.
-func (g *Group) Proxies() []*Proxy { return g.proxies }
-
 // Reload applies a re-read configuration to a single proxy; pipelines
 // follow their shards on their own, so they need a restart for changes.
-func (g *Group) Reload(cfg Config) error {
-	if len(g.cfg.Pipelines) == 0 && len(cfg.Pipelines) == 0 {
-		return g.proxies[0].Reload(cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("reload: %w", err)
+func (g *Group) Reload(r Resolved) error {
+	if len(g.cfg.Pipelines) == 0 && len(r.Pipelines) == 0 {
+		return g.proxies[0].Reload(r)
 	}
 	g.log.Warn().Msg("config reload: pipelines follow their shards themselves; restart to apply changes")
 	return nil

@@ -18,7 +18,6 @@ import (
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
-	"github.com/replproxy/replproxy/rdbconvert"
 )
 
 // Proxy is one running replproxy.
@@ -40,13 +39,8 @@ type Proxy struct {
 
 // New opens the data dir and binds the listener, so that errors an operator
 // must fix surface before anything runs.
-func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
-	if err := cfg.LoadSecrets(); err != nil {
-		return nil, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
+func New(r Resolved, log zerolog.Logger, version string) (*Proxy, error) {
+	cfg := r.Config
 	fsyncHist := newFsyncHistogram()
 	store, err := openStore(cfg, log, fsyncHist.Observe)
 	if err != nil {
@@ -60,7 +54,7 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 	if cfg.Master.Cluster.enabled() {
 		log = log.With().Str("shard", cfg.Master.Cluster.Shard).Logger()
 	}
-	p.fan = fanout.New(fanoutConfig(cfg, store, p.Port(), version, log))
+	p.fan = fanout.New(fanoutConfig(r, store, p.Port(), version, log))
 	p.link = NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
 	p.snap = newRefresher(p.link, refreshConfig(cfg))
 	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
@@ -85,13 +79,12 @@ func New(cfg Config, log zerolog.Logger, version string) (*Proxy, error) {
 }
 
 func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.Store, error) {
-	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
 	return backlog.Open(cfg.DataDir, backlog.Options{
 		Log: backlog.LogOptions{
 			SegmentBytes: int64(cfg.Backlog.SegmentBytes),
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
 			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
-			Fsync:        fsync,
+			Fsync:        cfg.Backlog.Fsync,
 			Sync:         cfg.Backlog.Sync,
 			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
 			HoldMaxBytes: holdMaxBytes(cfg),
@@ -110,13 +103,11 @@ func holdMaxBytes(cfg Config) int64 {
 	return int64(cfg.Backlog.MaxBytes)
 }
 
-func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, log zerolog.Logger) fanout.Config {
-	fsync, _ := backlog.ParseFsyncPolicy(cfg.Backlog.Fsync)
-	users, _ := cfg.fanoutUsers() // Validate has checked them
-	rdbFormat, _ := rdbconvert.ParseFormat(cfg.Replicas.RDBFormat)
+func fanoutConfig(r Resolved, store *backlog.Store, port int, version string, log zerolog.Logger) fanout.Config {
+	cfg := r.Config
 	return fanout.Config{
 		Store:            store,
-		Users:            users,
+		Users:            r.users,
 		ProtectedMode:    cfg.ProtectedMode,
 		MaxClients:       cfg.MaxClients,
 		AuthTimeout:      time.Duration(cfg.AuthTimeout),
@@ -129,7 +120,7 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		Port:             port,
 		ReplTimeout:      time.Duration(cfg.Replicas.Timeout),
 		BacklogMaxBytes:  int64(cfg.Backlog.MaxBytes),
-		Fsync:            string(fsync),
+		Fsync:            string(cfg.Backlog.Fsync),
 
 		MaxLagBytes:            int64(cfg.Replicas.MaxLagBytes),
 		MaxLag:                 time.Duration(cfg.Replicas.MaxLagSeconds),
@@ -137,8 +128,8 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		RateLimit:              int64(cfg.Replicas.RateLimit),
 		Codecs:                 cfg.Replicas.Compression,
 
-		RDBFormat:       rdbFormat,
-		UserRDBFormats:  cfg.userRDBFormats(),
+		RDBFormat:       r.rdbFormat,
+		UserRDBFormats:  r.userFormats,
 		RDBConvertLossy: cfg.Replicas.RDBConvertLossy,
 		ConvertDir:      filepath.Join(cfg.DataDir, "converted"),
 	}
@@ -212,13 +203,8 @@ func listen(cfg Config) (net.Listener, *serverTLS, error) {
 // Reload applies a re-read configuration (SIGHUP). The master address takes
 // effect at once, and the TLS certificate, key and CA are read again for new
 // connections; other settings need a restart, and the log says which.
-func (p *Proxy) Reload(cfg Config) error {
-	if err := cfg.LoadSecrets(); err != nil {
-		return fmt.Errorf("reload: %w", err)
-	}
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("reload: %w", err)
-	}
+func (p *Proxy) Reload(r Resolved) error {
+	cfg := r.Config
 	if p.tls != nil && cfg.TLS.Listen {
 		if err := p.tls.reload(cfg.TLS); err != nil {
 			return fmt.Errorf("reload: %w", err)

@@ -26,10 +26,10 @@ type UserConfig struct {
 	RDBFormat string `yaml:"rdb_format"`
 }
 
-// LoadSecrets reads every *password_file into its password, so that no
+// loadSecrets reads every *password_file into its password, so that no
 // secret need be written in the configuration or on a command line. A
 // password given both ways is an error: which one wins would be a guess.
-func (c *Config) LoadSecrets() error {
+func (c *Config) loadSecrets() error {
 	pairs := []struct {
 		name       string
 		value, src *string
@@ -96,15 +96,16 @@ func (c Config) validateClients() error {
 	if c.MaxMemoryUnauthClients < 256<<10 {
 		return fmt.Errorf("maxmemory_unauthenticated_clients %d: must be at least 256KiB (one unauthenticated client may hold 160KiB)", c.MaxMemoryUnauthClients)
 	}
-	_, err := c.fanoutUsers()
+	_, _, err := c.fanoutUsers()
 	return err
 }
 
 // fanoutUsers is the users list with requirepass as the default user's
-// password, with the admin role, so setups from before users keep working.
-func (c Config) fanoutUsers() ([]fanout.User, error) {
+// password, with the admin role, so setups from before users keep working,
+// and the RDB format of each user that names one.
+func (c Config) fanoutUsers() ([]fanout.User, map[string]rdbconvert.Format, error) {
 	var out []fanout.User
-	seen := map[string]bool{}
+	seen, formats := map[string]bool{}, map[string]rdbconvert.Format{}
 	if c.RequirePass != "" {
 		out = append(out, fanout.User{Name: fanout.DefaultUser, PassHash: sha256.Sum256([]byte(c.RequirePass)), Role: fanout.RoleAdmin})
 		seen[fanout.DefaultUser] = true
@@ -112,38 +113,30 @@ func (c Config) fanoutUsers() ([]fanout.User, error) {
 	for i, u := range c.Users {
 		where := fmt.Sprintf("users[%d]", i)
 		if u.Name == "" || strings.ContainsAny(u.Name, " \t\r\n") {
-			return nil, fmt.Errorf("%s: name %q: want a non-empty name without blanks", where, u.Name)
+			return nil, nil, fmt.Errorf("%s: name %q: want a non-empty name without blanks", where, u.Name)
 		}
 		if seen[u.Name] {
-			return nil, fmt.Errorf("%s: user %q is defined twice (requirepass defines %q)", where, u.Name, fanout.DefaultUser)
+			return nil, nil, fmt.Errorf("%s: user %q is defined twice (requirepass defines %q)", where, u.Name, fanout.DefaultUser)
 		}
 		seen[u.Name] = true
 		role := fanout.Role(u.Role)
 		if !role.Valid() {
-			return nil, fmt.Errorf("%s (%s): role %q: want replica, monitor, proxy or admin", where, u.Name, u.Role)
+			return nil, nil, fmt.Errorf("%s (%s): role %q: want replica, monitor, proxy or admin", where, u.Name, u.Role)
 		}
 		hash, err := passwordHash(u.Password)
 		if err != nil {
-			return nil, fmt.Errorf("%s (%s): %w", where, u.Name, err)
+			return nil, nil, fmt.Errorf("%s (%s): %w", where, u.Name, err)
 		}
-		if _, err := rdbconvert.ParseFormat(u.RDBFormat); err != nil {
-			return nil, fmt.Errorf("%s (%s): rdb_format: %w", where, u.Name, err)
+		f, err := rdbconvert.ParseFormat(u.RDBFormat)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s (%s): rdb_format: %w", where, u.Name, err)
+		}
+		if !f.IsZero() {
+			formats[u.Name] = f
 		}
 		out = append(out, fanout.User{Name: u.Name, PassHash: hash, Role: role})
 	}
-	return out, nil
-}
-
-// userRDBFormats maps the users that name an RDB format to it; Validate
-// has checked the names.
-func (c Config) userRDBFormats() map[string]rdbconvert.Format {
-	out := map[string]rdbconvert.Format{}
-	for _, u := range c.Users {
-		if f, err := rdbconvert.ParseFormat(u.RDBFormat); err == nil && !f.IsZero() {
-			out[u.Name] = f
-		}
-	}
-	return out
+	return out, formats, nil
 }
 
 // passwordHash takes a password, or "#" and its SHA-256 in hex.

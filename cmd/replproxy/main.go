@@ -73,13 +73,14 @@ func configFlags() []cli.Flag {
 	}
 }
 
-// loadConfig reads the file, if any, then lets flags override it.
-func loadConfig(c *cli.Context) (proxy.Config, error) {
+// loadConfig reads the file, if any, lets flags override it, and resolves
+// the result.
+func loadConfig(c *cli.Context) (proxy.Resolved, error) {
 	cfg := proxy.Defaults()
 	if path := c.String("config"); path != "" {
 		var err error
 		if cfg, err = proxy.LoadConfig(path); err != nil {
-			return cfg, err
+			return proxy.Resolved{}, err
 		}
 	}
 	override := map[string]*string{
@@ -93,10 +94,7 @@ func loadConfig(c *cli.Context) (proxy.Config, error) {
 			*dst = c.String(name)
 		}
 	}
-	if err := cfg.LoadSecrets(); err != nil {
-		return cfg, err
-	}
-	return cfg, cfg.Validate()
+	return cfg.Resolve()
 }
 
 // passwordFlagWarnings names the passwords given as flags: every local
@@ -192,7 +190,7 @@ func checkConfigCommand() *cli.Command {
 			for _, w := range passwordFlagWarnings(c) {
 				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
 			}
-			if err := securityWarnings(c, cfg); err != nil {
+			if err := securityWarnings(c, cfg.Config); err != nil {
 				return err
 			}
 			fmt.Fprintf(c.App.Writer, "ok: listen %s, master %s, data_dir %s, backlog %d bytes, fsync %s\n",
@@ -200,10 +198,10 @@ func checkConfigCommand() *cli.Command {
 			for _, p := range cfg.Pipelines {
 				fmt.Fprintf(c.App.Writer, "pipeline %s: listen %s, shard %s, data_dir %s\n", p.Name, p.Listen, p.Shard, filepath.Join(cfg.DataDir, p.Name))
 			}
-			for _, w := range proxy.DiskSizeWarnings(cfg) {
+			for _, w := range proxy.DiskSizeWarnings(cfg.Config) {
 				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
 			}
-			return printEffective(c.App.Writer, cfg)
+			return printEffective(c.App.Writer, cfg.Config)
 		},
 	}
 }

@@ -51,7 +51,8 @@ type State struct {
 func (s State) MasterReplOffset() int64 { return s.End - 1 }
 
 // Store is the proxy's replication state on disk: the meta file, the current
-// log generation and the snapshot. The upstream link is its only writer.
+// log generation and the snapshot. The upstream link is its only appender;
+// the refresher also writes, through AdoptSnapshot (doc.go).
 type Store struct {
 	dir  string
 	opt  Options
@@ -298,7 +299,7 @@ func (s *Store) Log() *Log {
 	return s.log
 }
 
-// SyncNow makes the current log durable up to its end.
+// SyncNow makes the current log durable up to its end (Log.SyncNow).
 func (s *Store) SyncNow() {
 	if l := s.Log(); l != nil {
 		l.SyncNow()

@@ -2,14 +2,13 @@ package backlog
 
 import (
 	"fmt"
-	"path/filepath"
 	"time"
 )
 
 // ReadMeta reads a data dir's meta file, for tools that run beside or
 // without the proxy.
 func ReadMeta(dataDir string) (Meta, error) {
-	return readMeta(filepath.Join(dataDir, "meta.json"))
+	return readMeta(Layout(dataDir).Meta())
 }
 
 // Extent is the offset range a log dir holds on disk, as its files say,

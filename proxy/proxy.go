@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -140,7 +139,7 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		RDBFormat:       rdbFormat,
 		UserRDBFormats:  cfg.userRDBFormats(),
 		RDBConvertLossy: cfg.Replicas.RDBConvertLossy,
-		ConvertDir:      filepath.Join(cfg.DataDir, "converted"),
+		ConvertDir:      backlog.Layout(cfg.DataDir).Converted(),
 	}
 }
 

@@ -101,11 +101,11 @@ type replica struct {
 	cancel   context.CancelCauseFunc
 	limiter  *rate.Limiter // nil: no rate limit
 
-	// memOut writes the stream bytes held in memory (see memoryWriter);
-	// full says its last write was short, so the next send waits on the
-	// socket from the backlog file instead.
-	memOut io.Writer
-	full   bool
+	// mem sends the stream bytes held in memory straight to a plain
+	// socket (nil: they go through out); full says its last write was
+	// short, so the next send waits on the socket from the backlog file.
+	mem  *memoryWriter
+	full bool
 }
 
 // waitState is why and since when a replica waits for a snapshot.
@@ -500,9 +500,9 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	var pf pendingFlush
 	defer pf.stop()
 	f := r.follower()
-	r.memOut = r.out
+	r.mem = nil
 	if raw := r.plainSocket(); raw != nil {
-		r.memOut = memoryWriter{raw: raw, full: &r.full}
+		r.mem = &memoryWriter{raw: raw, full: &r.full}
 	}
 	for {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
@@ -628,7 +628,11 @@ func (r *replica) flushNow(pf *pendingFlush) error {
 // for a full socket (see memoryWriter).
 func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 	if !r.full {
-		if n, ok, err := cur.SendRecent(r.memOut, r.chunk()); ok {
+		write := r.out.Write
+		if r.mem != nil {
+			write = r.mem.send
+		}
+		if n, ok, err := cur.SendRecent(write, r.chunk()); ok {
 			r.srv.stats.SentFromMemory.Add(n)
 			return n, err
 		}
@@ -636,8 +640,8 @@ func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 	r.full = false
 	var n int64
 	var err error
-	if w, ok := r.memOut.(memoryWriter); ok {
-		n, err = r.sendFromDisk(cur, w.raw)
+	if r.mem != nil {
+		n, err = r.sendFromDisk(cur, r.mem.raw)
 	} else {
 		n, err = cur.Send(r.out, r.chunk())
 	}

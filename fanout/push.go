@@ -3,14 +3,12 @@ package fanout
 import (
 	"context"
 	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/rawsock"
 )
 
-// follower lets the upstream writer feed this replica while it is caught
+// follower lets the upstream writer push to this replica while it is caught
 // up, with non-blocking writes straight to its socket; nil when the stream
 // cannot take them. A compressed or TLS stream has its own framing state,
 // and a paced one must wait for its limiter, so those always send from
@@ -22,7 +20,7 @@ func (r *replica) follower() *backlog.Follower {
 	}
 	return backlog.NewFollower(func(p []byte, off int64) int {
 		r.maxAck.Store(off + int64(len(p)) - 1)
-		n := writeNow(raw, p)
+		n := rawsock.WriteNow(raw, p)
 		r.sentBytes.Add(int64(n))
 		r.sentOff.Store(off + int64(n))
 		r.maxAck.Store(off + int64(n) - 1)
@@ -38,15 +36,7 @@ func (r *replica) plainSocket() syscall.RawConn {
 	if r.cw != nil {
 		return nil
 	}
-	sc, ok := r.conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return raw
+	return rawsock.Of(r.conn)
 }
 
 // memoryWriter sends bytes held in the log's memory without waiting for
@@ -59,17 +49,18 @@ type memoryWriter struct {
 	full *bool
 }
 
-// Write returns a short count with no error, unlike an io.Writer: only
-// SendRecent calls it, and a socket error is met by the disk send.
-func (w memoryWriter) Write(p []byte) (int, error) {
-	n := writeNow(w.raw, p)
+// send writes what the socket takes now. A short count comes with no
+// error: Cursor.SendRecent moves past what was taken, and a socket error
+// is met by the disk send that follows.
+func (w *memoryWriter) send(p []byte) (int, error) {
+	n := rawsock.WriteNow(w.raw, p)
 	*w.full = n < len(p)
 	return n, nil
 }
 
-// follow waits while the writer feeds the parked replica, until the writer
-// hands it back (a short push, a cut, Close) or ctx ends, then takes the
-// cursor back past what the writer sent.
+// follow waits while the writer pushes to the parked replica, until the
+// writer hands it back (a short push, a cut, Close) or ctx ends, then takes
+// the cursor back past what the writer sent.
 func (r *replica) follow(ctx context.Context, cur *backlog.Cursor, f *backlog.Follower) error {
 	select {
 	case <-ctx.Done():
@@ -80,30 +71,4 @@ func (r *replica) follow(ctx context.Context, cur *backlog.Cursor, f *backlog.Fo
 		return context.Cause(ctx)
 	}
 	return nil
-}
-
-// writeNow writes what the socket takes without waiting and returns how
-// many bytes that was; an error counts as nothing more written, and the
-// replica's own goroutine meets it on its next write. The write is a raw
-// system call: the socket is non-blocking, so the scheduler has nothing to
-// hand over while it runs. Raw calls go only to non-blocking sockets,
-// never to files: one that sleeps in the kernel stops the whole process
-// at the next GC (the rule, its reason and its test: readRaw in
-// proxy/ingest_socket.go).
-func writeNow(raw syscall.RawConn, p []byte) int {
-	n := 0
-	raw.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			k, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
-			if errno == unix.EINTR {
-				continue
-			}
-			if errno != 0 || k == 0 {
-				break
-			}
-			n += int(k)
-		}
-		return true // never wait for the socket: that is the sender's job
-	})
-	return n
 }

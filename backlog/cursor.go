@@ -303,9 +303,7 @@ func (c *Cursor) find() (*segment, int64, error) {
 // never left memory). ok is false, and nothing is sent, when the cursor is
 // anywhere else; Send then serves it from disk, verified. Both advance the
 // same offset, so switching between them never skips or repeats a byte.
-//
-// write may take fewer bytes than it is given with no error (a
-// non-blocking socket that is full): the cursor moves past what it took.
+// write may take less than it is given with no error (a full socket).
 func (c *Cursor) SendRecent(write func([]byte) (int, error), max int64) (n int64, ok bool, err error) {
 	b, p := c.log.recentFrom(c.off, c.cuts)
 	if b == nil {

@@ -78,8 +78,7 @@ type activeSegment struct {
 
 // Log is an offset-addressed, append-only byte log split into segment files
 // named by their first offset. It has one writer (the upstream link) and any
-// number of Cursors; readers wait on Changed instead of polling. Who owns
-// which field, and the lock order, are in doc.go.
+// number of Cursors; readers wait on Changed instead of polling.
 type Log struct {
 	dir string
 	opt LogOptions
@@ -624,8 +623,7 @@ func (l *Log) AppendBatch(b *Batch, n int) error {
 		}
 		return ErrRewound
 	}
-	now := time.Now()
-	l.times.note(start, now)
+	l.times.note(start, time.Now())
 	written, err := l.write(b.data[:n])
 	if err == nil && l.opt.MaxAge > 0 && time.Since(l.lastTrim) > time.Second {
 		l.trim()

@@ -207,8 +207,7 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 		w.Abort()
 		return ErrClosed
 	}
-	snapDir := s.dir.Snapshots()
-	snap, err := w.commit(snapDir, replid, offset)
+	snap, err := w.commit(s.dir.Snapshots(), replid, offset)
 	if err != nil {
 		return s.diskError(err)
 	}
@@ -237,12 +236,7 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	if old != nil {
 		old.Remove()
 	}
-	// The old generation's snapshots cannot continue in the new log.
-	for _, o := range oldSnaps {
-		if o.File != snap.File {
-			os.Remove(filepath.Join(snapDir, o.File))
-		}
-	}
+	s.removeSnapshots(oldSnaps, snap.File) // they cannot continue in the new log
 	return nil
 }
 
@@ -302,7 +296,7 @@ func (s *Store) snapshotDamagedLocked(snap SnapshotInfo, cause error) {
 		s.snapVerified = ""
 	}
 	path := s.dir.Snapshot(snap.File)
-	dir, err := moveAside(s.damagedDir(), path)
+	dir, err := moveAside(s.dir.Damaged(), path)
 	if err != nil {
 		s.opt.Logger.Error().Err(err).Str("file", path).Msg("cannot move the damaged snapshot aside")
 	}
@@ -336,8 +330,7 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 		w.Abort()
 		return fmt.Errorf("adopt snapshot: offset %d is not newer than the current snapshot's %d (an upstream replproxy serves its own)", offset, st.Snapshot.Offset)
 	}
-	snapDir := s.dir.Snapshots()
-	snap, err := w.commit(snapDir, replid, offset)
+	snap, err := w.commit(s.dir.Snapshots(), replid, offset)
 	if err != nil {
 		return s.diskError(err)
 	}
@@ -356,12 +349,17 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	s.mu.Lock()
 	s.meta = m
 	s.mu.Unlock()
-	for _, o := range dropped {
-		if o.File != snap.File {
-			os.Remove(filepath.Join(snapDir, o.File))
+	s.removeSnapshots(dropped, snap.File)
+	return nil
+}
+
+// removeSnapshots deletes the files of snaps but the one named keep.
+func (s *Store) removeSnapshots(snaps []SnapshotInfo, keep string) {
+	for _, o := range snaps {
+		if o.File != keep {
+			os.Remove(s.dir.Snapshot(o.File))
 		}
 	}
-	return nil
 }
 
 // keepHistory splits the snapshots that become history when a newer one is

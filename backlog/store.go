@@ -136,8 +136,6 @@ func lockDir(dir Layout) (*os.File, error) {
 	return f, nil
 }
 
-func (s *Store) damagedDir() string { return s.opt.Log.DamagedDir }
-
 func (s *Store) load() error {
 	m, err := readMeta(s.dir.Meta())
 	switch {
@@ -183,7 +181,7 @@ func (s *Store) load() error {
 // setAside moves damaged files, and the history they belong to, into
 // damaged/<time>/, and logs why, naming file.
 func (s *Store) setAside(why string, cause error, file string, paths ...string) {
-	dir, err := moveAside(s.damagedDir(), paths...)
+	dir, err := moveAside(s.dir.Damaged(), paths...)
 	if err != nil {
 		s.opt.Logger.Error().Err(err).Msg("cannot move damaged files aside")
 	}
@@ -225,19 +223,15 @@ func freshMeta(epoch uint64) Meta {
 // generations and snapshots the meta does not name, and temp files. Damage
 // was moved aside before this runs; these are leftovers, not damage.
 func (s *Store) removeStale() {
-	entries, _ := os.ReadDir(s.dir.Logs())
-	for _, e := range entries {
-		path := filepath.Join(s.dir.Logs(), e.Name())
-		if s.log == nil || path != s.dir.LogDir(s.meta.Epoch) {
-			os.RemoveAll(path)
+	for _, p := range s.everything() {
+		name := filepath.Base(p)
+		switch {
+		case s.log != nil && (p == s.dir.LogDir(s.meta.Epoch) || p == s.dir.Snapshot(name) && s.keeps(name)):
+		case p == s.dir.Snapshot(name):
+			os.Remove(p)
+		default:
+			os.RemoveAll(p)
 		}
-	}
-	entries, _ = os.ReadDir(s.dir.Snapshots())
-	for _, e := range entries {
-		if s.log != nil && s.keeps(e.Name()) {
-			continue
-		}
-		os.Remove(s.dir.Snapshot(e.Name()))
 	}
 }
 

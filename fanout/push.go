@@ -40,18 +40,14 @@ func (r *replica) plainSocket() syscall.RawConn {
 }
 
 // memoryWriter sends bytes held in the log's memory without waiting for
-// the socket: a replica that stops reading must not keep an append's
-// buffer for as long as its blocked write lasts. A short write marks the
-// socket full, and the rest goes from the backlog file, whose blocked
-// send holds no memory.
+// the socket, so a replica that stops reading keeps no append's buffer: a
+// short send, with no error (Cursor.SendRecent), marks the socket full, and
+// the rest goes from the backlog file, whose blocked send holds no memory.
 type memoryWriter struct {
 	raw  syscall.RawConn
 	full *bool
 }
 
-// send writes what the socket takes now. A short count comes with no
-// error: Cursor.SendRecent moves past what was taken, and a socket error
-// is met by the disk send that follows.
 func (w *memoryWriter) send(p []byte) (int, error) {
 	n := rawsock.WriteNow(w.raw, p)
 	*w.full = n < len(p)

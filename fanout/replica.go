@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -101,11 +102,12 @@ type replica struct {
 	cancel   context.CancelCauseFunc
 	limiter  *rate.Limiter // nil: no rate limit
 
-	// mem sends the stream bytes held in memory straight to a plain
-	// socket (nil: they go through out); full says its last write was
-	// short, so the next send waits on the socket from the backlog file.
-	mem  *memoryWriter
-	full bool
+	// memOut sends the stream bytes held in memory: out.Write, or
+	// memoryWriter.send on sock, a plain socket (nil: TLS or zstd); full
+	// says its last write was short: the next send waits, from the file.
+	memOut func([]byte) (int, error)
+	sock   syscall.RawConn
+	full   bool
 }
 
 // waitState is why and since when a replica waits for a snapshot.
@@ -500,9 +502,9 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	var pf pendingFlush
 	defer pf.stop()
 	f := r.follower()
-	r.mem = nil
-	if raw := r.plainSocket(); raw != nil {
-		r.mem = &memoryWriter{raw: raw, full: &r.full}
+	r.memOut, r.sock = r.out.Write, r.plainSocket()
+	if r.sock != nil {
+		r.memOut = (&memoryWriter{raw: r.sock, full: &r.full}).send
 	}
 	for {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
@@ -628,11 +630,7 @@ func (r *replica) flushNow(pf *pendingFlush) error {
 // for a full socket (see memoryWriter).
 func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 	if !r.full {
-		write := r.out.Write
-		if r.mem != nil {
-			write = r.mem.send
-		}
-		if n, ok, err := cur.SendRecent(write, r.chunk()); ok {
+		if n, ok, err := cur.SendRecent(r.memOut, r.chunk()); ok {
 			r.srv.stats.SentFromMemory.Add(n)
 			return n, err
 		}
@@ -640,8 +638,8 @@ func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 	r.full = false
 	var n int64
 	var err error
-	if r.mem != nil {
-		n, err = r.sendFromDisk(cur, r.mem.raw)
+	if r.sock != nil {
+		n, err = r.sendFromDisk(cur, r.sock)
 	} else {
 		n, err = cur.Send(r.out, r.chunk())
 	}

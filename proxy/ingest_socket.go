@@ -14,10 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// raw is the plain TCP socket under c for reads the poller does not
-// drive; nil under TLS.
-func (c *watchedConn) raw() syscall.RawConn { return rawsock.Of(c.Conn) }
-
 // fromSocket reads the socket inside one RawRead, so the poller's
 // readiness carries over from one read to the next: after a read that
 // left the socket empty it waits for new bytes at once, instead of first

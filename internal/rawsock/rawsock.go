@@ -1,13 +1,11 @@
-// Package rawsock makes raw system calls on sockets, and is the only place
-// in the module that may (TestNoRawSystemCallOnFiles in backlog).
-//
-// The rule: raw calls only on a non-blocking socket, never on a file. A raw
-// call does not tell the scheduler, so one that sleeps in the kernel cannot
-// be handed off, and a GC stop-the-world that begins meanwhile waits for
-// its thread with no limit: every goroutine (replicas, ACKs, INFO, /readyz)
-// would stop until the disk answers. A page-cache write can sleep that long
-// (a frozen or stalled disk, a full dirty-page cache). On a non-blocking
-// socket the call cannot block, and the scheduler has nothing to hand over.
+// Package rawsock makes raw system calls on sockets, the only package that
+// may (TestNoRawSystemCallOnFiles in backlog). The rule: only on a
+// non-blocking socket, never on a file. A raw call hides from the
+// scheduler, so one that sleeps in the kernel cannot be handed off, and a
+// GC stop-the-world that begins meanwhile waits for its thread with no
+// limit: every goroutine (replicas, ACKs, INFO, /readyz) stops until the
+// disk answers, which a page-cache write may take (a frozen or stalled
+// disk, a full dirty-page cache). On a non-blocking socket it cannot block.
 package rawsock
 
 import (
@@ -21,15 +19,12 @@ import (
 // Of is the socket under c, for reads and writes the poller does not
 // drive; nil when c is not a plain socket (TLS, a wrapper).
 func Of(c net.Conn) syscall.RawConn {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			return raw
+		}
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return raw
+	return nil
 }
 
 // Read is read(2) on the socket fd, inside a RawConn.Read callback.

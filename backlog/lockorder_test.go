@@ -157,3 +157,30 @@ func sendAWhile(s *Store, park bool, rng *rand.Rand, stop <-chan struct{}) {
 type discardWriter struct{}
 
 func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// Changed and SyncNow do what their docs say about cuts: a failed fsync's
+// cut closes the channel a waiter took (it must look at End again, which
+// went back), and SyncNow returns with the bytes past Durable not synced
+// but cut.
+func TestChangedAndSyncNowAtACut(t *testing.T) {
+	var fail atomic.Bool
+	l := openFailingLog(t, &fail)
+	if err := l.Append(pattern(100, 1)); err != nil {
+		t.Fatal(err)
+	}
+	l.SyncNow()
+	if err := l.Append(pattern(100, 2)); err != nil {
+		t.Fatal(err)
+	}
+	changed := l.Changed()
+	fail.Store(true)
+	l.SyncNow()
+	select {
+	case <-changed:
+	default:
+		t.Fatal("a cut left Changed open")
+	}
+	if _, end := l.Bounds(); end != 101 || l.Durable() != 101 {
+		t.Fatalf("after the failed SyncNow: end %d, durable %d, want both 101", end, l.Durable())
+	}
+}

@@ -39,5 +39,5 @@
 // holds Log.mu while it truncates. Log.wmu and syncer.syncMu are held
 // across writes and fsyncs, and are taken only by the writer, the syncer,
 // SyncNow (the link's ACK loop, for WAIT), a cut and Close.
-// TestLockOrderUnderEverythingAtOnce deadlocks on a lock taken against it.
+// TestLockOrderOfTheSource checks it; TestLockOrderUnderEverythingAtOnce too.
 package backlog

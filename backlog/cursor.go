@@ -303,14 +303,15 @@ func (c *Cursor) find() (*segment, int64, error) {
 // never left memory). ok is false, and nothing is sent, when the cursor is
 // anywhere else; Send then serves it from disk, verified. Both advance the
 // same offset, so switching between them never skips or repeats a byte.
-func (c *Cursor) SendRecent(w io.Writer, max int64) (n int64, ok bool, err error) {
+// write may take less than it is given with no error (a full socket).
+func (c *Cursor) SendRecent(write func([]byte) (int, error), max int64) (n int64, ok bool, err error) {
 	b, p := c.log.recentFrom(c.off, c.cuts)
 	if b == nil {
 		return 0, false, nil
 	}
 	defer b.release()
 	c.keep()
-	k, err := w.Write(p[:min(int64(len(p)), max)])
+	k, err := write(p[:min(int64(len(p)), max)])
 	c.off += int64(k)
 	return int64(k), true, err
 }

@@ -49,7 +49,7 @@ func TestTempFilesNeverFollowSymlinks(t *testing.T) {
 	defer s.Close()
 	victim := filepath.Join(t.TempDir(), "victim")
 	os.WriteFile(victim, []byte("precious"), 0o600)
-	if err := os.Symlink(victim, s.refreshPath()+".tmp"); err != nil {
+	if err := os.Symlink(victim, s.dir.Refresh()+".tmp"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SaveRefreshRecord(RefreshRecord{LastAttempt: time.Now()}); err != nil {
@@ -58,7 +58,7 @@ func TestTempFilesNeverFollowSymlinks(t *testing.T) {
 	if b, _ := os.ReadFile(victim); string(b) != "precious" {
 		t.Fatalf("the planted symlink's target was overwritten: %q", b)
 	}
-	if fi, err := os.Lstat(s.refreshPath()); err != nil || !fi.Mode().IsRegular() {
+	if fi, err := os.Lstat(s.dir.Refresh()); err != nil || !fi.Mode().IsRegular() {
 		t.Fatalf("refresh.json: %v %v", fi, err)
 	}
 }

@@ -68,7 +68,7 @@ func TestFollowerFedThenHandedBack(t *testing.T) {
 	if c.Offset() != 1+int64(len("hello world, a")) {
 		t.Fatalf("cursor at %d after the pushes", c.Offset())
 	}
-	if n, ok, err := c.SendRecent(&out.got, 1<<20); !ok || err != nil || n != 4 {
+	if n, ok, err := c.SendRecent(out.got.Write, 1<<20); !ok || err != nil || n != 4 {
 		t.Fatalf("rest from memory: %d, %v, %v", n, ok, err)
 	}
 	if out.got.String() != "hello world, again" {
@@ -148,7 +148,7 @@ func TestPushBudgetWakesTheRest(t *testing.T) {
 		case <-f.Woken():
 			handed++
 			cs[i].Unpark(f)
-			if n, ok, _ := cs[i].SendRecent(&sinks[i].got, 1<<20); !ok || n != int64(len(batch)) {
+			if n, ok, _ := cs[i].SendRecent(sinks[i].got.Write, 1<<20); !ok || n != int64(len(batch)) {
 				t.Fatalf("handed-back follower sent %d from memory", n)
 			}
 		default:

@@ -92,7 +92,7 @@ func TestStreamReaderBesideRetention(t *testing.T) {
 	defer s.Close()
 	data := pattern(2500, 3)
 	s.Append(data)
-	logDir := LogDir(dir, s.State().Epoch)
+	logDir := Layout(dir).LogDir(s.State().Epoch)
 	r, err := OpenStream(logDir, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +148,7 @@ func TestReadersLeavePreparedSegment(t *testing.T) {
 	if err := s.Append(pattern(600, 5)); err != nil {
 		t.Fatal(err)
 	}
-	logDir := LogDir(dir, s.State().Epoch)
+	logDir := Layout(dir).LogDir(s.State().Epoch)
 	prep := segmentPath(logDir, 1001) + preparedSuffix
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -184,7 +184,7 @@ func TestStreamReaderVerifies(t *testing.T) {
 	defer s.Close()
 	s.Append(pattern(300, 7))
 	s.Append(pattern(300, 8))
-	logDir := LogDir(dir, s.State().Epoch)
+	logDir := Layout(dir).LogDir(s.State().Epoch)
 	seg := segmentPath(logDir, 1)
 	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {

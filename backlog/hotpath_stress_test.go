@@ -104,7 +104,7 @@ func readTheLog(l *Log, stream []byte, seed int64, park bool) string {
 	})
 	for c.Offset() < total {
 		max := int64(1 + rng.Intn(4000))
-		n, ok, err := c.SendRecent(&got, max)
+		n, ok, err := c.SendRecent(got.Write, max)
 		if !ok {
 			n, err = c.Send(&got, max)
 		}

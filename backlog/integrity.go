@@ -268,10 +268,7 @@ func (l *Log) truncate(seg *segment, size int64) error {
 	}
 	err = a.sync(l.opt.Sync)
 	a.close()
-	if err != nil {
-		return err
-	}
-	return nil
+	return err
 }
 
 // moveAside moves files into a new timestamped directory under root, for an

@@ -436,6 +436,8 @@ func (l *Log) Durable() int64 { return l.durable.Load() }
 
 // SyncNow makes everything appended so far durable before it returns, for
 // a master waiting on WAIT; under the "no" policy there is nothing to do.
+// While a failed fsync's cut is pending it returns at once: the bytes past
+// Durable are about to be cut, and the master resends them.
 func (l *Log) SyncNow() {
 	if l.opt.Fsync != FsyncNo {
 		l.syncer.syncOnce()
@@ -462,7 +464,7 @@ func (l *Log) Resume() {
 	}
 }
 
-// Changed returns a channel closed at the next append or at Close. The
+// Changed returns a channel closed at the next append, cut or Close. The
 // channel is closed once per append, however many pieces the append wrote,
 // so waiters wake at most once per upstream read. A waiter checks End after
 // taking the channel: an append that finished just before needs no wakeup.
@@ -594,11 +596,12 @@ func (l *Log) Append(p []byte) error {
 }
 
 // AppendBatch writes the first n bytes of b at the end of the log and takes
-// b over: the caller must not touch it again. Only the owner calls it.
-// Bytes count only once both they and their index record are written;
-// after an error the log is unchanged past its last complete append, and
-// the caller may retry from End. After a cut it returns ErrRewound until
-// Resume.
+// b over: the caller must not touch it again. Only the writer calls it.
+// Bytes count only once both they and their index record are written, a
+// piece (up to a segment's end) at a time: after an error the log ends
+// after the last piece written whole, which may be part of this append,
+// and the caller may retry from End. After a cut it returns ErrRewound
+// until Resume.
 func (l *Log) AppendBatch(b *Batch, n int) error {
 	// Stuck from before the writer's lock: a cut holds it across its
 	// truncate and fsync, and a cut follows a failed fsync, on a sick disk.
@@ -620,39 +623,43 @@ func (l *Log) AppendBatch(b *Batch, n int) error {
 		}
 		return ErrRewound
 	}
-	now := time.Now()
-	l.times.note(start, now)
-	written := 0
+	l.times.note(start, time.Now())
+	written, err := l.write(b.data[:n])
+	if err == nil && l.opt.MaxAge > 0 && time.Since(l.lastTrim) > time.Second {
+		l.trim()
+	}
 	// Waiters wake once, when the whole append is in, whether it ends well
 	// or not; only bytes fully written (with their index record) are
 	// published.
-	defer func() { l.publish(start, b, written) }()
-	p := b.data[:n]
+	l.publish(start, b, written)
+	return err
+}
+
+// write writes p at the end, rolling segments as they fill, and returns how
+// many bytes were written with their index record.
+func (l *Log) write(p []byte) (written int, err error) {
 	for len(p) > 0 {
 		a, err := l.writable()
 		if err != nil {
-			return err
+			return written, err
 		}
 		k, err := a.data.WriteAt(p[:min(int64(len(p)), l.opt.SegmentBytes-a.seg.size)], a.seg.size)
 		if k > 0 {
 			l.recBuf = encodeRecord(l.recBuf[:0], p[:k])
 			if _, ierr := a.idx.WriteAt(l.recBuf, a.idxSize); ierr != nil {
-				return fmt.Errorf("append to index of segment %d: %w", a.seg.first, ierr)
+				return written, fmt.Errorf("append to index of segment %d: %w", a.seg.first, ierr)
 			}
 			a.idxSize += recordSize
 			l.advance(a.seg, int64(k))
 			written += k
 		}
 		if err != nil {
-			return fmt.Errorf("append to segment %d: %w", a.seg.first, err)
+			return written, fmt.Errorf("append to segment %d: %w", a.seg.first, err)
 		}
 		p = p[k:]
 		l.maybePrepare(a)
 	}
-	if l.opt.MaxAge > 0 && time.Since(l.lastTrim) > time.Second {
-		l.trim()
-	}
-	return nil
+	return written, nil
 }
 
 // writable returns the active segment, rolling to a new one when it is full.

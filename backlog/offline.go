@@ -2,15 +2,12 @@ package backlog
 
 import (
 	"fmt"
-	"path/filepath"
 	"time"
 )
 
 // ReadMeta reads a data dir's meta file, for tools that run beside or
 // without the proxy.
-func ReadMeta(dataDir string) (Meta, error) {
-	return readMeta(filepath.Join(dataDir, "meta.json"))
-}
+func ReadMeta(dataDir string) (Meta, error) { return readMeta(Layout(dataDir).Meta()) }
 
 // Extent is the offset range a log dir holds on disk, as its files say,
 // without checking CRCs (Verify does that).

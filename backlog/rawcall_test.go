@@ -10,25 +10,22 @@ import (
 	"testing"
 )
 
-// socketRawCalls are the only files allowed raw system calls: each makes
-// them on a non-blocking socket only (the rule and its reason are written
-// there). A raw call on a file can sleep in the kernel without the
+// rawSocketFile is the only file allowed raw system calls and unsafe: it
+// makes them on non-blocking sockets only (the rule and its reason are
+// written there). A raw call on a file can sleep in the kernel without the
 // scheduler knowing; a GC that starts meanwhile then stops every goroutine
 // until the disk answers (TestFrozenDiskKeepsServing in proxy).
-var socketRawCalls = map[string]bool{
-	"proxy/ingest_socket.go": true,
-	"fanout/follow.go":       true,
-}
+const rawSocketFile = "internal/rawsock/rawsock.go"
 
-// No build of the module makes a raw system call outside those files: a
-// file written raw once froze the whole process for as long as a disk
-// stalled.
+// No build of the module makes a raw system call, or imports unsafe, outside
+// that file: a file written raw once froze the whole process for as long as
+// a disk stalled.
 func TestNoRawSystemCallOnFiles(t *testing.T) {
 	root, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	checked := 0
+	checked, sawRaw := 0, false
 	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -45,10 +42,17 @@ func TestNoRawSystemCallOnFiles(t *testing.T) {
 			return err
 		}
 		checked++
+		raw := filepath.ToSlash(rel) == rawSocketFile
+		sawRaw = sawRaw || raw
+		for _, imp := range f.Imports {
+			if imp.Path.Value == `"unsafe"` && !raw {
+				t.Errorf("%s: imports unsafe outside %s", rel, rawSocketFile)
+			}
+		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			sel, ok := n.(*ast.SelectorExpr)
-			if ok && strings.HasPrefix(sel.Sel.Name, "RawSyscall") && !socketRawCalls[filepath.ToSlash(rel)] {
-				t.Errorf("%s: raw system call %s outside the socket files", rel, sel.Sel.Name)
+			if ok && strings.HasPrefix(sel.Sel.Name, "RawSyscall") && !raw {
+				t.Errorf("%s: raw system call %s outside %s", rel, sel.Sel.Name, rawSocketFile)
 			}
 			return true
 		})
@@ -56,6 +60,9 @@ func TestNoRawSystemCallOnFiles(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !sawRaw {
+		t.Errorf("%s not checked", rawSocketFile)
 	}
 	if checked < 50 {
 		t.Fatalf("only %d source files checked from %s", checked, root)

@@ -30,7 +30,7 @@ func TestRecentAndDiskHandOverAtBatchBoundaries(t *testing.T) {
 			var ok bool
 			var err error
 			if preferMemory {
-				n, ok, err = c.SendRecent(&got, max)
+				n, ok, err = c.SendRecent(got.Write, max)
 				fromMem += n
 			}
 			if !ok {
@@ -56,7 +56,7 @@ func TestRecentAndDiskHandOverAtBatchBoundaries(t *testing.T) {
 		case 0: // caught up: the whole batch from memory
 			drain(1<<20, true)
 		case 1: // a short send from memory, the rest of the batch from disk
-			if _, _, err := c.SendRecent(&got, int64(1+rng.Intn(len(p)))); err != nil {
+			if _, _, err := c.SendRecent(got.Write, int64(1+rng.Intn(len(p)))); err != nil {
 				t.Fatal(err)
 			}
 			drain(int64(1+rng.Intn(300)), false)
@@ -88,16 +88,16 @@ func TestRecentServesOnlyTheLastAppend(t *testing.T) {
 	}
 	defer c.Close()
 	var out bytes.Buffer
-	if n, ok, _ := c.SendRecent(&out, 100); ok || n != 0 {
+	if n, ok, _ := c.SendRecent(out.Write, 100); ok || n != 0 {
 		t.Fatalf("a cursor behind the last append was served from memory (%d bytes)", n)
 	}
 	if n, _ := c.Send(&out, 5); n != 5 {
 		t.Fatalf("disk send: %d", n)
 	}
-	if n, ok, _ := c.SendRecent(&out, 100); !ok || n != 6 {
+	if n, ok, _ := c.SendRecent(out.Write, 100); !ok || n != 6 {
 		t.Fatalf("a cursor at the last append: ok=%v n=%d", ok, n)
 	}
-	if n, ok, _ := c.SendRecent(&out, 100); ok || n != 0 {
+	if n, ok, _ := c.SendRecent(out.Write, 100); ok || n != 0 {
 		t.Fatalf("a cursor at the end: ok=%v n=%d", ok, n)
 	}
 	if out.String() != "firstsecond" {
@@ -110,7 +110,7 @@ func TestRecentServesOnlyTheLastAppend(t *testing.T) {
 	if err := l.cut(12, true); err != nil {
 		t.Fatal(err)
 	}
-	if n, ok, _ := c2.SendRecent(&out, 100); ok || n != 0 {
+	if n, ok, _ := c2.SendRecent(out.Write, 100); ok || n != 0 {
 		t.Fatalf("served %d bytes from memory after a cut", n)
 	}
 }
@@ -147,7 +147,7 @@ func TestRecentLetsGoOfPassedSegments(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		s.Append(pattern(400, byte(i)))
 		for {
-			n, ok, err := c.SendRecent(&out, 1<<20)
+			n, ok, err := c.SendRecent(out.Write, 1<<20)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 )
 
@@ -20,12 +19,10 @@ type RefreshRecord struct {
 	Attempts []time.Time `json:"attempts,omitempty"`
 }
 
-func (s *Store) refreshPath() string { return filepath.Join(s.dir, "refresh.json") }
-
 // LoadRefreshRecord reads the record; a missing file is a zero record. A
 // damaged one reads as an attempt just now: when in doubt, spare the master.
 func (s *Store) LoadRefreshRecord() (RefreshRecord, error) {
-	raw, err := os.ReadFile(s.refreshPath())
+	raw, err := os.ReadFile(s.dir.Refresh())
 	if errors.Is(err, os.ErrNotExist) {
 		return RefreshRecord{}, nil
 	}
@@ -34,7 +31,7 @@ func (s *Store) LoadRefreshRecord() (RefreshRecord, error) {
 		err = json.Unmarshal(raw, &rec)
 	}
 	if err != nil {
-		return RefreshRecord{LastAttempt: time.Now()}, fmt.Errorf("read %s: %w", s.refreshPath(), err)
+		return RefreshRecord{LastAttempt: time.Now()}, fmt.Errorf("read %s: %w", s.dir.Refresh(), err)
 	}
 	return rec, nil
 }
@@ -47,5 +44,5 @@ func (s *Store) SaveRefreshRecord(rec RefreshRecord) error {
 	if err != nil {
 		return fmt.Errorf("encode refresh record: %w", err)
 	}
-	return writeFileAtomic(s.refreshPath(), append(raw, '\n'), s.opt.Log.Sync)
+	return writeFileAtomic(s.dir.Refresh(), append(raw, '\n'), s.opt.Log.Sync)
 }

@@ -29,7 +29,7 @@ type SnapshotWriter struct {
 
 // NewSnapshot starts receiving an RDB.
 func (s *Store) NewSnapshot() (*SnapshotWriter, error) {
-	f, err := os.CreateTemp(filepath.Join(s.dir, "snapshot"), "incoming-*.tmp")
+	f, err := os.CreateTemp(s.dir.Snapshots(), "incoming-*.tmp")
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot temp file: %w", err)
 	}
@@ -193,7 +193,7 @@ func (s *Store) removeUnnamedSnapshot(file string) {
 			return
 		}
 	}
-	os.Remove(filepath.Join(s.dir, "snapshot", file))
+	os.Remove(s.dir.Snapshot(file))
 }
 
 // Reset starts a new history after an upstream +FULLRESYNC <replid> <offset>:
@@ -207,25 +207,24 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 		w.Abort()
 		return ErrClosed
 	}
-	snapDir := filepath.Join(s.dir, "snapshot")
-	snap, err := w.commit(snapDir, replid, offset)
+	snap, err := w.commit(s.dir.Snapshots(), replid, offset)
 	if err != nil {
 		return s.diskError(err)
 	}
 	s.mu.RLock()
 	epoch := s.meta.Epoch + 1
 	s.mu.RUnlock()
-	l, err := OpenLog(s.logDir(epoch), offset+1, s.opt.Log)
+	l, err := OpenLog(s.dir.LogDir(epoch), offset+1, s.opt.Log)
 	if err != nil {
 		// No meta names the RDB nor this generation yet: leaving them
 		// until the next Open would keep an RDB's worth of a disk that
 		// may just have run full.
-		os.RemoveAll(s.logDir(epoch))
+		os.RemoveAll(s.dir.LogDir(epoch))
 		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("open the new history's log: %w", err))
 	}
 	m := Meta{ReplID: replid, ReplID2: NoReplID, SecondOffset: -1, Epoch: epoch, LogStart: offset + 1, Snapshot: snap}
-	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
+	if err := writeMeta(s.dir.Meta(), m, s.opt.Log.Sync); err != nil {
 		l.Remove()
 		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("persist new history: %w", err))
@@ -237,12 +236,7 @@ func (s *Store) Reset(replid string, offset int64, w *SnapshotWriter) error {
 	if old != nil {
 		old.Remove()
 	}
-	// The old generation's snapshots cannot continue in the new log.
-	for _, o := range oldSnaps {
-		if o.File != snap.File {
-			os.Remove(filepath.Join(snapDir, o.File))
-		}
-	}
+	s.removeSnapshots(oldSnaps, snap.File) // they cannot continue in the new log
 	return nil
 }
 
@@ -263,7 +257,7 @@ func (s *Store) OpenSnapshot() (*os.File, SnapshotInfo, error) {
 	if err := s.verifySnapshotOnce(*snap); err != nil {
 		return nil, SnapshotInfo{}, err
 	}
-	path := filepath.Join(s.dir, "snapshot", snap.File)
+	path := s.dir.Snapshot(snap.File)
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, SnapshotInfo{}, fmt.Errorf("open snapshot %s: %w", path, err)
@@ -283,7 +277,7 @@ func (s *Store) verifySnapshotOnce(snap SnapshotInfo) error {
 	case s.snapDamaged:
 		return fmt.Errorf("snapshot %s: %w; waiting for a fresh one from upstream", snap.File, ErrSnapshotDamaged)
 	}
-	err := checkSnapshot(filepath.Join(s.dir, "snapshot"), &snap, true, nil)
+	err := checkSnapshot(s.dir.Snapshots(), &snap, true, nil)
 	if err == nil {
 		s.snapVerified = snap.File
 		return nil
@@ -301,8 +295,8 @@ func (s *Store) snapshotDamagedLocked(snap SnapshotInfo, cause error) {
 	if s.snapVerified == snap.File {
 		s.snapVerified = ""
 	}
-	path := filepath.Join(s.dir, "snapshot", snap.File)
-	dir, err := moveAside(s.damagedDir(), path)
+	path := s.dir.Snapshot(snap.File)
+	dir, err := moveAside(s.dir.Damaged(), path)
 	if err != nil {
 		s.opt.Logger.Error().Err(err).Str("file", path).Msg("cannot move the damaged snapshot aside")
 	}
@@ -336,8 +330,7 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 		w.Abort()
 		return fmt.Errorf("adopt snapshot: offset %d is not newer than the current snapshot's %d (an upstream replproxy serves its own)", offset, st.Snapshot.Offset)
 	}
-	snapDir := filepath.Join(s.dir, "snapshot")
-	snap, err := w.commit(snapDir, replid, offset)
+	snap, err := w.commit(s.dir.Snapshots(), replid, offset)
 	if err != nil {
 		return s.diskError(err)
 	}
@@ -349,19 +342,24 @@ func (s *Store) AdoptSnapshot(replid string, offset int64, w *SnapshotWriter) er
 	var dropped []SnapshotInfo
 	m.History, dropped = keepHistory(m.Snapshots(), st.First, s.opt.SnapshotKeep)
 	m.Snapshot = snap
-	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
+	if err := writeMeta(s.dir.Meta(), m, s.opt.Log.Sync); err != nil {
 		s.removeUnnamedSnapshot(snap.File)
 		return s.diskError(fmt.Errorf("persist new snapshot: %w", err))
 	}
 	s.mu.Lock()
 	s.meta = m
 	s.mu.Unlock()
-	for _, o := range dropped {
-		if o.File != snap.File {
-			os.Remove(filepath.Join(snapDir, o.File))
+	s.removeSnapshots(dropped, snap.File)
+	return nil
+}
+
+// removeSnapshots deletes the files of snaps but the one named keep.
+func (s *Store) removeSnapshots(snaps []SnapshotInfo, keep string) {
+	for _, o := range snaps {
+		if o.File != keep {
+			os.Remove(s.dir.Snapshot(o.File))
 		}
 	}
-	return nil
 }
 
 // keepHistory splits the snapshots that become history when a newer one is
@@ -433,7 +431,7 @@ func (s *Store) pruneHistoryLocked() {
 		return
 	}
 	m.History = kept
-	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
+	if err := writeMeta(s.dir.Meta(), m, s.opt.Log.Sync); err != nil {
 		s.diskError(fmt.Errorf("persist snapshot history after retention: %w", err))
 		return
 	}
@@ -441,7 +439,7 @@ func (s *Store) pruneHistoryLocked() {
 	s.meta = m
 	s.mu.Unlock()
 	for _, o := range dropped {
-		os.Remove(filepath.Join(s.dir, "snapshot", o.File))
+		os.Remove(s.dir.Snapshot(o.File))
 		s.opt.Logger.Info().Str("file", o.File).Int64("offset", o.Offset).Int64("backlog_first", first).
 			Msg("kept snapshot deleted: retention removed the stream that continues it")
 	}
@@ -452,7 +450,7 @@ func (s *Store) pruneHistoryLocked() {
 func (s *Store) presentHistory(h []SnapshotInfo) []SnapshotInfo {
 	var out []SnapshotInfo
 	for _, o := range h {
-		if err := checkSnapshot(filepath.Join(s.dir, "snapshot"), &o, false, nil); err != nil {
+		if err := checkSnapshot(s.dir.Snapshots(), &o, false, nil); err != nil {
 			s.opt.Logger.Warn().Err(err).Str("file", o.File).Msg("kept snapshot unusable; dropped from the history")
 			continue
 		}
@@ -480,7 +478,7 @@ func (s *Store) scrubSnapshot(pace func(int64) error) error {
 	if !has || snap == nil {
 		return nil
 	}
-	err := checkSnapshot(filepath.Join(s.dir, "snapshot"), snap, true, pace)
+	err := checkSnapshot(s.dir.Snapshots(), snap, true, pace)
 	if err == nil || (!errors.Is(err, ErrSnapshotDamaged) && !errors.Is(err, errSnapshotSize)) {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // replaced meanwhile, or already moved aside
@@ -579,7 +577,7 @@ func (r *SnapshotReader) check(tail []byte) error {
 	if got == want {
 		return nil
 	}
-	err := fmt.Errorf("snapshot %s: CRC-64 of the bytes sent %016x, recorded %016x: %w", filepath.Join(r.store.dir, "snapshot", r.snap.File), got, want, ErrSnapshotDamaged)
+	err := fmt.Errorf("snapshot %s: CRC-64 of the bytes sent %016x, recorded %016x: %w", r.store.dir.Snapshot(r.snap.File), got, want, ErrSnapshotDamaged)
 	r.damaged(fmt.Errorf("found while sending it, its last %d bytes held back: %w", len(tail), err))
 	return err
 }
@@ -593,7 +591,7 @@ func (r *SnapshotReader) check(tail []byte) error {
 // early when ctx ends (the replica's session closes).
 func (r *SnapshotReader) Verify(ctx context.Context) error {
 	stop := func(int64) error { return ctx.Err() }
-	err := checkSnapshotFile(r.f, filepath.Join(r.store.dir, "snapshot", r.snap.File), &r.snap, stop)
+	err := checkSnapshotFile(r.f, r.store.dir.Snapshot(r.snap.File), &r.snap, stop)
 	if errors.Is(err, ErrSnapshotDamaged) {
 		r.damaged(fmt.Errorf("found right before sending it, nothing of it sent: %w", err))
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,9 +50,10 @@ type State struct {
 func (s State) MasterReplOffset() int64 { return s.End - 1 }
 
 // Store is the proxy's replication state on disk: the meta file, the current
-// log generation and the snapshot. The upstream link is its only writer.
+// log generation and the snapshot. The upstream link is its only appender;
+// the refresher also writes, through AdoptSnapshot (doc.go).
 type Store struct {
-	dir  string
+	dir  Layout
 	opt  Options
 	lock *os.File
 
@@ -85,7 +85,8 @@ type Store struct {
 // aside into damaged/ with the log it belonged to, logged with its path, and
 // the store starts without history, so the proxy full-syncs from upstream.
 func Open(dir string, opt Options) (*Store, error) {
-	for _, d := range []string{dir, filepath.Join(dir, "snapshot"), filepath.Join(dir, "log")} {
+	at := Layout(dir)
+	for _, d := range []string{dir, at.Snapshots(), at.Logs()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
@@ -93,7 +94,7 @@ func Open(dir string, opt Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	lock, err := lockDir(dir)
+	lock, err := lockDir(at)
 	if err != nil {
 		return nil, err
 	}
@@ -101,9 +102,9 @@ func Open(dir string, opt Options) (*Store, error) {
 	if opt.Log.Sync == nil {
 		opt.Log.Sync = fileSync
 	}
-	opt.Log.DamagedDir = filepath.Join(dir, "damaged")
+	opt.Log.DamagedDir = at.Damaged()
 	opt.Log.DamagedMaxBytes = opt.DamagedMaxBytes
-	s := &Store{dir: dir, opt: opt, lock: lock}
+	s := &Store{dir: at, opt: opt, lock: lock}
 	s.damaged = newDamagedArea(opt.Log.DamagedDir, opt.DamagedMaxBytes, opt.Logger)
 	s.opt.Log.damaged = s.damaged
 	s.opt.Log.OnTrim = s.pruneHistory
@@ -122,8 +123,8 @@ func Open(dir string, opt Options) (*Store, error) {
 	return s, nil
 }
 
-func lockDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, "LOCK")
+func lockDir(dir Layout) (*os.File, error) {
+	path := dir.Lock()
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -135,36 +136,28 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-func (s *Store) metaPath() string { return filepath.Join(s.dir, "meta.json") }
-
-func (s *Store) damagedDir() string { return s.opt.Log.DamagedDir }
-
-func (s *Store) logDir(epoch uint64) string {
-	return filepath.Join(s.dir, "log", strconv.FormatUint(epoch, 10))
-}
-
 func (s *Store) load() error {
-	m, err := readMeta(s.metaPath())
+	m, err := readMeta(s.dir.Meta())
 	switch {
 	case errors.Is(err, ErrNoMeta):
 		s.meta = freshMeta(0)
 		return nil
 	case errors.Is(err, ErrCorrupt):
 		s.setAside("damaged replication meta; it, the backlog and the snapshot are moved aside and the proxy will full-sync from its master rather than serve unverified bytes",
-			err, s.metaPath(), append([]string{s.metaPath()}, s.everything()...)...)
+			err, s.dir.Meta(), append([]string{s.dir.Meta()}, s.everything()...)...)
 		s.meta = freshMeta(0)
 		return nil
 	case err != nil:
 		return err // unreadable, not damaged: the operator must fix it, nothing is thrown away
 	}
-	if err := checkSnapshot(filepath.Join(s.dir, "snapshot"), m.Snapshot, true, nil); err != nil {
+	if err := checkSnapshot(s.dir.Snapshots(), m.Snapshot, true, nil); err != nil {
 		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errSnapshotSize) && !errors.Is(err, ErrSnapshotDamaged) && m.Snapshot != nil {
 			return err
 		}
-		paths := []string{s.logDir(m.Epoch)}
-		file := s.metaPath()
+		paths := []string{s.dir.LogDir(m.Epoch)}
+		file := s.dir.Meta()
 		if m.Snapshot != nil {
-			file = filepath.Join(s.dir, "snapshot", m.Snapshot.File)
+			file = s.dir.Snapshot(m.Snapshot.File)
 			paths = append(paths, file)
 		}
 		s.setAside("snapshot unusable; it and its backlog are moved aside and the proxy will full-sync from its master",
@@ -174,7 +167,7 @@ func (s *Store) load() error {
 	}
 	s.snapVerified = m.Snapshot.File
 	m.History = s.presentHistory(m.History)
-	l, err := OpenLog(s.logDir(m.Epoch), m.LogStart, s.opt.Log)
+	l, err := OpenLog(s.dir.LogDir(m.Epoch), m.LogStart, s.opt.Log)
 	if err != nil {
 		return err
 	}
@@ -188,7 +181,7 @@ func (s *Store) load() error {
 // setAside moves damaged files, and the history they belong to, into
 // damaged/<time>/, and logs why, naming file.
 func (s *Store) setAside(why string, cause error, file string, paths ...string) {
-	dir, err := moveAside(s.damagedDir(), paths...)
+	dir, err := moveAside(s.dir.Damaged(), paths...)
 	if err != nil {
 		s.opt.Logger.Error().Err(err).Msg("cannot move damaged files aside")
 	}
@@ -213,10 +206,10 @@ func (s *Store) diskError(err error) error {
 // everything lists the data dir's log generations and snapshot files.
 func (s *Store) everything() []string {
 	var paths []string
-	for _, sub := range []string{"log", "snapshot"} {
-		entries, _ := os.ReadDir(filepath.Join(s.dir, sub))
+	for _, sub := range []string{s.dir.Logs(), s.dir.Snapshots()} {
+		entries, _ := os.ReadDir(sub)
 		for _, e := range entries {
-			paths = append(paths, filepath.Join(s.dir, sub, e.Name()))
+			paths = append(paths, filepath.Join(sub, e.Name()))
 		}
 	}
 	return paths
@@ -230,19 +223,15 @@ func freshMeta(epoch uint64) Meta {
 // generations and snapshots the meta does not name, and temp files. Damage
 // was moved aside before this runs; these are leftovers, not damage.
 func (s *Store) removeStale() {
-	entries, _ := os.ReadDir(filepath.Join(s.dir, "log"))
-	for _, e := range entries {
-		if s.log != nil && e.Name() == strconv.FormatUint(s.meta.Epoch, 10) {
-			continue
+	for _, p := range s.everything() {
+		name := filepath.Base(p)
+		switch {
+		case s.log != nil && (p == s.dir.LogDir(s.meta.Epoch) || p == s.dir.Snapshot(name) && s.keeps(name)):
+		case p == s.dir.Snapshot(name):
+			os.Remove(p)
+		default:
+			os.RemoveAll(p)
 		}
-		os.RemoveAll(filepath.Join(s.dir, "log", e.Name()))
-	}
-	entries, _ = os.ReadDir(filepath.Join(s.dir, "snapshot"))
-	for _, e := range entries {
-		if s.log != nil && s.keeps(e.Name()) {
-			continue
-		}
-		os.Remove(filepath.Join(s.dir, "snapshot", e.Name()))
 	}
 }
 
@@ -298,7 +287,7 @@ func (s *Store) Log() *Log {
 	return s.log
 }
 
-// SyncNow makes the current log durable up to its end.
+// SyncNow makes the current log durable up to its end (Log.SyncNow).
 func (s *Store) SyncNow() {
 	if l := s.Log(); l != nil {
 		l.SyncNow()
@@ -385,7 +374,7 @@ func (s *Store) ShiftID(newID string) error {
 	}
 	_, end := l.Bounds()
 	m.ReplID2, m.SecondOffset, m.ReplID = m.ReplID, end, newID
-	if err := writeMeta(s.metaPath(), m, s.opt.Log.Sync); err != nil {
+	if err := writeMeta(s.dir.Meta(), m, s.opt.Log.Sync); err != nil {
 		return s.diskError(fmt.Errorf("persist replid shift: %w", err))
 	}
 	s.mu.Lock()

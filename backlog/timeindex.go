@@ -265,9 +265,3 @@ func (l *Log) TimeAt(off int64) (time.Time, bool) { return l.times.at(off) }
 // LastAppend is when bytes were last appended to this log (zero: never,
 // since it was opened and the index was empty).
 func (l *Log) LastAppend() time.Time { return l.times.lastAppend() }
-
-// LogDir is the directory of the current log generation under a data dir,
-// for offline tools.
-func LogDir(dataDir string, epoch uint64) string {
-	return filepath.Join(dataDir, "log", fmt.Sprint(epoch))
-}

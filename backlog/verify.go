@@ -3,8 +3,6 @@ package backlog
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
-	"strconv"
 )
 
 // Report is what Verify found in a data dir.
@@ -31,7 +29,8 @@ const resendNote = " (a full sync instead if the master no longer holds that off
 // For each problem it says what the proxy does about it.
 func Verify(dir string) (Report, error) {
 	var rep Report
-	m, err := readMeta(filepath.Join(dir, "meta.json"))
+	at := Layout(dir)
+	m, err := readMeta(at.Meta())
 	if errors.Is(err, ErrCorrupt) {
 		rep.add(err.Error(), "at start, the proxy moves meta.json, the backlog and the snapshot into damaged/ and full-syncs from its master")
 		return rep, nil
@@ -40,15 +39,15 @@ func Verify(dir string) (Report, error) {
 		return rep, err
 	}
 	rep.Meta = m
-	if err := checkSnapshot(filepath.Join(dir, "snapshot"), m.Snapshot, true, nil); err != nil {
+	if err := checkSnapshot(at.Snapshots(), m.Snapshot, true, nil); err != nil {
 		rep.add(err.Error(), "at start, the proxy moves the snapshot and its backlog into damaged/ and full-syncs from its master; a running proxy stops serving it, and replicas that need a full sync wait for a fresh one from its master")
 	}
 	for _, o := range m.History {
-		if err := checkSnapshot(filepath.Join(dir, "snapshot"), &o, true, nil); err != nil {
+		if err := checkSnapshot(at.Snapshots(), &o, true, nil); err != nil {
 			rep.add(fmt.Sprintf("kept snapshot at offset %d: %v", o.Offset, err), keptSnapshotAction(o, err))
 		}
 	}
-	logDir := filepath.Join(dir, "log", strconv.FormatUint(m.Epoch, 10))
+	logDir := at.LogDir(m.Epoch)
 	segs, err := scanSegments(logDir)
 	if err != nil {
 		return rep, err

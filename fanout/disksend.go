@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/rawsock"
 )
 
 // sendFromDisk sends a replica on a plain socket its next bytes from the
@@ -34,7 +35,7 @@ type socketWriter struct {
 }
 
 func (w *socketWriter) Write(p []byte) (int, error) {
-	n := writeNow(w.raw, p)
+	n := rawsock.WriteNow(w.raw, p)
 	w.short = w.short || n < len(p)
 	return n, nil
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -101,10 +102,11 @@ type replica struct {
 	cancel   context.CancelCauseFunc
 	limiter  *rate.Limiter // nil: no rate limit
 
-	// memOut writes the stream bytes held in memory (see memoryWriter);
-	// full says its last write was short, so the next send waits on the
-	// socket from the backlog file instead.
-	memOut io.Writer
+	// memOut sends the stream bytes held in memory: out.Write, or
+	// memoryWriter.send on sock, a plain socket (nil: TLS or zstd); full
+	// says its last write was short: the next send waits, from the file.
+	memOut func([]byte) (int, error)
+	sock   syscall.RawConn
 	full   bool
 }
 
@@ -500,9 +502,9 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	var pf pendingFlush
 	defer pf.stop()
 	f := r.follower()
-	r.memOut = r.out
-	if raw := r.plainSocket(); raw != nil {
-		r.memOut = memoryWriter{raw: raw, full: &r.full}
+	r.memOut, r.sock = r.out.Write, r.plainSocket()
+	if r.sock != nil {
+		r.memOut = (&memoryWriter{raw: r.sock, full: &r.full}).send
 	}
 	for {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
@@ -636,8 +638,8 @@ func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 	r.full = false
 	var n int64
 	var err error
-	if w, ok := r.memOut.(memoryWriter); ok {
-		n, err = r.sendFromDisk(cur, w.raw)
+	if r.sock != nil {
+		n, err = r.sendFromDisk(cur, r.sock)
 	} else {
 		n, err = cur.Send(r.out, r.chunk())
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/internal/rawsock"
 )
 
 // A stop (SIGTERM, or a repoint ending the session) ends the upstream read
@@ -52,7 +54,7 @@ func TestStopWhileBehindEndsTheRead(t *testing.T) {
 	context.AfterFunc(ctx, func() { conn.Close() })
 	start := store.State().End
 	in := &ingest{l: l, getack: make(chan struct{}, 1)}
-	if err := in.fromSocket(ctx, conn, conn.raw()); err == nil {
+	if err := in.fromSocket(ctx, conn, rawsock.Of(conn.Conn)); err == nil {
 		t.Fatal("the read of an ended session returned no error")
 	}
 	if n := store.State().End - start; n != 0 {

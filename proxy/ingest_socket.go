@@ -8,32 +8,18 @@ import (
 	"os"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/rawsock"
 	"golang.org/x/sys/unix"
 )
-
-// raw is the plain TCP socket under c for reads the poller does not
-// drive; nil under TLS.
-func (c *watchedConn) raw() syscall.RawConn {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return raw
-}
 
 // fromSocket reads the socket inside one RawRead, so the poller's
 // readiness carries over from one read to the next: after a read that
 // left the socket empty it waits for new bytes at once, instead of first
 // trying one more read to hear EAGAIN, as a plain Read must. The reads
-// themselves are raw system calls: the socket never blocks, and the Go
-// scheduler then has nothing to hand over.
+// themselves are raw system calls (internal/rawsock, where the rule for
+// them is written): the socket never blocks.
 //
 // The repl-timeout deadline is armed once and, when it fires, checked
 // against the time the link last finished storing what it read (or
@@ -73,7 +59,7 @@ func (in *ingest) fromSocket(ctx context.Context, c *watchedConn, raw syscall.Ra
 					}
 				}
 				space := b.Space()
-				n, err := readRaw(fd, space)
+				n, err := rawsock.Read(fd, space)
 				switch {
 				case errors.Is(err, unix.EAGAIN):
 					return false
@@ -115,24 +101,6 @@ func (in *ingest) fromSocket(ctx context.Context, c *watchedConn, raw syscall.Ra
 	}
 }
 
-// readRaw is read(2) without telling the scheduler: on a non-blocking
-// socket it cannot block.
-//
-// The rule for raw system calls: only on a non-blocking socket, never on
-// a file. A raw call that sleeps in the kernel cannot be handed off, and a
-// GC stop-the-world that begins meanwhile waits for its thread with no
-// limit, so every goroutine (replicas, ACKs, INFO, /readyz) would stop
-// until the disk answers. A page-cache write can sleep that long (a frozen
-// or stalled disk, a full dirty-page cache). TestNoRawSystemCallOnFiles
-// (backlog) allows raw calls only in this file and fanout/follow.go.
-func readRaw(fd uintptr, p []byte) (int, error) {
-	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafePointer(p)), uintptr(len(p)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
-
 // noteRead records n bytes read past the conn's own Read.
 func (c *watchedConn) noteRead(n int) {
 	c.lastIO.Store(time.Now().UnixNano())
@@ -140,5 +108,3 @@ func (c *watchedConn) noteRead(n int) {
 		c.wire.Add(int64(n))
 	}
 }
-
-func unsafePointer(p []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(p)) }

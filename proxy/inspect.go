@@ -6,7 +6,6 @@ import (
 	"github.com/replproxy/replproxy/rdbmeta"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"time"
 
@@ -99,7 +98,7 @@ func Inspect(dataDir string, top int) (InspectReport, error) {
 }
 
 func (rep *InspectReport) inspectBacklog(dataDir string, m backlog.Meta) error {
-	logDir := backlog.LogDir(dataDir, m.Epoch)
+	logDir := backlog.Layout(dataDir).LogDir(m.Epoch)
 	ext, err := backlog.ReadExtent(logDir, m.LogStart)
 	if err != nil {
 		return err
@@ -128,7 +127,7 @@ func (rep *InspectReport) inspectBacklog(dataDir string, m backlog.Meta) error {
 }
 
 func inspectSnapshot(dataDir string, info backlog.SnapshotInfo, top int) (*SnapshotReport, error) {
-	path := filepath.Join(dataDir, "snapshot", info.File)
+	path := backlog.Layout(dataDir).Snapshot(info.File)
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot: %w", err)

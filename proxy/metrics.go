@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -255,7 +254,7 @@ func (p *Proxy) snapshotTime(st backlog.State) (time.Time, bool) {
 	if st.Snapshot == nil {
 		return time.Time{}, false
 	}
-	info, err := os.Stat(filepath.Join(p.cfg.DataDir, "snapshot", st.Snapshot.File))
+	info, err := os.Stat(backlog.Layout(p.cfg.DataDir).Snapshot(st.Snapshot.File))
 	if err != nil {
 		return time.Time{}, false
 	}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -131,7 +130,7 @@ func fanoutConfig(r Resolved, store *backlog.Store, port int, version string, lo
 		RDBFormat:       r.rdbFormat,
 		UserRDBFormats:  r.userFormats,
 		RDBConvertLossy: cfg.Replicas.RDBConvertLossy,
-		ConvertDir:      filepath.Join(cfg.DataDir, "converted"),
+		ConvertDir:      backlog.Layout(cfg.DataDir).Converted(),
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/rawsock"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -38,7 +39,7 @@ func (l *Link) stream(ctx context.Context, conn *watchedConn, src *bufio.Reader,
 
 	in := &ingest{l: l, getack: getack}
 	var err error
-	if raw := conn.raw(); direct && raw != nil {
+	if raw := rawsock.Of(conn.Conn); direct && raw != nil {
 		if err = in.fromBuffer(src); err == nil {
 			err = in.fromSocket(ctx, conn, raw)
 		}

@@ -85,7 +85,7 @@ func TestInterruptedRestoreLeavesNothing(t *testing.T) {
 	}
 	dir := dataDir(t, cmds...)
 	before := runtime.NumGoroutine()
-	meta, err := backlog.ReadExtent(backlog.LogDir(dir, 1), 1)
+	meta, err := backlog.ReadExtent(backlog.Layout(dir).LogDir(1), 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -51,9 +50,9 @@ func openSourceOnce(dataDir string) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", dataDir, err)
 	}
-	src := &source{dataDir: dataDir, meta: m, logDir: backlog.LogDir(dataDir, m.Epoch)}
+	src := &source{dataDir: dataDir, meta: m, logDir: backlog.Layout(dataDir).LogDir(m.Epoch)}
 	for _, info := range m.Snapshots() {
-		f, err := os.Open(filepath.Join(dataDir, "snapshot", info.File))
+		f, err := os.Open(backlog.Layout(dataDir).Snapshot(info.File))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -169,7 +168,7 @@ func (s *source) intactAtOrBefore(off int64, res *Result) (heldSnapshot, error) 
 // checkIntact reads a held snapshot whole against the size and CRC-64 the
 // meta recorded when it was received.
 func (s *source) checkIntact(h heldSnapshot) error {
-	path := filepath.Join(s.dataDir, "snapshot", h.info.File)
+	path := backlog.Layout(s.dataDir).Snapshot(h.info.File)
 	crc := crc64jones.New()
 	n, err := io.Copy(crc, io.NewSectionReader(h.f, 0, h.info.Size+1))
 	if err != nil {

@@ -57,7 +57,7 @@ func (r *replica) emptySync(ctx context.Context) (*backlog.Cursor, error) {
 	r.srv.stats.SyncFull.Add(1)
 	r.sentOff.Store(start)
 	r.maxAck.Store(off)
-	r.state.Store(StateSendBulk)
+	r.setState(StateSendBulk, fmt.Sprintf("sending an empty RDB at offset %d (rdb-filter-only)", off))
 	r.log.Info().Str("replid", st.ReplID).Int64("offset", off).
 		Msg("replica asked for no data (rdb-filter-only): sent an empty RDB, the stream follows from now")
 	if err := r.preamble(st.ReplID, backlog.SnapshotInfo{Offset: off, Size: int64(len(rdb))}); err != nil {

@@ -47,7 +47,7 @@ const fuzzPass = "fuzz-secret"
 type fuzzUpstream struct{ repoints atomic.Int64 }
 
 func (u *fuzzUpstream) LinkStatus() LinkStatus {
-	return LinkStatus{MasterHost: "127.0.0.1", MasterPort: 6379, State: "connected", LastIO: time.Now()}
+	return LinkStatus{MasterHost: "127.0.0.1", MasterPort: 6379, State: LinkConnected, LastIO: time.Now()}
 }
 
 func (u *fuzzUpstream) Repoint(addr, why string) bool {

@@ -33,7 +33,7 @@ func (s *Server) enforceLag(ctx context.Context) {
 }
 
 func (s *Server) lagViolation(r *replica, st backlog.State) string {
-	state := r.state.Load().(string)
+	state := ReplicaState(r.state.Load())
 	if reason := s.pinning(r, state, st); reason != "" {
 		return reason
 	}
@@ -59,7 +59,7 @@ func (s *Server) lagViolation(r *replica, st backlog.State) string {
 // pinning reports a replica whose next byte lies below the retained
 // backlog for longer than replicas.timeout: its cursor keeps a removed
 // segment's file open, so disk use would grow past backlog.max_bytes.
-func (s *Server) pinning(r *replica, state string, st backlog.State) string {
+func (s *Server) pinning(r *replica, state ReplicaState, st backlog.State) string {
 	if state == StateWaitBgsave || r.sentOff.Load() >= st.First {
 		r.pinnedAt.Store(0)
 		return ""

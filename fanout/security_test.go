@@ -138,7 +138,7 @@ func TestReplconfIPAddressCannotInjectInfoLines(t *testing.T) {
 func TestAckQuorumIgnoresOffsetsNeverSent(t *testing.T) {
 	s := New(Config{Logger: zerolog.Nop()})
 	liar := &replica{srv: s, log: zerolog.Nop()}
-	liar.state.Store(StateOnline)
+	liar.state.Store(uint32(StateOnline))
 	liar.sentOff.Store(1001) // bytes up to offset 1000 went out
 	liar.ackOff.Store(1 << 50)
 	liar.ackTime.Store(time.Now().UnixNano())

@@ -22,7 +22,7 @@ import (
 type LinkStatus struct {
 	MasterHost string
 	MasterPort int
-	State      string    // as ROLE reports it: connect, connecting, handshake, sync, connected
+	State      LinkState
 	LastIO     time.Time // last byte from the master
 	DownSince  time.Time // zero while the link is up
 	SyncBytes  int64     // RDB bytes received so far while State is sync

@@ -19,15 +19,6 @@ import (
 	"github.com/replproxy/replproxy/resp"
 )
 
-// Link states, named as ROLE reports them.
-const (
-	LinkConnect    = "connect"    // not connected; waiting to retry
-	LinkConnecting = "connecting" // dialing
-	LinkHandshake  = "handshake"  // PING, AUTH, REPLCONF, PSYNC
-	LinkSync       = "sync"       // receiving an RDB
-	LinkConnected  = "connected"  // streaming
-)
-
 // LinkConfig configures the upstream link.
 type LinkConfig struct {
 	Addr           string
@@ -106,7 +97,7 @@ func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.L
 	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1), down: make(chan struct{}, 1)}
 	l.failover = newFailoverTimes()
 	l.awaitStream.Store(-1)
-	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: LinkConnect, DownSince: time.Now()}
+	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: fanout.LinkConnect, DownSince: time.Now()}
 	return l
 }
 
@@ -196,15 +187,15 @@ func (l *Link) Stats() []fanout.KV {
 }
 
 // setState records and logs a transition with its reason, as replication.c does.
-func (l *Link) setState(state, reason string) {
+func (l *Link) setState(state fanout.LinkState, reason string) {
 	l.mu.Lock()
 	prev := l.status.State
 	l.status.State = state
 	switch {
-	case state == LinkConnected:
+	case state == fanout.LinkConnected:
 		l.status.DownSince = time.Time{}
 		l.connectedAt.Store(time.Now().UnixNano())
-	case prev == LinkConnected:
+	case prev == fanout.LinkConnected:
 		l.status.DownSince = time.Now()
 		select {
 		case l.down <- struct{}{}:
@@ -213,7 +204,7 @@ func (l *Link) setState(state, reason string) {
 	}
 	l.mu.Unlock()
 	if prev != state {
-		l.log.Info().Str("master", l.Addr()).Str("from", prev).Str("to", state).Str("reason", reason).Msg("upstream link state")
+		l.log.Info().Str("master", l.Addr()).Stringer("from", prev).Stringer("to", state).Str("reason", reason).Msg("upstream link state")
 	}
 }
 
@@ -248,7 +239,7 @@ func (l *Link) Run(ctx context.Context) {
 			cause = errParked // the session saw the park before it could be ended
 		}
 		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) || errors.Is(cause, errParked) {
-			l.setState(LinkConnect, cause.Error()+", master "+l.Addr())
+			l.setState(fanout.LinkConnect, cause.Error()+", master "+l.Addr())
 			backoff = l.cfg.BackoffMin
 			select { // the repoint is handled: no wake-up left for later
 			case <-l.repoint:
@@ -256,7 +247,7 @@ func (l *Link) Run(ctx context.Context) {
 			}
 			continue
 		}
-		l.setState(LinkConnect, err.Error())
+		l.setState(fanout.LinkConnect, err.Error())
 		healthy := l.rawBytes.Load() != stored || l.connectedAt.Load() != connected
 		wait, next := l.nextBackoff(backoff, err, healthy)
 		if l.connectedAt.Load() != connected {
@@ -275,7 +266,7 @@ func (l *Link) Run(ctx context.Context) {
 		}
 		backoff = next
 	}
-	l.setState(LinkConnect, "shutting down")
+	l.setState(fanout.LinkConnect, "shutting down")
 }
 
 // nextBackoff returns the wait before the next session and the backoff
@@ -315,7 +306,7 @@ func (l *Link) session(ctx context.Context) error {
 		return errParked
 	}
 	l.awaitStream.Store(-1)
-	l.setState(LinkConnecting, "dialing "+addr)
+	l.setState(fanout.LinkConnecting, "dialing "+addr)
 	raw, err := l.dial(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("connect to master %s: %w", addr, err)
@@ -326,7 +317,7 @@ func (l *Link) session(ctx context.Context) error {
 	defer stop()
 	br := bufio.NewReaderSize(conn, 64<<10)
 	rd := resp.NewReader(br, resp.DefaultLimits())
-	l.setState(LinkHandshake, "connected to "+addr)
+	l.setState(fanout.LinkHandshake, "connected to "+addr)
 	if err := l.handshake(conn, rd, false); err != nil {
 		return err
 	}
@@ -334,7 +325,7 @@ func (l *Link) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	l.setState(LinkConnected, "replication stream started")
+	l.setState(fanout.LinkConnected, "replication stream started")
 	return l.stream(ctx, conn, rd.Bufio(), rd.Bufio() == br)
 }
 

@@ -71,8 +71,6 @@ var (
 	descDamaged       = desc("damaged_bytes", "Bytes on disk under the data dir's damaged/ (files found damaged, and what was moved with them).")
 	descDamagedMax    = desc("damaged_max_bytes", "damaged.max_bytes: past it, only files found damaged are kept in damaged/.")
 	descSpaceWait     = desc("upstream_waiting_for_space", "1 while the upstream link stays down because the data dir lacks room for what the master may send.")
-	replicaStates     = []string{fanout.StateWaitBgsave, fanout.StateSendBulk, fanout.StateOnline}
-	linkStates        = []string{LinkConnect, LinkConnecting, LinkHandshake, LinkSync, LinkConnected}
 	upstreamTransfers = []string{workUpstreamSync, workSnapshotRefresh}
 )
 
@@ -147,9 +145,9 @@ func (c collector) collectBacklog(e emitter, st backlog.State, lg *backlog.Log, 
 
 func (c collector) collectUpstream(e emitter, now time.Time) {
 	link := c.p.link.LinkStatus()
-	e.gauge(descLinkUp, boolFloat(link.State == LinkConnected))
-	for _, s := range linkStates {
-		e.gauge(descLinkState, boolFloat(link.State == s), s)
+	e.gauge(descLinkUp, boolFloat(link.State == fanout.LinkConnected))
+	for s := range fanout.LinkStates {
+		e.gauge(descLinkState, boolFloat(link.State == s), s.String())
 	}
 	lastIO := -1.0
 	if !link.LastIO.IsZero() {
@@ -189,8 +187,8 @@ func (c collector) collectReplicas(e emitter, st backlog.State, lg *backlog.Log,
 	e.gauge(descReplicas, float64(len(reps)))
 	for _, r := range reps {
 		name := replicaName(r)
-		for _, s := range replicaStates {
-			e.gauge(descRepState, boolFloat(r.State == s), name, s)
+		for s := range fanout.ReplicaStates {
+			e.gauge(descRepState, boolFloat(r.State == s), name, s.String())
 		}
 		e.gauge(descLagBytes, float64(max(st.End-r.SentOff, 0)), name)
 		e.gauge(descLagSeconds, replicaLag(r, st, lg, now).Seconds(), name)

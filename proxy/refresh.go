@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -183,7 +184,7 @@ func backoff(failures int) time.Duration {
 func (r *refresher) due() (reason string, urgent bool) {
 	st := r.link.store.State()
 	// A forced full resync brings a new snapshot of its own.
-	if !st.HasHistory || r.link.forceFull.Load() || r.link.LinkStatus().State != LinkConnected {
+	if !st.HasHistory || r.link.forceFull.Load() || r.link.LinkStatus().State != fanout.LinkConnected {
 		return "", false
 	}
 	since := st.End - 1 - st.Snapshot.Offset

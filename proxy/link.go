@@ -350,7 +350,6 @@ type watchedConn struct {
 	timeout time.Duration
 	lastIO  *atomic.Int64
 	wire    *atomic.Int64 // nil: not counted
-	wmu     sync.Mutex
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) {
@@ -369,10 +368,12 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write serializes writers: the ACK ticker and GETACK answers share the conn.
+// Write gives every write the repl-timeout deadline, so a master that stops
+// reading fails the ACK instead of blocking it. It takes no lock: writes come
+// from one goroutine at a time (the session, the keepalive it stops and
+// waits for, then ackLoop alone, which sends both the ticker's ACKs and the
+// GETACK answers), and a net.Conn serializes concurrent writes anyway.
 func (c *watchedConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(p)
 }

@@ -168,7 +168,7 @@ func FuzzDispatch(f *testing.F) {
 		}
 		up := &fuzzUpstream{}
 		cfg := Config{Store: store, Upstream: up, Logger: zerolog.Nop(), ProtectedMode: true,
-			MultiMaxCommands: 4, MultiMaxBytes: 256, HoldAhead: time.Millisecond}
+			MultiMaxCommands: 4, MultiMaxBytes: 256, holdAhead: time.Millisecond}
 		if mode >= modeStranger {
 			hash := sha256.Sum256([]byte(fuzzPass))
 			cfg.Users = []User{{DefaultUser, hash, RoleAdmin}, {"repl", hash, RoleReplica}, {"mon", hash, RoleMonitor}}

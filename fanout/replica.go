@@ -111,9 +111,9 @@ type waitState struct {
 // cancellation, and within one burst of the rate limit.
 func (r *replica) chunk() int64 {
 	if r.limiter != nil {
-		return min(r.srv.cfg.ChunkBytes, int64(r.limiter.Burst()))
+		return min(r.srv.cfg.chunkBytes, int64(r.limiter.Burst()))
 	}
-	return r.srv.cfg.ChunkBytes
+	return r.srv.cfg.chunkBytes
 }
 
 // pace pays for n bytes already sent, so the average rate holds with at
@@ -324,7 +324,7 @@ func (r *replica) setState(state ReplicaState, reason string) {
 // cursor (and no error) when a full sync is needed.
 func (r *replica) tryContinue(ctx context.Context, req psyncRequest) (*backlog.Cursor, error) {
 	store := r.srv.cfg.Store
-	deadline := time.Now().Add(r.srv.cfg.HoldAhead)
+	deadline := time.Now().Add(r.srv.cfg.holdAhead)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

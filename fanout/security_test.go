@@ -258,7 +258,7 @@ func TestSlowFullSyncLosesNoBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Seek(0, io.SeekStart)
-	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond, ChunkBytes: 64 << 10})
+	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond, chunkBytes: 64 << 10})
 	srvEnd, peer := net.Pipe()
 	defer peer.Close()
 	defer srvEnd.Close()

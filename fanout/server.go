@@ -56,12 +56,13 @@ type Config struct {
 	RunID            string
 	Port             int           // announced in INFO server
 	ReplTimeout      time.Duration // a replica that accepts no byte for this long is dropped
-	// HoldAhead is how long a PSYNC for an offset the proxy has not yet
+	// holdAhead is how long a PSYNC for an offset the proxy has not yet
 	// received (same history, e.g. after a proxy crash) waits for the
 	// upstream to catch up before it falls back to a full sync.
-	HoldAhead time.Duration
-	// ChunkBytes bounds one send, so that a sender notices cancellation.
-	ChunkBytes int64
+	// chunkBytes bounds one send, so that a sender notices cancellation.
+	// Only tests set them; zero takes the default.
+	holdAhead  time.Duration
+	chunkBytes int64
 	// MaxLagBytes and MaxLag drop an online replica that falls this
 	// far behind (0: no limit); it comes back partially if it still can.
 	MaxLagBytes int64
@@ -103,11 +104,11 @@ func (c *Config) setDefaults() {
 	if c.ReplTimeout == 0 {
 		c.ReplTimeout = 60 * time.Second
 	}
-	if c.HoldAhead == 0 {
-		c.HoldAhead = 10 * time.Second
+	if c.holdAhead == 0 {
+		c.holdAhead = 10 * time.Second
 	}
-	if c.ChunkBytes == 0 {
-		c.ChunkBytes = 4 << 20
+	if c.chunkBytes == 0 {
+		c.chunkBytes = 4 << 20
 	}
 	if c.MaxClients == 0 {
 		c.MaxClients = 10000

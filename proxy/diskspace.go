@@ -104,7 +104,7 @@ func (l *Link) awaitSpace(ctx context.Context) {
 	if l.cfg.DataDir == "" {
 		return
 	}
-	every := l.cfg.SpaceCheckEvery
+	every := l.cfg.spaceEvery
 	if every <= 0 {
 		every = spaceCheckEvery
 	}

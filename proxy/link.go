@@ -37,9 +37,10 @@ type LinkConfig struct {
 	Codecs []string
 	// DataDir and SegmentBytes size the free space a session needs: the
 	// link waits for it rather than PSYNC into a full disk (diskspace.go).
-	DataDir         string
-	SegmentBytes    int64
-	SpaceCheckEvery time.Duration // 0: spaceCheckEvery
+	DataDir      string
+	SegmentBytes int64
+	// spaceEvery is set by tests only; 0: spaceCheckEvery.
+	spaceEvery time.Duration
 }
 
 // Downstream is what the link needs of the replicas below the proxy: to

@@ -134,9 +134,6 @@ func (g *Group) closeAll() {
 	}
 }
 
-// Proxies are the pipelines, in configuration order.
-func (g *Group) Proxies() []*Proxy { return g.proxies }
-
 // Reload applies a re-read configuration to a single proxy; pipelines
 // follow their shards on their own, so they need a restart for changes.
 func (g *Group) Reload(cfg Config) error {

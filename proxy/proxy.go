@@ -92,7 +92,7 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
 			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
 			Fsync:        fsync,
-			Sync:         cfg.Backlog.Sync,
+			Sync:         cfg.Backlog.syncHook,
 			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
 			HoldMaxBytes: holdMaxBytes(cfg),
 		},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/internal/periodic"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -110,21 +111,13 @@ func (r *refresher) run(ctx context.Context) {
 		r.link.log.Warn().Err(err).Msg("snapshot refresh record unreadable; counting it as a refresh just now")
 	}
 	r.rec = rec
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		case <-r.demand:
-		}
+	periodic.Run(ctx, time.Second, r.demand, func(time.Time) {
 		reason, urgent := r.due()
 		if reason == "" || time.Now().Before(r.nextAllowed(urgent)) || !r.roomForRDB() || r.overHourlyCap(reason) {
-			continue
+			return
 		}
 		r.refresh(ctx, reason, urgent)
-	}
+	})
 }
 
 // nextAllowed is the earliest time of the next attempt. min_interval holds

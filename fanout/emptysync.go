@@ -3,14 +3,11 @@ package fanout
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/hdt3213/rdb/crc64jones"
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/rdbmeta"
@@ -120,12 +117,7 @@ func emptyRDB(replid string, offset, db int64) []byte {
 		}
 	}
 	b.WriteByte(0xFF) // EOF
-	h := crc64jones.New()
-	h.Write(b.Bytes())
-	var sum [8]byte
-	binary.LittleEndian.PutUint64(sum[:], h.Sum64())
-	b.Write(sum[:])
-	return b.Bytes()
+	return rdbmeta.AppendCRC(b.Bytes())
 }
 
 // commandBoundary reads the stream from the snapshot's offset, a command

@@ -19,7 +19,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	if r.noData {
 		return r.emptySync(ctx)
 	}
-	r.setState(StateWaitBgsave, "full sync")
+	r.setState(StateWaitBgsave, "a full sync is needed")
 	if err := r.waitPacing(ctx); err != nil {
 		return nil, err
 	}

@@ -167,7 +167,7 @@ func benchCatchUp(b *testing.B, l *Log, evict bool, send string) {
 			b.Fatal(err)
 		}
 		for {
-			// 4 MiB per call, as fanout sends (its ChunkBytes default).
+			// 4 MiB per call, as fanout sends (its chunkBytes default).
 			n, err := c.Send(conn, 4<<20)
 			if err != nil {
 				b.Fatal(err)

@@ -122,10 +122,6 @@ func (c *client) transaction(ctx context.Context, cmd string) {
 }
 
 func (c *client) config(args [][]byte) {
-	if len(args) < 2 {
-		c.wrongArgs("config")
-		return
-	}
 	switch strings.ToLower(string(args[1])) {
 	case "rewrite":
 		// The proxy's configuration is its YAML file, which it never

@@ -174,6 +174,10 @@ func (c *client) dispatch(ctx context.Context, args [][]byte) outcome {
 		c.out = resp.AppendError(c.out, msg)
 		return keepConn
 	}
+	if len(args) < minArgs[cmd] {
+		c.wrongArgs(cmd)
+		return keepConn
+	}
 	switch cmd {
 	case "ping":
 		c.ping(args)
@@ -221,6 +225,9 @@ func (c *client) dispatch(ctx context.Context, args [][]byte) outcome {
 	}
 	return keepConn
 }
+
+// minArgs are the commands answered below that need more than their name.
+var minArgs = map[string]int{"client": 2, "config": 2, "subscribe": 2}
 
 func (c *client) wrongArgs(cmd string) {
 	c.out = resp.AppendError(c.out, "ERR wrong number of arguments for '"+cmd+"' command")
@@ -334,10 +341,6 @@ func announceable(s string) bool {
 }
 
 func (c *client) clientCmd(args [][]byte) {
-	if len(args) < 2 {
-		c.wrongArgs("client")
-		return
-	}
 	switch strings.ToLower(string(args[1])) {
 	case "setname":
 		if len(args) != 3 {

@@ -32,7 +32,7 @@ func TestCompressedStreamFlushesWhenIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cur.Close()
-	s := newTestServer(Config{Logger: zerolog.Nop(), ReplTimeout: 10 * time.Second, ChunkBytes: 64 << 10})
+	s := newTestServer(Config{Logger: zerolog.Nop(), ReplTimeout: 10 * time.Second, chunkBytes: 64 << 10})
 	srvEnd, peer := net.Pipe()
 	defer peer.Close()
 	r := &replica{srv: s, conn: srvEnd, out: srvEnd, log: zerolog.Nop(), codec: CodecZstd}

@@ -3,14 +3,11 @@ package fanout
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/hdt3213/rdb/crc64jones"
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/rdbmeta"
@@ -57,7 +54,7 @@ func (r *replica) emptySync(ctx context.Context) (*backlog.Cursor, error) {
 	r.srv.stats.SyncFull.Add(1)
 	r.sentOff.Store(start)
 	r.maxAck.Store(off)
-	r.state.Store(StateSendBulk)
+	r.setState(StateSendBulk, fmt.Sprintf("sending an empty RDB at offset %d (rdb-filter-only)", off))
 	r.log.Info().Str("replid", st.ReplID).Int64("offset", off).
 		Msg("replica asked for no data (rdb-filter-only): sent an empty RDB, the stream follows from now")
 	if err := r.preamble(st.ReplID, backlog.SnapshotInfo{Offset: off, Size: int64(len(rdb))}); err != nil {
@@ -120,12 +117,7 @@ func emptyRDB(replid string, offset, db int64) []byte {
 		}
 	}
 	b.WriteByte(0xFF) // EOF
-	h := crc64jones.New()
-	h.Write(b.Bytes())
-	var sum [8]byte
-	binary.LittleEndian.PutUint64(sum[:], h.Sum64())
-	b.Write(sum[:])
-	return b.Bytes()
+	return rdbmeta.AppendCRC(b.Bytes())
 }
 
 // commandBoundary reads the stream from the snapshot's offset, a command

@@ -19,7 +19,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	if r.noData {
 		return r.emptySync(ctx)
 	}
-	r.state.Store(StateWaitBgsave)
+	r.setState(StateWaitBgsave, "a full sync is needed")
 	if err := r.waitPacing(ctx); err != nil {
 		return nil, err
 	}
@@ -51,7 +51,7 @@ func (r *replica) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 	r.srv.stats.SyncFull.Add(1)
 	r.sentOff.Store(snap.Offset + 1)
 	r.maxAck.Store(snap.Offset)
-	r.state.Store(StateSendBulk)
+	r.setState(StateSendBulk, fmt.Sprintf("sending the snapshot at offset %d", snap.Offset))
 	start := time.Now()
 	r.log.Info().Str("replid", replid).Int64("offset", snap.Offset).Int64("rdb_bytes", snap.Size).
 		Msg("replica attached with a full sync from the snapshot")

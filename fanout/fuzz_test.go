@@ -47,7 +47,7 @@ const fuzzPass = "fuzz-secret"
 type fuzzUpstream struct{ repoints atomic.Int64 }
 
 func (u *fuzzUpstream) LinkStatus() LinkStatus {
-	return LinkStatus{MasterHost: "127.0.0.1", MasterPort: 6379, State: "connected", LastIO: time.Now()}
+	return LinkStatus{MasterHost: "127.0.0.1", MasterPort: 6379, State: LinkConnected, LastIO: time.Now()}
 }
 
 func (u *fuzzUpstream) Repoint(addr, why string) bool {
@@ -168,7 +168,7 @@ func FuzzDispatch(f *testing.F) {
 		}
 		up := &fuzzUpstream{}
 		cfg := Config{Store: store, Upstream: up, Logger: zerolog.Nop(), ProtectedMode: true,
-			MultiMaxCommands: 4, MultiMaxBytes: 256, HoldAhead: time.Millisecond}
+			MultiMaxCommands: 4, MultiMaxBytes: 256, holdAhead: time.Millisecond}
 		if mode >= modeStranger {
 			hash := sha256.Sum256([]byte(fuzzPass))
 			cfg.Users = []User{{DefaultUser, hash, RoleAdmin}, {"repl", hash, RoleReplica}, {"mon", hash, RoleMonitor}}

@@ -100,14 +100,14 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	field(b, "role", "slave")
 	field(b, "master_host", link.MasterHost)
 	field(b, "master_port", link.MasterPort)
-	up := link.State == "connected"
+	up := link.State == LinkConnected
 	field(b, "master_link_status", map[bool]string{true: "up", false: "down"}[up])
 	lastIO := int64(-1)
 	if !link.LastIO.IsZero() {
 		lastIO = int64(now.Sub(link.LastIO).Seconds())
 	}
 	field(b, "master_last_io_seconds_ago", lastIO)
-	syncing := link.State == "sync"
+	syncing := link.State == LinkSync
 	field(b, "master_sync_in_progress", map[bool]int{true: 1, false: 0}[syncing])
 	if syncing {
 		infoSyncProgress(b, link)
@@ -231,7 +231,7 @@ func (s *Server) appendRole(out []byte) []byte {
 	out = resp.AppendBulkString(out, "slave")
 	out = resp.AppendBulkString(out, link.MasterHost)
 	out = resp.AppendInt(out, int64(link.MasterPort))
-	out = resp.AppendBulkString(out, link.State)
+	out = resp.AppendBulkString(out, link.State.String())
 	off := int64(-1)
 	if st.HasHistory {
 		off = st.MasterReplOffset()

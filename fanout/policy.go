@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/internal/periodic"
 )
 
 // enforceLag drops replicas that Redis would drop, and those the lag
@@ -14,14 +15,7 @@ import (
 // that holds open a segment retention removed, is dropped so that neither
 // dead peers nor disk linger.
 func (s *Server) enforceLag(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	periodic.Run(ctx, time.Second, nil, func(time.Time) {
 		st := s.cfg.Store.State()
 		for _, r := range s.replicaList() {
 			if reason := s.lagViolation(r, st); reason != "" {
@@ -29,11 +23,11 @@ func (s *Server) enforceLag(ctx context.Context) {
 				r.drop(reason)
 			}
 		}
-	}
+	})
 }
 
 func (s *Server) lagViolation(r *replica, st backlog.State) string {
-	state := r.state.Load().(string)
+	state := ReplicaState(r.state.Load())
 	if reason := s.pinning(r, state, st); reason != "" {
 		return reason
 	}
@@ -59,7 +53,7 @@ func (s *Server) lagViolation(r *replica, st backlog.State) string {
 // pinning reports a replica whose next byte lies below the retained
 // backlog for longer than replicas.timeout: its cursor keeps a removed
 // segment's file open, so disk use would grow past backlog.max_bytes.
-func (s *Server) pinning(r *replica, state string, st backlog.State) string {
+func (s *Server) pinning(r *replica, state ReplicaState, st backlog.State) string {
 	if state == StateWaitBgsave || r.sentOff.Load() >= st.First {
 		r.pinnedAt.Store(0)
 		return ""

@@ -83,10 +83,6 @@ func (c *client) deliver(payload []byte, deadline time.Time) {
 }
 
 func (c *client) subscribeCmd(args [][]byte) {
-	if len(args) < 2 {
-		c.wrongArgs("subscribe")
-		return
-	}
 	for _, a := range args[1:] {
 		ch := string(a)
 		if _, ok := c.channels[ch]; !ok {

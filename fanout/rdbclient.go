@@ -55,9 +55,9 @@ func (r *replica) upstreamProgress() string {
 	}
 	st := up.LinkStatus()
 	switch {
-	case st.State == "sync" && st.SyncTotal > 0:
+	case st.State == LinkSync && st.SyncTotal > 0:
 		return fmt.Sprintf(" (receiving the master's RDB: %d of %d bytes)", st.SyncBytes, st.SyncTotal)
-	case st.State == "sync":
+	case st.State == LinkSync:
 		return fmt.Sprintf(" (receiving the master's RDB: %d bytes so far)", st.SyncBytes)
 	}
 	return fmt.Sprintf(" (link to %s:%d: %s)", st.MasterHost, st.MasterPort, st.State)

@@ -21,19 +21,12 @@ import (
 	"github.com/replproxy/replproxy/resp"
 )
 
-// Replica states, named as INFO reports them.
-const (
-	StateWaitBgsave = "wait_bgsave" // waiting for a snapshot to serve
-	StateSendBulk   = "send_bulk"   // sending the snapshot
-	StateOnline     = "online"      // streaming the backlog
-)
-
 // ReplicaInfo is one replica as INFO and metrics show it.
 type ReplicaInfo struct {
 	ID        int64
 	IP        string // as announced (REPLCONF ip-address), else PeerIP
 	Port      int
-	State     string
+	State     ReplicaState
 	AckOffset int64
 	AckTime   time.Time
 	SentOff   int64 // next offset the sender will send
@@ -88,7 +81,7 @@ type replica struct {
 	out io.Writer
 	cw  *compressedWriter
 
-	state     atomic.Value // string
+	state     atomic.Uint32 // a ReplicaState; changed only by setState
 	ackOff    atomic.Int64
 	ackTime   atomic.Int64 // unix nanoseconds
 	sentOff   atomic.Int64
@@ -120,9 +113,9 @@ type waitState struct {
 // cancellation, and within one burst of the rate limit.
 func (r *replica) chunk() int64 {
 	if r.limiter != nil {
-		return min(r.srv.cfg.ChunkBytes, int64(r.limiter.Burst()))
+		return min(r.srv.cfg.chunkBytes, int64(r.limiter.Burst()))
 	}
-	return r.srv.cfg.ChunkBytes
+	return r.srv.cfg.chunkBytes
 }
 
 // pace pays for n bytes already sent, so the average rate holds with at
@@ -139,7 +132,7 @@ func (r *replica) pace(ctx context.Context, n int64) error {
 
 func (r *replica) info() ReplicaInfo {
 	ri := ReplicaInfo{
-		ID: r.id, IP: r.ip, Port: r.port, State: r.state.Load().(string),
+		ID: r.id, IP: r.ip, Port: r.port, State: ReplicaState(r.state.Load()),
 		AckOffset: r.ackOff.Load(), AckTime: time.Unix(0, r.ackTime.Load()),
 		SentOff: r.sentOff.Load(), SentBytes: r.sentBytes.Load(), Since: r.since, Version: r.version, Codec: r.codec,
 	}
@@ -238,7 +231,6 @@ func (c *client) newReplica(prePsync bool) *replica {
 		codec:  c.codec(prePsync), out: c.conn, version: c.replicaVersion, userFormat: c.userFormat(),
 		log: c.log.With().Int("listening_port", c.listeningPort).Logger(),
 	}
-	r.state.Store(StateWaitBgsave)
 	r.ackTime.Store(time.Now().UnixNano())
 	if lim := c.srv.cfg.RateLimit; lim > 0 {
 		// A tenth of a second of stream per burst keeps sends large.
@@ -318,15 +310,23 @@ func (r *replica) serve(ctx context.Context, req *psyncRequest) error {
 	// As Redis does when it puts a replica online: its ACK clock starts
 	// now, not when it connected, however long the sync took.
 	r.ackTime.Store(time.Now().UnixNano())
-	r.state.Store(StateOnline)
+	r.setState(StateOnline, fmt.Sprintf("streaming the backlog from offset %d", cur.Offset()))
 	return r.stream(ctx, cur)
+}
+
+// setState records and logs a transition with its reason, as Link.setState
+// does for the upstream side.
+func (r *replica) setState(state ReplicaState, reason string) {
+	if prev := ReplicaState(r.state.Swap(uint32(state))); prev != state {
+		r.log.Info().Stringer("from", prev).Stringer("to", state).Str("reason", reason).Msg("replica state")
+	}
 }
 
 // tryContinue applies the master's partial-resync rules. It returns a nil
 // cursor (and no error) when a full sync is needed.
 func (r *replica) tryContinue(ctx context.Context, req psyncRequest) (*backlog.Cursor, error) {
 	store := r.srv.cfg.Store
-	deadline := time.Now().Add(r.srv.cfg.HoldAhead)
+	deadline := time.Now().Add(r.srv.cfg.holdAhead)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

@@ -138,7 +138,7 @@ func TestReplconfIPAddressCannotInjectInfoLines(t *testing.T) {
 func TestAckQuorumIgnoresOffsetsNeverSent(t *testing.T) {
 	s := newTestServer(Config{Logger: zerolog.Nop()})
 	liar := &replica{srv: s, log: zerolog.Nop()}
-	liar.state.Store(StateOnline)
+	liar.state.Store(uint32(StateOnline))
 	liar.sentOff.Store(1001) // bytes up to offset 1000 went out
 	liar.ackOff.Store(1 << 50)
 	liar.ackTime.Store(time.Now().UnixNano())
@@ -258,7 +258,7 @@ func TestSlowFullSyncLosesNoBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Seek(0, io.SeekStart)
-	s := newTestServer(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond, ChunkBytes: 64 << 10})
+	s := newTestServer(Config{Logger: zerolog.Nop(), ReplTimeout: 200 * time.Millisecond, chunkBytes: 64 << 10})
 	srvEnd, peer := net.Pipe()
 	defer peer.Close()
 	defer srvEnd.Close()

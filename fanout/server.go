@@ -22,7 +22,7 @@ import (
 type LinkStatus struct {
 	MasterHost string
 	MasterPort int
-	State      string    // as ROLE reports it: connect, connecting, handshake, sync, connected
+	State      LinkState
 	LastIO     time.Time // last byte from the master
 	DownSince  time.Time // zero while the link is up
 	SyncBytes  int64     // RDB bytes received so far while State is sync
@@ -37,7 +37,7 @@ type Upstream interface {
 }
 
 // Config holds what the Server needs, taken as given (the proxy's
-// configuration has its defaults), but for HoldAhead and ChunkBytes.
+// configuration has its defaults), but for holdAhead and chunkBytes.
 type Config struct {
 	Store    *backlog.Store
 	Upstream Upstream
@@ -57,12 +57,13 @@ type Config struct {
 	RunID            string
 	Port             int           // announced in INFO server
 	ReplTimeout      time.Duration // a replica that accepts no byte for this long is dropped
-	// HoldAhead is how long a PSYNC for an offset the proxy has not yet
+	// holdAhead is how long a PSYNC for an offset the proxy has not yet
 	// received (same history, e.g. after a proxy crash) waits for the
 	// upstream to catch up before it falls back to a full sync.
-	HoldAhead time.Duration
-	// ChunkBytes bounds one send, so that a sender notices cancellation.
-	ChunkBytes int64
+	// chunkBytes bounds one send, so that a sender notices cancellation.
+	// Only tests set them; zero takes the default.
+	holdAhead  time.Duration
+	chunkBytes int64
 	// MaxLagBytes and MaxLag drop an online replica that falls this
 	// far behind (0: no limit); it comes back partially if it still can.
 	MaxLagBytes int64
@@ -101,11 +102,11 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.HoldAhead == 0 {
-		c.HoldAhead = 10 * time.Second
+	if c.holdAhead == 0 {
+		c.holdAhead = 10 * time.Second
 	}
-	if c.ChunkBytes == 0 {
-		c.ChunkBytes = 4 << 20
+	if c.chunkBytes == 0 {
+		c.chunkBytes = 4 << 20
 	}
 }
 

@@ -45,7 +45,7 @@ func TestStormLeavesNoGoroutine(t *testing.T) {
 	if err := store.Reset(backlog.RandomReplID(), 0, w); err != nil {
 		t.Fatal(err)
 	}
-	s := newTestServer(Config{Store: store, Logger: zerolog.Nop(), ReplTimeout: time.Second, HoldAhead: 200 * time.Millisecond,
+	s := newTestServer(Config{Store: store, Logger: zerolog.Nop(), ReplTimeout: time.Second, holdAhead: 200 * time.Millisecond,
 		MaxConcurrentFullSyncs: 4, NeedSnapshot: func(int64) {}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

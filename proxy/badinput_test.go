@@ -64,6 +64,9 @@ func TestBadInputIsContained(t *testing.T) {
 		reply string
 	}{
 		{[]string{"PSYNC", "garbage"}, "-ERR wrong number of arguments for 'psync' command"},
+		{[]string{"CONFIG"}, "-ERR wrong number of arguments for 'config' command"},
+		{[]string{"client"}, "-ERR wrong number of arguments for 'client' command"},
+		{[]string{"SUBSCRIBE"}, "-ERR wrong number of arguments for 'subscribe' command"},
 		{[]string{"PSYNC", "?", "not-a-number"}, "-ERR value is not an integer or out of range"},
 		{[]string{"REPLCONF", "listening-port"}, "-ERR syntax error"},
 		{[]string{"REPLCONF", "bogus", "1"}, "-ERR Unrecognized REPLCONF option: bogus"},

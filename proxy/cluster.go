@@ -470,7 +470,7 @@ func (w *clusterWatch) run(ctx context.Context) {
 		}
 		next := time.Duration(w.cfg.Poll)
 		why = "poll"
-		if w.link.LinkStatus().State != LinkConnected {
+		if w.link.LinkStatus().State != fanout.LinkConnected {
 			next, why = min(next, urgent), "link down"
 		}
 		timer.Reset(next)

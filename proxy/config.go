@@ -106,9 +106,9 @@ type BacklogConfig struct {
 	// ScrubRate bounds the background recheck of stored bytes against
 	// their checksums, per second; 0 turns it off.
 	ScrubRate Size `yaml:"scrub_rate"`
-	// Sync replaces fsync for every file of the data dir: a test's way to
-	// make the disk fail. Not configurable from a file.
-	Sync backlog.SyncFunc `yaml:"-"`
+	// syncHook replaces fsync for every file of the data dir: a test's way
+	// to make the disk fail (SetBacklogSync).
+	syncHook backlog.SyncFunc
 }
 
 // SnapshotConfig says when the stored RDB is renewed from the master.

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 )
 
 // A full data dir must not turn into a loop of PSYNCs: each one makes the
@@ -103,7 +104,7 @@ func (l *Link) awaitSpace(ctx context.Context) {
 	if l.cfg.DataDir == "" {
 		return
 	}
-	every := l.cfg.SpaceCheckEvery
+	every := l.cfg.spaceEvery
 	if every <= 0 {
 		every = spaceCheckEvery
 	}
@@ -124,7 +125,7 @@ func (l *Link) awaitSpace(ctx context.Context) {
 			reason := fmt.Sprintf("data dir full (%d bytes free, %d needed): %s; the upstream link stays down and does not PSYNC until there is room, checked every %s",
 				free, need, why, every)
 			l.setDiskWait(diskWait{reason: reason, since: time.Now()})
-			l.setState(LinkConnect, "waiting for space in the data dir")
+			l.setState(fanout.LinkConnect, "waiting for space in the data dir")
 			l.log.Error().Int64("free_bytes", free).Int64("needed_bytes", need).Str("data_dir", l.cfg.DataDir).
 				Msg(reason)
 			t = time.NewTicker(every)

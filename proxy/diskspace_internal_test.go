@@ -98,7 +98,7 @@ func TestNoSyncWithoutRoomForTheRDB(t *testing.T) {
 	}()
 	l := NewLink(LinkConfig{Addr: ln.Addr().String(), ReplTimeout: time.Minute, ConnectTimeout: time.Second,
 		BackoffMin: 200 * time.Millisecond, BackoffMax: time.Second,
-		DataDir: dataDir, SegmentBytes: 1 << 20, SpaceCheckEvery: 50 * time.Millisecond}, store, nil, zerolog.Nop())
+		DataDir: dataDir, SegmentBytes: 1 << 20, spaceEvery: 50 * time.Millisecond}, store, nil, zerolog.Nop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { l.Run(ctx); close(done) }()

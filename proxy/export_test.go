@@ -3,7 +3,13 @@ package proxy
 import (
 	"slices"
 	"strings"
+
+	"github.com/replproxy/replproxy/backlog"
 )
+
+// SetBacklogSync replaces fsync for every file of the data dir: a test's
+// way to make the disk fail.
+func SetBacklogSync(cfg *Config, sync backlog.SyncFunc) { cfg.Backlog.syncHook = sync }
 
 // ClusterTopologies parses both replies, so that a test can check the
 // CLUSTER NODES fallback against CLUSTER SHARDS on a live cluster.

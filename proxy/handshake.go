@@ -220,7 +220,7 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 	if err != nil || offset < 0 {
 		return fmt.Errorf("malformed FULLRESYNC offset in %q", line)
 	}
-	l.setState(LinkSync, "master started a full sync")
+	l.setState(fanout.LinkSync, "master started a full sync")
 	l.sync.begin()
 	defer l.sync.end()
 	start := time.Now()

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/replproxy/replproxy/fanout"
 )
 
 // HealthConfig says when /readyz reports the proxy ready for replicas.
@@ -35,7 +37,7 @@ func (p *Proxy) readiness(now time.Time) (bool, string) {
 	if stuck := p.store.AppendStuck(now); maxLag > 0 && stuck > maxLag {
 		return false, fmt.Sprintf("an append to the backlog has waited on the disk for %s (ready_max_lag %s)", stuck.Round(time.Millisecond), maxLag)
 	}
-	if link.State == LinkConnected {
+	if link.State == fanout.LinkConnected {
 		silent := now.Sub(link.LastIO)
 		if maxLag > 0 && silent > maxLag {
 			return false, fmt.Sprintf("upstream link up, but no byte from the master for %s (ready_max_lag %s)", silent.Round(time.Second), maxLag)

@@ -26,13 +26,13 @@ func TestWriterStallIsNotMasterSilence(t *testing.T) {
 	logDirs := filepath.Join(cfg.DataDir, "log", "*")
 	var stall atomic.Bool
 	var stalled atomic.Int64
-	cfg.Backlog.Sync = func(f *os.File) error {
+	proxy.SetBacklogSync(&cfg, func(f *os.File) error {
 		if ok, _ := filepath.Match(logDirs, f.Name()); ok && stall.CompareAndSwap(true, false) {
 			time.Sleep(3 * time.Second)
 			stalled.Add(1)
 		}
 		return f.Sync()
-	}
+	})
 	r := &relay{master: m, proxy: startProxy(t, cfg)}
 	r.addReplica(t)
 	stopLoad := runLoad(t, m, 31)

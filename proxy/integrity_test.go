@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
+	"github.com/replproxy/replproxy/proxy"
 )
 
 // logLines decodes the proxy's JSON log.
@@ -46,13 +47,13 @@ func TestFsyncFailureResumesPartially(t *testing.T) {
 	cfg := proxyConfig(t, m.Addr())
 	var fail atomic.Bool
 	var failed atomic.Int64
-	cfg.Backlog.Sync = func(f *os.File) error {
+	proxy.SetBacklogSync(&cfg, func(f *os.File) error {
 		if strings.HasSuffix(f.Name(), ".seg") && fail.CompareAndSwap(true, false) {
 			failed.Add(1)
 			return fmt.Errorf("fsync %s: injected EIO", f.Name())
 		}
 		return f.Sync()
-	}
+	})
 	r := &relay{master: m, proxy: startProxy(t, cfg)}
 	r.addReplica(t)
 	stopLoad := runLoad(t, m, 21)

@@ -19,15 +19,6 @@ import (
 	"github.com/replproxy/replproxy/resp"
 )
 
-// Link states, named as ROLE reports them.
-const (
-	LinkConnect    = "connect"    // not connected; waiting to retry
-	LinkConnecting = "connecting" // dialing
-	LinkHandshake  = "handshake"  // PING, AUTH, REPLCONF, PSYNC
-	LinkSync       = "sync"       // receiving an RDB
-	LinkConnected  = "connected"  // streaming
-)
-
 // LinkConfig configures the upstream link.
 type LinkConfig struct {
 	Addr           string
@@ -46,9 +37,10 @@ type LinkConfig struct {
 	Codecs []string
 	// DataDir and SegmentBytes size the free space a session needs: the
 	// link waits for it rather than PSYNC into a full disk (diskspace.go).
-	DataDir         string
-	SegmentBytes    int64
-	SpaceCheckEvery time.Duration // 0: spaceCheckEvery
+	DataDir      string
+	SegmentBytes int64
+	// spaceEvery is set by tests only; 0: spaceCheckEvery.
+	spaceEvery time.Duration
 }
 
 // Downstream is what the link needs of the replicas below the proxy: to
@@ -108,7 +100,7 @@ func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.L
 	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1), down: make(chan struct{}, 1)}
 	l.failover = newFailoverTimes()
 	l.awaitStream.Store(-1)
-	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: LinkConnect, DownSince: time.Now()}
+	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: fanout.LinkConnect, DownSince: time.Now()}
 	return l
 }
 
@@ -198,15 +190,15 @@ func (l *Link) Stats() []fanout.KV {
 }
 
 // setState records and logs a transition with its reason, as replication.c does.
-func (l *Link) setState(state, reason string) {
+func (l *Link) setState(state fanout.LinkState, reason string) {
 	l.mu.Lock()
 	prev := l.status.State
 	l.status.State = state
 	switch {
-	case state == LinkConnected:
+	case state == fanout.LinkConnected:
 		l.status.DownSince = time.Time{}
 		l.connectedAt.Store(time.Now().UnixNano())
-	case prev == LinkConnected:
+	case prev == fanout.LinkConnected:
 		l.status.DownSince = time.Now()
 		select {
 		case l.down <- struct{}{}:
@@ -215,7 +207,7 @@ func (l *Link) setState(state, reason string) {
 	}
 	l.mu.Unlock()
 	if prev != state {
-		l.log.Info().Str("master", l.Addr()).Str("from", prev).Str("to", state).Str("reason", reason).Msg("upstream link state")
+		l.log.Info().Str("master", l.Addr()).Stringer("from", prev).Stringer("to", state).Str("reason", reason).Msg("upstream link state")
 	}
 }
 
@@ -250,7 +242,7 @@ func (l *Link) Run(ctx context.Context) {
 			cause = errParked // the session saw the park before it could be ended
 		}
 		if errors.Is(cause, errRepointed) || errors.Is(cause, errForcedFullSync) || errors.Is(cause, errParked) {
-			l.setState(LinkConnect, cause.Error()+", master "+l.Addr())
+			l.setState(fanout.LinkConnect, cause.Error()+", master "+l.Addr())
 			backoff = l.cfg.BackoffMin
 			select { // the repoint is handled: no wake-up left for later
 			case <-l.repoint:
@@ -258,7 +250,7 @@ func (l *Link) Run(ctx context.Context) {
 			}
 			continue
 		}
-		l.setState(LinkConnect, err.Error())
+		l.setState(fanout.LinkConnect, err.Error())
 		healthy := l.rawBytes.Load() != stored || l.connectedAt.Load() != connected
 		wait, next := l.nextBackoff(backoff, err, healthy)
 		if l.connectedAt.Load() != connected {
@@ -277,7 +269,7 @@ func (l *Link) Run(ctx context.Context) {
 		}
 		backoff = next
 	}
-	l.setState(LinkConnect, "shutting down")
+	l.setState(fanout.LinkConnect, "shutting down")
 }
 
 // nextBackoff returns the wait before the next session and the backoff
@@ -317,7 +309,7 @@ func (l *Link) session(ctx context.Context) error {
 		return errParked
 	}
 	l.awaitStream.Store(-1)
-	l.setState(LinkConnecting, "dialing "+addr)
+	l.setState(fanout.LinkConnecting, "dialing "+addr)
 	raw, err := l.dial(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("connect to master %s: %w", addr, err)
@@ -328,7 +320,7 @@ func (l *Link) session(ctx context.Context) error {
 	defer stop()
 	br := bufio.NewReaderSize(conn, 64<<10)
 	rd := resp.NewReader(br, resp.DefaultLimits())
-	l.setState(LinkHandshake, "connected to "+addr)
+	l.setState(fanout.LinkHandshake, "connected to "+addr)
 	if err := l.handshake(conn, rd, false); err != nil {
 		return err
 	}
@@ -336,7 +328,7 @@ func (l *Link) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	l.setState(LinkConnected, "replication stream started")
+	l.setState(fanout.LinkConnected, "replication stream started")
 	return l.stream(ctx, conn, rd.Bufio(), rd.Bufio() == br)
 }
 
@@ -361,7 +353,6 @@ type watchedConn struct {
 	timeout time.Duration
 	lastIO  *atomic.Int64
 	wire    *atomic.Int64 // nil: not counted
-	wmu     sync.Mutex
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) {
@@ -380,10 +371,12 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write serializes writers: the ACK ticker and GETACK answers share the conn.
+// Write gives every write the repl-timeout deadline, so a master that stops
+// reading fails the ACK instead of blocking it. It takes no lock: writes come
+// from one goroutine at a time (the session, the keepalive it stops and
+// waits for, then ackLoop alone, which sends both the ticker's ACKs and the
+// GETACK answers), and a net.Conn serializes concurrent writes anyway.
 func (c *watchedConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(p)
 }

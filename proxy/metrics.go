@@ -42,20 +42,12 @@ var (
 	descBytesOut      = desc("downstream_bytes_sent_total", "RDB and stream bytes sent to replicas.")
 	descSyncs         = desc("downstream_syncs_total", "Downstream syncs by kind.", "kind")
 	descUpSyncs       = desc("upstream_syncs_total", "Upstream syncs by kind.", "kind")
-	descUpProgress    = desc("upstream_sync_done_bytes", "Bytes of the RDB received so far, by transfer (0 when none runs).", "transfer")
-	descUpTotal       = desc("upstream_sync_size_bytes", "Size of the RDB being received (-1: unknown, as with a diskless master; 0 when none runs).", "transfer")
-	descUpRate        = desc("upstream_sync_rate_bytes", "Bytes per second of the RDB being received.", "transfer")
-	descUpETA         = desc("upstream_sync_eta_seconds", "Seconds until the RDB is received (-1: unknown).", "transfer")
 	descReplicas      = desc("replicas", "Attached downstream replicas.")
 	descRepState      = desc("replica_state", "1 for each replica's current state.", "replica", "state")
 	descLagBytes      = desc("replica_lag_bytes", "Bytes a replica has yet to be sent.", "replica")
 	descLagSeconds    = desc("replica_lag_seconds", "Age of the oldest byte a replica has not acknowledged.", "replica")
 	descAckOffset     = desc("replica_ack_offset", "Last offset a replica acknowledged.", "replica")
 	descRepSent       = desc("replica_sent_bytes", "Bytes sent to a replica in its current session.", "replica")
-	descRepDone       = desc("replica_sync_done_bytes", "Bytes done of a replica's full sync or catch-up (0 when none runs).", "replica")
-	descRepTotal      = desc("replica_sync_size_bytes", "Bytes to do in a replica's full sync or catch-up (-1: unknown).", "replica")
-	descRepRate       = desc("replica_sync_rate_bytes", "Bytes per second of a replica's full sync or catch-up.", "replica")
-	descRepETA        = desc("replica_sync_eta_seconds", "Seconds until a replica's full sync or catch-up ends (-1: unknown).", "replica")
 	descSnapOffset    = desc("snapshot_offset", "Replication offset of the stored snapshot.")
 	descSnapBytes     = desc("snapshot_bytes", "Size of the stored snapshot.")
 	descSnapAge       = desc("snapshot_age_seconds", "Seconds since the stored snapshot was written.")
@@ -70,9 +62,20 @@ var (
 	descDamaged       = desc("damaged_bytes", "Bytes on disk under the data dir's damaged/ (files found damaged, and what was moved with them).")
 	descDamagedMax    = desc("damaged_max_bytes", "damaged.max_bytes: past it, only files found damaged are kept in damaged/.")
 	descSpaceWait     = desc("upstream_waiting_for_space", "1 while the upstream link stays down because the data dir lacks room for what the master may send.")
-	replicaStates     = []string{fanout.StateWaitBgsave, fanout.StateSendBulk, fanout.StateOnline}
-	linkStates        = []string{LinkConnect, LinkConnecting, LinkHandshake, LinkSync, LinkConnected}
 	upstreamTransfers = []string{workUpstreamSync, workSnapshotRefresh}
+	// A transfer's done, size, rate and ETA (emitter.work).
+	descUpWork = [4]*prometheus.Desc{
+		desc("upstream_sync_done_bytes", "Bytes of the RDB received so far, by transfer (0 when none runs).", "transfer"),
+		desc("upstream_sync_size_bytes", "Size of the RDB being received (-1: unknown, as with a diskless master; 0 when none runs).", "transfer"),
+		desc("upstream_sync_rate_bytes", "Bytes per second of the RDB being received.", "transfer"),
+		desc("upstream_sync_eta_seconds", "Seconds until the RDB is received (-1: unknown).", "transfer"),
+	}
+	descRepWork = [4]*prometheus.Desc{
+		desc("replica_sync_done_bytes", "Bytes done of a replica's full sync or catch-up (0 when none runs).", "replica"),
+		desc("replica_sync_size_bytes", "Bytes to do in a replica's full sync or catch-up (-1: unknown).", "replica"),
+		desc("replica_sync_rate_bytes", "Bytes per second of a replica's full sync or catch-up.", "replica"),
+		desc("replica_sync_eta_seconds", "Seconds until a replica's full sync or catch-up ends (-1: unknown).", "replica"),
+	}
 )
 
 // fsyncBuckets span a page-cache hit to a disk that stalls.
@@ -94,6 +97,12 @@ func (e emitter) gauge(d *prometheus.Desc, v float64, labels ...string) {
 
 func (e emitter) counter(d *prometheus.Desc, v float64, labels ...string) {
 	e <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+}
+
+func (e emitter) work(d [4]*prometheus.Desc, w Work, label string) {
+	for i, v := range [4]float64{float64(w.Done), float64(w.Total), w.Rate, w.ETA} {
+		e.gauge(d[i], v, label)
+	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -146,9 +155,9 @@ func (c collector) collectBacklog(e emitter, st backlog.State, lg *backlog.Log, 
 
 func (c collector) collectUpstream(e emitter, now time.Time) {
 	link := c.p.link.LinkStatus()
-	e.gauge(descLinkUp, boolFloat(link.State == LinkConnected))
-	for _, s := range linkStates {
-		e.gauge(descLinkState, boolFloat(link.State == s), s)
+	e.gauge(descLinkUp, boolFloat(link.State == fanout.LinkConnected))
+	for s := range fanout.LinkStates {
+		e.gauge(descLinkState, boolFloat(link.State == s), s.String())
 	}
 	lastIO := -1.0
 	if !link.LastIO.IsZero() {
@@ -171,10 +180,7 @@ func (c collector) collectUpstream(e emitter, now time.Time) {
 		if !ok {
 			w.ETA = -1
 		}
-		e.gauge(descUpProgress, float64(w.Done), kind)
-		e.gauge(descUpTotal, float64(w.Total), kind)
-		e.gauge(descUpRate, w.Rate, kind)
-		e.gauge(descUpETA, w.ETA, kind)
+		e.work(descUpWork, w, kind)
 	}
 }
 
@@ -188,18 +194,14 @@ func (c collector) collectReplicas(e emitter, st backlog.State, lg *backlog.Log,
 	e.gauge(descReplicas, float64(len(reps)))
 	for _, r := range reps {
 		name := replicaName(r)
-		for _, s := range replicaStates {
-			e.gauge(descRepState, boolFloat(r.State == s), name, s)
+		for s := range fanout.ReplicaStates {
+			e.gauge(descRepState, boolFloat(r.State == s), name, s.String())
 		}
 		e.gauge(descLagBytes, float64(max(st.End-r.SentOff, 0)), name)
 		e.gauge(descLagSeconds, replicaLag(r, st, lg, now).Seconds(), name)
 		e.gauge(descAckOffset, float64(r.AckOffset), name)
 		e.gauge(descRepSent, float64(r.SentBytes), name)
-		w := replicaWork(c.p.progress, name)
-		e.gauge(descRepDone, float64(w.Done), name)
-		e.gauge(descRepTotal, float64(w.Total), name)
-		e.gauge(descRepRate, w.Rate, name)
-		e.gauge(descRepETA, w.ETA, name)
+		e.work(descRepWork, replicaWork(c.p.progress, name), name)
 		if r.WaitReason != "" {
 			e.gauge(descWaiting, now.Sub(r.WaitSince).Seconds(), name, r.WaitReason)
 		}

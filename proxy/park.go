@@ -89,7 +89,7 @@ func (l *Link) waitUnparked(ctx context.Context) {
 	if until.IsZero() {
 		return
 	}
-	l.setState(LinkConnect, "parked: "+why)
+	l.setState(fanout.LinkConnect, "parked: "+why)
 	t := time.NewTimer(time.Until(until))
 	defer t.Stop()
 	select {

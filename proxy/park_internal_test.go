@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
 
@@ -43,7 +44,7 @@ func TestParkKeepsTheLinkOffTheMaster(t *testing.T) {
 		t.Helper()
 		redisproc.Eventually(t, 30*time.Second, what, func() (bool, string) {
 			got := m.Info("replication")["connected_slaves"]
-			return got == n && (n == "0" || l.LinkStatus().State == LinkConnected), got + " " + l.LinkStatus().State
+			return got == n && (n == "0" || l.LinkStatus().State == fanout.LinkConnected), got + " " + l.LinkStatus().State.String()
 		})
 	}
 	expectReplicas("the parked link to stay off the master", "0")
@@ -74,7 +75,7 @@ func TestParkKeepsTheLinkOffTheMaster(t *testing.T) {
 
 	l.Park(time.Now().Add(200*time.Millisecond), "test")
 	redisproc.Eventually(t, 30*time.Second, "the link to come back at the bound, unasked", func() (bool, string) {
-		return l.partialSyncs.Load() == 2 && l.LinkStatus().State == LinkConnected, l.LinkStatus().State
+		return l.partialSyncs.Load() == 2 && l.LinkStatus().State == fanout.LinkConnected, l.LinkStatus().State.String()
 	})
 	caughtUp()
 	if l.fullSyncs.Load() != 1 || l.partialSyncs.Load() != 2 || l.failover.pauses.Load() != 3 {

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/internal/periodic"
 )
 
 // transfer counts the bytes of one RDB transfer as they arrive; total is -1
@@ -110,16 +111,7 @@ func newProgress(p *Proxy, interval time.Duration) *progress {
 }
 
 func (pg *progress) run(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			pg.sample(now)
-		}
-	}
+	periodic.Run(ctx, time.Second, nil, pg.sample)
 }
 
 // Works returns the work running at the last sample.

@@ -84,7 +84,7 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
 			MaxAge:       time.Duration(cfg.Backlog.MaxAge),
 			Fsync:        cfg.Backlog.Fsync,
-			Sync:         cfg.Backlog.Sync,
+			Sync:         cfg.Backlog.syncHook,
 			OnFsync:      func(d time.Duration) { onFsync(d.Seconds()) },
 			HoldMaxBytes: holdMaxBytes(cfg),
 		},
@@ -290,34 +290,35 @@ func (p *Proxy) Run(ctx context.Context) error {
 	return err
 }
 
-// runUpstream drives the link; with Sentinel it first learns the master,
-// then keeps following it.
+// runUpstream drives the link; with Sentinel or a cluster it first learns
+// the master, then keeps following it.
 func (p *Proxy) runUpstream(ctx context.Context, wg *sync.WaitGroup) {
-	if p.watch != nil {
-		addr, err := p.watch.resolveUntil(ctx)
-		if err != nil {
-			return
-		}
-		p.link.Repoint(addr, "named by sentinel at startup")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.watch.run(ctx)
-		}()
+	if p.watch != nil && !p.follow(ctx, wg, p.watch, "named by sentinel at startup") {
+		return
 	}
-	if p.cluster != nil {
-		addr, err := p.cluster.resolveUntil(ctx)
-		if err != nil {
-			return
-		}
-		p.link.Repoint(addr, "cluster shard primary at startup")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.cluster.run(ctx)
-		}()
+	if p.cluster != nil && !p.follow(ctx, wg, p.cluster, "cluster shard primary at startup") {
+		return
 	}
 	p.link.Run(ctx)
+}
+
+// follow points the link at the master src names first, then keeps src
+// following it; false when ctx ends before src names one.
+func (p *Proxy) follow(ctx context.Context, wg *sync.WaitGroup, src interface {
+	resolveUntil(context.Context) (string, error)
+	run(context.Context)
+}, why string) bool {
+	addr, err := src.resolveUntil(ctx)
+	if err != nil {
+		return false
+	}
+	p.link.Repoint(addr, why)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		src.run(ctx)
+	}()
+	return true
 }
 
 // warnIfOpen says at startup what a port without credentials means.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/internal/periodic"
 	"github.com/replproxy/replproxy/resp"
 )
 
@@ -109,21 +111,13 @@ func (r *refresher) run(ctx context.Context) {
 		r.link.log.Warn().Err(err).Msg("snapshot refresh record unreadable; counting it as a refresh just now")
 	}
 	r.rec = rec
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		case <-r.demand:
-		}
+	periodic.Run(ctx, time.Second, r.demand, func(time.Time) {
 		reason, urgent := r.due()
 		if reason == "" || time.Now().Before(r.nextAllowed(urgent)) || !r.roomForRDB() || r.overHourlyCap(reason) {
-			continue
+			return
 		}
 		r.refresh(ctx, reason, urgent)
-	}
+	})
 }
 
 // nextAllowed is the earliest time of the next attempt. min_interval holds
@@ -183,7 +177,7 @@ func backoff(failures int) time.Duration {
 func (r *refresher) due() (reason string, urgent bool) {
 	st := r.link.store.State()
 	// A forced full resync brings a new snapshot of its own.
-	if !st.HasHistory || r.link.forceFull.Load() || r.link.LinkStatus().State != LinkConnected {
+	if !st.HasHistory || r.link.forceFull.Load() || r.link.LinkStatus().State != fanout.LinkConnected {
 		return "", false
 	}
 	since := st.End - 1 - st.Snapshot.Offset

@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+
+	"github.com/replproxy/replproxy/internal/periodic"
 )
 
 // SentinelConfig makes the proxy follow the master Sentinel names.
@@ -173,19 +175,12 @@ func (w *sentinelWatch) run(ctx context.Context) {
 		}()
 	}
 	defer wg.Wait()
-	tick := time.NewTicker(time.Duration(w.cfg.Poll))
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	periodic.Run(ctx, time.Duration(w.cfg.Poll), nil, func(time.Time) {
 		gen := w.generation()
 		if addr, err := w.resolve(ctx); err == nil && w.pollMayRepoint(gen) {
 			w.link.Repoint(addr, "sentinel names a new master (poll)")
 		}
-	}
+	})
 }
 
 func (w *sentinelWatch) generation() uint64 {

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/backlog"
+	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/internal/redisproc"
 )
 
@@ -84,7 +85,7 @@ func TestReplicaofWhileParkedMovesTheLink(t *testing.T) {
 	}
 	redisproc.Eventually(t, 30*time.Second, "the link to follow the operator's master", func() (bool, string) {
 		st := l.LinkStatus().State
-		return st == LinkConnected && other.Info("replication")["connected_slaves"] == "1", st
+		return st == fanout.LinkConnected && other.Info("replication")["connected_slaves"] == "1", st.String()
 	})
 }
 
@@ -180,8 +181,8 @@ func TestFailoverEventStormWhileRunning(t *testing.T) {
 	_, curPort, _ := net.SplitHostPort(l.Addr())
 	w.event("+switch-master", "mymaster "+cur+" "+curPort+" "+oh+" "+op, "s0:26379")
 	redisproc.Eventually(t, 30*time.Second, "the link to follow the last switch", func() (bool, string) {
-		return l.Addr() == other.Addr() && !l.parked() && l.LinkStatus().State == LinkConnected &&
-			other.Info("replication")["connected_slaves"] == "1", l.Addr() + " " + l.LinkStatus().State
+		return l.Addr() == other.Addr() && !l.parked() && l.LinkStatus().State == fanout.LinkConnected &&
+			other.Info("replication")["connected_slaves"] == "1", l.Addr() + " " + l.LinkStatus().State.String()
 	})
 	cancel()
 	select {

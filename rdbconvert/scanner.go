@@ -185,142 +185,97 @@ func (s *scanner) value(typ byte) error {
 	case 0, 9, 10, 11, 12, 13, 16, 17, 20: // string, or one serialized blob
 		return s.str()
 	case 1, 2, 14: // list, set, quicklist: strings
-		n, _, err := s.length()
-		if err != nil {
-			return err
-		}
-		return s.strs(n)
+		return s.each(s.str)
 	case 3: // zset with string scores
-		n, _, err := s.length()
-		if err != nil {
-			return err
-		}
-		for range n {
-			if err := s.str(); err != nil {
-				return err
-			}
-			l, err := s.byte()
-			if err != nil {
-				return err
-			}
-			if l < 253 {
-				if err := s.n(uint64(l)); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
+		return s.each(func() error { return all(s.str, s.textScore) })
 	case 4: // hash: field, value
-		n, _, err := s.length()
-		if err != nil {
-			return err
-		}
-		return s.strs(2 * n)
+		return s.each(func() error { return s.strs(2) })
 	case 5: // zset with binary scores
-		n, _, err := s.length()
-		if err != nil {
-			return err
-		}
-		for range n {
-			if err := s.str(); err != nil {
-				return err
-			}
-			if err := s.n(8); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.each(func() error { return all(s.str, func() error { return s.n(8) }) })
 	case 18: // quicklist 2: container, node
-		n, _, err := s.length()
-		if err != nil {
-			return err
-		}
-		for range n {
-			if err := s.lens(1); err != nil {
-				return err
-			}
-			if err := s.str(); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.each(func() error { return all(func() error { return s.lens(1) }, s.str) })
 	case 15, 19, 21:
 		return s.stream(typ)
 	}
 	return fmt.Errorf("RDB type %d is unknown to the converter", typ)
 }
 
+// each reads a count, then calls item that many times.
+func (s *scanner) each(item func() error) error {
+	n, _, err := s.length()
+	for ; err == nil && n > 0; n-- {
+		err = item()
+	}
+	return err
+}
+
+// all runs the steps in order, up to the first that fails.
+func all(steps ...func() error) error {
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// textScore skips a score of a type 3 zset: a length byte and that many
+// bytes of text, or 253 to 255 alone (NaN, +inf, -inf).
+func (s *scanner) textScore() error {
+	l, err := s.byte()
+	if err != nil || l >= 253 {
+		return err
+	}
+	return s.n(uint64(l))
+}
+
 // stream skips a stream of RDB type 15, 19 or 21 (rdbSaveObject).
 func (s *scanner) stream(typ byte) error {
-	n, _, err := s.length()
-	if err != nil {
-		return err
-	}
-	if err := s.strs(2 * n); err != nil { // master ID, listpack
-		return err
-	}
 	idLens := 3 // length, last ID
 	if typ >= 19 {
 		idLens += 5 // first ID, max deleted ID, entries added
 	}
-	if err := s.lens(idLens); err != nil {
+	return all(
+		func() error { return s.each(func() error { return s.strs(2) }) }, // master ID, listpack
+		func() error { return s.lens(idLens) },
+		func() error { return s.each(func() error { return s.streamGroup(typ) }) })
+}
+
+// streamGroup skips a consumer group: name, last ID, pending entries (ID,
+// delivery time, delivery count) and consumers.
+func (s *scanner) streamGroup(typ byte) error {
+	k := 2 // last ID
+	if typ >= 19 {
+		k++ // entries read
+	}
+	pending := func() error { return all(func() error { return s.n(16 + 8) }, func() error { return s.lens(1) }) }
+	return all(s.str,
+		func() error { return s.lens(k) },
+		func() error { return s.each(pending) },
+		func() error { return s.each(func() error { return s.streamConsumer(typ) }) })
+}
+
+// streamConsumer skips a consumer: name, seen time, active time (type 21)
+// and the IDs of its pending entries.
+func (s *scanner) streamConsumer(typ byte) error {
+	if err := s.str(); err != nil {
 		return err
 	}
-	groups, _, err := s.length()
+	times := uint64(8) // seen time
+	if typ >= 21 {
+		times += 8 // active time
+		if s.cutActive {
+			s.cuts = append(s.cuts, len(s.rec)+8)
+		}
+	}
+	if err := s.n(times); err != nil {
+		return err
+	}
+	cpel, _, err := s.length()
 	if err != nil {
 		return err
 	}
-	for range groups {
-		if err := s.str(); err != nil {
-			return err
-		}
-		k := 2 // last ID
-		if typ >= 19 {
-			k++ // entries read
-		}
-		if err := s.lens(k); err != nil {
-			return err
-		}
-		pel, _, err := s.length()
-		if err != nil {
-			return err
-		}
-		for range pel {
-			if err := s.n(16 + 8); err != nil { // ID, delivery time
-				return err
-			}
-			if err := s.lens(1); err != nil { // delivery count
-				return err
-			}
-		}
-		consumers, _, err := s.length()
-		if err != nil {
-			return err
-		}
-		for range consumers {
-			if err := s.str(); err != nil {
-				return err
-			}
-			times := uint64(8) // seen time
-			if typ >= 21 {
-				times += 8 // active time
-				if s.cutActive {
-					s.cuts = append(s.cuts, len(s.rec)+8)
-				}
-			}
-			if err := s.n(times); err != nil {
-				return err
-			}
-			cpel, _, err := s.length()
-			if err != nil {
-				return err
-			}
-			if err := s.n(16 * cpel); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return s.n(16 * cpel)
 }
 
 // moduleValue skips a module value of type 7: the module ID, then typed

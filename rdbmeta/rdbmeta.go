@@ -194,6 +194,14 @@ func ReadFile(path string) (Info, error) {
 // ErrChecksum marks an RDB whose trailing CRC-64 does not match its bytes.
 var ErrChecksum = errors.New("RDB checksum mismatch")
 
+// AppendCRC appends to an RDB that ends with its EOF opcode the trailer
+// VerifyCRC checks: the CRC-64/Jones of all before it, little-endian.
+func AppendCRC(rdb []byte) []byte {
+	h := crc64jones.New()
+	h.Write(rdb)
+	return binary.LittleEndian.AppendUint64(rdb, h.Sum64())
+}
+
 // VerifyCRC checks the trailing little-endian CRC-64/Jones over the rest
 // of the file. It reports false, without error, where there is nothing to
 // check: RDB versions before 5 have no checksum, and a producer with

@@ -8,7 +8,7 @@ import (
 	"encoding/binary"
 	"strconv"
 
-	"github.com/hdt3213/rdb/crc64jones"
+	"github.com/replproxy/replproxy/rdbmeta"
 )
 
 // Spec shapes one fixture.
@@ -62,12 +62,7 @@ func Build(s Spec) []byte {
 		writeString(&b, s.Value)
 	}
 	b.WriteByte(0xFF)
-	h := crc64jones.New()
-	h.Write(b.Bytes())
-	var sum [8]byte
-	binary.LittleEndian.PutUint64(sum[:], h.Sum64())
-	b.Write(sum[:])
-	return b.Bytes()
+	return rdbmeta.AppendCRC(b.Bytes())
 }
 
 // writeString writes a raw string; integers are encoded as Redis does, so

@@ -106,6 +106,9 @@ type replica struct {
 	// socket from the backlog file instead.
 	memOut io.Writer
 	full   bool
+	// fedByWriter says a compressed replica is parked with the writer
+	// (followCompressed), which tests wait for.
+	fedByWriter atomic.Bool
 }
 
 // waitState is why and since when a replica waits for a snapshot.
@@ -500,6 +503,7 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	var pf pendingFlush
 	defer pf.stop()
 	f := r.follower()
+	cf := r.compressedFollower()
 	r.memOut = r.out
 	if raw := r.plainSocket(); raw != nil {
 		r.memOut = memoryWriter{raw: raw, full: &r.full}
@@ -544,6 +548,12 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 			}
 			continue
 		}
+		if cf != nil && cur.Park(cf.f) {
+			if err := r.followCompressed(ctx, cur, cf, &pf); err != nil {
+				return err
+			}
+			continue
+		}
 		changed := lg.Changed()
 		if _, end := lg.Bounds(); end > cur.Offset() {
 			continue // appended between the send and taking the channel
@@ -575,11 +585,14 @@ type pendingFlush struct {
 	bytes    int64
 	deadline time.Time
 	timer    *time.Timer
+	// held says bytes wait in a compressed follower's buffer, not yet in
+	// the encoder, with deadline already running for them.
+	held bool
 }
 
 // due fires when the pending bytes must go out; nil when there are none.
 func (pf *pendingFlush) due() <-chan time.Time {
-	if pf.bytes == 0 {
+	if pf.bytes == 0 && !pf.held {
 		return nil
 	}
 	wait := time.Until(pf.deadline)
@@ -603,9 +616,10 @@ func (r *replica) noteSent(pf *pendingFlush, n int64) error {
 	if r.cw == nil {
 		return nil
 	}
-	if pf.bytes == 0 {
+	if pf.bytes == 0 && !pf.held {
 		pf.deadline = time.Now().Add(zstdFlushDelay)
 	}
+	pf.held = false
 	pf.bytes += n
 	if time.Now().Before(pf.deadline) {
 		return nil

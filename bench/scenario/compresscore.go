@@ -142,7 +142,7 @@ func (b *bench) compressCore(ctx context.Context) error {
 	kept := p2LagAtEnd <= int64(o.rateMBps*1e6) // at most a second of stream behind
 	b.printf("   kept up with the master's %.1f MB/s: %t (P2 at most one second of the offered rate behind when the load ended)\n", mbps(stream, wall), kept)
 	b.printf("   one core at P1's cost per GB carries %.0f MB/s of stream (1000 / s per GB); P1 got %.2f of a core here\n",
-		1/(d.cpu/gb(d.stream)), d.cpu/wall.Seconds())
+		1000/(d.cpu/gb(d.stream)), d.cpu/wall.Seconds())
 	return nil
 }
 

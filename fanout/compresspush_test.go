@@ -3,6 +3,7 @@ package fanout
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"testing"
@@ -18,6 +19,13 @@ import (
 // test does not read, every write of the sender blocks.
 func compressedStream(t *testing.T) (*replica, *backlog.Log, net.Conn, io.Reader) {
 	t.Helper()
+	srvEnd, peer := net.Pipe()
+	return compressedStreamOn(t, srvEnd, peer)
+}
+
+// compressedStreamOn is compressedStream on the two ends given.
+func compressedStreamOn(t *testing.T, srvEnd, peer net.Conn) (*replica, *backlog.Log, net.Conn, io.Reader) {
+	t.Helper()
 	lg, err := backlog.OpenLog(t.TempDir(), 1, backlog.LogOptions{SegmentBytes: 4 << 20, MaxBytes: 1 << 30,
 		Fsync: backlog.FsyncNo, Logger: zerolog.Nop()})
 	if err != nil {
@@ -29,7 +37,6 @@ func compressedStream(t *testing.T) (*replica, *backlog.Log, net.Conn, io.Reader
 		t.Fatal(err)
 	}
 	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 30 * time.Second, ChunkBytes: 64 << 10})
-	srvEnd, peer := net.Pipe()
 	r := &replica{srv: s, conn: srvEnd, out: srvEnd, log: zerolog.Nop(), codec: CodecS2}
 	if err := r.beginStream(); err != nil {
 		t.Fatal(err)
@@ -138,4 +145,30 @@ func TestCompressedReplicaBufferFullGoesToDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	readStream(t, peer, dec, last)
+}
+
+// Over TLS too: the writer only copies into the buffer, and the sender
+// alone writes to the TLS connection, so a compressed replica on TLS is
+// fed by the writer as well, byte for byte.
+func TestCompressedReplicaOnTLSFedByTheWriter(t *testing.T) {
+	a, b := net.Pipe()
+	srvEnd := tls.Server(a, selfSignedTLS(t))
+	peer := tls.Client(b, &tls.Config{InsecureSkipVerify: true})
+	r, lg, peer2, dec := compressedStreamOn(t, srvEnd, peer)
+	first := mixedBytes(2 << 10)
+	if err := lg.Append(first); err != nil {
+		t.Fatal(err)
+	}
+	readStream(t, peer2, dec, first)
+	waitFedByWriter(t, r)
+	stream := mixedBytes(256 << 10)
+	for off := 0; off < len(stream); off += 8 << 10 {
+		if err := lg.Append(stream[off:min(off+8<<10, len(stream))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readStream(t, peer2, dec, stream)
+	if n := r.srv.stats.SentFromDisk.Load(); n != 0 {
+		t.Fatalf("%d bytes were read back from the backlog files for a caught-up compressed TLS replica", n)
+	}
 }

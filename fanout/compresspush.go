@@ -25,7 +25,9 @@ const (
 	pushWakeBytes = 256 << 10
 	// pushMaxBytes bounds what one replica's buffer holds. A push that
 	// finds it full is short, and the replica goes back to its cursor,
-	// whose lag lives in the backlog files, not in memory.
+	// whose lag lives in the backlog files, not in memory. A replica
+	// holds at most two such buffers (one the writer fills, one its
+	// sender compresses), and none once it has fallen behind.
 	pushMaxBytes = 1 << 20
 )
 
@@ -94,6 +96,13 @@ func (pb *pushBuffer) giveBack(p []byte) {
 	pb.mu.Unlock()
 }
 
+// release drops both buffers; only the sender calls it, unparked.
+func (pb *pushBuffer) release() {
+	pb.mu.Lock()
+	pb.buf, pb.spare = nil, nil
+	pb.mu.Unlock()
+}
+
 // compressedFollower is a compressed replica's follower and its buffer.
 type compressedFollower struct {
 	f  *backlog.Follower
@@ -136,8 +145,12 @@ func (r *replica) followCompressed(ctx context.Context, cur *backlog.Cursor, cf 
 			return context.Cause(ctx)
 		case <-cf.f.Woken():
 			cur.Unpark(cf.f)
-			// The writer let go: nothing lands in the buffer any more.
-			return r.compressPushed(cf.pb, pf, false)
+			// The writer let go: nothing lands in the buffer any more. A
+			// replica that fell behind sends from its cursor and needs no
+			// buffers until it parks again.
+			err := r.compressPushed(cf.pb, pf, false)
+			cf.pb.release()
+			return err
 		case <-cf.pb.wake:
 			if pf.bytes == 0 && !pf.held {
 				// A first byte: it may wait for more to share its block.

@@ -20,11 +20,11 @@ import (
 func compressedStream(t *testing.T) (*replica, *backlog.Log, net.Conn, io.Reader) {
 	t.Helper()
 	srvEnd, peer := net.Pipe()
-	return compressedStreamOn(t, srvEnd, peer)
+	return compressedStreamOn(t, CodecS2, srvEnd, peer)
 }
 
-// compressedStreamOn is compressedStream on the two ends given.
-func compressedStreamOn(t *testing.T, srvEnd, peer net.Conn) (*replica, *backlog.Log, net.Conn, io.Reader) {
+// compressedStreamOn is compressedStream with codec on the two ends given.
+func compressedStreamOn(t *testing.T, codec string, srvEnd, peer net.Conn) (*replica, *backlog.Log, net.Conn, io.Reader) {
 	t.Helper()
 	lg, err := backlog.OpenLog(t.TempDir(), 1, backlog.LogOptions{SegmentBytes: 4 << 20, MaxBytes: 1 << 30,
 		Fsync: backlog.FsyncNo, Logger: zerolog.Nop()})
@@ -37,7 +37,7 @@ func compressedStreamOn(t *testing.T, srvEnd, peer net.Conn) (*replica, *backlog
 		t.Fatal(err)
 	}
 	s := New(Config{Logger: zerolog.Nop(), ReplTimeout: 30 * time.Second, ChunkBytes: 64 << 10})
-	r := &replica{srv: s, conn: srvEnd, out: srvEnd, log: zerolog.Nop(), codec: CodecS2}
+	r := &replica{srv: s, conn: srvEnd, out: srvEnd, log: zerolog.Nop(), codec: codec}
 	if err := r.beginStream(); err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func compressedStreamOn(t *testing.T, srvEnd, peer net.Conn) (*replica, *backlog
 		<-done
 		cur.Close()
 	})
-	dec, err := NewStreamDecoder(CodecS2, peer)
+	dec, err := NewStreamDecoder(codec, peer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestCompressedReplicaOnTLSFedByTheWriter(t *testing.T) {
 	a, b := net.Pipe()
 	srvEnd := tls.Server(a, selfSignedTLS(t))
 	peer := tls.Client(b, &tls.Config{InsecureSkipVerify: true})
-	r, lg, peer2, dec := compressedStreamOn(t, srvEnd, peer)
+	r, lg, peer2, dec := compressedStreamOn(t, CodecS2, srvEnd, peer)
 	first := mixedBytes(2 << 10)
 	if err := lg.Append(first); err != nil {
 		t.Fatal(err)
@@ -170,5 +170,43 @@ func TestCompressedReplicaOnTLSFedByTheWriter(t *testing.T) {
 	readStream(t, peer2, dec, stream)
 	if n := r.srv.stats.SentFromDisk.Load(); n != 0 {
 		t.Fatalf("%d bytes were read back from the backlog files for a caught-up compressed TLS replica", n)
+	}
+}
+
+// Appends of every size, with the replica reading in bursts and stalls, so
+// the sender moves between the writer's push, a full buffer and its cursor
+// again and again: the replica decodes exactly the log, for each codec.
+func TestCompressedReplicaBetweenPushAndDisk(t *testing.T) {
+	for _, codec := range AllCodecs() {
+		t.Run(codec, func(t *testing.T) {
+			srvEnd, peerEnd := net.Pipe()
+			r, lg, peer, dec := compressedStreamOn(t, codec, srvEnd, peerEnd)
+			stream := mixedBytes(6 << 20)
+			got := make(chan []byte, 1)
+			go func() {
+				buf := make([]byte, len(stream))
+				peer.SetReadDeadline(time.Now().Add(2 * time.Minute))
+				for n, i := 0, 0; n < len(buf); i++ {
+					k, err := dec.Read(buf[n:min(n+(i%7+1)*40<<10, len(buf))])
+					n += k
+					if err != nil {
+						break
+					}
+					if i%5 == 0 {
+						time.Sleep(3 * time.Millisecond) // a stall: the writer's pushes pile up
+					}
+				}
+				got <- buf
+			}()
+			for off, size := 0, 1; off < len(stream); off, size = off+size, size*7%(300<<10)+1 {
+				if err := lg.Append(stream[off:min(off+size, len(stream))]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Equal(<-got, stream) {
+				t.Fatal("the replica decoded other bytes than the log holds")
+			}
+			t.Logf("from memory %d, from disk %d", r.srv.stats.SentFromMemory.Load(), r.srv.stats.SentFromDisk.Load())
+		})
 	}
 }

@@ -11,8 +11,9 @@ import (
 // follower lets the upstream writer push to this replica while it is caught
 // up, with non-blocking writes straight to its socket; nil when the stream
 // cannot take them. A compressed or TLS stream has its own framing state,
-// and a paced one must wait for its limiter, so those always send from
-// their own goroutine.
+// and a paced one must wait for its limiter, so those send from their own
+// goroutine (a compressed one is fed through a buffer instead: see
+// compressedFollower).
 func (r *replica) follower() *backlog.Follower {
 	raw := r.plainSocket()
 	if raw == nil || r.limiter != nil {

@@ -101,6 +101,9 @@ type replica struct {
 	memOut func([]byte) (int, error)
 	sock   syscall.RawConn
 	full   bool
+	// fedByWriter says a compressed replica is parked with the writer
+	// (followCompressed), which tests wait for.
+	fedByWriter atomic.Bool
 }
 
 // waitState is why and since when a replica waits for a snapshot.
@@ -502,6 +505,7 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	var pf pendingFlush
 	defer pf.stop()
 	f := r.follower()
+	cf := r.compressedFollower()
 	r.memOut, r.sock = r.out.Write, r.plainSocket()
 	if r.sock != nil {
 		r.memOut = (&memoryWriter{raw: r.sock, full: &r.full}).send
@@ -546,6 +550,12 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 			}
 			continue
 		}
+		if cf != nil && cur.Park(cf.f) {
+			if err := r.followCompressed(ctx, cur, cf, &pf); err != nil {
+				return err
+			}
+			continue
+		}
 		changed := lg.Changed()
 		if _, end := lg.Bounds(); end > cur.Offset() {
 			continue // appended between the send and taking the channel
@@ -577,11 +587,14 @@ type pendingFlush struct {
 	bytes    int64
 	deadline time.Time
 	timer    *time.Timer
+	// held says bytes wait in a compressed follower's buffer, not yet in
+	// the encoder, with deadline already running for them.
+	held bool
 }
 
 // due fires when the pending bytes must go out; nil when there are none.
 func (pf *pendingFlush) due() <-chan time.Time {
-	if pf.bytes == 0 {
+	if pf.bytes == 0 && !pf.held {
 		return nil
 	}
 	wait := time.Until(pf.deadline)
@@ -605,9 +618,10 @@ func (r *replica) noteSent(pf *pendingFlush, n int64) error {
 	if r.cw == nil {
 		return nil
 	}
-	if pf.bytes == 0 {
+	if pf.bytes == 0 && !pf.held {
 		pf.deadline = time.Now().Add(zstdFlushDelay)
 	}
+	pf.held = false
 	pf.bytes += n
 	if time.Now().Before(pf.deadline) {
 		return nil

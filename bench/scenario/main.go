@@ -51,6 +51,8 @@ type options struct {
 	fanoutMBps     float64
 	populate       int
 	compressTime   time.Duration
+	compressRuns   int
+	core           coreOptions
 	relayRuns      int
 	relayRequests  int
 	relayAgainst   string
@@ -62,14 +64,14 @@ var allScenarios = []string{"rss", "catchup", "ingest"}
 
 // extraScenarios run only when named: "all" keeps meaning the three above,
 // so the default run stays as long as it was.
-var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress", "relay", "fanout-scale", "wan"}
+var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress", "compress-paired", "compress-core", "relay", "fanout-scale", "wan"}
 
 func main() {
 	runSinkIfAsked()
 	var o options
 	var scenarios string
 	fs := flag.CommandLine
-	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, relay, fanout-scale, wan, or all (the first three)")
+	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, compress-paired, compress-core, relay, fanout-scale, wan, or all (the first three)")
 	fs.Float64Var(&o.gib, "gib", 2, "GiB written through the master (rss, catchup; fanout-cpu, where the default is 1)")
 	fs.IntVar(&o.replicas, "replicas", 20, "replicas of the proxy (rss)")
 	fs.IntVar(&o.valueBytes, "value", 256<<10, "SET value size in bytes (rss, catchup)")
@@ -89,6 +91,11 @@ func main() {
 	fs.Float64Var(&o.fanoutMBps, "fanout-mbps", 10, "write rate in MB/s (fanout-rss)")
 	fs.IntVar(&o.populate, "populate", 500000, "keys DEBUG POPULATE puts in the master (fanout-fullsync)")
 	fs.DurationVar(&o.compressTime, "compress-time", 30*time.Second, "how long to write the mixed load (compress)")
+	fs.IntVar(&o.compressRuns, "compress-runs", 3, "runs (compress-paired)")
+	fs.Float64Var(&o.core.rateMBps, "core-rate", 300, "stream rate offered in MB/s (compress-core)")
+	fs.DurationVar(&o.core.d, "core-time", 20*time.Second, "how long to write (compress-core)")
+	fs.IntVar(&o.core.procs, "core-procs", 1, "GOMAXPROCS of the sending proxy (compress-core)")
+	fs.StringVar(&o.core.codec, "core-codec", "s2", "codec between the proxies (compress-core)")
 	fs.IntVar(&o.relayRuns, "relay-runs", 3, "side-by-side runs (relay)")
 	fs.IntVar(&o.relayRequests, "relay-requests", 400000, "redis-benchmark -n (relay)")
 	fs.StringVar(&o.relayAgainst, "relay-against", "", "another replproxy binary that relays the same stream beside P, to compare two builds in one run (relay)")
@@ -120,6 +127,8 @@ func main() {
 		fmt.Fprintf(out, "  fanout-fullsync  -fanout-replicas new replicas full-syncing from a proxy at once\n")
 		fmt.Fprintf(out, "  fanout-rss       proxy RSS with -wide-replicas replicas streaming a moderate load\n")
 		fmt.Fprintf(out, "  compress         zstd and s2 between two proxies vs. none, under a mixed write load, and the encoders alone\n")
+		fmt.Fprintf(out, "  compress-paired  each codec's cost on the sending proxy, with a plain sender beside it on the same load (-compress-runs)\n")
+		fmt.Fprintf(out, "  compress-core    whether one core of the sending proxy keeps up with -core-rate MB/s of stream under -core-codec\n")
 		fmt.Fprintf(out, "  relay            relay CPU and added lag: a chained redis-server vs. the proxy, side by side\n")
 		fmt.Fprintf(out, "  fanout-scale     proxy CPU per GB per replica with 1, 5, 20, 50 replicas, against a plain sendfile floor\n")
 		fmt.Fprintf(out, "  wan              regions A and B in network namespaces over a tbf-shaped link (root): direct, far, chain per codec\n\nflags:\n")
@@ -142,6 +151,7 @@ func main() {
 	}
 	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 ||
 		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 ||
+		o.compressRuns < 1 || o.core.rateMBps <= 0 || o.core.d <= 0 || o.core.procs < 1 ||
 		o.relayRuns < 1 || o.fanoutRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
 		os.Exit(2)
@@ -217,6 +227,10 @@ func run(o options) error {
 			err = b.fanoutRSS(ctx)
 		case "compress":
 			err = b.compress(ctx)
+		case "compress-paired":
+			err = b.compressPaired(ctx)
+		case "compress-core":
+			err = b.compressCore(ctx)
 		case "relay":
 			err = b.relay(ctx)
 		case "fanout-scale":

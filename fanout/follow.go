@@ -17,7 +17,9 @@ import (
 // their own goroutine.
 func (r *replica) follower() *backlog.Follower {
 	raw := r.plainSocket()
-	if raw == nil || r.limiter != nil {
+	if raw == nil || r.limiter != nil || r.watch != nil {
+		// A watched stream is scanned by its own sender, off the
+		// upstream writer's path.
 		return nil
 	}
 	return backlog.NewFollower(func(p []byte, off int64) int {
@@ -55,8 +57,9 @@ func (r *replica) plainSocket() syscall.RawConn {
 // socket full, and the rest goes from the backlog file, whose blocked
 // send holds no memory.
 type memoryWriter struct {
-	raw  syscall.RawConn
-	full *bool
+	raw   syscall.RawConn
+	full  *bool
+	watch *cmdWatch
 }
 
 // Write returns a short count with no error, unlike an io.Writer: only
@@ -64,6 +67,7 @@ type memoryWriter struct {
 func (w memoryWriter) Write(p []byte) (int, error) {
 	n := writeNow(w.raw, p)
 	*w.full = n < len(p)
+	w.watch.observe(p[:n])
 	return n, nil
 }
 

@@ -47,6 +47,11 @@ type ReplicaInfo struct {
 	// PeerIP is the address the replica connects from, whatever it
 	// announced.
 	PeerIP string
+	// Watched says the stream is scanned for commands the replica's
+	// server does not know (its format is older than the master's);
+	// UnknownCommands counts those relayed in this session.
+	Watched         bool
+	UnknownCommands int64
 }
 
 // AnnouncedOwnAddress says whether the replica announced no address or the
@@ -106,6 +111,12 @@ type replica struct {
 	// socket from the backlog file instead.
 	memOut io.Writer
 	full   bool
+
+	// watch scans the stream for commands the replica does not know (nil:
+	// none to look for); only the sender uses it.
+	watch       *cmdWatch
+	watched     atomic.Bool
+	unknownCmds atomic.Int64
 }
 
 // waitState is why and since when a replica waits for a snapshot.
@@ -145,6 +156,7 @@ func (r *replica) info() ReplicaInfo {
 		ri.WaitReason, ri.WaitSince = w.reason, w.since
 	}
 	ri.PeerIP = r.peerIP
+	ri.Watched, ri.UnknownCommands = r.watched.Load(), r.unknownCmds.Load()
 	return ri
 }
 
@@ -499,10 +511,11 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	lg := cur.Log()
 	var pf pendingFlush
 	defer pf.stop()
+	r.watch = r.watchCommands(cur.Offset())
 	f := r.follower()
-	r.memOut = r.out
+	r.memOut = r.watch.wrap(r.out)
 	if raw := r.plainSocket(); raw != nil {
-		r.memOut = memoryWriter{raw: raw, full: &r.full}
+		r.memOut = memoryWriter{raw: raw, full: &r.full, watch: r.watch}
 	}
 	for {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
@@ -639,7 +652,7 @@ func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 	if w, ok := r.memOut.(memoryWriter); ok {
 		n, err = r.sendFromDisk(cur, w.raw)
 	} else {
-		n, err = cur.Send(r.out, r.chunk())
+		n, err = cur.Send(r.watch.wrap(r.out), r.chunk())
 	}
 	r.srv.stats.SentFromDisk.Add(n)
 	return n, err

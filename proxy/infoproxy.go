@@ -41,8 +41,8 @@ func (p *Proxy) proxyInfo() []fanout.KV {
 	p.diskInfo(kv, now)
 	kv("downstream_bytes_sent", p.fan.BytesSent())
 	for i, r := range latestReplicas(p.fan.Replicas()) {
-		kv(fmt.Sprintf("replica%d", i), fmt.Sprintf("addr=%s,state=%s,lag_bytes=%d,lag_seconds=%.1f",
-			replicaName(r), r.State, max(st.End-r.SentOff, 0), replicaLag(r, st, lg, now).Seconds()))
+		kv(fmt.Sprintf("replica%d", i), fmt.Sprintf("addr=%s,state=%s,lag_bytes=%d,lag_seconds=%.1f,unknown_commands=%d",
+			replicaName(r), r.State, max(st.End-r.SentOff, 0), replicaLag(r, st, lg, now).Seconds(), r.UnknownCommands))
 	}
 	works := p.progress.Works()
 	sort.Slice(works, func(i, j int) bool { return works[i].Kind+works[i].Peer < works[j].Kind+works[j].Peer })

@@ -141,6 +141,7 @@ func fanoutConfig(cfg Config, store *backlog.Store, port int, version string, lo
 		UserRDBFormats:  cfg.userRDBFormats(),
 		RDBConvertLossy: cfg.Replicas.RDBConvertLossy,
 		ConvertDir:      filepath.Join(cfg.DataDir, "converted"),
+		ConvertRate:     int64(cfg.Replicas.RDBConvertRate),
 	}
 }
 

@@ -306,10 +306,12 @@ func (c *converter) convert(ctx context.Context, j *convJob, target rdbconvert.F
 	defer os.Remove(tmp.Name()) // a no-op once renamed
 	defer tmp.Close()
 	w := &crcWriter{w: tmp, crc: crc64jones.New()}
-	var r io.Reader = io.LimitReader(in, src.Size)
+	var r io.Reader = in
 	if c.rate > 0 {
 		r = &pacedReader{ctx: ctx, r: r, lim: rate.NewLimiter(rate.Limit(c.rate), int(min(c.rate, 1<<20)))}
 	}
+	// Outermost: the converter takes the limit for the source's size.
+	r = io.LimitReader(r, src.Size)
 	st, err := rdbconvert.ConvertProgress(ctx, r, w, target, c.lossy, &j.progress)
 	if err != nil {
 		return backlog.SnapshotInfo{}, st, fmt.Errorf("convert snapshot %s for %s: %w", filepath.Base(src.File), target.Name, err)

@@ -110,6 +110,10 @@ func ConvertProgress(ctx context.Context, src io.Reader, dst io.Writer, target F
 	if p == nil {
 		p = &Progress{}
 	}
+	var size int64
+	if lr, ok := src.(*io.LimitedReader); ok {
+		size = lr.N
+	}
 	src = countingReader{r: src, n: &p.Bytes}
 	if why := target.Convertible(); why != "" {
 		return Stats{}, fmt.Errorf("convert for %s: %s: %w", target.Name, why, ErrUnsupported)
@@ -117,7 +121,7 @@ func ConvertProgress(ctx context.Context, src io.Reader, dst io.Writer, target F
 	crc := crc64jones.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(dst, crc), 1<<20)
 	c := &converter{ctx: ctx, out: bw, target: target, lossy: lossy, maxType: maxType[target.Written()], progress: p,
-		in: &scanner{r: bufio.NewReaderSize(src, 1<<20)}}
+		in: &scanner{r: bufio.NewReaderSize(src, 1<<20), size: size}}
 	if err := c.header(); err != nil {
 		return c.stats, err
 	}

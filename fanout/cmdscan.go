@@ -26,6 +26,9 @@ type commandScanner struct {
 	value []byte // the argument's first bytes, kept for the first two
 	name  []byte // the command's name, upper-cased
 	first []byte // the command's first argument
+	// onCommand, if set, is called with each whole command's upper-cased
+	// name and the offset right after it.
+	onCommand func(name []byte, end int64)
 }
 
 // scanKeep is how much of an argument is kept: enough for a command's
@@ -107,6 +110,9 @@ func (s *commandScanner) argDone() {
 }
 
 func (s *commandScanner) commandDone() {
+	if s.onCommand != nil {
+		s.onCommand(s.name, s.off)
+	}
 	switch string(s.name) {
 	case "MULTI":
 		s.inMulti = true

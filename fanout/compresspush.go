@@ -112,7 +112,8 @@ type compressedFollower struct {
 // compressedFollower lets the writer feed this compressed replica while it
 // is caught up; nil for a paced one, which must wait for its limiter.
 func (r *replica) compressedFollower() *compressedFollower {
-	if r.cw == nil || r.limiter != nil {
+	if r.cw == nil || r.limiter != nil || r.watch != nil {
+		// A watched stream is scanned by its own sender.
 		return nil
 	}
 	pb := &pushBuffer{wake: make(chan struct{}, 1)}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hdt3213/rdb/crc64jones"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/rdbconvert"
@@ -35,6 +36,7 @@ type ConvertStats struct {
 type converter struct {
 	dir   string
 	lossy bool
+	rate  int64 // source bytes per second (0: no limit)
 	log   zerolog.Logger
 	stats *ConvertStats
 
@@ -43,24 +45,27 @@ type converter struct {
 }
 
 type convJob struct {
-	key     string // source snapshot and written RDB version
-	src     backlog.SnapshotInfo
-	path    string // the stored snapshot's path
-	cancel  context.CancelCauseFunc
-	done    chan struct{}
-	waiters int // guarded by converter.mu
+	key      string // source snapshot and written RDB version
+	src      backlog.SnapshotInfo
+	path     string // the stored snapshot's path
+	cancel   context.CancelCauseFunc
+	done     chan struct{}
+	waiters  int // guarded by converter.mu
+	target   string
+	started  time.Time
+	progress rdbconvert.Progress
 	// Set before done is closed.
 	out   backlog.SnapshotInfo // the converted file (File is a path)
 	err   error
 	stats rdbconvert.Stats
 }
 
-func newConverter(dir string, lossy bool, log zerolog.Logger, stats *ConvertStats) *converter {
+func newConverter(dir string, lossy bool, rate int64, log zerolog.Logger, stats *ConvertStats) *converter {
 	if dir != "" {
 		// Left by a previous process: the conversions are redone on demand.
 		os.RemoveAll(dir)
 	}
-	return &converter{dir: dir, lossy: lossy, log: log, stats: stats, jobs: map[string]*convJob{}}
+	return &converter{dir: dir, lossy: lossy, rate: rate, log: log, stats: stats, jobs: map[string]*convJob{}}
 }
 
 // errConversion marks a conversion that failed, as opposed to the
@@ -218,7 +223,8 @@ func (c *converter) join(path string, snap backlog.SnapshotInfo, target rdbconve
 		delete(c.jobs, name)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	j := &convJob{key: key, src: snap, path: path, cancel: cancel, done: make(chan struct{}), waiters: 1}
+	j := &convJob{key: key, src: snap, path: path, cancel: cancel, done: make(chan struct{}), waiters: 1,
+		target: target.Name, started: time.Now()}
 	c.jobs[key] = j
 	go c.run(ctx, j, target)
 	return j
@@ -258,7 +264,7 @@ func (c *converter) run(ctx context.Context, j *convJob, target rdbconvert.Forma
 	start := time.Now()
 	c.log.Info().Str("snapshot", j.src.File).Int64("offset", j.src.Offset).Str("target", target.Name).
 		Msg("converting the snapshot for replicas that cannot load its format")
-	j.out, j.stats, j.err = c.convert(ctx, j.path, j.src, target)
+	j.out, j.stats, j.err = c.convert(ctx, j, target)
 	lost := j.stats
 	c.stats.LostFieldTTLs.Add(lost.LostFieldTTLs)
 	c.stats.LostKeys.Add(lost.LostKeys)
@@ -283,7 +289,8 @@ func (c *converter) run(ctx context.Context, j *convJob, target rdbconvert.Forma
 
 // convert writes the conversion to a temp file, checksums it as it goes,
 // and renames it beside the others once complete.
-func (c *converter) convert(ctx context.Context, path string, src backlog.SnapshotInfo, target rdbconvert.Format) (backlog.SnapshotInfo, rdbconvert.Stats, error) {
+func (c *converter) convert(ctx context.Context, j *convJob, target rdbconvert.Format) (backlog.SnapshotInfo, rdbconvert.Stats, error) {
+	path, src := j.path, j.src
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return backlog.SnapshotInfo{}, rdbconvert.Stats{}, fmt.Errorf("create %s: %w", c.dir, err)
 	}
@@ -299,7 +306,13 @@ func (c *converter) convert(ctx context.Context, path string, src backlog.Snapsh
 	defer os.Remove(tmp.Name()) // a no-op once renamed
 	defer tmp.Close()
 	w := &crcWriter{w: tmp, crc: crc64jones.New()}
-	st, err := rdbconvert.Convert(ctx, io.LimitReader(in, src.Size), w, target, c.lossy)
+	var r io.Reader = in
+	if c.rate > 0 {
+		r = &pacedReader{ctx: ctx, r: r, lim: rate.NewLimiter(rate.Limit(c.rate), int(min(c.rate, 1<<20)))}
+	}
+	// Outermost: the converter takes the limit for the source's size.
+	r = io.LimitReader(r, src.Size)
+	st, err := rdbconvert.ConvertProgress(ctx, r, w, target, c.lossy, &j.progress)
 	if err != nil {
 		return backlog.SnapshotInfo{}, st, fmt.Errorf("convert snapshot %s for %s: %w", filepath.Base(src.File), target.Name, err)
 	}
@@ -312,6 +325,55 @@ func (c *converter) convert(ctx context.Context, path string, src backlog.Snapsh
 	}
 	return backlog.SnapshotInfo{File: name, ReplID: src.ReplID, Offset: src.Offset, Size: w.n,
 		CRC64: fmt.Sprintf("%016x", w.crc.Sum64())}, st, nil
+}
+
+// pacedReader reads at most its limiter's rate: a conversion reads and
+// writes a snapshot's size, on the disk the backlog is written to.
+type pacedReader struct {
+	ctx context.Context
+	r   io.Reader
+	lim *rate.Limiter
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b[:min(len(b), p.lim.Burst())])
+	if n > 0 {
+		if werr := p.lim.WaitN(p.ctx, n); werr != nil {
+			return n, context.Cause(p.ctx)
+		}
+	}
+	return n, err
+}
+
+// Conversion is a conversion running now, as INFO and the log report it.
+type Conversion struct {
+	Snapshot string // the source snapshot's file name
+	Target   string
+	Done     int64 // source bytes read
+	Total    int64 // the source snapshot's size
+	Keys     int64 // keys written
+	Started  time.Time
+}
+
+// Conversions lists the conversions running now.
+func (s *Server) Conversions() []Conversion {
+	if s.conv == nil {
+		return nil
+	}
+	c := s.conv
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Conversion
+	for _, j := range c.jobs {
+		select {
+		case <-j.done:
+			continue
+		default:
+		}
+		out = append(out, Conversion{Snapshot: filepath.Base(j.src.File), Target: j.target, Done: j.progress.Bytes.Load(),
+			Total: j.src.Size, Keys: j.progress.Keys.Load(), Started: j.started})
+	}
+	return out
 }
 
 type crcWriter struct {
@@ -361,10 +423,22 @@ func oneLine(s string) string {
 
 // convertInfo is INFO's view of the conversions.
 func (s *Server) convertInfo() []KV {
-	return []KV{
+	out := []KV{
 		{"rdb_conversions", strconv.FormatInt(s.convStats.Conversions.Load(), 10)},
 		{"rdb_conversion_refusals", strconv.FormatInt(s.convStats.Refused.Load(), 10)},
 		{"rdb_conversion_lost_field_ttls", strconv.FormatInt(s.convStats.LostFieldTTLs.Load(), 10)},
 		{"rdb_conversion_lost_keys", strconv.FormatInt(s.convStats.LostKeys.Load(), 10)},
 	}
+	// Summed over the running conversions: one per snapshot and RDB
+	// version, so rarely more than one.
+	var done, total, keys int64
+	running := s.Conversions()
+	for _, cv := range running {
+		done, total, keys = done+cv.Done, total+cv.Total, keys+cv.Keys
+	}
+	return append(out,
+		KV{"rdb_conversions_in_progress", strconv.Itoa(len(running))},
+		KV{"rdb_conversion_bytes_done", strconv.FormatInt(done, 10)},
+		KV{"rdb_conversion_bytes_total", strconv.FormatInt(total, 10)},
+		KV{"rdb_conversion_keys", strconv.FormatInt(keys, 10)})
 }

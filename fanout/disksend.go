@@ -21,7 +21,7 @@ func (r *replica) sendFromDisk(cur *backlog.Cursor, raw syscall.RawConn) (int64,
 	if err := waitWritable(raw); err != nil {
 		return 0, err
 	}
-	w := &socketWriter{raw: raw}
+	w := &socketWriter{raw: raw, watch: r.watch}
 	n, err := cur.Send(w, r.chunk())
 	r.full = w.short
 	return n, err
@@ -32,10 +32,12 @@ func (r *replica) sendFromDisk(cur *backlog.Cursor, raw syscall.RawConn) (int64,
 type socketWriter struct {
 	raw   syscall.RawConn
 	short bool
+	watch *cmdWatch
 }
 
 func (w *socketWriter) Write(p []byte) (int, error) {
 	n := rawsock.WriteNow(w.raw, p)
+	w.watch.observe(p[:n])
 	w.short = w.short || n < len(p)
 	return n, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -125,7 +126,7 @@ func (s *Server) infoReplication(b *strings.Builder) {
 	for i, r := range reps {
 		lag := int64(now.Sub(r.AckTime).Seconds())
 		fmt.Fprintf(b, "slave%d:ip=%s,port=%d,state=%s,offset=%d,lag=%d,lag_bytes=%d,sent_bytes=%d,connected_seconds=%d%s\r\n",
-			i, r.IP, r.Port, r.State, r.AckOffset, lag, max(st.End-r.SentOff, 0), r.SentBytes, int64(now.Sub(r.Since).Seconds()), versionField(r))
+			i, r.IP, r.Port, r.State, r.AckOffset, lag, max(st.End-r.SentOff, 0), r.SentBytes, int64(now.Sub(r.Since).Seconds()), versionField(r)+unknownField(r))
 	}
 	field(b, "master_failover_state", "no-failover")
 	field(b, "master_replid", st.ReplID)
@@ -147,6 +148,15 @@ func versionField(r ReplicaInfo) string {
 	return ",version=" + r.Version
 }
 
+// unknownField appends the count of relayed commands the replica's
+// server does not know, for a replica whose stream is scanned for them.
+func unknownField(r ReplicaInfo) string {
+	if !r.Watched {
+		return ""
+	}
+	return ",unknown_commands=" + strconv.FormatInt(r.UnknownCommands, 10)
+}
+
 // infoReplicas details each replica beyond what the slaveN lines carry,
 // for an operator chasing a slow one.
 func (s *Server) infoReplicas(b *strings.Builder) {
@@ -156,7 +166,7 @@ func (s *Server) infoReplicas(b *strings.Builder) {
 	for i, r := range s.Replicas() {
 		fmt.Fprintf(b, "replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,sent_offset=%d,lag_bytes=%d,lag_seconds=%d,sent_bytes=%d,connected_since=%d,connected_seconds=%d%s",
 			i, r.IP, r.Port, r.State, r.AckOffset, r.SentOff-1, max(end-r.SentOff, 0), int64(now.Sub(r.AckTime).Seconds()),
-			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()), versionField(r))
+			r.SentBytes, r.Since.Unix(), int64(now.Sub(r.Since).Seconds()), versionField(r)+unknownField(r))
 		if r.Codec != "" {
 			b.WriteString(",codec=" + r.Codec)
 		}

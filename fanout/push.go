@@ -16,7 +16,9 @@ import (
 // compressedFollower).
 func (r *replica) follower() *backlog.Follower {
 	raw := r.plainSocket()
-	if raw == nil || r.limiter != nil {
+	if raw == nil || r.limiter != nil || r.watch != nil {
+		// A watched stream is scanned by its own sender, off the
+		// upstream writer's path.
 		return nil
 	}
 	return backlog.NewFollower(func(p []byte, off int64) int {
@@ -45,13 +47,15 @@ func (r *replica) plainSocket() syscall.RawConn {
 // short send, with no error (Cursor.SendRecent), marks the socket full, and
 // the rest goes from the backlog file, whose blocked send holds no memory.
 type memoryWriter struct {
-	raw  syscall.RawConn
-	full *bool
+	raw   syscall.RawConn
+	full  *bool
+	watch *cmdWatch
 }
 
 func (w *memoryWriter) send(p []byte) (int, error) {
 	n := rawsock.WriteNow(w.raw, p)
 	*w.full = n < len(p)
+	w.watch.observe(p[:n])
 	return n, nil
 }
 

@@ -41,6 +41,11 @@ type ReplicaInfo struct {
 	// PeerIP is the address the replica connects from, whatever it
 	// announced.
 	PeerIP string
+	// Watched says the stream is scanned for commands the replica's
+	// server does not know (its format is older than the master's);
+	// UnknownCommands counts those relayed in this session.
+	Watched         bool
+	UnknownCommands int64
 }
 
 // AnnouncedOwnAddress says whether the replica announced no address or the
@@ -104,6 +109,12 @@ type replica struct {
 	// fedByWriter says a compressed replica is parked with the writer
 	// (followCompressed), which tests wait for.
 	fedByWriter atomic.Bool
+
+	// watch scans the stream for commands the replica does not know (nil:
+	// none to look for); only the sender uses it.
+	watch       *cmdWatch
+	watched     atomic.Bool
+	unknownCmds atomic.Int64
 }
 
 // waitState is why and since when a replica waits for a snapshot.
@@ -143,6 +154,7 @@ func (r *replica) info() ReplicaInfo {
 		ri.WaitReason, ri.WaitSince = w.reason, w.since
 	}
 	ri.PeerIP = r.peerIP
+	ri.Watched, ri.UnknownCommands = r.watched.Load(), r.unknownCmds.Load()
 	return ri
 }
 
@@ -504,11 +516,12 @@ func (r *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	lg := cur.Log()
 	var pf pendingFlush
 	defer pf.stop()
+	r.watch = r.watchCommands(cur.Offset())
 	f := r.follower()
 	cf := r.compressedFollower()
-	r.memOut, r.sock = r.out.Write, r.plainSocket()
+	r.memOut, r.sock = r.watch.wrap(r.out).Write, r.plainSocket()
 	if r.sock != nil {
-		r.memOut = (&memoryWriter{raw: r.sock, full: &r.full}).send
+		r.memOut = (&memoryWriter{raw: r.sock, full: &r.full, watch: r.watch}).send
 	}
 	for {
 		r.conn.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplTimeout))
@@ -655,7 +668,7 @@ func (r *replica) send(cur *backlog.Cursor) (int64, error) {
 	if r.sock != nil {
 		n, err = r.sendFromDisk(cur, r.sock)
 	} else {
-		n, err = cur.Send(r.out, r.chunk())
+		n, err = cur.Send(r.watch.wrap(r.out), r.chunk())
 	}
 	r.srv.stats.SentFromDisk.Add(n)
 	return n, err

@@ -99,6 +99,9 @@ type Config struct {
 	UserRDBFormats  map[string]rdbconvert.Format
 	RDBConvertLossy bool
 	ConvertDir      string
+	// ConvertRate caps a conversion's reading of the snapshot, in bytes
+	// per second (0: none).
+	ConvertRate int64
 }
 
 func (c *Config) setDefaults() {
@@ -180,7 +183,7 @@ func New(cfg Config) *Server {
 		s.users[u.Name] = &u
 	}
 	if cfg.ConvertDir != "" {
-		s.conv = newConverter(cfg.ConvertDir, cfg.RDBConvertLossy, cfg.Logger, &s.convStats)
+		s.conv = newConverter(cfg.ConvertDir, cfg.RDBConvertLossy, cfg.ConvertRate, cfg.Logger, &s.convStats)
 	}
 	if cfg.MaxConcurrentFullSyncs > 0 {
 		s.fullSyncSlots = make(chan struct{}, cfg.MaxConcurrentFullSyncs)

@@ -154,6 +154,9 @@ type ReplicaConfig struct {
 	// TTLs, module keys) with the loss counted, instead of refusing.
 	RDBFormat       string `yaml:"rdb_format"`
 	RDBConvertLossy bool   `yaml:"rdb_convert_lossy"`
+	// RDBConvertRate caps how fast a conversion reads the snapshot, in
+	// bytes per second (0: no limit).
+	RDBConvertRate Size `yaml:"rdb_convert_rate"`
 }
 
 // LogConfig is the process log.

@@ -41,14 +41,18 @@ func (p *Proxy) proxyInfo() []fanout.KV {
 	p.diskInfo(kv, now)
 	kv("downstream_bytes_sent", p.fan.BytesSent())
 	for i, r := range latestReplicas(p.fan.Replicas()) {
-		kv(fmt.Sprintf("replica%d", i), fmt.Sprintf("addr=%s,state=%s,lag_bytes=%d,lag_seconds=%.1f",
-			replicaName(r), r.State, max(st.End-r.SentOff, 0), replicaLag(r, st, lg, now).Seconds()))
+		kv(fmt.Sprintf("replica%d", i), fmt.Sprintf("addr=%s,state=%s,lag_bytes=%d,lag_seconds=%.1f,unknown_commands=%d",
+			replicaName(r), r.State, max(st.End-r.SentOff, 0), replicaLag(r, st, lg, now).Seconds(), r.UnknownCommands))
 	}
 	works := p.progress.Works()
 	sort.Slice(works, func(i, j int) bool { return works[i].Kind+works[i].Peer < works[j].Kind+works[j].Peer })
 	for i, w := range works {
-		kv(fmt.Sprintf("work%d", i), fmt.Sprintf("kind=%s,peer=%s,done=%d,total=%d,percent=%.1f,rate_bytes=%d,eta_seconds=%.0f,elapsed_seconds=%d",
-			w.Kind, w.Peer, w.Done, w.Total, w.Percent(), int64(w.Rate), w.ETA, int64(now.Sub(w.Started).Seconds())))
+		line := fmt.Sprintf("kind=%s,peer=%s,done=%d,total=%d,percent=%.1f,rate_bytes=%d,eta_seconds=%.0f,elapsed_seconds=%d",
+			w.Kind, w.Peer, w.Done, w.Total, w.Percent(), int64(w.Rate), w.ETA, int64(now.Sub(w.Started).Seconds()))
+		if w.Kind == workRDBConversion {
+			line += fmt.Sprintf(",keys=%d", w.Keys)
+		}
+		kv(fmt.Sprintf("work%d", i), line)
 	}
 	return out
 }

@@ -48,6 +48,7 @@ var (
 	descLagSeconds    = desc("replica_lag_seconds", "Age of the oldest byte a replica has not acknowledged.", "replica")
 	descAckOffset     = desc("replica_ack_offset", "Last offset a replica acknowledged.", "replica")
 	descRepSent       = desc("replica_sent_bytes", "Bytes sent to a replica in its current session.", "replica")
+	descRepUnknown    = desc("replica_unknown_commands_total", "Commands relayed to a replica that its server does not know (its rdb_format is older than the master), in its current session.", "replica")
 	descSnapOffset    = desc("snapshot_offset", "Replication offset of the stored snapshot.")
 	descSnapBytes     = desc("snapshot_bytes", "Size of the stored snapshot.")
 	descSnapAge       = desc("snapshot_age_seconds", "Seconds since the stored snapshot was written.")
@@ -202,6 +203,7 @@ func (c collector) collectReplicas(e emitter, st backlog.State, lg *backlog.Log,
 		e.gauge(descAckOffset, float64(r.AckOffset), name)
 		e.gauge(descRepSent, float64(r.SentBytes), name)
 		e.work(descRepWork, replicaWork(c.p.progress, name), name)
+		e.counter(descRepUnknown, float64(r.UnknownCommands), name)
 		if r.WaitReason != "" {
 			e.gauge(descWaiting, now.Sub(r.WaitSince).Seconds(), name, r.WaitReason)
 		}

@@ -52,6 +52,7 @@ const (
 	workSnapshotRefresh = "snapshot_refresh"   // an rdb-only RDB from the master
 	workReplicaSync     = "replica_full_sync"  // the snapshot, to a replica
 	workReplicaCatchup  = "replica_catchup"    // the backlog, to a replica far behind
+	workRDBConversion   = "rdb_conversion"     // the snapshot, re-encoded for older replicas
 )
 
 // catchupBytes is the lag from which an online replica counts as catching
@@ -70,6 +71,7 @@ type Work struct {
 	Rate    float64 // bytes per second, smoothed
 	ETA     float64 // seconds; -1: unknown
 	Started time.Time
+	Keys    int64 // keys done, for a conversion
 }
 
 // Percent of Total done, or -1 when Total is unknown.
@@ -173,7 +175,7 @@ func (w *workState) update(cur *workState, now time.Time, ingest float64) {
 		w.Rate = smooth(w.Rate, float64(cur.Done-w.lastDone)/dt)
 	}
 	w.lastDone, w.lastAt = cur.Done, now
-	w.Done, w.Total = cur.Done, cur.Total
+	w.Done, w.Total, w.Keys = cur.Done, cur.Total, cur.Keys
 	w.ETA = -1
 	left := float64(w.Total - w.Done)
 	gain := w.Rate
@@ -206,6 +208,12 @@ func (pg *progress) current(now time.Time) map[string]*workState {
 	}
 	if p.snap.bytes.active.Load() {
 		add(transferWork(workSnapshotRefresh, master, &p.snap.bytes), 0)
+	}
+	for _, cv := range p.fan.Conversions() {
+		// Peer names the target: one conversion runs per snapshot and
+		// RDB version, shared by the replicas that need it.
+		add(Work{Kind: workRDBConversion, Peer: cv.Target, Done: cv.Done, Total: cv.Total, ETA: -1,
+			Keys: cv.Keys, Started: cv.Started}, 0)
 	}
 	st := p.store.State()
 	pg.mu.Lock()
@@ -250,7 +258,11 @@ func transferWork(kind, peer string, t *transfer) Work {
 }
 
 func (pg *progress) event(w Work) *zerolog.Event {
-	return pg.log.Info().Str("work", w.Kind).Str("peer", w.Peer).Int64("bytes_done", w.Done).Int64("bytes_total", w.Total)
+	ev := pg.log.Info().Str("work", w.Kind).Str("peer", w.Peer).Int64("bytes_done", w.Done).Int64("bytes_total", w.Total)
+	if w.Kind == workRDBConversion {
+		ev = ev.Int64("keys", w.Keys)
+	}
+	return ev
 }
 
 func (pg *progress) logStart(w *workState) {

@@ -131,6 +131,7 @@ func fanoutConfig(r Resolved, store *backlog.Store, port int, version string, lo
 		UserRDBFormats:  r.userFormats,
 		RDBConvertLossy: cfg.Replicas.RDBConvertLossy,
 		ConvertDir:      backlog.Layout(cfg.DataDir).Converted(),
+		ConvertRate:     int64(cfg.Replicas.RDBConvertRate),
 	}
 }
 

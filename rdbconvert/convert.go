@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sync/atomic"
 
 	"github.com/hdt3213/rdb/core"
 	"github.com/hdt3213/rdb/crc64jones"
@@ -24,6 +25,24 @@ type Stats struct {
 	// newer than the target).
 	LostFieldTTLs int64
 	LostKeys      int64
+}
+
+// Progress is what a running conversion has done so far, for reports
+// read while it runs.
+type Progress struct {
+	Bytes atomic.Int64 // source bytes read (the reader runs up to 1 MiB ahead)
+	Keys  atomic.Int64 // keys written
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // Lost reports whether anything was left out.
@@ -82,13 +101,27 @@ const (
 // the conversion with an *UnsupportedError naming the first such key;
 // with lossy it is left out and counted instead.
 func Convert(ctx context.Context, src io.Reader, dst io.Writer, target Format, lossy bool) (Stats, error) {
+	return ConvertProgress(ctx, src, dst, target, lossy, nil)
+}
+
+// ConvertProgress is Convert that keeps p up to date as it goes (p may
+// be nil).
+func ConvertProgress(ctx context.Context, src io.Reader, dst io.Writer, target Format, lossy bool, p *Progress) (Stats, error) {
+	if p == nil {
+		p = &Progress{}
+	}
+	var size int64
+	if lr, ok := src.(*io.LimitedReader); ok {
+		size = lr.N
+	}
+	src = countingReader{r: src, n: &p.Bytes}
 	if why := target.Convertible(); why != "" {
 		return Stats{}, fmt.Errorf("convert for %s: %s: %w", target.Name, why, ErrUnsupported)
 	}
 	crc := crc64jones.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(dst, crc), 1<<20)
-	c := &converter{ctx: ctx, out: bw, target: target, lossy: lossy, maxType: maxType[target.Written()],
-		in: &scanner{r: bufio.NewReaderSize(src, 1<<20)}}
+	c := &converter{ctx: ctx, out: bw, target: target, lossy: lossy, maxType: maxType[target.Written()], progress: p,
+		in: &scanner{r: bufio.NewReaderSize(src, 1<<20), size: size}}
 	if err := c.header(); err != nil {
 		return c.stats, err
 	}
@@ -112,16 +145,17 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, target Format, l
 }
 
 type converter struct {
-	ctx     context.Context
-	in      *scanner
-	out     *bufio.Writer
-	target  Format
-	lossy   bool
-	maxType byte
-	stats   Stats
-	magic   []byte // the source's header, for the decoder
-	db      int
-	last    string // the last key read, for errors
+	ctx      context.Context
+	in       *scanner
+	out      *bufio.Writer
+	target   Format
+	lossy    bool
+	maxType  byte
+	stats    Stats
+	progress *Progress
+	magic    []byte // the source's header, for the decoder
+	db       int
+	last     string // the last key read, for errors
 }
 
 func (c *converter) header() error {
@@ -176,6 +210,7 @@ func (c *converter) body() error {
 		if !prefix {
 			c.out.Write(c.in.rec)
 			c.in.reset()
+			c.progress.Keys.Store(c.stats.Keys)
 		}
 	}
 }

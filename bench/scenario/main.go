@@ -57,6 +57,7 @@ type options struct {
 	relayRequests  int
 	relayAgainst   string
 	scaleMiB       int
+	convertGiB     float64
 	wan            wanOptions
 }
 
@@ -64,14 +65,15 @@ var allScenarios = []string{"rss", "catchup", "ingest"}
 
 // extraScenarios run only when named: "all" keeps meaning the three above,
 // so the default run stays as long as it was.
-var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress", "compress-paired", "compress-core", "relay", "fanout-scale", "wan"}
+var extraScenarios = []string{"fanout-cpu", "fanout-fullsync", "fanout-rss", "compress", "compress-paired", "compress-core", "relay", "fanout-scale", "wan", "convert"}
 
 func main() {
 	runSinkIfAsked()
+	runConvertIfAsked()
 	var o options
 	var scenarios string
 	fs := flag.CommandLine
-	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, compress-paired, compress-core, relay, fanout-scale, wan, or all (the first three)")
+	fs.StringVar(&scenarios, "scenario", "all", "comma-separated: rss, catchup, ingest, fanout-cpu, fanout-fullsync, fanout-rss, compress, compress-paired, compress-core, relay, fanout-scale, wan, convert, or all (the first three)")
 	fs.Float64Var(&o.gib, "gib", 2, "GiB written through the master (rss, catchup; fanout-cpu, where the default is 1)")
 	fs.IntVar(&o.replicas, "replicas", 20, "replicas of the proxy (rss)")
 	fs.IntVar(&o.valueBytes, "value", 256<<10, "SET value size in bytes (rss, catchup)")
@@ -100,6 +102,7 @@ func main() {
 	fs.IntVar(&o.relayRequests, "relay-requests", 400000, "redis-benchmark -n (relay)")
 	fs.StringVar(&o.relayAgainst, "relay-against", "", "another replproxy binary that relays the same stream beside P, to compare two builds in one run (relay)")
 	fs.IntVar(&o.scaleMiB, "scale-mib", 128, "MiB written per replica count (fanout-scale)")
+	fs.Float64Var(&o.convertGiB, "convert-gib", 1, "size of the Redis 7.4 RDB converted for Redis 7.2 (convert)")
 	fs.Float64Var(&o.wan.rateMbit, "wan-rate", 80, "link rate in Mbit/s each way (wan)")
 	fs.Float64Var(&o.wan.burstMBps, "wan-burst-mbps", 12, "burst write rate in MB/s of JSON-like SETs (wan)")
 	fs.DurationVar(&o.wan.burstTime, "wan-burst-time", 40*time.Second, "burst length (wan)")
@@ -131,6 +134,7 @@ func main() {
 		fmt.Fprintf(out, "  compress-core    whether one core of the sending proxy keeps up with -core-rate MB/s of stream under -core-codec\n")
 		fmt.Fprintf(out, "  relay            relay CPU and added lag: a chained redis-server vs. the proxy, side by side\n")
 		fmt.Fprintf(out, "  fanout-scale     proxy CPU per GB per replica with 1, 5, 20, 50 replicas, against a plain sendfile floor\n")
+		fmt.Fprintf(out, "  convert          RSS of rdbconvert converting a -convert-gib GiB Redis 7.4 RDB for Redis 7.2 (needs make compat's builds)\n")
 		fmt.Fprintf(out, "  wan              regions A and B in network namespaces over a tbf-shaped link (root): direct, far, chain per codec\n\nflags:\n")
 		fs.PrintDefaults()
 	}
@@ -152,7 +156,7 @@ func main() {
 	if o.gib <= 0 || o.replicas < 1 || o.valueBytes < 1 || o.keys < 1 || o.ingestValue < 1 || o.segmentMiB < 1 ||
 		o.fanoutReplicas < 1 || o.wideReplicas < 1 || o.fanoutTime <= 0 || o.fanoutMBps <= 0 || o.populate < 1 || o.compressTime <= 0 ||
 		o.compressRuns < 1 || o.core.rateMBps <= 0 || o.core.d <= 0 || o.core.procs < 1 ||
-		o.relayRuns < 1 || o.fanoutRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 {
+		o.relayRuns < 1 || o.fanoutRuns < 1 || o.relayRequests < 1 || o.scaleMiB < 1 || o.convertGiB <= 0 {
 		fmt.Fprintln(os.Stderr, "sizes and counts must be positive")
 		os.Exit(2)
 	}
@@ -237,6 +241,8 @@ func run(o options) error {
 			err = b.fanoutScale(ctx)
 		case "wan":
 			err = b.wan(ctx)
+		case "convert":
+			err = b.convert(ctx)
 		}
 		// Each scenario starts from nothing: stop its processes and free
 		// its disk before the next one.

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/backlog"
@@ -81,7 +82,7 @@ func (in *ingest) take(b *backlog.Batch, n int) error {
 		}
 		return &storeFailure{fmt.Errorf("store stream: %w", err)}
 	}
-	l.rawBytes.Add(int64(n))
+	l.RawBytes.Add(int64(n))
 	if asked {
 		select {
 		case in.getack <- struct{}{}:
@@ -196,7 +197,7 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 			conn.Close()
 			return err
 		}
-		l.lastAck.note(off)
+		l.LastAck.note(off)
 		last = off
 	}
 }
@@ -222,4 +223,15 @@ func sendAck(conn net.Conn, off int64) error {
 		return fmt.Errorf("send REPLCONF ACK: %w", err)
 	}
 	return nil
+}
+
+// Ack is the last REPLCONF ACK sent upstream.
+type Ack struct {
+	Off atomic.Int64
+	At  atomic.Int64 // unix nanoseconds; 0: none yet
+}
+
+func (a *Ack) note(off int64) {
+	a.Off.Store(off)
+	a.At.Store(time.Now().UnixNano())
 }

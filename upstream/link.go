@@ -381,3 +381,11 @@ func (c *watchedConn) Write(p []byte) (int, error) {
 	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(p)
 }
+
+// noteRead records n bytes read past the conn's own Read.
+func (c *watchedConn) noteRead(n int) {
+	c.lastIO.Store(time.Now().UnixNano())
+	if c.wire != nil {
+		c.wire.Add(int64(n))
+	}
+}

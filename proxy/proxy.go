@@ -1,6 +1,7 @@
-// Package proxy wires replproxy together: the upstream link that acts as one
-// replica of the master, the disk backlog it feeds, and the downstream server
-// that acts as a master for any number of replicas.
+// Package proxy wires replproxy together: the upstream link (package
+// upstream) that acts as one replica of the master, the disk backlog it
+// feeds, and the downstream server that acts as a master for any number of
+// replicas.
 package proxy
 
 import (

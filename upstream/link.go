@@ -1,3 +1,7 @@
+// Package upstream is the proxy's replica side: the link to the master
+// (handshake, full or partial sync, the stream into the backlog, ACKs) and
+// the refresher that renews the snapshot over a second connection. The
+// README's "How a byte flows" follows the stream through it.
 package upstream
 
 import (

@@ -19,7 +19,7 @@ import (
 // throughput; none of them fails on speed.
 
 // netReadBytes is what the upstream link reads at most per call (its buffer
-// in proxy/stream.go), so one append in production is at most this large.
+// in upstream/stream.go), so one append in production is at most this large.
 const netReadBytes = 64 << 10
 
 func benchOptions(policy FsyncPolicy) Options {

@@ -311,26 +311,6 @@ func (s *Store) Append(p []byte) error {
 	return l.Append(p)
 }
 
-// NewBatch returns memory for the next upstream read (Log.NewBatch).
-func (s *Store) NewBatch(size int) (*Batch, error) {
-	l := s.Log()
-	if l == nil {
-		return nil, errors.New("append before the first full sync")
-	}
-	return l.NewBatch(size), nil
-}
-
-// AppendBatch appends the first n bytes of b and takes b over
-// (Log.AppendBatch).
-func (s *Store) AppendBatch(b *Batch, n int) error {
-	l := s.Log()
-	if l == nil {
-		b.Release()
-		return errors.New("append before the first full sync")
-	}
-	return l.AppendBatch(b, n)
-}
-
 // AppendStuck is how long the current append has been running (Log.AppendStuck).
 func (s *Store) AppendStuck(now time.Time) time.Duration {
 	if l := s.Log(); l != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/replproxy/replproxy/internal/redisproc"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/resp"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // fakeReplica is a raw replica connection: it full-syncs, reads the RDB,
@@ -217,7 +218,7 @@ func TestAckBeyondSentIsDropped(t *testing.T) {
 	t.Parallel()
 	m := redisproc.Start(t, masterArgs...)
 	cfg := proxyConfig(t, m.Addr())
-	cfg.AckMode = proxy.AckReplicas
+	cfg.AckMode = upstream.AckReplicas
 	p := startProxy(t, cfg)
 	redisproc.Eventually(t, syncTimeout, "the proxy's first sync", func() (bool, string) {
 		st := p.info("replication")["master_link_status"]

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // ClusterConfig makes the proxy relay one shard of a Redis Cluster and
@@ -121,7 +122,7 @@ type shardView struct {
 // clusterWatch keeps the link on the shard's current primary.
 type clusterWatch struct {
 	cfg  ClusterConfig
-	link *Link
+	link *upstream.Link
 	log  zerolog.Logger
 
 	// tls, when the upstream side uses TLS, secures the lookups too (they

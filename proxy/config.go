@@ -18,6 +18,7 @@ import (
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/rdbconvert"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // Config is the whole proxy configuration, as config.yaml spells it.
@@ -52,10 +53,10 @@ type Config struct {
 	Log         LogConfig      `yaml:"log"`
 	TLS         TLSConfig      `yaml:"tls"`
 	Health      HealthConfig   `yaml:"health"`
-	// AckMode is what the proxy acknowledges to its master: AckStored or
-	// AckReplicas; AckQuorum picks the replica ACK to use (0: all).
-	AckMode   AckMode `yaml:"ack_mode"`
-	AckQuorum int     `yaml:"ack_quorum"`
+	// AckMode is what the proxy acknowledges to its master: upstream.AckStored or
+	// upstream.AckReplicas; AckQuorum picks the replica ACK to use (0: all).
+	AckMode   upstream.AckMode `yaml:"ack_mode"`
+	AckQuorum int              `yaml:"ack_quorum"`
 	// Pipelines relays several cluster shards from one process.
 	Pipelines []PipelineConfig `yaml:"pipelines"`
 
@@ -194,7 +195,7 @@ func Defaults() Config {
 		Replicas: ReplicaConfig{Timeout: Duration(60 * time.Second), Compression: fanout.AllCodecs()},
 		Log:      LogConfig{Level: "info", Format: "auto", ProgressInterval: Duration(10 * time.Second)},
 		Health:   HealthConfig{ReadyMaxLag: Duration(30 * time.Second)},
-		AckMode:  AckStored,
+		AckMode:  upstream.AckStored,
 
 		MaxMemoryUnauthClients: fanout.DefaultUnauthMaxMemory,
 		MetricsMaxConnections:  64,
@@ -301,7 +302,7 @@ func (c Config) Validate() error {
 	if err := c.validateClients(); err != nil {
 		return err
 	}
-	if c.AckMode != AckStored && c.AckMode != AckReplicas {
+	if c.AckMode != upstream.AckStored && c.AckMode != upstream.AckReplicas {
 		return fmt.Errorf("ack_mode %q: want stored or replicas", c.AckMode)
 	}
 	if c.AckQuorum < 0 || c.Replicas.MaxConcurrentFullSyncs < 0 {

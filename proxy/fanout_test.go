@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redisproc"
-	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // Issue 4, point 1: twenty replicas behind one proxy; the master sees one.
@@ -209,7 +209,7 @@ func TestAckModeReplicasKeepsWaitHonest(t *testing.T) {
 	t.Parallel()
 	m := redisproc.Start(t, masterArgs...)
 	cfg := proxyConfig(t, m.Addr())
-	cfg.AckMode = proxy.AckReplicas
+	cfg.AckMode = upstream.AckReplicas
 	r := &relay{master: m, proxy: startProxy(t, cfg)}
 	r.addReplica(t)
 	r.addReplica(t)

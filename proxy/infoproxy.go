@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // proxyInfo fills INFO's proxy section: what replproxy knows beyond the
@@ -31,13 +32,13 @@ func (p *Proxy) proxyInfo() []fanout.KV {
 		kv("snapshot_time", t.Unix())
 		kv("snapshot_age_seconds", int64(now.Sub(t).Seconds()))
 	}
-	kv("snapshot_refreshes", p.snap.count.Load())
-	kv("snapshot_refresh_failures", p.snap.failed.Load())
-	if at := p.link.lastAck.at.Load(); at > 0 {
-		kv("last_ack_sent_offset", p.link.lastAck.off.Load())
+	kv("snapshot_refreshes", p.snap.Refreshes.Load())
+	kv("snapshot_refresh_failures", p.snap.Failures.Load())
+	if at := p.link.LastAck.At.Load(); at > 0 {
+		kv("last_ack_sent_offset", p.link.LastAck.Off.Load())
 		kv("last_ack_sent_seconds_ago", int64(now.Sub(time.Unix(0, at)).Seconds()))
 	}
-	kv("upstream_bytes_received", p.link.wireBytes.Load())
+	kv("upstream_bytes_received", p.link.WireBytes.Load())
 	p.diskInfo(kv, now)
 	kv("downstream_bytes_sent", p.fan.BytesSent())
 	for i, r := range latestReplicas(p.fan.Replicas()) {
@@ -62,4 +63,19 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// diskInfo adds the data dir's space to INFO's proxy section.
+func (p *Proxy) diskInfo(kv func(string, any), now time.Time) {
+	if free, err := upstream.FreeBytes(p.cfg.DataDir); err == nil {
+		kv("data_dir_free_bytes", free)
+	}
+	kv("damaged_bytes", p.store.DamagedBytes())
+	kv("damaged_max_bytes", damagedMaxBytes(p.cfg))
+	why, since := p.link.DiskWait()
+	kv("upstream_waiting_for_space", boolInt(why != ""))
+	if why != "" {
+		kv("upstream_waiting_for_space_seconds", int64(now.Sub(since).Seconds()))
+		kv("upstream_waiting_for_space_reason", why)
+	}
 }

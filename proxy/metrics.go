@@ -166,15 +166,15 @@ func (c collector) collectUpstream(e emitter, now time.Time) {
 	}
 	e.gauge(descLastIO, lastIO)
 	ackAge := -1.0
-	if at := c.p.link.lastAck.at.Load(); at > 0 {
+	if at := c.p.link.LastAck.At.Load(); at > 0 {
 		ackAge = now.Sub(time.Unix(0, at)).Seconds()
 	}
-	e.gauge(descLastAck, float64(c.p.link.lastAck.off.Load()))
+	e.gauge(descLastAck, float64(c.p.link.LastAck.Off.Load()))
 	e.gauge(descLastAckAge, ackAge)
-	e.counter(descBytesIn, float64(c.p.link.wireBytes.Load()))
-	e.counter(descStreamIn, float64(c.p.link.rawBytes.Load()))
-	e.counter(descUpSyncs, float64(c.p.link.fullSyncs.Load()), "full")
-	e.counter(descUpSyncs, float64(c.p.link.partialSyncs.Load()), "partial")
+	e.counter(descBytesIn, float64(c.p.link.WireBytes.Load()))
+	e.counter(descStreamIn, float64(c.p.link.RawBytes.Load()))
+	e.counter(descUpSyncs, float64(c.p.link.FullSyncs.Load()), "full")
+	e.counter(descUpSyncs, float64(c.p.link.PartialSyncs.Load()), "partial")
 	master := c.p.link.Addr()
 	for _, kind := range upstreamTransfers {
 		w, ok := c.p.progress.find(kind, master)
@@ -241,8 +241,8 @@ func replicaLag(r fanout.ReplicaInfo, st backlog.State, lg *backlog.Log, now tim
 }
 
 func (c collector) collectSnapshot(e emitter, st backlog.State, now time.Time) {
-	e.counter(descRefreshes, float64(c.p.snap.count.Load()))
-	e.counter(descRefreshFails, float64(c.p.snap.failed.Load()))
+	e.counter(descRefreshes, float64(c.p.snap.Refreshes.Load()))
+	e.counter(descRefreshFails, float64(c.p.snap.Failures.Load()))
 	if st.Snapshot == nil {
 		return
 	}

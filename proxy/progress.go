@@ -5,46 +5,14 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/internal/periodic"
+	"github.com/replproxy/replproxy/upstream"
 )
-
-// transfer counts the bytes of one RDB transfer as they arrive; total is -1
-// until known (never, for a diskless $EOF transfer).
-type transfer struct {
-	done    atomic.Int64
-	total   atomic.Int64
-	started atomic.Int64 // unix nanoseconds
-	active  atomic.Bool
-}
-
-func (t *transfer) begin() {
-	t.done.Store(0)
-	t.total.Store(-1)
-	t.started.Store(time.Now().UnixNano())
-	t.active.Store(true)
-}
-
-func (t *transfer) end() { t.active.Store(false) }
-
-// Add implements the byte counter receiveRDB feeds.
-func (t *transfer) Add(n int64) int64 { return t.done.Add(n) }
-
-// ackRecord is the last REPLCONF ACK sent upstream.
-type ackRecord struct {
-	off atomic.Int64
-	at  atomic.Int64 // unix nanoseconds; 0: none yet
-}
-
-func (a *ackRecord) note(off int64) {
-	a.off.Store(off)
-	a.at.Store(time.Now().UnixNano())
-}
 
 // Kinds of long work whose progress is shown.
 const (
@@ -203,11 +171,11 @@ func (pg *progress) current(now time.Time) map[string]*workState {
 		out[w.Kind+" "+w.Peer] = &workState{Work: w, startOff: startOff}
 	}
 	master := p.link.Addr()
-	if p.link.sync.active.Load() {
-		add(transferWork(workUpstreamSync, master, &p.link.sync), 0)
+	if p.link.Sync.Active.Load() {
+		add(transferWork(workUpstreamSync, master, &p.link.Sync), 0)
 	}
-	if p.snap.bytes.active.Load() {
-		add(transferWork(workSnapshotRefresh, master, &p.snap.bytes), 0)
+	if p.snap.Bytes.Active.Load() {
+		add(transferWork(workSnapshotRefresh, master, &p.snap.Bytes), 0)
 	}
 	for _, cv := range p.fan.Conversions() {
 		// Peer names the target: one conversion runs per snapshot and
@@ -252,9 +220,9 @@ func startedOf(prev map[string]*workState, kind, peer string, now time.Time) tim
 	return now
 }
 
-func transferWork(kind, peer string, t *transfer) Work {
-	return Work{Kind: kind, Peer: peer, Done: t.done.Load(), Total: t.total.Load(), ETA: -1,
-		Started: time.Unix(0, t.started.Load())}
+func transferWork(kind, peer string, t *upstream.Transfer) Work {
+	return Work{Kind: kind, Peer: peer, Done: t.Done.Load(), Total: t.Total.Load(), ETA: -1,
+		Started: time.Unix(0, t.Started.Load())}
 }
 
 func (pg *progress) event(w Work) *zerolog.Event {

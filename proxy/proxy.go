@@ -1,6 +1,7 @@
-// Package proxy wires replproxy together: the upstream link that acts as one
-// replica of the master, the disk backlog it feeds, and the downstream server
-// that acts as a master for any number of replicas.
+// Package proxy wires replproxy together: the upstream link (package
+// upstream) that acts as one replica of the master, the disk backlog it
+// feeds, and the downstream server that acts as a master for any number of
+// replicas.
 package proxy
 
 import (
@@ -17,6 +18,7 @@ import (
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // Proxy is one running replproxy.
@@ -25,8 +27,8 @@ type Proxy struct {
 	log     zerolog.Logger
 	store   *backlog.Store
 	fan     *fanout.Server
-	link    *Link
-	snap    *refresher
+	link    *upstream.Link
+	snap    *upstream.Refresher
 	watch   *sentinelWatch // nil without Sentinel
 	cluster *clusterWatch  // nil without master.cluster
 	ln      net.Listener
@@ -54,8 +56,8 @@ func New(r Resolved, log zerolog.Logger, version string) (*Proxy, error) {
 		log = log.With().Str("shard", cfg.Master.Cluster.Shard).Logger()
 	}
 	p.fan = fanout.New(fanoutConfig(r, store, p.Port(), version, log))
-	p.link = NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
-	p.snap = newRefresher(p.link, refreshConfig(cfg))
+	p.link = upstream.NewLink(linkConfig(cfg, p.Port()), store, p.fan, log.With().Str("component", "upstream").Logger())
+	p.snap = upstream.NewRefresher(p.link, refreshConfig(cfg))
 	p.fan.SetUpstream(p.link, p.stats, p.snap.Need)
 	p.progress = newProgress(p, time.Duration(cfg.Log.ProgressInterval))
 	p.fan.SetProxyInfo(p.proxyInfo)
@@ -135,12 +137,16 @@ func fanoutConfig(r Resolved, store *backlog.Store, port int, version string, lo
 	}
 }
 
-func linkConfig(cfg Config, port int) LinkConfig {
+func linkConfig(cfg Config, port int) upstream.Config {
 	announce := cfg.Master.AnnouncePort
 	if announce == 0 {
 		announce = port
 	}
-	return LinkConfig{
+	var dialTLS func(string) (*tls.Config, error) // nil: plain TCP
+	if cfg.TLS.Upstream {
+		dialTLS = cfg.TLS.clientConfig
+	}
+	return upstream.Config{
 		Addr:           cfg.Master.Addr,
 		User:           cfg.Master.User,
 		Password:       cfg.Master.Password,
@@ -151,19 +157,19 @@ func linkConfig(cfg Config, port int) LinkConfig {
 		BackoffMax:     5 * time.Second,
 		AckMode:        cfg.AckMode,
 		AckQuorum:      cfg.AckQuorum,
-		TLS:            cfg.TLS,
-		Codecs:         askedCodecs(cfg.Master.Compression),
+		TLS:            dialTLS,
+		Codecs:         upstream.AskedCodecs(cfg.Master.Compression),
 		DataDir:        cfg.DataDir,
 		SegmentBytes:   int64(cfg.Backlog.SegmentBytes),
 	}
 }
 
-func refreshConfig(cfg Config) RefreshConfig {
+func refreshConfig(cfg Config) upstream.RefreshConfig {
 	after := int64(cfg.Snapshot.RefreshAfter)
 	if after == 0 {
 		after = int64(cfg.Backlog.MaxBytes) / 2
 	}
-	return RefreshConfig{
+	return upstream.RefreshConfig{
 		AfterBytes:  after,
 		MinInterval: time.Duration(cfg.Snapshot.MinInterval),
 		HoldTimeout: time.Duration(cfg.Master.ReplTimeout),
@@ -174,13 +180,13 @@ func refreshConfig(cfg Config) RefreshConfig {
 // stats are the upstream side's counters for INFO stats.
 func (p *Proxy) stats() []fanout.KV {
 	return append(p.link.Stats(),
-		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.count.Load()},
-		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.failed.Load()},
-		fanout.KV{Key: "snapshot_refreshes_refused", Value: p.snap.refused.Load()},
+		fanout.KV{Key: "snapshot_refreshes", Value: p.snap.Refreshes.Load()},
+		fanout.KV{Key: "snapshot_refresh_failures", Value: p.snap.Failures.Load()},
+		fanout.KV{Key: "snapshot_refreshes_refused", Value: p.snap.Refused.Load()},
 		// Redis 7's names, so redis_exporter's net_repl_*_bytes_total work.
-		fanout.KV{Key: "total_net_repl_input_bytes", Value: p.link.wireBytes.Load()},
+		fanout.KV{Key: "total_net_repl_input_bytes", Value: p.link.WireBytes.Load()},
 		fanout.KV{Key: "total_net_repl_output_bytes", Value: p.fan.BytesSent()},
-		fanout.KV{Key: "upstream_fallback_full_syncs", Value: p.snap.fallbacks.Load()},
+		fanout.KV{Key: "upstream_fallback_full_syncs", Value: p.snap.Fallbacks.Load()},
 	)
 }
 
@@ -261,7 +267,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		p.snap.run(ctx)
+		p.snap.Run(ctx)
 	}()
 	wg.Add(1)
 	go func() {

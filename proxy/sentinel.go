@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/replproxy/replproxy/internal/periodic"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // SentinelConfig makes the proxy follow the master Sentinel names.
@@ -50,7 +51,7 @@ func (c SentinelConfig) enabled() bool { return len(c.Addrs) > 0 }
 // new master, and after an abort it resumes from the old one.
 type sentinelWatch struct {
 	cfg  SentinelConfig
-	link *Link
+	link *upstream.Link
 	log  zerolog.Logger
 
 	mu         sync.Mutex
@@ -301,7 +302,7 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 			return
 		}
 		w.noteFailover(false, from)
-		w.link.failover.switched(time.Now())
+		w.link.Failover.Switched(time.Now())
 		w.link.Repoint(net.JoinHostPort(f[3], f[4]), "sentinel +switch-master from "+from)
 		w.link.Unpark("sentinel +switch-master from " + from)
 		return
@@ -323,7 +324,7 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 			return
 		}
 		w.noteFailover(true, from)
-		w.link.failover.promoted(time.Now())
+		w.link.Failover.Promoted(time.Now())
 		w.link.Repoint(in.addr, "sentinel +promoted-slave from "+from)
 		w.link.Unpark("sentinel +promoted-slave from " + from)
 	case strings.HasPrefix(channel, "-failover-abort-"):
@@ -342,7 +343,7 @@ func (w *sentinelWatch) event(channel, payload, from string) {
 // or a feed that lagged). Acting on it would resume reading the master
 // whose failover is under way.
 func (w *sentinelWatch) otherThanParked(channel, master, from string) bool {
-	on, parked := w.link.parkedOn()
+	on, parked := w.link.ParkedOn()
 	if !parked || master == on {
 		return false
 	}

@@ -5,7 +5,6 @@ import (
 	"net"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,11 +14,12 @@ import (
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/fanout"
 	"github.com/replproxy/replproxy/internal/redisproc"
+	"github.com/replproxy/replproxy/upstream"
 )
 
 // eventedLink is a link to a real master, not running, and a watcher
 // that events are handed to as the sentinels at s1, s2 would send them.
-func eventedLink(t *testing.T) (*Link, *sentinelWatch, string) {
+func eventedLink(t *testing.T) (*upstream.Link, *sentinelWatch, string) {
 	t.Helper()
 	m := redisproc.Start(t)
 	store, err := backlog.Open(t.TempDir(), backlog.Options{
@@ -30,8 +30,8 @@ func eventedLink(t *testing.T) (*Link, *sentinelWatch, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	l := NewLink(LinkConfig{Addr: m.Addr(), ListenPort: 1, ReplTimeout: time.Minute, ConnectTimeout: 2 * time.Second,
-		BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second, AckMode: AckStored}, store, nil, zerolog.Nop())
+	l := upstream.NewLink(upstream.Config{Addr: m.Addr(), ListenPort: 1, ReplTimeout: time.Minute, ConnectTimeout: 2 * time.Second,
+		BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second, AckMode: upstream.AckStored}, store, nil, zerolog.Nop())
 	w := &sentinelWatch{cfg: SentinelConfig{Name: "mymaster", FailoverPause: Duration(time.Hour), Poll: Duration(time.Hour)},
 		link: l, log: zerolog.Nop()}
 	host, port, _ := net.SplitHostPort(m.Addr())
@@ -48,18 +48,18 @@ func eventedLink(t *testing.T) (*Link, *sentinelWatch, string) {
 func TestAbortFromAnotherSentinelKeepsThePark(t *testing.T) {
 	l, w, master := eventedLink(t)
 	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
-	if !l.parked() {
+	if !isParked(l) {
 		t.Fatal("+selected-slave of the followed master did not park the link")
 	}
 	w.event("-failover-abort-not-elected", "master "+master, "s2:26379")
-	if !l.parked() {
+	if !isParked(l) {
 		t.Fatal("an abort from a sentinel that did not lead the failover unparked the link")
 	}
 	if w.pollMayRepoint(w.generation()) {
 		t.Fatal("an abort from a sentinel that did not lead the failover let polls act again")
 	}
 	w.event("-failover-abort-slave-timeout", "master "+master, "s1:26379")
-	if l.parked() {
+	if isParked(l) {
 		t.Fatal("the leader's abort did not unpark the link")
 	}
 	if !w.pollMayRepoint(w.generation()) {
@@ -77,7 +77,7 @@ func TestReplicaofWhileParkedMovesTheLink(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	go func() { defer close(done); l.Run(ctx) }()
 	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
-	if !l.parked() {
+	if !isParked(l) {
 		t.Fatal("+selected-slave of the followed master did not park the link")
 	}
 	if !l.Repoint(other.Addr(), "REPLICAOF from an operator") {
@@ -96,20 +96,20 @@ func TestReplicaofWhileParkedMovesTheLink(t *testing.T) {
 func TestStaleSwitchMasterKeepsThePark(t *testing.T) {
 	l, w, master := eventedLink(t)
 	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
-	if !l.parked() {
+	if !isParked(l) {
 		t.Fatal("+selected-slave of the followed master did not park the link")
 	}
 	host, port, _ := net.SplitHostPort(l.Addr())
 	w.event("+switch-master", "mymaster 127.0.0.1 2 "+host+" "+port, "s3:26379")
-	if !l.parked() {
+	if !isParked(l) {
 		t.Fatal("a +switch-master from another master to the parked one ended the park")
 	}
 	if w.pollMayRepoint(w.generation()) {
 		t.Fatal("a stale +switch-master let polls act again")
 	}
 	w.event("+switch-master", "mymaster "+host+" "+port+" 127.0.0.1 1", "s2:26379")
-	if l.parked() || l.Addr() != "127.0.0.1:1" {
-		t.Fatalf("the failover's +switch-master did not move the link: parked %v, at %s", l.parked(), l.Addr())
+	if isParked(l) || l.Addr() != "127.0.0.1:1" {
+		t.Fatalf("the failover's +switch-master did not move the link: parked %v, at %s", isParked(l), l.Addr())
 	}
 }
 
@@ -120,17 +120,17 @@ func TestLatePromotionOfAnotherMasterKeepsThePark(t *testing.T) {
 	l, w, master := eventedLink(t)
 	at := l.Addr()
 	w.event("+selected-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
-	if !l.parked() {
+	if !isParked(l) {
 		t.Fatal("+selected-slave of the followed master did not park the link")
 	}
 	host, port, _ := net.SplitHostPort(at)
 	w.event("+promoted-slave", "slave "+at+" "+host+" "+port+" @ mymaster 127.0.0.1 2", "s2:26379")
-	if !l.parked() || l.Addr() != at {
-		t.Fatalf("a promotion of a replica of another master moved the parked link: parked %v, at %s", l.parked(), l.Addr())
+	if !isParked(l) || l.Addr() != at {
+		t.Fatalf("a promotion of a replica of another master moved the parked link: parked %v, at %s", isParked(l), l.Addr())
 	}
 	w.event("+promoted-slave", "slave 127.0.0.1:1 127.0.0.1 1 @ "+master, "s1:26379")
-	if l.parked() || l.Addr() != "127.0.0.1:1" {
-		t.Fatalf("the failover's promotion did not move the link: parked %v, at %s", l.parked(), l.Addr())
+	if isParked(l) || l.Addr() != "127.0.0.1:1" {
+		t.Fatalf("the failover's promotion did not move the link: parked %v, at %s", isParked(l), l.Addr())
 	}
 }
 
@@ -181,7 +181,7 @@ func TestFailoverEventStormWhileRunning(t *testing.T) {
 	_, curPort, _ := net.SplitHostPort(l.Addr())
 	w.event("+switch-master", "mymaster "+cur+" "+curPort+" "+oh+" "+op, "s0:26379")
 	redisproc.Eventually(t, 30*time.Second, "the link to follow the last switch", func() (bool, string) {
-		return l.Addr() == other.Addr() && !l.parked() && l.LinkStatus().State == fanout.LinkConnected &&
+		return l.Addr() == other.Addr() && !isParked(l) && l.LinkStatus().State == fanout.LinkConnected &&
 			other.Info("replication")["connected_slaves"] == "1", l.Addr() + " " + l.LinkStatus().State.String()
 	})
 	cancel()
@@ -200,38 +200,7 @@ func TestFailoverEventStormWhileRunning(t *testing.T) {
 	}
 }
 
-// gateLog blocks the log line containing match until release is closed,
-// and closes reached when it gets there.
-type gateLog struct {
-	match            string
-	reached, release chan struct{}
-	once             sync.Once
-}
-
-func (g *gateLog) Write(p []byte) (int, error) {
-	if strings.Contains(string(p), g.match) {
-		g.once.Do(func() { close(g.reached) })
-		<-g.release
-	}
-	return len(p), nil
-}
-
-// The bound of one park ends that park only: when the promotion ended it
-// and the next failover parked the link again as the bound came, the new
-// park stays.
-func TestPauseBoundEndsOnlyItsOwnPark(t *testing.T) {
-	l, _, _ := eventedLink(t)
-	g := &gateLog{match: "failover pause ended", reached: make(chan struct{}), release: make(chan struct{})}
-	l.log = zerolog.New(g)
-	l.Park(time.Now().Add(-time.Millisecond), "first failover") // its bound is already past
-	done := make(chan struct{})
-	go func() { defer close(done); l.waitUnparked(context.Background()) }()
-	<-g.reached // the bound fired; the promotion and the next park come now
-	l.Unpark("promoted")
-	l.Park(time.Now().Add(time.Hour), "second failover")
-	close(g.release)
-	<-done
-	if !l.parked() {
-		t.Fatal("the first park's bound ended the second park")
-	}
+func isParked(l *upstream.Link) bool {
+	_, ok := l.ParkedOn()
+	return ok
 }

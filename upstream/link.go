@@ -1,4 +1,8 @@
-package proxy
+// Package upstream is the proxy's replica side: the link to the master
+// (handshake, full or partial sync, the stream into the backlog, ACKs) and
+// the refresher that renews the snapshot over a second connection. The
+// README's "How a byte flows" follows the stream through it.
+package upstream
 
 import (
 	"bufio"
@@ -19,8 +23,8 @@ import (
 	"github.com/replproxy/replproxy/resp"
 )
 
-// LinkConfig configures the upstream link.
-type LinkConfig struct {
+// Config configures the upstream link.
+type Config struct {
 	Addr           string
 	User           string
 	Password       string
@@ -30,10 +34,10 @@ type LinkConfig struct {
 	BackoffMin     time.Duration
 	BackoffMax     time.Duration
 	AckMode        AckMode
-	AckQuorum      int       // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
-	TLS            TLSConfig // used when TLS.Upstream
+	AckQuorum      int                                    // with AckReplicas: acknowledge the AckQuorum-th highest replica ACK (0: all replicas)
+	TLS            func(addr string) (*tls.Config, error) // nil: plain TCP
 	// Codecs ask the master, if it is a replproxy, for a compressed
-	// stream, best first (see askedCodecs).
+	// stream, best first (see AskedCodecs).
 	Codecs []string
 	// DataDir and SegmentBytes size the free space a session needs: the
 	// link waits for it rather than PSYNC into a full disk (diskspace.go).
@@ -62,7 +66,7 @@ const (
 // Link is the proxy's replica-side connection to its master. It is the only
 // writer of the store.
 type Link struct {
-	cfg   LinkConfig
+	cfg   Config
 	store *backlog.Store
 	fan   Downstream
 	log   zerolog.Logger
@@ -77,28 +81,29 @@ type Link struct {
 
 	// forceFull makes the next PSYNC ask for a full sync: the fallback
 	// when the snapshot cannot be refreshed over rdb-only.
-	forceFull    atomic.Bool
-	connectedAt  atomic.Int64 // unix nanoseconds of the last transition to connected
-	awaitStream  atomic.Int64 // after a full sync, its offset until the first stream byte; -1 otherwise
-	fullSyncs    atomic.Int64
-	partialSyncs atomic.Int64
-	sync         transfer // the RDB of an upstream full sync
-	lastAck      ackRecord
-	lastIO       atomic.Int64 // unix nanoseconds
-	wireBytes    atomic.Int64 // read from the master's socket
-	rawBytes     atomic.Int64 // RDB and stream bytes those carried (more when compressed)
+	forceFull   atomic.Bool
+	connectedAt atomic.Int64 // unix nanoseconds of the last transition to connected
+	awaitStream atomic.Int64 // after a full sync, its offset until the first stream byte; -1 otherwise
+	lastIO      atomic.Int64 // unix nanoseconds
+	// Read by the wiring (INFO, metrics, progress); written here only.
+	FullSyncs    atomic.Int64
+	PartialSyncs atomic.Int64
+	Sync         Transfer // the RDB of an upstream full sync
+	LastAck      Ack
+	WireBytes    atomic.Int64 // read from the master's socket
+	RawBytes     atomic.Int64 // RDB and stream bytes those carried (more when compressed)
 	rdbNeed      atomic.Int64 // room the last full sync's RDB lacked (diskspace.go); 0: none
 
 	park     parking        // a planned failover keeps the link off the old master
-	failover *failoverTimes // how soon a promotion was followed
+	Failover *FailoverTimes // how soon a promotion was followed
 }
 
 // NewLink returns a link; Run drives it.
-func NewLink(cfg LinkConfig, store *backlog.Store, fan Downstream, log zerolog.Logger) *Link {
+func NewLink(cfg Config, store *backlog.Store, fan Downstream, log zerolog.Logger) *Link {
 	host, portStr, _ := net.SplitHostPort(cfg.Addr)
 	port, _ := strconv.Atoi(portStr)
 	l := &Link{cfg: cfg, store: store, fan: fan, log: log, addr: cfg.Addr, repoint: make(chan struct{}, 1), down: make(chan struct{}, 1)}
-	l.failover = newFailoverTimes()
+	l.Failover = newFailoverTimes()
 	l.awaitStream.Store(-1)
 	l.status = fanout.LinkStatus{MasterHost: host, MasterPort: port, State: fanout.LinkConnect, DownSince: time.Now()}
 	return l
@@ -174,19 +179,19 @@ func (l *Link) LinkStatus() fanout.LinkStatus {
 	if n := l.lastIO.Load(); n > 0 {
 		st.LastIO = time.Unix(0, n)
 	}
-	st.SyncBytes = l.sync.done.Load()
-	st.SyncTotal = l.sync.total.Load()
+	st.SyncBytes = l.Sync.Done.Load()
+	st.SyncTotal = l.Sync.Total.Load()
 	return st
 }
 
 // Stats returns the link's counters for INFO stats.
 func (l *Link) Stats() []fanout.KV {
 	return append([]fanout.KV{
-		{Key: "upstream_full_syncs", Value: l.fullSyncs.Load()},
-		{Key: "upstream_partial_syncs", Value: l.partialSyncs.Load()},
-		{Key: "upstream_wire_bytes", Value: l.wireBytes.Load()},
-		{Key: "upstream_stream_bytes", Value: l.rawBytes.Load()},
-	}, l.failover.stats()...)
+		{Key: "upstream_full_syncs", Value: l.FullSyncs.Load()},
+		{Key: "upstream_partial_syncs", Value: l.PartialSyncs.Load()},
+		{Key: "upstream_wire_bytes", Value: l.WireBytes.Load()},
+		{Key: "upstream_stream_bytes", Value: l.RawBytes.Load()},
+	}, l.Failover.stats()...)
 }
 
 // setState records and logs a transition with its reason, as replication.c does.
@@ -227,7 +232,7 @@ func (l *Link) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			break
 		}
-		stored, connected := l.rawBytes.Load(), l.connectedAt.Load()
+		stored, connected := l.RawBytes.Load(), l.connectedAt.Load()
 		sctx, end := context.WithCancelCause(ctx)
 		l.mu.Lock()
 		l.endSess = end
@@ -251,7 +256,7 @@ func (l *Link) Run(ctx context.Context) {
 			continue
 		}
 		l.setState(fanout.LinkConnect, err.Error())
-		healthy := l.rawBytes.Load() != stored || l.connectedAt.Load() != connected
+		healthy := l.RawBytes.Load() != stored || l.connectedAt.Load() != connected
 		wait, next := l.nextBackoff(backoff, err, healthy)
 		if l.connectedAt.Load() != connected {
 			failures = 0
@@ -314,7 +319,7 @@ func (l *Link) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to master %s: %w", addr, err)
 	}
-	conn := &watchedConn{Conn: raw, timeout: l.cfg.ReplTimeout, lastIO: &l.lastIO, wire: &l.wireBytes}
+	conn := &watchedConn{Conn: raw, timeout: l.cfg.ReplTimeout, lastIO: &l.lastIO, wire: &l.WireBytes}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -335,10 +340,10 @@ func (l *Link) session(ctx context.Context) error {
 // dial connects to the master, with TLS when configured.
 func (l *Link) dial(ctx context.Context, addr string) (net.Conn, error) {
 	d := net.Dialer{Timeout: l.cfg.ConnectTimeout}
-	if !l.cfg.TLS.Upstream {
+	if l.cfg.TLS == nil {
 		return d.DialContext(ctx, "tcp", addr)
 	}
-	tcfg, err := l.cfg.TLS.clientConfig(addr)
+	tcfg, err := l.cfg.TLS(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -379,4 +384,12 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 func (c *watchedConn) Write(p []byte) (int, error) {
 	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(p)
+}
+
+// noteRead records n bytes read past the conn's own Read.
+func (c *watchedConn) noteRead(n int) {
+	c.lastIO.Store(time.Now().UnixNano())
+	if c.wire != nil {
+		c.wire.Add(int64(n))
+	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -24,7 +24,7 @@ import (
 // diskBackoffMax, and a full disk waits at least one space check. A
 // healthy session still resets it, as before.
 func TestNextBackoffAfterDiskErrors(t *testing.T) {
-	l := &Link{cfg: LinkConfig{BackoffMin: 200 * time.Millisecond, BackoffMax: 5 * time.Second}}
+	l := &Link{cfg: Config{BackoffMin: 200 * time.Millisecond, BackoffMax: 5 * time.Second}}
 	full := &storeFailure{fmt.Errorf("store stream: append: %w", syscall.ENOSPC)}
 	backoff := l.cfg.BackoffMin
 	var waits []time.Duration
@@ -96,7 +96,7 @@ func TestNoSyncWithoutRoomForTheRDB(t *testing.T) {
 			c.Close()
 		}
 	}()
-	l := NewLink(LinkConfig{Addr: ln.Addr().String(), ReplTimeout: time.Minute, ConnectTimeout: time.Second,
+	l := NewLink(Config{Addr: ln.Addr().String(), ReplTimeout: time.Minute, ConnectTimeout: time.Second,
 		BackoffMin: 200 * time.Millisecond, BackoffMax: time.Second,
 		DataDir: dataDir, SegmentBytes: 1 << 20, spaceEvery: 50 * time.Millisecond}, store, nil, zerolog.Nop())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -128,10 +128,10 @@ func TestNoSyncWithoutRoomForTheRDB(t *testing.T) {
 // for room for that RDB, not for the smaller stored snapshot: else each
 // attempt would fork the master for an RDB with nowhere to go.
 func TestRDBThatDidNotFitSetsTheNeed(t *testing.T) {
-	l := NewLink(LinkConfig{Addr: "127.0.0.1:1", SegmentBytes: 1 << 20}, newHistoryStore(t), nil, zerolog.Nop())
+	l := NewLink(Config{Addr: "127.0.0.1:1", SegmentBytes: 1 << 20}, newHistoryStore(t), nil, zerolog.Nop())
 	enospc := fmt.Errorf("receive RDB: write: %w", syscall.ENOSPC)
-	l.sync.begin()
-	l.sync.total.Store(5 << 20)
+	l.Sync.begin()
+	l.Sync.Total.Store(5 << 20)
 	l.noteRDBTooLarge(errors.New("master closed the connection"))
 	if need, _ := l.spaceNeed(); need != 1<<20+spaceMargin {
 		t.Fatalf("a transfer cut by the master set the need to %d", need)
@@ -140,8 +140,8 @@ func TestRDBThatDidNotFitSetsTheNeed(t *testing.T) {
 	if need, why := l.spaceNeed(); need != 5<<20+spaceMargin || !strings.Contains(why, "did not fit") {
 		t.Fatalf("after a 5 MiB RDB did not fit: need %d (%s)", need, why)
 	}
-	l.sync.begin() // a diskless transfer: size unknown
-	l.sync.done.Store(4 << 20)
+	l.Sync.begin() // a diskless transfer: size unknown
+	l.Sync.Done.Store(4 << 20)
 	l.noteRDBTooLarge(enospc)
 	if need, _ := l.spaceNeed(); need != 8<<20+spaceMargin {
 		t.Fatalf("after a diskless RDB filled the disk at 4 MiB: need %d, want 8 MiB and the margin", need)

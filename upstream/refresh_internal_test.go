@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"strings"
@@ -13,14 +13,14 @@ import (
 // A demand for a snapshot lasts only while replicas renew it. One left by
 // a replica that went away (or from before the link followed a master with
 // other offsets) used to stay as a floor for ever: every later waiting
-// replica then had the refresher ask for that offset, which an upstream
+// replica then had the Refresher ask for that offset, which an upstream
 // replproxy refuses, so the chain could never refresh again.
 func TestStaleSnapshotDemandIsForgotten(t *testing.T) {
 	store := newHistoryStore(t)
 	if err := store.Append([]byte(strings.Repeat("x", 500))); err != nil {
 		t.Fatal(err)
 	}
-	r := newRefresher(NewLink(LinkConfig{Addr: "127.0.0.1:1"}, store, nil, zerolog.Nop()), RefreshConfig{})
+	r := NewRefresher(NewLink(Config{Addr: "127.0.0.1:1"}, store, nil, zerolog.Nop()), RefreshConfig{})
 	r.Need(1 << 40)
 	r.wantAt.Store(time.Now().Add(-2 * demandFresh).UnixNano()) // its replica left
 	r.Need(1400)

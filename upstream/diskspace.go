@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -46,11 +46,11 @@ func isDiskError(err error) bool {
 	return isDiskFull(err) || errors.As(err, &sf) || errors.Is(err, backlog.ErrRewound)
 }
 
-// freeBytes is the data dir's free space as df shows it, and as the
+// FreeBytes is the data dir's free space as df shows it, and as the
 // metric replproxy_data_dir_free_bytes reports it: blocks reserved for
 // root are not counted, even for a proxy running as root, so the link
 // never counts on space an operator sees as gone.
-func freeBytes(dir string) (int64, error) {
+func FreeBytes(dir string) (int64, error) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(dir, &fs); err != nil {
 		return 0, fmt.Errorf("statfs %s: %w", dir, err)
@@ -110,7 +110,7 @@ func (l *Link) awaitSpace(ctx context.Context) {
 	}
 	var t *time.Ticker
 	for {
-		free, err := freeBytes(l.cfg.DataDir)
+		free, err := FreeBytes(l.cfg.DataDir)
 		need, why := l.spaceNeed()
 		if err != nil || free >= need {
 			if t != nil {
@@ -140,31 +140,16 @@ func (l *Link) awaitSpace(ctx context.Context) {
 	}
 }
 
-// diskInfo adds the data dir's space to INFO's proxy section.
-func (p *Proxy) diskInfo(kv func(string, any), now time.Time) {
-	if free, err := freeBytes(p.cfg.DataDir); err == nil {
-		kv("data_dir_free_bytes", free)
-	}
-	kv("damaged_bytes", p.store.DamagedBytes())
-	kv("damaged_max_bytes", damagedMaxBytes(p.cfg))
-	why, since := p.link.DiskWait()
-	kv("upstream_waiting_for_space", boolInt(why != ""))
-	if why != "" {
-		kv("upstream_waiting_for_space_seconds", int64(now.Sub(since).Seconds()))
-		kv("upstream_waiting_for_space_reason", why)
-	}
-}
-
 // roomForRDB says whether the data dir can hold a refreshed snapshot
 // beside the current one. A refresh forks the master: none is asked for
 // when its RDB could not be stored. The wait is logged once.
-func (r *refresher) roomForRDB() bool {
+func (r *Refresher) roomForRDB() bool {
 	l := r.link
 	st := l.store.State()
 	if l.cfg.DataDir == "" || st.Snapshot == nil {
 		return true
 	}
-	free, err := freeBytes(l.cfg.DataDir)
+	free, err := FreeBytes(l.cfg.DataDir)
 	need := st.Snapshot.Size + spaceMargin
 	if err != nil || free >= need {
 		r.noSpace = false
@@ -187,9 +172,9 @@ func (l *Link) noteRDBTooLarge(err error) {
 	if !isDiskFull(err) {
 		return
 	}
-	need := l.sync.total.Load()
+	need := l.Sync.Total.Load()
 	if need <= 0 {
-		need = 2 * l.sync.done.Load()
+		need = 2 * l.Sync.Done.Load()
 	}
 	l.rdbNeed.Store(max(need, l.rdbNeed.Load()))
 }

@@ -1,9 +1,11 @@
-package proxy
+package upstream
 
 import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,7 +30,7 @@ func TestParkKeepsTheLinkOffTheMaster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	l := NewLink(LinkConfig{Addr: m.Addr(), ListenPort: 1, ReplTimeout: time.Minute, ConnectTimeout: 2 * time.Second,
+	l := NewLink(Config{Addr: m.Addr(), ListenPort: 1, ReplTimeout: time.Minute, ConnectTimeout: 2 * time.Second,
 		BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second, AckMode: AckStored}, store, nil, zerolog.Nop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -75,12 +77,48 @@ func TestParkKeepsTheLinkOffTheMaster(t *testing.T) {
 
 	l.Park(time.Now().Add(200*time.Millisecond), "test")
 	redisproc.Eventually(t, 30*time.Second, "the link to come back at the bound, unasked", func() (bool, string) {
-		return l.partialSyncs.Load() == 2 && l.LinkStatus().State == fanout.LinkConnected, l.LinkStatus().State.String()
+		return l.PartialSyncs.Load() == 2 && l.LinkStatus().State == fanout.LinkConnected, l.LinkStatus().State.String()
 	})
 	caughtUp()
-	if l.fullSyncs.Load() != 1 || l.partialSyncs.Load() != 2 || l.failover.pauses.Load() != 3 {
-		t.Fatalf("full syncs %d, partial %d, pauses %d", l.fullSyncs.Load(), l.partialSyncs.Load(), l.failover.pauses.Load())
+	if l.FullSyncs.Load() != 1 || l.PartialSyncs.Load() != 2 || l.Failover.pauses.Load() != 3 {
+		t.Fatalf("full syncs %d, partial %d, pauses %d", l.FullSyncs.Load(), l.PartialSyncs.Load(), l.Failover.pauses.Load())
 	}
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// gateLog blocks the log line containing match until release is closed,
+// and closes reached when it gets there.
+type gateLog struct {
+	match            string
+	reached, release chan struct{}
+	once             sync.Once
+}
+
+func (g *gateLog) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), g.match) {
+		g.once.Do(func() { close(g.reached) })
+		<-g.release
+	}
+	return len(p), nil
+}
+
+// The bound of one park ends that park only: when the promotion ended it
+// and the next failover parked the link again as the bound came, the new
+// park stays.
+func TestPauseBoundEndsOnlyItsOwnPark(t *testing.T) {
+	l := NewLink(Config{Addr: "127.0.0.1:1"}, newHistoryStore(t), nil, zerolog.Nop())
+	g := &gateLog{match: "failover pause ended", reached: make(chan struct{}), release: make(chan struct{})}
+	l.log = zerolog.New(g)
+	l.Park(time.Now().Add(-time.Millisecond), "first failover") // its bound is already past
+	done := make(chan struct{})
+	go func() { defer close(done); l.waitUnparked(context.Background()) }()
+	<-g.reached // the bound fired; the promotion and the next park come now
+	l.Unpark("promoted")
+	l.Park(time.Now().Add(time.Hour), "second failover")
+	close(g.release)
+	<-done
+	if !l.parked() {
+		t.Fatal("the first park's bound ended the second park")
+	}
+}

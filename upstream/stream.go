@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -8,8 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/backlog"
 	"github.com/replproxy/replproxy/internal/rawsock"
@@ -31,13 +36,18 @@ const upstreamReadBytes = 512 << 10
 // direct says src is the connection's own buffered reader (no TLS, no
 // decompression): the socket is then read without it (ingest.fromSocket).
 func (l *Link) stream(ctx context.Context, conn *watchedConn, src *bufio.Reader, direct bool) error {
+	// Only this session's sync replaces the log (Store.Reset), and it is over.
+	lg := l.store.Log()
+	if lg == nil {
+		return errors.New("store stream: append before the first full sync")
+	}
 	ackCtx, stopAcks := context.WithCancel(ctx)
 	defer stopAcks()
 	getack := make(chan struct{}, 1)
 	ackErr := make(chan error, 1)
 	go func() { ackErr <- l.ackLoop(ackCtx, conn, getack) }()
 
-	in := &ingest{l: l, getack: getack}
+	in := &ingest{l: l, log: lg, getack: getack}
 	var err error
 	if raw := rawsock.Of(conn.Conn); direct && raw != nil {
 		if err = in.fromBuffer(src); err == nil {
@@ -66,6 +76,7 @@ func (l *Link) stream(ctx context.Context, conn *watchedConn, src *bufio.Reader,
 // each small read at once.
 type ingest struct {
 	l      *Link
+	log    *backlog.Log
 	getack chan<- struct{}
 	scan   getackScanner
 }
@@ -75,13 +86,13 @@ func (in *ingest) take(b *backlog.Batch, n int) error {
 	l := in.l
 	l.awaitStream.Store(-1)
 	asked := in.scan.seen(b.Space()[:n]) // before the append: the batch is the log's after it
-	if err := l.store.AppendBatch(b, n); err != nil {
+	if err := in.log.AppendBatch(b, n); err != nil {
 		if !errors.Is(err, backlog.ErrRewound) {
 			l.log.Error().Err(err).Msg("disk error storing the stream; the link stops and nothing more is acknowledged")
 		}
 		return &storeFailure{fmt.Errorf("store stream: %w", err)}
 	}
-	l.rawBytes.Add(int64(n))
+	l.RawBytes.Add(int64(n))
 	if asked {
 		select {
 		case in.getack <- struct{}{}:
@@ -94,10 +105,7 @@ func (in *ingest) take(b *backlog.Batch, n int) error {
 // fromReader reads through r until it fails: TLS, or a zstd stream.
 func (in *ingest) fromReader(r io.Reader) error {
 	for {
-		b, err := in.l.store.NewBatch(upstreamReadBytes)
-		if err != nil {
-			return fmt.Errorf("store stream: %w", err)
-		}
+		b := in.log.NewBatch(upstreamReadBytes)
 		n, err := r.Read(b.Space())
 		if n == 0 {
 			b.Release()
@@ -116,16 +124,98 @@ func (in *ingest) fromReader(r io.Reader) error {
 // fromBuffer appends what the handshake's reader already holds.
 func (in *ingest) fromBuffer(br *bufio.Reader) error {
 	for br.Buffered() > 0 {
-		b, err := in.l.store.NewBatch(upstreamReadBytes)
-		if err != nil {
-			return fmt.Errorf("store stream: %w", err)
-		}
+		b := in.log.NewBatch(upstreamReadBytes)
 		n, _ := br.Read(b.Space()[:min(br.Buffered(), upstreamReadBytes)])
 		if err := in.take(b, n); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// fromSocket reads the socket inside one RawRead, so the poller's
+// readiness carries over from one read to the next: after a read that
+// left the socket empty it waits for new bytes at once, instead of first
+// trying one more read to hear EAGAIN, as a plain Read must. The reads
+// themselves are raw system calls (internal/rawsock, where the rule for
+// them is written): the socket never blocks.
+//
+// The repl-timeout deadline is armed once and, when it fires, checked
+// against the time the link last finished storing what it read (or
+// began to read): a busy link re-arms it every repl-timeout rather than at
+// every read. It is not the time of the last byte: an append that stalls
+// on the disk longer than repl-timeout, or a slow snapshot commit before
+// the stream, is the proxy's silence, not the master's, and the bytes that
+// came meanwhile wait in the socket. Nor is it reset by a read that finds
+// nothing: each RawRead begins with one, and a silent master would then
+// never be called silent.
+//
+// Closing the socket does not end the callback (it only fails the next
+// wait, and the descriptor stays open while the callback runs), so the
+// callback looks at ctx before each read: a proxy that is behind reads
+// full buffers without ever waiting, and would otherwise go on storing
+// the ended session's stream until it caught up.
+func (in *ingest) fromSocket(ctx context.Context, c *watchedConn, raw syscall.RawConn) error {
+	var b *backlog.Batch
+	defer func() {
+		if b != nil {
+			b.Release()
+		}
+	}()
+	waiting := time.Now()
+	for {
+		c.Conn.SetReadDeadline(waiting.Add(c.timeout))
+		var ierr error
+		err := raw.Read(func(fd uintptr) bool {
+			for {
+				if ctx.Err() != nil {
+					ierr = fmt.Errorf("read stream: %w", context.Cause(ctx))
+					return true
+				}
+				if b == nil {
+					b = in.log.NewBatch(upstreamReadBytes)
+				}
+				space := b.Space()
+				n, err := rawsock.Read(fd, space)
+				switch {
+				case errors.Is(err, unix.EAGAIN):
+					return false
+				case errors.Is(err, unix.EINTR):
+					continue
+				case err != nil:
+					ierr = fmt.Errorf("read stream: %w", err)
+					return true
+				case n == 0:
+					ierr = io.EOF
+					return true
+				}
+				c.noteRead(n)
+				batch := b
+				b = nil
+				if ierr = in.take(batch, n); ierr != nil {
+					return true
+				}
+				// After the append, not before: however long it took, the
+				// master's silence is counted from here.
+				waiting = time.Now()
+				if n < len(space) {
+					return false // the socket is empty: wait for its next bytes
+				}
+			}
+		})
+		if ierr != nil {
+			return ierr
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(waiting) < c.timeout {
+			continue // bytes came since the deadline was armed
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("read stream: no data from master for %s (repl-timeout): %w", c.timeout, err)
+		}
+		if err != nil {
+			return fmt.Errorf("read stream: %w", err)
+		}
+	}
 }
 
 // getackScanner finds GETACK in a stream read piece by piece, also when
@@ -196,7 +286,7 @@ func (l *Link) ackLoop(ctx context.Context, conn net.Conn, getack <-chan struct{
 			conn.Close()
 			return err
 		}
-		l.lastAck.note(off)
+		l.LastAck.note(off)
 		last = off
 	}
 }
@@ -222,4 +312,15 @@ func sendAck(conn net.Conn, off int64) error {
 		return fmt.Errorf("send REPLCONF ACK: %w", err)
 	}
 	return nil
+}
+
+// Ack is the last REPLCONF ACK sent upstream.
+type Ack struct {
+	Off atomic.Int64
+	At  atomic.Int64 // unix nanoseconds; 0: none yet
+}
+
+func (a *Ack) note(off int64) {
+	a.Off.Store(off)
+	a.At.Store(time.Now().UnixNano())
 }

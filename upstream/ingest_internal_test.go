@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 // under an ended context: not one byte may be stored.
 func TestStopWhileBehindEndsTheRead(t *testing.T) {
 	store := newHistoryStore(t)
-	l := NewLink(LinkConfig{Addr: "127.0.0.1:1", ReplTimeout: time.Minute}, store, nil, zerolog.Nop())
+	l := NewLink(Config{Addr: "127.0.0.1:1", ReplTimeout: time.Minute}, store, nil, zerolog.Nop())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/backlog"
@@ -150,8 +151,8 @@ func (l *Link) psync(conn net.Conn, rd *resp.Reader) (*resp.Reader, error) {
 	return nil, fmt.Errorf("master refused PSYNC: %s", line)
 }
 
-// askedCodecs are the codecs master.compression asks for, best first.
-func askedCodecs(compression string) []string {
+// AskedCodecs are the codecs master.compression asks for, best first.
+func AskedCodecs(compression string) []string {
 	switch compression {
 	case "", "none":
 		return nil
@@ -189,7 +190,7 @@ func decompressing(codec string, rd *resp.Reader) (*resp.Reader, error) {
 // old ID stays valid up to here as replid2, and the replicas are dropped so
 // they PSYNC again, as a chained Redis replica does.
 func (l *Link) continued(st backlog.State, newID string) error {
-	l.partialSyncs.Add(1)
+	l.PartialSyncs.Add(1)
 	if newID == "" || strings.EqualFold(newID, st.ReplID) {
 		l.log.Info().Int64("offset", st.End).Msg("partial resync with master accepted")
 		return nil
@@ -201,7 +202,7 @@ func (l *Link) continued(st backlog.State, newID string) error {
 		return err
 	}
 	ev := l.log.Info().Str("new_replid", newID).Str("replid2", st.ReplID).Int64("second_offset", st.End)
-	if since, ok := l.failover.continued(time.Now()); ok {
+	if since, ok := l.Failover.continued(time.Now()); ok {
 		ev = ev.Int64("since_promotion_ms", since.Milliseconds())
 	}
 	ev.Msg("master changed replication ID; shifted IDs and dropping replicas so they resync")
@@ -221,14 +222,14 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 		return fmt.Errorf("malformed FULLRESYNC offset in %q", line)
 	}
 	l.setState(fanout.LinkSync, "master started a full sync")
-	l.sync.begin()
-	defer l.sync.end()
+	l.Sync.begin()
+	defer l.Sync.end()
 	start := time.Now()
 	w, err := l.store.NewSnapshot()
 	if err != nil {
 		return &storeFailure{err}
 	}
-	eof, err := receiveRDB(rd, w, &l.sync)
+	eof, err := receiveRDB(rd, w, &l.Sync)
 	if err != nil {
 		w.Abort()
 		l.noteRDBTooLarge(err)
@@ -244,12 +245,12 @@ func (l *Link) fullSync(conn net.Conn, rd *resp.Reader, line string) error {
 		return err
 	}
 	size := w.Size()
-	l.rawBytes.Add(size)
+	l.RawBytes.Add(size)
 	if err := l.store.Reset(replid, offset, w); err != nil {
 		return &storeFailure{fmt.Errorf("store snapshot: %w", err)}
 	}
 	stopKeepalive()
-	l.fullSyncs.Add(1)
+	l.FullSyncs.Add(1)
 	l.forceFull.Store(false)
 	l.rdbNeed.Store(0)
 	// Replicas of the old history need no explicit drop: Reset closed its
@@ -298,7 +299,7 @@ func keepalive(conn net.Conn) (stop func()) {
 
 // receiveRDB reads either framing: "$<len>" then exactly len bytes, or
 // "$EOF:<mark>" then bytes up to the same 40-byte mark.
-func receiveRDB(rd *resp.Reader, w io.Writer, count *transfer) (eof bool, err error) {
+func receiveRDB(rd *resp.Reader, w io.Writer, count *Transfer) (eof bool, err error) {
 	line, err := readReply(rd)
 	if err != nil {
 		return false, fmt.Errorf("read RDB preamble: %w", err)
@@ -319,7 +320,7 @@ func receiveRDB(rd *resp.Reader, w io.Writer, count *transfer) (eof bool, err er
 	if err != nil || n < 0 {
 		return false, fmt.Errorf("bad RDB length in preamble %q", line)
 	}
-	count.total.Store(n)
+	count.Total.Store(n)
 	got, err := io.CopyN(w, &countingReader{r: rd.Bufio(), n: count}, n)
 	if err != nil {
 		return false, fmt.Errorf("RDB ended after %d of %d bytes: %w", got, n, err)
@@ -369,3 +370,24 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n.Add(int64(n))
 	return n, err
 }
+
+// Transfer counts the bytes of one RDB transfer as they arrive; Total is -1
+// until known (never, for a diskless $EOF transfer).
+type Transfer struct {
+	Done    atomic.Int64
+	Total   atomic.Int64
+	Started atomic.Int64 // unix nanoseconds
+	Active  atomic.Bool
+}
+
+func (t *Transfer) begin() {
+	t.Done.Store(0)
+	t.Total.Store(-1)
+	t.Started.Store(time.Now().UnixNano())
+	t.Active.Store(true)
+}
+
+func (t *Transfer) end() { t.Active.Store(false) }
+
+// Add implements the byte counter receiveRDB feeds.
+func (t *Transfer) Add(n int64) int64 { return t.Done.Add(n) }

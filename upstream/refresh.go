@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -57,32 +57,33 @@ var errRDBOnlyRefused = errors.New("upstream refuses rdb-only transfers")
 // could not adopt; it is refused before its RDB crosses the link.
 var errUnusable = errors.New("unusable snapshot")
 
-// refresher renews the snapshot over a second connection with
+// Refresher renews the snapshot over a second connection with
 // REPLCONF rdb-only 1, so the main link never stops streaming. It is the
 // only goroutine that refreshes: concurrent demands share one transfer.
-type refresher struct {
+type Refresher struct {
 	link   *Link
 	cfg    RefreshConfig
 	demand chan struct{}
 	// want is the oldest snapshot offset a waiting replica can use, and
 	// wantAt when it last asked (unix nanoseconds); wantMu orders Need's
 	// read and update of the pair.
-	wantMu    sync.Mutex
-	want      atomic.Int64
-	wantAt    atomic.Int64
-	bytes     transfer
-	count     atomic.Int64
-	failed    atomic.Int64
-	fallbacks atomic.Int64
-	refused   atomic.Int64 // due refreshes held back by MaxPerHour, once per wait
+	wantMu sync.Mutex
+	want   atomic.Int64
+	wantAt atomic.Int64
+	// Read by the wiring (INFO, metrics, progress); written here only.
+	Bytes     Transfer
+	Refreshes atomic.Int64
+	Failures  atomic.Int64
+	Fallbacks atomic.Int64
+	Refused   atomic.Int64 // due refreshes held back by MaxPerHour, once per wait
 
 	rec         backlog.RefreshRecord // owned by run
 	noSpace     bool                  // the last refresh due was held for space (logged once); owned by run
 	refusedTill time.Time             // owned by run: the refusal in force was counted
 }
 
-func newRefresher(l *Link, cfg RefreshConfig) *refresher {
-	return &refresher{link: l, cfg: cfg, demand: make(chan struct{}, 1)}
+func NewRefresher(l *Link, cfg RefreshConfig) *Refresher {
+	return &Refresher{link: l, cfg: cfg, demand: make(chan struct{}, 1)}
 }
 
 // Need asks for a snapshot at minOffset or later: a replica waits for one
@@ -91,7 +92,7 @@ func newRefresher(l *Link, cfg RefreshConfig) *refresher {
 // the next one replaces it rather than raising it, so an offset asked for
 // by a replica that left, or in the offsets of a master no longer
 // followed, is not asked for again.
-func (r *refresher) Need(minOffset int64) {
+func (r *Refresher) Need(minOffset int64) {
 	r.wantMu.Lock()
 	stale := time.Since(time.Unix(0, r.wantAt.Load())) >= demandFresh
 	if stale || minOffset > r.want.Load() {
@@ -105,7 +106,7 @@ func (r *refresher) Need(minOffset int64) {
 	}
 }
 
-func (r *refresher) run(ctx context.Context) {
+func (r *Refresher) Run(ctx context.Context) {
 	rec, err := r.link.store.LoadRefreshRecord()
 	if err != nil {
 		r.link.log.Warn().Err(err).Msg("snapshot refresh record unreadable; counting it as a refresh just now")
@@ -123,7 +124,7 @@ func (r *refresher) run(ctx context.Context) {
 // nextAllowed is the earliest time of the next attempt. min_interval holds
 // across restarts, since the last attempt is persisted; a waiting replica
 // is served without it, but never faster than the failure backoff.
-func (r *refresher) nextAllowed(urgent bool) time.Time {
+func (r *Refresher) nextAllowed(urgent bool) time.Time {
 	wait := backoff(r.rec.Failures)
 	if urgent {
 		// A waiting replica skips min_interval, but not this floor: any
@@ -139,7 +140,7 @@ func (r *refresher) nextAllowed(urgent bool) time.Time {
 // overHourlyCap says whether MaxPerHour refreshes already started in the
 // last hour. Each refusal is counted and logged once, when it begins: the
 // demand is renewed every second while a replica waits.
-func (r *refresher) overHourlyCap(reason string) bool {
+func (r *Refresher) overHourlyCap(reason string) bool {
 	now := time.Now()
 	kept := r.rec.Attempts[:0]
 	for _, t := range r.rec.Attempts {
@@ -155,7 +156,7 @@ func (r *refresher) overHourlyCap(reason string) bool {
 	until := kept[len(kept)-r.cfg.MaxPerHour].Add(time.Hour)
 	if !until.Equal(r.refusedTill) {
 		r.refusedTill = until
-		r.refused.Add(1)
+		r.Refused.Add(1)
 		r.link.log.Warn().Str("reason", reason).Int("max_refreshes_per_hour", r.cfg.MaxPerHour).Time("next_allowed", until).
 			Msg("snapshot refresh refused: snapshot.max_refreshes_per_hour refreshes (master forks) already started in the last hour; replicas waiting for a newer snapshot wait until then")
 	}
@@ -174,7 +175,7 @@ func backoff(failures int) time.Duration {
 
 // due says why a refresh is needed now, or "", and whether a replica waits
 // for it.
-func (r *refresher) due() (reason string, urgent bool) {
+func (r *Refresher) due() (reason string, urgent bool) {
 	st := r.link.store.State()
 	// A forced full resync brings a new snapshot of its own.
 	if !st.HasHistory || r.link.forceFull.Load() || r.link.LinkStatus().State != fanout.LinkConnected {
@@ -193,7 +194,7 @@ func (r *refresher) due() (reason string, urgent bool) {
 	return "", false
 }
 
-func (r *refresher) refresh(ctx context.Context, reason string, urgent bool) {
+func (r *Refresher) refresh(ctx context.Context, reason string, urgent bool) {
 	log := r.link.log.With().Str("reason", reason).Logger()
 	// The attempt is recorded before the master forks for it, so that a
 	// crash during the transfer still counts against min_interval.
@@ -207,7 +208,7 @@ func (r *refresher) refresh(ctx context.Context, reason string, urgent bool) {
 		return
 	}
 	if err != nil {
-		r.failed.Add(1)
+		r.Failures.Add(1)
 		r.rec.Failures++
 		r.save()
 		log.Warn().Err(err).Int("consecutive_failures", r.rec.Failures).Dur("next_attempt_in", backoff(r.rec.Failures)).
@@ -217,12 +218,12 @@ func (r *refresher) refresh(ctx context.Context, reason string, urgent bool) {
 	}
 	r.rec.Failures = 0
 	r.save()
-	r.count.Add(1)
+	r.Refreshes.Add(1)
 	log.Info().Int64("offset", offset).Int64("rdb_bytes", size).Dur("duration_ms", time.Since(start)).
 		Msg("snapshot refreshed")
 }
 
-func (r *refresher) save() {
+func (r *Refresher) save() {
 	if err := r.link.store.SaveRefreshRecord(r.rec); err != nil {
 		r.link.log.Warn().Err(err).Msg("cannot persist the snapshot refresh record; min_interval may not hold across a restart")
 	}
@@ -231,7 +232,7 @@ func (r *refresher) save() {
 // maybeFallback falls back to a full resync on the main link when a
 // replica waits for a snapshot the backlog no longer continues and
 // rdb-only cannot provide one: the only other way to a usable snapshot.
-func (r *refresher) maybeFallback(urgent bool, err error) {
+func (r *Refresher) maybeFallback(urgent bool, err error) {
 	st := r.link.store.State()
 	if !urgent || !st.HasHistory || st.Snapshot.Offset+1 >= st.First {
 		return
@@ -239,7 +240,7 @@ func (r *refresher) maybeFallback(urgent bool, err error) {
 	if !errors.Is(err, errRDBOnlyRefused) && r.rec.Failures < fallbackAfter {
 		return
 	}
-	r.fallbacks.Add(1)
+	r.Fallbacks.Add(1)
 	// The full sync brings a fresh snapshot: the next time one is needed,
 	// rdb-only is tried again at once (it is refused before any fork).
 	r.rec.Failures = 0
@@ -249,7 +250,7 @@ func (r *refresher) maybeFallback(urgent bool, err error) {
 	r.link.ForceFullSync("snapshot refresh impossible: " + err.Error())
 }
 
-func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
+func (r *Refresher) fetch(ctx context.Context) (offset, size int64, err error) {
 	l := r.link
 	raw, err := l.dial(ctx, l.Addr())
 	if err != nil {
@@ -276,9 +277,9 @@ func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	r.bytes.begin()
-	defer r.bytes.end()
-	if _, err := receiveRDB(rd, w, &r.bytes); err != nil {
+	r.Bytes.begin()
+	defer r.Bytes.end()
+	if _, err := receiveRDB(rd, w, &r.Bytes); err != nil {
 		w.Abort()
 		return 0, 0, fmt.Errorf("receive RDB: %w", err)
 	}
@@ -299,7 +300,7 @@ func (r *refresher) fetch(ctx context.Context) (offset, size int64, err error) {
 // held, and in the newer half of the retained stream so it stays usable
 // for a while. An upstream replproxy refreshes its own first if needed;
 // Redis ignores the number.
-func (r *refresher) needOffset() int64 {
+func (r *Refresher) needOffset() int64 {
 	st := r.link.store.State()
 	need := max(st.Snapshot.Offset+1, st.First-1+(st.End-st.First)/2)
 	if time.Since(time.Unix(0, r.wantAt.Load())) < demandFresh {
@@ -310,7 +311,7 @@ func (r *refresher) needOffset() int64 {
 
 // usable refuses, from the +FULLRESYNC line alone, a snapshot that could
 // never be adopted, so its RDB does not cross the link for nothing.
-func (r *refresher) usable(replid string, offset int64) error {
+func (r *Refresher) usable(replid string, offset int64) error {
 	st := r.link.store.State()
 	switch {
 	case !strings.EqualFold(replid, st.ReplID):
@@ -347,7 +348,7 @@ func requestFullSync(conn net.Conn, rd *resp.Reader, need int64) (string, int64,
 
 // waitForOffset waits until the main link has stored the stream up to the
 // RDB's offset: only then does the backlog continue it.
-func (r *refresher) waitForOffset(ctx context.Context, offset int64) error {
+func (r *Refresher) waitForOffset(ctx context.Context, offset int64) error {
 	deadline := time.Now().Add(r.cfg.HoldTimeout)
 	for {
 		st, lg := r.link.store.View()

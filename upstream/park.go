@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -41,7 +41,7 @@ func (l *Link) Park(until time.Time, why string) {
 	if already {
 		return
 	}
-	l.failover.pauses.Add(1)
+	l.Failover.pauses.Add(1)
 	l.log.Info().Str("master", l.Addr()).Str("reason", why).Time("until", until).
 		Msg("upstream link parked: no byte is read from the master until the failover ends")
 	l.mu.Lock()
@@ -68,8 +68,8 @@ func (l *Link) unpark(wake chan struct{}, why string) {
 	l.log.Info().Str("master", l.Addr()).Str("reason", why).Msg("upstream link unparked")
 }
 
-// parkedOn is the master the link is parked on; ok false: not parked.
-func (l *Link) parkedOn() (addr string, ok bool) {
+// ParkedOn is the master the link is parked on; ok false: not parked.
+func (l *Link) ParkedOn() (addr string, ok bool) {
 	l.park.mu.Lock()
 	defer l.park.mu.Unlock()
 	return l.park.on, !l.park.until.IsZero()
@@ -106,9 +106,9 @@ func (l *Link) waitUnparked(ctx context.Context) {
 	}
 }
 
-// failoverTimes records how soon the link followed a promotion, for the
+// FailoverTimes records how soon the link followed a promotion, for the
 // log and INFO.
-type failoverTimes struct {
+type FailoverTimes struct {
 	pauses         atomic.Int64 // Park calls
 	promotedAt     atomic.Int64 // unix ns of the promotion the link is to follow; 0: none
 	switchAt       atomic.Int64 // unix ns of the +switch-master that ended it; 0: not yet
@@ -119,22 +119,22 @@ type failoverTimes struct {
 	followedShifts atomic.Int64 // +CONTINUE with a new ID after a promotion seen from Sentinel
 }
 
-func newFailoverTimes() *failoverTimes {
-	f := &failoverTimes{}
+func newFailoverTimes() *FailoverTimes {
+	f := &FailoverTimes{}
 	f.toContinue.Store(-1)
 	return f
 }
 
-// promoted notes when Sentinel said the new master was promoted.
-func (f *failoverTimes) promoted(at time.Time) {
+// Promoted notes when Sentinel said the new master was promoted.
+func (f *FailoverTimes) Promoted(at time.Time) {
 	f.promotedAt.Store(at.UnixNano())
 	f.switchAt.Store(0)
 	f.continuedAt.Store(0)
 	f.switchKnown.Store(false)
 }
 
-// switched notes the first +switch-master after a promotion.
-func (f *failoverTimes) switched(at time.Time) {
+// Switched notes the first +switch-master after a promotion.
+func (f *FailoverTimes) Switched(at time.Time) {
 	if f.promotedAt.Load() == 0 || !f.switchAt.CompareAndSwap(0, at.UnixNano()) {
 		return
 	}
@@ -146,7 +146,7 @@ func (f *failoverTimes) switched(at time.Time) {
 
 // continued notes a +CONTINUE with a new ID, and returns the time since
 // the promotion it follows (ok false when none is known).
-func (f *failoverTimes) continued(at time.Time) (since time.Duration, ok bool) {
+func (f *FailoverTimes) continued(at time.Time) (since time.Duration, ok bool) {
 	p := f.promotedAt.Load()
 	if p == 0 || !f.continuedAt.CompareAndSwap(0, at.UnixNano()) {
 		return 0, false
@@ -161,7 +161,7 @@ func (f *failoverTimes) continued(at time.Time) (since time.Duration, ok bool) {
 	return since, true
 }
 
-func (f *failoverTimes) stats() []fanout.KV {
+func (f *FailoverTimes) stats() []fanout.KV {
 	after := int64(0)
 	if f.switchKnown.Load() {
 		after = f.afterSwitch.Load()

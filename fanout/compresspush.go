@@ -117,14 +117,25 @@ func (r *replica) compressedFollower() *compressedFollower {
 		return nil
 	}
 	pb := &pushBuffer{wake: make(chan struct{}, 1)}
-	f := backlog.NewFollower(func(p []byte, off int64) int {
-		n := pb.put(p)
-		// Raised before the bytes can reach the replica: an ACK for them
-		// is then no lie, whenever the sender gets them out.
-		r.maxAck.Store(off + int64(n) - 1)
-		return n
-	})
+	f := backlog.NewFollower(func(p []byte, off int64) int { return r.pushCompressed(pb, p, off) })
 	return &compressedFollower{f: f, pb: pb}
+}
+
+// pushCompressed is the writer's push: it copies what fits of p, which
+// begins at off, into the buffer.
+func (r *replica) pushCompressed(pb *pushBuffer, p []byte, off int64) int {
+	// Raised before the bytes are in the buffer, not after: the sender may
+	// take them at once, and the replica acknowledge them, before the
+	// writer gets to its next instruction; an honest ACK read against the
+	// old maxAck would drop the replica as a liar. What readAcks counts
+	// stays bounded by sentOff, which only the sender moves.
+	r.maxAck.Store(off + int64(len(p)) - 1)
+	n := pb.put(p)
+	if n < len(p) {
+		// The rest is its cursor's to send, and nothing of it left yet.
+		r.maxAck.Store(off + int64(n) - 1)
+	}
+	return n
 }
 
 // followCompressed compresses what the writer pushes to the parked

@@ -13,7 +13,8 @@ import (
 )
 
 // Compressed hops (s2 and zstd) caught up on a proxy whose log is cut
-// back again and again by failed fsyncs, while it refreshes its snapshot
+// back again and again by failed fsyncs, and whose link the master drops
+// between the cuts, while it refreshes its snapshot
 // (AdoptSnapshot) from the master under load: the upstream stream keeps
 // appending to the one log of its session, each cut ends that session and
 // the link resumes partially, and the hops, parked with its writer when
@@ -46,12 +47,29 @@ func TestCompressedHopsAcrossCutsAndRefreshes(t *testing.T) {
 	replicas = append(replicas, redisproc.Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(p1.port)))
 	stopLoad := runLoad(t, m, 77)
 	const cuts = 4
+	partials := func() int64 { return p1.infoInt("stats", "upstream_partial_syncs") }
+	resumed := func(prev int64, after string) {
+		t.Helper()
+		redisproc.Eventually(t, syncTimeout, "a partial resync after "+after, func() (bool, string) {
+			n := partials()
+			return n > prev, strconv.FormatInt(n, 10)
+		})
+	}
 	for i := 1; i <= cuts; i++ {
 		waitOps(t, m, 800)
+		prev := partials()
 		fail.Store(true)
 		redisproc.Eventually(t, syncTimeout, "an injected fsync failure", func() (bool, string) {
 			return failed.Load() == int64(i), strconv.FormatInt(failed.Load(), 10)
 		})
+		resumed(prev, "a cut")
+		waitOps(t, m, 400)
+		// And the master drops the link: a reconnect with no cut.
+		prev = partials()
+		if _, err := m.Do("CLIENT", "KILL", "TYPE", "replica"); err != nil {
+			t.Fatal(err)
+		}
+		resumed(prev, "CLIENT KILL")
 	}
 	waitOps(t, m, 800)
 	stopLoad()
@@ -62,8 +80,8 @@ func TestCompressedHopsAcrossCutsAndRefreshes(t *testing.T) {
 	if got := p1.infoInt("stats", "snapshot_refreshes"); got < 1 {
 		t.Fatalf("snapshot_refreshes %d: no adoption happened under the stream", got)
 	}
-	if got := p1.infoInt("stats", "upstream_partial_syncs"); got < cuts {
-		t.Fatalf("upstream_partial_syncs %d after %d cuts: the link did not resume partially after each", got, cuts)
+	if got := p1.infoInt("stats", "upstream_partial_syncs"); got < 2*cuts {
+		t.Fatalf("upstream_partial_syncs %d after %d cuts and as many drops: the link did not resume partially after each", got, cuts)
 	}
 	expectInt(t, "upstream_full_syncs of the cut proxy", p1.infoInt("stats", "upstream_full_syncs"), 1)
 	for i, h := range hops {

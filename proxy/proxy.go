@@ -80,7 +80,11 @@ func New(r Resolved, log zerolog.Logger, version string) (*Proxy, error) {
 }
 
 func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.Store, error) {
-	return backlog.Open(cfg.DataDir, backlog.Options{
+	return backlog.Open(cfg.DataDir, storeOptions(cfg, log, onFsync))
+}
+
+func storeOptions(cfg Config, log zerolog.Logger, onFsync func(float64)) backlog.Options {
+	return backlog.Options{
 		Log: backlog.LogOptions{
 			SegmentBytes: int64(cfg.Backlog.SegmentBytes),
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
@@ -94,7 +98,7 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 		SnapshotKeep:    cfg.Snapshot.Keep,
 		DamagedMaxBytes: damagedMaxBytes(cfg),
 		Logger:          log.With().Str("component", "backlog").Logger(),
-	})
+	}
 }
 
 func holdMaxBytes(cfg Config) int64 {

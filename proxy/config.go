@@ -238,7 +238,13 @@ type Resolved struct {
 	users       []fanout.User
 	userFormats map[string]rdbconvert.Format // users that name an RDB format
 	rdbFormat   rdbconvert.Format
+	// resolved is set by Resolve alone: a Resolved built around a Config
+	// by hand has no users, so it would let every client in unchecked.
+	resolved bool
 }
+
+// errUnresolved refuses a Resolved that Resolve did not make.
+var errUnresolved = errors.New("the configuration was not resolved: build it with Config.Resolve")
 
 // Resolve loads the secrets, validates, and parses; the caller's Config is
 // left as it was.
@@ -258,7 +264,7 @@ func (c Config) Resolve() (Resolved, error) {
 	if err != nil {
 		return Resolved{}, fmt.Errorf("replicas.rdb_format: %w", err)
 	}
-	return Resolved{Config: c, users: users, userFormats: formats, rdbFormat: format}, nil
+	return Resolved{Config: c, users: users, userFormats: formats, rdbFormat: format, resolved: true}, nil
 }
 
 // Validate reports the first problem an operator must fix.

@@ -41,6 +41,9 @@ type Proxy struct {
 // New opens the data dir and binds the listener, so that errors an operator
 // must fix surface before anything runs.
 func New(r Resolved, log zerolog.Logger, version string) (*Proxy, error) {
+	if !r.resolved {
+		return nil, errUnresolved
+	}
 	cfg := r.Config
 	fsyncHist := newFsyncHistogram()
 	store, err := openStore(cfg, log, fsyncHist.Observe)

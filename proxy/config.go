@@ -335,6 +335,9 @@ func (c Config) Validate() error {
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
 	}
+	if c.Master.ConnectTimeout <= 0 { // a dialer's 0 waits on the kernel's connect timeout, minutes
+		return fmt.Errorf("master.connect_timeout %s: must be positive, e.g. 5s", time.Duration(c.Master.ConnectTimeout))
+	}
 	if c.Replicas.Timeout < Duration(time.Second) { // 0 would drop every replica at its first write
 		return fmt.Errorf("replicas.timeout %s: must be at least 1s", time.Duration(c.Replicas.Timeout))
 	}

@@ -149,6 +149,8 @@ func TestZeroLimitsRefusedByName(t *testing.T) {
 		{"replicas:\n  timeout: 0s\n", "replicas.timeout 0s"},
 		{"replicas:\n  timeout: 500ms\n", "replicas.timeout 500ms"},
 		{"master:\n  addr: x:1\n  repl_timeout: 0s\n", "master.repl_timeout 0s"},
+		// Not a fanout limit, but the same trap: a dialer's 0 is no timeout.
+		{"master:\n  addr: x:1\n  connect_timeout: 0s\n", "master.connect_timeout 0s"},
 	} {
 		body := c.body
 		if !strings.HasPrefix(body, "master:") {

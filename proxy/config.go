@@ -238,7 +238,13 @@ type Resolved struct {
 	users       []fanout.User
 	userFormats map[string]rdbconvert.Format // users that name an RDB format
 	rdbFormat   rdbconvert.Format
+	// resolved is set by Resolve alone: a Resolved built around a Config
+	// by hand has no users, so it would let every client in unchecked.
+	resolved bool
 }
+
+// errUnresolved refuses a Resolved that Resolve did not make.
+var errUnresolved = errors.New("the configuration was not resolved: build it with Config.Resolve")
 
 // Resolve loads the secrets, validates, and parses; the caller's Config is
 // left as it was.
@@ -258,7 +264,7 @@ func (c Config) Resolve() (Resolved, error) {
 	if err != nil {
 		return Resolved{}, fmt.Errorf("replicas.rdb_format: %w", err)
 	}
-	return Resolved{Config: c, users: users, userFormats: formats, rdbFormat: format}, nil
+	return Resolved{Config: c, users: users, userFormats: formats, rdbFormat: format, resolved: true}, nil
 }
 
 // Validate reports the first problem an operator must fix.
@@ -328,6 +334,9 @@ func (c Config) Validate() error {
 	}
 	if c.Master.ReplTimeout < Duration(time.Second) {
 		return fmt.Errorf("master.repl_timeout %s: must be at least 1s", time.Duration(c.Master.ReplTimeout))
+	}
+	if c.Master.ConnectTimeout <= 0 { // a dialer's 0 waits on the kernel's connect timeout, minutes
+		return fmt.Errorf("master.connect_timeout %s: must be positive, e.g. 5s", time.Duration(c.Master.ConnectTimeout))
 	}
 	if c.Replicas.Timeout < Duration(time.Second) { // 0 would drop every replica at its first write
 		return fmt.Errorf("replicas.timeout %s: must be at least 1s", time.Duration(c.Replicas.Timeout))

@@ -101,6 +101,9 @@ type Group struct {
 // NewGroup opens every pipeline, or the single proxy the configuration
 // describes; on error, nothing stays open.
 func NewGroup(r Resolved, log zerolog.Logger, version string) (*Group, error) {
+	if !r.resolved {
+		return nil, errUnresolved
+	}
 	cfg := r.Config
 	g := &Group{cfg: cfg, log: log}
 	for i, pc := range cfg.Expand() {

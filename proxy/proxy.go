@@ -41,6 +41,9 @@ type Proxy struct {
 // New opens the data dir and binds the listener, so that errors an operator
 // must fix surface before anything runs.
 func New(r Resolved, log zerolog.Logger, version string) (*Proxy, error) {
+	if !r.resolved {
+		return nil, errUnresolved
+	}
 	cfg := r.Config
 	fsyncHist := newFsyncHistogram()
 	store, err := openStore(cfg, log, fsyncHist.Observe)
@@ -80,7 +83,11 @@ func New(r Resolved, log zerolog.Logger, version string) (*Proxy, error) {
 }
 
 func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.Store, error) {
-	return backlog.Open(cfg.DataDir, backlog.Options{
+	return backlog.Open(cfg.DataDir, storeOptions(cfg, log, onFsync))
+}
+
+func storeOptions(cfg Config, log zerolog.Logger, onFsync func(float64)) backlog.Options {
+	return backlog.Options{
 		Log: backlog.LogOptions{
 			SegmentBytes: int64(cfg.Backlog.SegmentBytes),
 			MaxBytes:     int64(cfg.Backlog.MaxBytes),
@@ -94,7 +101,7 @@ func openStore(cfg Config, log zerolog.Logger, onFsync func(float64)) (*backlog.
 		SnapshotKeep:    cfg.Snapshot.Keep,
 		DamagedMaxBytes: damagedMaxBytes(cfg),
 		Logger:          log.With().Str("component", "backlog").Logger(),
-	})
+	}
 }
 
 func holdMaxBytes(cfg Config) int64 {

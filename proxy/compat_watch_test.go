@@ -1,0 +1,203 @@
+//go:build compat
+
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/replproxy/replproxy/internal/redisproc"
+	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/resp"
+)
+
+// streamTap is a raw replica that logs in as a user, full-syncs, and keeps
+// every stream byte it is sent after the RDB, acknowledging as it reads.
+type streamTap struct {
+	*fakeReplica
+	mu  sync.Mutex
+	buf []byte
+}
+
+func dialTap(t *testing.T, addr, user, pass string, port int) *streamTap {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(syncTimeout))
+	out := resp.AppendCommand(nil, "AUTH", user, pass)
+	out = resp.AppendCommand(out, "REPLCONF", "listening-port", strconv.Itoa(port))
+	out = resp.AppendCommand(out, "REPLCONF", "capa", "eof", "capa", "psync2")
+	out = resp.AppendCommand(out, "PSYNC", "?", "-1")
+	if _, err := c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	tap := &streamTap{fakeReplica: &fakeReplica{conn: c, br: bufio.NewReader(c)}}
+	if err := tap.readRDB(); err != nil {
+		t.Fatalf("%s: full sync: %v", user, err)
+	}
+	return tap
+}
+
+// run reads the stream until ctx ends, acknowledging what it holds.
+func (s *streamTap) run(ctx context.Context) {
+	context.AfterFunc(ctx, func() { s.conn.SetReadDeadline(time.Now()) })
+	p := make([]byte, 64<<10)
+	last := time.Now()
+	for ctx.Err() == nil {
+		s.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _ := s.br.Read(p)
+		s.mu.Lock()
+		s.buf = append(s.buf, p[:n]...)
+		end := s.offset + int64(len(s.buf))
+		s.mu.Unlock()
+		if time.Since(last) > 200*time.Millisecond {
+			s.ack(end)
+			last = time.Now()
+		}
+	}
+}
+
+func (s *streamTap) stream() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.buf)
+}
+
+// Review of issue 26: the watch of a replica's stream only observes. A raw
+// replica whose stream is scanned (user with rdb_format redis-7.2) and one
+// whose stream is not get the same bytes from the same offset, under a
+// mixed load with commands Redis 7.2 does not know, a transaction, a Lua
+// script, a 24 MB value and inline commands; a real 7.2.6 replica behind
+// the same proxy ends at the master's offset with the master's data.
+func TestCompatWatchedStreamSameBytes(t *testing.T) {
+	t.Parallel()
+	m := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.4.1"), masterArgs...)
+	for i := 0; i < 200; i++ {
+		if _, err := m.Do("SET", "seed"+strconv.Itoa(i), strings.Repeat("s", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Users = []proxy.UserConfig{
+		{Name: "ops", Password: "ops-pw", Role: "admin"},
+		{Name: "fleet-new", Password: "new-pw", Role: "replica"},
+		{Name: "fleet-old", Password: "old-pw", Role: "replica", RDBFormat: "redis-7.2"},
+	}
+	tp := startProxy(t, cfg)
+	port := strconv.Itoa(tp.port)
+	addr := "127.0.0.1:" + port
+	redisproc.Eventually(t, syncTimeout, "the proxy's first snapshot", func() (bool, string) {
+		return tp.infoInt("stats", "sync_full") >= 0 && tp.info("replication")["master_link_status"] == "up", ""
+	})
+	watched := dialTap(t, addr, "fleet-old", "old-pw", 1001)
+	plain := dialTap(t, addr, "fleet-new", "new-pw", 1002)
+	if watched.offset != plain.offset {
+		t.Fatalf("full sync offsets: watched %d, plain %d", watched.offset, plain.offset)
+	}
+	old := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.2.6"),
+		"--masteruser", "fleet-old", "--masterauth", "old-pw", "--replicaof", "127.0.0.1", port)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, tap := range []*streamTap{watched, plain} {
+		wg.Add(1)
+		go func() { defer wg.Done(); tap.run(ctx) }()
+	}
+	defer wg.Wait()
+	defer cancel()
+
+	big := strings.Repeat("b", 24<<20)
+	load := [][]any{
+		{"HSET", "h", "a", "1", "b", "2", "c", "3"},
+		{"HEXPIRE", "h", 3600, "FIELDS", 1, "a"},
+		{"HPEXPIRE", "h", 200, "FIELDS", 1, "b"},
+		{"SET", "big", big},
+		{"LPUSH", "l", "x", "y", "z"},
+		{"ZADD", "z", 1.5, "m"},
+		{"XADD", "s", "*", "f", "v"},
+		{"SADD", "set", "a", "b"},
+		{"SET", "ttl", "v", "PX", 600000},
+		{"EVAL", "redis.call('SET', KEYS[1], 'x'); redis.call('INCR', KEYS[2]); return 1", 2, "lua1", "lua2"},
+		{"HPEXPIREAT", "h", time.Now().Add(time.Hour).UnixMilli(), "FIELDS", 1, "c"},
+		{"HPERSIST", "h", "FIELDS", 1, "c"},
+		{"SET", "fake", "*1\r\n$10\r\nHPEXPIREAT\r\n"}, // a value that reads like a command
+		{"DEL", "big"},
+	}
+	for round := 0; round < 3; round++ {
+		for _, cmd := range load {
+			if _, err := m.Do(cmd...); err != nil {
+				t.Fatalf("%v: %v", cmd[0], err)
+			}
+		}
+		// A transaction of commands 7.2 knows.
+		if _, err := m.Client().TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Set(ctx, "tx1", round, 0)
+			p.Incr(ctx, "tx2")
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Inline commands reach the stream as arrays.
+	ic, err := net.Dial("tcp", m.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic.Write([]byte("SET inline1 v1\r\nHSET inline2 f v\r\nPING\r\n"))
+	br := bufio.NewReader(ic)
+	for i := 0; i < 3; i++ {
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ic.Close()
+	if _, err := m.Do("HPERSIST", "h", "FIELDS", 1, "a"); err != nil {
+		t.Fatal(err)
+	}
+
+	end := m.InfoInt("replication", "master_repl_offset")
+	want := end - watched.offset
+	redisproc.Eventually(t, syncTimeout, "both taps at the master's offset", func() (bool, string) {
+		w, p := int64(len(watched.stream())), int64(len(plain.stream()))
+		return w >= want && p >= want, strconv.FormatInt(w, 10) + " and " + strconv.FormatInt(p, 10) + " of " + strconv.FormatInt(want, 10)
+	})
+	w, p := watched.stream(), plain.stream()
+	n := min(len(w), len(p))
+	if !bytes.Equal(w[:n], p[:n]) {
+		i := 0
+		for i < n && w[i] == p[i] {
+			i++
+		}
+		t.Fatalf("the watched stream differs from the plain one at offset %d", watched.offset+int64(i)+1)
+	}
+	if !bytes.Contains(w, []byte("HPEXPIREAT")) {
+		t.Fatal("the stream carries no HPEXPIREAT: the load did not test the watch")
+	}
+	// Three rounds of HPEXPIREAT x3 and HPERSIST, one more HPERSIST; the
+	// value that reads like a command is not counted.
+	tapAddr := "127.0.0.1:1001"
+	redisproc.Eventually(t, 10*time.Second, "the watched tap's count", func() (bool, string) {
+		for _, v := range tp.info("proxy") {
+			if strings.HasPrefix(v, "addr="+tapAddr+",") {
+				return strings.Contains(v, ",unknown_commands=13,") || strings.HasSuffix(v, ",unknown_commands=13"), v
+			}
+		}
+		return false, fmt.Sprint("no line for ", tapAddr, tp.info("proxy"))
+	})
+	waitCaughtUp(t, m, old)
+	if got := old.InfoInt("replication", "master_repl_offset"); got < end {
+		t.Fatalf("the 7.2 replica is at %d, the master at %d", got, end)
+	}
+	redisproc.WaitInSync(t, syncTimeout, m, old)
+}

@@ -163,12 +163,29 @@ func (w *cmdWatch) command(name []byte, off int64) {
 	cmd := string(name)
 	w.counts[cmd]++
 	target := r.rdbTarget().Name
-	if !w.seen[cmd] {
-		w.seen[cmd] = true
-		r.log.Warn().Str("command", cmd).Int64("offset", off).Str("target", target).
-			Msg("relayed a command the replica's server does not know: it logs an error and skips it, " +
-				"so its data misses that command's effect (the stream is relayed unchanged; further ones are counted)")
-		delete(w.counts, cmd)
+	// The scanner is still inside MULTI when it reports a queued command.
+	inTx := w.sc.inMulti
+	seenKey := cmd
+	if inTx {
+		seenKey += " in MULTI"
+	}
+	if !w.seen[seenKey] {
+		w.seen[seenKey] = true
+		msg := "relayed a command the replica's server does not know: it logs an error and skips it, " +
+			"so its data misses that command's effect (the stream is relayed unchanged; further ones are counted)"
+		if inTx {
+			// Redis flags the transaction of a command it rejects, and
+			// EXEC then aborts it (EXECABORT): the commands around it,
+			// which the replica knows, are lost on it too.
+			msg = "relayed, inside MULTI/EXEC (a transaction or a script's effects), a command the replica's server " +
+				"does not know: it discards the whole transaction, so its data misses every command of it " +
+				"(the stream is relayed unchanged; further ones are counted)"
+		}
+		r.log.Warn().Str("command", cmd).Int64("offset", off).Str("target", target).Bool("in_transaction", inTx).Msg(msg)
+		w.counts[cmd]--
+		if w.counts[cmd] == 0 {
+			delete(w.counts, cmd)
+		}
 		return
 	}
 	if time.Since(w.lastLog) < unknownLogEvery {

@@ -201,3 +201,45 @@ func TestCompatWatchedStreamSameBytes(t *testing.T) {
 	}
 	redisproc.WaitInSync(t, syncTimeout, m, old)
 }
+
+// Review of issue 26: inside MULTI/EXEC (a transaction, or a script's
+// effects), a command the replica does not know makes Redis 7.2 discard
+// the whole transaction (EXECABORT), not only that command: the proxy says
+// so when it relays one.
+func TestCompatUnknownCommandInTransaction(t *testing.T) {
+	t.Parallel()
+	m := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.4.1"), masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Users = []proxy.UserConfig{
+		{Name: "ops", Password: "ops-pw", Role: "admin"},
+		{Name: "fleet-old", Password: "old-pw", Role: "replica", RDBFormat: "redis-7.2"},
+	}
+	tp := startProxy(t, cfg)
+	old := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.2.6"),
+		"--masteruser", "fleet-old", "--masterauth", "old-pw", "--replicaof", "127.0.0.1", strconv.Itoa(tp.port))
+	waitCaughtUp(t, m, old)
+	ctx := context.Background()
+	if _, err := m.Client().TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, "k", "v", 0)
+		p.HSet(ctx, "h", "f", "1")
+		p.Do(ctx, "HPEXPIRE", "h", 3600000, "FIELDS", 1, "f")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Do("SET", "after", "v"); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, m, old)
+	// What Redis 7.2 does with it: the whole transaction is gone.
+	if v, err := old.Do("EXISTS", "k", "h"); err != nil || v != int64(0) {
+		t.Fatalf("EXISTS k h on the 7.2 replica: %v (%v); Redis 7.2 was expected to discard the transaction", v, err)
+	}
+	if v, err := old.Do("GET", "after"); err != nil || v != "v" {
+		t.Fatalf("GET after on the 7.2 replica: %v (%v)", v, err)
+	}
+	log := tail(tp.logPath, 200)
+	if !strings.Contains(log, `"in_transaction":true`) || !strings.Contains(log, "discards the whole transaction") {
+		t.Fatalf("the proxy's log does not say the replica discards the transaction:\n%s", log)
+	}
+}

@@ -182,6 +182,9 @@ func (w *cmdWatch) command(name []byte, off int64) {
 				"(the stream is relayed unchanged; further ones are counted)"
 		}
 		r.log.Warn().Str("command", cmd).Int64("offset", off).Str("target", target).Bool("in_transaction", inTx).Msg(msg)
+		// The next summary comes a minute after this line, not with the
+		// command that follows it.
+		w.lastLog = time.Now()
 		w.counts[cmd]--
 		if w.counts[cmd] == 0 {
 			delete(w.counts, cmd)

@@ -42,6 +42,10 @@ type converter struct {
 
 	mu   sync.Mutex
 	jobs map[string]*convJob // by source snapshot file
+	// running is the conversions' goroutines, waited for at shutdown
+	// (their last waiters have cancelled them) so none outlives the
+	// server with its temp file still there.
+	running sync.WaitGroup
 }
 
 type convJob struct {
@@ -226,7 +230,7 @@ func (c *converter) join(path string, snap backlog.SnapshotInfo, target rdbconve
 	j := &convJob{key: key, src: snap, path: path, cancel: cancel, done: make(chan struct{}), waiters: 1,
 		target: target.Name, started: time.Now()}
 	c.jobs[key] = j
-	go c.run(ctx, j, target)
+	c.running.Go(func() { c.run(ctx, j, target) })
 	return j
 }
 

@@ -30,24 +30,43 @@ type streamTap struct {
 
 func dialTap(t *testing.T, addr, user, pass string, port int) *streamTap {
 	t.Helper()
+	tap, err := dialTapNoFatal(addr, user, pass, port)
+	if err != nil {
+		t.Fatalf("%s: full sync: %v", user, err)
+	}
+	t.Cleanup(func() { tap.conn.Close() })
+	return tap
+}
+
+// startTapSync logs in as user and asks for a full sync.
+func startTapSync(addr, user, pass string, port int) (net.Conn, error) {
 	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(syncTimeout))
 	out := resp.AppendCommand(nil, "AUTH", user, pass)
 	out = resp.AppendCommand(out, "REPLCONF", "listening-port", strconv.Itoa(port))
 	out = resp.AppendCommand(out, "REPLCONF", "capa", "eof", "capa", "psync2")
 	out = resp.AppendCommand(out, "PSYNC", "?", "-1")
 	if _, err := c.Write(out); err != nil {
-		t.Fatal(err)
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func dialTapNoFatal(addr, user, pass string, port int) (*streamTap, error) {
+	c, err := startTapSync(addr, user, pass, port)
+	if err != nil {
+		return nil, err
 	}
 	tap := &streamTap{fakeReplica: &fakeReplica{conn: c, br: bufio.NewReader(c)}}
 	if err := tap.readRDB(); err != nil {
-		t.Fatalf("%s: full sync: %v", user, err)
+		c.Close()
+		return nil, err
 	}
-	return tap
+	return tap, nil
 }
 
 // run reads the stream until ctx ends, acknowledging what it holds.

@@ -117,3 +117,55 @@ func TestCompatConversionSharedAndAbandoned(t *testing.T) {
 		}
 	}
 }
+
+// Review of issue 26: a replica waiting for the conversion of a snapshot
+// that a newer one replaces (another replica asked for the newer one) is
+// not refused as if the snapshot could not be converted for it, nor paced,
+// nor counted among the refusals: it is let go to sync again, from the
+// newer snapshot.
+func TestCompatConversionOfReplacedSnapshotIsNoRefusal(t *testing.T) {
+	t.Parallel()
+	m := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.4.1"), append(append([]string{}, masterArgs...),
+		"--rdbcompression", "no")...)
+	if _, err := m.Do("DEBUG", "POPULATE", "60000", "key", "100"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Replicas.RDBConvertRate = 64 << 10 // minutes for the ~8 MB snapshot
+	cfg.Snapshot.RefreshAfter = 1 << 20
+	cfg.Snapshot.MinInterval = proxy.Duration(time.Hour) // one refresh
+	cfg.Users = []proxy.UserConfig{
+		{Name: "ops", Password: "ops-pw", Role: "admin"},
+		{Name: "r72", Password: "pw", Role: "replica", RDBFormat: "redis-7.2"},
+	}
+	tp := startProxy(t, cfg)
+	redisproc.Eventually(t, syncTimeout, "the proxy's snapshot", func() (bool, string) {
+		return tp.infoInt("backlog", "snapshot_bytes") > 0, ""
+	})
+	first := tp.infoInt("backlog", "snapshot_offset")
+	addr := "127.0.0.1:" + strconv.Itoa(tp.port)
+	a := dialTapAsync(addr, "r72", "pw", 3001)
+	redisproc.Eventually(t, syncTimeout, "the first conversion to run", func() (bool, string) {
+		return tp.infoInt("stats", "rdb_conversions_in_progress") == 1, ""
+	})
+	val := strings.Repeat("v", 64<<10)
+	for i := 0; i < 40; i++ {
+		if _, err := m.Do("SET", "fill"+strconv.Itoa(i), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	redisproc.Eventually(t, syncTimeout, "a newer snapshot", func() (bool, string) {
+		return tp.infoInt("backlog", "snapshot_offset") > first, ""
+	})
+	b := dialTapConn(t, addr, "r72", "pw", 3002)
+	defer b.Close()
+	if tap := <-a; tap != nil {
+		t.Fatal("the first replica was served the conversion of a replaced snapshot")
+	}
+	if n := tp.infoInt("stats", "rdb_conversion_refusals"); n != 0 {
+		t.Fatalf("rdb_conversion_refusals %d: a replaced snapshot counted as one the replica cannot load", n)
+	}
+	if log := tail(tp.logPath, 500); strings.Contains(log, "full sync refused") {
+		t.Fatalf("the replica of the replaced snapshot was refused and paced:\n%s", log)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -261,4 +262,94 @@ func TestCompatUnknownCommandInTransaction(t *testing.T) {
 	if !strings.Contains(log, `"in_transaction":true`) || !strings.Contains(log, "discards the whole transaction") {
 		t.Fatalf("the proxy's log does not say the replica discards the transaction:\n%s", log)
 	}
+}
+
+// Review of issue 26: a watched replica that resumes inside a command
+// (+CONTINUE at an offset no real replica sends, as a chained proxy's
+// stored end can be) gets the same bytes as an unwatched one from there;
+// the watch stops with a log line, the stream goes on.
+func TestCompatWatchedResumeInsideCommand(t *testing.T) {
+	t.Parallel()
+	m := redisproc.StartBinary(t, redisproc.Built(t, "redis-7.4.1"), masterArgs...)
+	cfg := proxyConfig(t, m.Addr())
+	cfg.Users = []proxy.UserConfig{
+		{Name: "ops", Password: "ops-pw", Role: "admin"},
+		{Name: "fleet-new", Password: "new-pw", Role: "replica"},
+		{Name: "fleet-old", Password: "old-pw", Role: "replica", RDBFormat: "redis-7.2"},
+	}
+	tp := startProxy(t, cfg)
+	addr := "127.0.0.1:" + strconv.Itoa(tp.port)
+	redisproc.Eventually(t, syncTimeout, "the proxy's snapshot", func() (bool, string) {
+		return tp.infoInt("backlog", "snapshot_bytes") > 0, ""
+	})
+	plain := dialTap(t, addr, "fleet-new", "new-pw", 4001)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
+	go func() { defer wg.Done(); plain.run(ctx) }()
+	if _, err := m.Do("HSET", "h", "a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Do("HPEXPIRE", "h", 3600000, "FIELDS", 1, "a"); err != nil {
+		t.Fatal(err)
+	}
+	end := m.InfoInt("replication", "master_repl_offset")
+	redisproc.Eventually(t, syncTimeout, "the plain tap at the master's offset", func() (bool, string) {
+		return plain.offset+int64(len(plain.stream())) >= end, ""
+	})
+	i := bytes.Index(plain.stream(), []byte("HPEXPIREAT"))
+	if i < 0 {
+		t.Fatal("no HPEXPIREAT in the stream")
+	}
+	from := plain.offset + int64(i) + 4 // inside the command's name: the next byte wanted
+	replid := tp.info("replication")["master_replid"]
+
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(syncTimeout))
+	out := resp.AppendCommand(nil, "AUTH", "fleet-old", "old-pw")
+	out = resp.AppendCommand(out, "REPLCONF", "listening-port", "4002")
+	out = resp.AppendCommand(out, "REPLCONF", "capa", "eof", "capa", "psync2")
+	out = resp.AppendCommand(out, "PSYNC", replid, strconv.FormatInt(from, 10))
+	if _, err := c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(line, "+CONTINUE") {
+			break
+		}
+		if !strings.HasPrefix(line, "+OK") {
+			t.Fatalf("PSYNC %s %d: %q", replid, from, line)
+		}
+	}
+	for _, cmd := range [][]any{{"HPEXPIRE", "h", 7200000, "FIELDS", 1, "a"}, {"SET", "k", "v"}} {
+		if _, err := m.Do(cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end = m.InfoInt("replication", "master_repl_offset")
+	got := make([]byte, end-from+1)
+	if _, err := io.ReadFull(br, got); err != nil {
+		t.Fatal(err)
+	}
+	redisproc.Eventually(t, syncTimeout, "the plain tap at the master's offset", func() (bool, string) {
+		return plain.offset+int64(len(plain.stream())) >= end, ""
+	})
+	want := plain.stream()[from-plain.offset-1 : end-plain.offset]
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the watched replica resumed at %d got %q, the plain one %q", from, got, want)
+	}
+	redisproc.Eventually(t, 10*time.Second, "the watch's log line", func() (bool, string) {
+		return strings.Contains(tail(tp.logPath, 200), "stopped counting commands unknown to the replica"), ""
+	})
 }

@@ -144,13 +144,19 @@ func (r *replica) watchCommands(from int64) *cmdWatch {
 }
 
 // masterServer reads the master's version from the stored snapshot's
-// header (its redis-ver or valkey-ver).
+// header (its redis-ver or valkey-ver), while the snapshot is of the
+// current replication ID: a failover shifts the ID, and the promoted
+// master may run a newer version than the one that wrote the snapshot
+// (unknown until the next snapshot).
 func (r *replica) masterServer() (server, bool) {
 	f, info, err := r.srv.cfg.Store.OpenSnapshot()
 	if err != nil {
 		return server{}, false
 	}
 	defer f.Close()
+	if !strings.EqualFold(info.ReplID, r.srv.cfg.Store.State().ReplID) {
+		return server{}, false
+	}
 	return snapshotServer(r.srv.pacer.snapshotMeta(f, info))
 }
 

@@ -42,6 +42,10 @@ type converter struct {
 
 	mu   sync.Mutex
 	jobs map[string]*convJob // by source snapshot file
+	// running is the conversions' goroutines, waited for at shutdown
+	// (their last waiters have cancelled them) so none outlives the
+	// server with its temp file still there.
+	running sync.WaitGroup
 }
 
 type convJob struct {
@@ -71,6 +75,10 @@ func newConverter(dir string, lossy bool, rate int64, log zerolog.Logger, stats 
 // errConversion marks a conversion that failed, as opposed to the
 // replica leaving while it waited.
 var errConversion = errors.New("snapshot conversion failed")
+
+// errSnapshotReplaced ends the conversion of a snapshot a newer one has
+// replaced: its waiters sync again, from the newer one, with no refusal.
+var errSnapshotReplaced = errors.New("snapshot replaced by a newer one during its conversion")
 
 // rdbTarget is the format this replica loads: announced (Valkey 8+), or
 // configured; zero if neither, and the snapshot is served as stored.
@@ -182,6 +190,9 @@ func (c *converter) wait(ctx context.Context, path string, snap backlog.Snapshot
 	for {
 		select {
 		case <-j.done:
+			if errors.Is(j.err, errSnapshotReplaced) {
+				return j.out, j.err
+			}
 			if j.err != nil {
 				return j.out, fmt.Errorf("%w: %w", errConversion, j.err)
 			}
@@ -212,7 +223,7 @@ func (c *converter) join(path string, snap backlog.SnapshotInfo, target rdbconve
 		}
 		// A newer snapshot replaces the older's conversion; a replica
 		// reading it keeps its open handle.
-		old.cancel(errors.New("snapshot replaced"))
+		old.cancel(errSnapshotReplaced)
 		select {
 		case <-old.done:
 			if old.out.File != "" {
@@ -226,7 +237,7 @@ func (c *converter) join(path string, snap backlog.SnapshotInfo, target rdbconve
 	j := &convJob{key: key, src: snap, path: path, cancel: cancel, done: make(chan struct{}), waiters: 1,
 		target: target.Name, started: time.Now()}
 	c.jobs[key] = j
-	go c.run(ctx, j, target)
+	c.running.Go(func() { c.run(ctx, j, target) })
 	return j
 }
 
@@ -265,6 +276,10 @@ func (c *converter) run(ctx context.Context, j *convJob, target rdbconvert.Forma
 	c.log.Info().Str("snapshot", j.src.File).Int64("offset", j.src.Offset).Str("target", target.Name).
 		Msg("converting the snapshot for replicas that cannot load its format")
 	j.out, j.stats, j.err = c.convert(ctx, j, target)
+	if j.err != nil && errors.Is(context.Cause(ctx), errSnapshotReplaced) && !errors.Is(j.err, errSnapshotReplaced) {
+		// Stopped from inside the converter, which may not carry the cause.
+		j.err = fmt.Errorf("%w: %w", errSnapshotReplaced, j.err)
+	}
 	lost := j.stats
 	c.stats.LostFieldTTLs.Add(lost.LostFieldTTLs)
 	c.stats.LostKeys.Add(lost.LostKeys)

@@ -144,13 +144,19 @@ func (r *replica) watchCommands(from int64) *cmdWatch {
 }
 
 // masterServer reads the master's version from the stored snapshot's
-// header (its redis-ver or valkey-ver).
+// header (its redis-ver or valkey-ver), while the snapshot is of the
+// current replication ID: a failover shifts the ID, and the promoted
+// master may run a newer version than the one that wrote the snapshot
+// (unknown until the next snapshot).
 func (r *replica) masterServer() (server, bool) {
 	f, info, err := r.srv.cfg.Store.OpenSnapshot()
 	if err != nil {
 		return server{}, false
 	}
 	defer f.Close()
+	if !strings.EqualFold(info.ReplID, r.srv.cfg.Store.State().ReplID) {
+		return server{}, false
+	}
 	return snapshotServer(r.srv.pacer.snapshotMeta(f, info))
 }
 
@@ -163,12 +169,32 @@ func (w *cmdWatch) command(name []byte, off int64) {
 	cmd := string(name)
 	w.counts[cmd]++
 	target := r.rdbTarget().Name
-	if !w.seen[cmd] {
-		w.seen[cmd] = true
-		r.log.Warn().Str("command", cmd).Int64("offset", off).Str("target", target).
-			Msg("relayed a command the replica's server does not know: it logs an error and skips it, " +
-				"so its data misses that command's effect (the stream is relayed unchanged; further ones are counted)")
-		delete(w.counts, cmd)
+	// The scanner is still inside MULTI when it reports a queued command.
+	inTx := w.sc.inMulti
+	seenKey := cmd
+	if inTx {
+		seenKey += " in MULTI"
+	}
+	if !w.seen[seenKey] {
+		w.seen[seenKey] = true
+		msg := "relayed a command the replica's server does not know: it logs an error and skips it, " +
+			"so its data misses that command's effect (the stream is relayed unchanged; further ones are counted)"
+		if inTx {
+			// Redis flags the transaction of a command it rejects, and
+			// EXEC then aborts it (EXECABORT): the commands around it,
+			// which the replica knows, are lost on it too.
+			msg = "relayed, inside MULTI/EXEC (a transaction or a script's effects), a command the replica's server " +
+				"does not know: it discards the whole transaction, so its data misses every command of it " +
+				"(the stream is relayed unchanged; further ones are counted)"
+		}
+		r.log.Warn().Str("command", cmd).Int64("offset", off).Str("target", target).Bool("in_transaction", inTx).Msg(msg)
+		// The next summary comes a minute after this line, not with the
+		// command that follows it.
+		w.lastLog = time.Now()
+		w.counts[cmd]--
+		if w.counts[cmd] == 0 {
+			delete(w.counts, cmd)
+		}
 		return
 	}
 	if time.Since(w.lastLog) < unknownLogEvery {

@@ -205,6 +205,11 @@ func (s *Server) Stats() *Stats { return &s.stats }
 // Serve accepts on ln until ctx ends; it then closes every connection and
 // waits for their goroutines.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.conv != nil {
+		// After the replicas' goroutines: the last to leave a
+		// conversion cancels it.
+		defer s.conv.running.Wait()
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })

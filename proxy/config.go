@@ -268,6 +268,9 @@ func (c Config) Resolve() (Resolved, error) {
 }
 
 // Validate reports the first problem an operator must fix.
+// minConvertRate is the lowest replicas.rdb_convert_rate taken.
+const minConvertRate = 64 << 10
+
 func (c Config) Validate() error {
 	if len(c.Pipelines) > 0 {
 		return c.validatePipelines()
@@ -316,6 +319,11 @@ func (c Config) Validate() error {
 	}
 	if _, err := rdbconvert.ParseFormat(c.Replicas.RDBFormat); err != nil {
 		return fmt.Errorf("replicas.rdb_format: %w", err)
+	}
+	if r := c.Replicas.RDBConvertRate; r > 0 && r < minConvertRate {
+		// A unit left out ("1" for "1mb") would keep every replica that
+		// needs the conversion waiting for days.
+		return fmt.Errorf("replicas.rdb_convert_rate %d bytes per second: at least 64KiB (a 1 GiB snapshot then converts in under 5 hours), or 0 for no cap", int64(r))
 	}
 	if c.Snapshot.Keep < 0 {
 		return fmt.Errorf("snapshot.keep %d: must not be negative", c.Snapshot.Keep)
